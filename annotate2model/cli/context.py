@@ -1,0 +1,51 @@
+"""What every command shares: the workspace flag, the settings built once, the opened store."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from annotate2model.errors import WorkspaceError
+from annotate2model.settings import Settings, load_settings
+from annotate2model.store import Store
+from annotate2model.workspace import Workspace, find_workspace
+
+
+@dataclass
+class AppState:
+    workspace_flag: Path | None = None
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    _settings: Settings | None = None
+    _store: Store | None = None
+
+    def workspace(self) -> Workspace:
+        return find_workspace(self.workspace_flag, self.env.get("A2M_HOME"), Path.cwd())
+
+    def settings(self, **overrides: Any) -> Settings:
+        """The one Settings object: flags (overrides) > environment > a2m.toml > defaults."""
+        if self._settings is None or overrides:
+            self._settings = load_settings(self.workspace(), self.env, overrides)
+        return self._settings
+
+    def settings_or_none(self) -> Settings | None:
+        """Settings when a workspace is found, else None (for commands that work without one)."""
+        try:
+            return self.settings()
+        except WorkspaceError:
+            return None
+
+    def store(self, **overrides: Any) -> Store:
+        if self._store is None or overrides:
+            self._store = Store.open(self.settings(**overrides))
+        return self._store
+
+
+def state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):
+        root.obj = AppState()
+    return root.obj

@@ -1,0 +1,94 @@
+"""Rich rendering shared by all commands: console, tables, JSON output, progress bars."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Machine-readable output on stdout, nothing else on it."""
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+class RichProgress:
+    """The CLI's implementation of annotate2model.progress.Progress (drawn on stderr)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._console = console or err_console
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def begin(self, description: str, total: float | None = None) -> None:
+        self.end()
+        columns: list[Any] = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
+        if total is not None:
+            columns += [
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            ]
+        else:
+            columns += [TimeElapsedColumn()]
+        columns.append(TextColumn("{task.fields[status]}"))
+        self._progress = Progress(*columns, console=self._console, transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, status="")
+
+    def advance(self, amount: float = 1.0, status: str | None = None) -> None:
+        if self._progress is None or self._task is None:
+            return
+        if status is None:
+            self._progress.advance(self._task, amount)
+        else:
+            self._progress.update(self._task, advance=amount, status=status)
+
+    def end(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress = None
+        self._task = None
+
+    def note(self, message: str) -> None:
+        target = self._progress.console if self._progress is not None else self._console
+        target.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)

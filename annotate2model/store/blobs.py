@@ -1,0 +1,82 @@
+"""Content-addressed image bytes: blobs/<ab>/<sha256>, written atomically, read verified."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from annotate2model.errors import BlobCorrupted, NotFoundError, StoreError
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Store bytes under their SHA-256 (temp file, fsync, rename); returns the hash.
+
+        Writing the same bytes twice is a no-op. A crash leaves either no file or the whole file,
+        never a partial one under the final name.
+        """
+        digest = sha256 or sha256_bytes(data)
+        target = self.path(digest)
+        if target.is_file() and target.stat().st_size == len(data):
+            return digest
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StoreError(f"cannot write blob {digest[:12]}: {exc.strerror}") from None
+        return digest
+
+    def read(self, sha256: str, verify: bool = True) -> bytes:
+        """The bytes of a blob; with `verify`, a clear error if they no longer match their name."""
+        try:
+            data = self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"image {sha256[:12]} is missing from {self.root}") from None
+        if verify and sha256_bytes(data) != sha256:
+            raise BlobCorrupted(
+                f"image {sha256[:12]} in {self.root} is corrupted (its bytes no longer match "
+                "their SHA-256)"
+            )
+        return data
+
+    def remove_partials(self) -> int:
+        """Delete temp files left by a killed writer; returns how many were removed."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for partial in self.root.glob("*/.tmp-*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+                removed += 1
+        return removed

@@ -1,0 +1,74 @@
+"""Images in the store: validated once, bytes in the blob store, one row per SHA-256."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from annotate2model.imaging import ImageInfo, probe_image
+from annotate2model.store.blobs import BlobStore, sha256_bytes
+from annotate2model.store.models import Image
+
+
+@dataclass(frozen=True)
+class StagedImage:
+    """An image whose bytes are safely in the blob store, ready for its row."""
+
+    sha256: str
+    info: ImageInfo
+    size_bytes: int
+    origin: str
+
+
+def stage_image(blobs: BlobStore, data: bytes, origin: str, max_pixels: int) -> StagedImage:
+    """Validate and store bytes (raises InvalidImage); the row is written later by `record_images`.
+
+    Bytes go to disk before any row points at them, so a crash never leaves a row without a blob.
+    """
+    info = probe_image(data, max_pixels)
+    digest = blobs.put(data, sha256_bytes(data))
+    return StagedImage(sha256=digest, info=info, size_bytes=len(data), origin=origin)
+
+
+def record_images(session: Session, staged: Iterable[StagedImage]) -> int:
+    """Insert rows for staged images not yet known; returns how many were new."""
+    now = datetime.now(timezone.utc)
+    rows = {
+        s.sha256: {
+            "sha256": s.sha256,
+            "format": s.info.format,
+            "width": s.info.width,
+            "height": s.info.height,
+            "mode": s.info.mode,
+            "size_bytes": s.size_bytes,
+            "origin": s.origin,
+            "created_at": now,
+        }
+        for s in staged
+    }
+    if not rows:
+        return 0
+    existing = known_images(session, rows)
+    new = [row for sha, row in rows.items() if sha not in existing]
+    if new:
+        dialect = session.get_bind().dialect.name
+        if dialect == "sqlite":
+            session.execute(sqlite_insert(Image).on_conflict_do_nothing(), new)
+        else:
+            session.execute(insert(Image), new)
+    return len(new)
+
+
+def known_images(session: Session, shas: Iterable[str]) -> set[str]:
+    """Which of these hashes already have a row."""
+    wanted = list(shas)
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        found.update(session.scalars(select(Image.sha256).where(Image.sha256.in_(chunk))))
+    return found

@@ -1,0 +1,213 @@
+"""The store's tables as SQLAlchemy 2.0 typed models.
+
+The schema is created and changed only by Alembic migrations in the top-level `migrations/` folder;
+a test checks that these models and the migrations have not drifted apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Image(Base):
+    """An image's bytes live once in blobs/ under their SHA-256; this row describes them."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    format: Mapped[str] = mapped_column(String(16))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    # Where the bytes first came from (a path or URL), for messages only.
+    origin: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Task(Base):
+    """One Label Studio task (project id, task id) and the image it points at."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("project_id", "task_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(Integer)
+    # Null until the image was read; stays null when it cannot be (see `problem`).
+    image_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"), index=True)
+    # The task's data.image value as Label Studio holds it (a URL of one of four kinds).
+    image_url: Mapped[str | None] = mapped_column(Text)
+    # Label Studio's updated_at of the task at the last sync (ISO 8601 text, as Label Studio gives).
+    remote_updated_at: Mapped[str | None] = mapped_column(String(40))
+    # The label the sync policy resolved for this task, null when unlabeled.
+    label: Mapped[str | None] = mapped_column(String(200))
+    # Why the task gives no usable row (image unreadable, label outside the config, conflict...).
+    problem: Mapped[str | None] = mapped_column(Text)
+    # Set when the task disappeared from Label Studio; the row is kept for history.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Annotation(Base):
+    """Raw annotation history: one row per annotation revision seen in Label Studio."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("project_id", "annotation_id", "remote_updated_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(Integer)
+    annotation_id: Mapped[int] = mapped_column(Integer)
+    task_row_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    # The chosen label, null for an empty or cancelled result.
+    label: Mapped[str | None] = mapped_column(String(200))
+    # The annotation's `result` list as JSON text, kept verbatim.
+    result_json: Mapped[str] = mapped_column(Text)
+    was_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    ground_truth: Mapped[bool] = mapped_column(Boolean, default=False)
+    completed_by: Mapped[int | None] = mapped_column(Integer)
+    remote_created_at: Mapped[str | None] = mapped_column(String(40))
+    remote_updated_at: Mapped[str] = mapped_column(String(40))
+    # Set when the annotation no longer exists in Label Studio.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SyncState(Base):
+    """Per Label Studio project: how far the incremental sync has read."""
+
+    __tablename__ = "sync_state"
+
+    project_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The largest task updated_at already stored; the next sync asks for tasks newer than it.
+    watermark: Mapped[str | None] = mapped_column(String(40))
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_version: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.number"))
+    # Label set of the project's labeling config at the last sync, as JSON text.
+    labels_json: Mapped[str | None] = mapped_column(Text)
+
+
+class DatasetVersion(Base):
+    """An immutable, numbered snapshot of (image, label, split) rows."""
+
+    __tablename__ = "dataset_versions"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    parent: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.number"))
+    # SHA-256 over the sorted rows: equal hashes mean equal content.
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str] = mapped_column(Text, default="")
+    # What made it: "import-folder", "sync", ...
+    source: Mapped[str] = mapped_column(String(40))
+    item_count: Mapped[int] = mapped_column(Integer)
+    # The split fractions in force when it was made, as JSON text.
+    split_json: Mapped[str] = mapped_column(Text)
+
+
+class VersionItem(Base):
+    """One row of a dataset version."""
+
+    __tablename__ = "version_items"
+    __table_args__ = (Index("ix_version_items_version_split", "version", "split"),)
+
+    version: Mapped[int] = mapped_column(
+        ForeignKey("dataset_versions.number", ondelete="CASCADE"), primary_key=True
+    )
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(200))
+    split: Mapped[str] = mapped_column(String(8))
+
+
+class Run(Base):
+    """One training (or ensemble) of one configuration on one dataset version."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(ForeignKey("dataset_versions.number"), index=True)
+    # "train" or "ensemble".
+    kind: Mapped[str] = mapped_column(String(16))
+    # running / succeeded / failed / interrupted.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    # The full run configuration as JSON text.
+    config_json: Mapped[str] = mapped_column(Text)
+    device: Mapped[str | None] = mapped_column(String(120))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    wall_seconds: Mapped[float | None] = mapped_column(Float)
+    images_per_second: Mapped[float | None] = mapped_column(Float)
+    # Per-epoch rows (losses, accuracies, lr, seconds) as JSON text.
+    history_json: Mapped[str] = mapped_column(Text, default="[]")
+    # Final metrics as JSON text.
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
+    # Why it failed or was interrupted.
+    error: Mapped[str | None] = mapped_column(Text)
+    # Folder under .a2m/runs/ holding weights and the model card, relative to the workspace.
+    artifact_dir: Mapped[str | None] = mapped_column(Text)
+    # Process id of the training process while status is running (to tell a dead run).
+    pid: Mapped[int | None] = mapped_column(Integer)
+
+
+class Prediction(Base):
+    """A run's prediction for one image of one version (training's own or a later evaluation)."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_run_id_version_split", "run_id", "version", "split"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(ForeignKey("dataset_versions.number"), primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(8))
+    label: Mapped[str] = mapped_column(String(200))
+    predicted: Mapped[str] = mapped_column(String(200))
+    confidence: Mapped[float] = mapped_column(Float)
+    # Probabilities in label-map order as JSON text.
+    probs_json: Mapped[str] = mapped_column(Text)
+
+
+class Flag(Base):
+    """A task sent back to Label Studio for review, and what became of it."""
+
+    __tablename__ = "flags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    task_row_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    # misclassified / likely_label_error / uncertain.
+    reason: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    current_label: Mapped[str | None] = mapped_column(String(200))
+    suggested_label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # relabeled / confirmed / withdrawn.
+    resolution: Mapped[str | None] = mapped_column(String(32))

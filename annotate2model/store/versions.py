@@ -1,0 +1,209 @@
+"""Dataset versions: immutable numbered snapshots of (image, label, split) rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session, aliased
+
+from annotate2model.errors import InputError, NotFoundError
+from annotate2model.settings import SPLITS, SplitFractions
+from annotate2model.store.models import DatasetVersion, VersionItem
+from annotate2model.store.records import (
+    NewVersion,
+    RelabeledRow,
+    VersionDiff,
+    VersionItemRecord,
+    VersionRecord,
+    VersionSummary,
+)
+
+
+def split_for(image_sha256: str, fractions: SplitFractions) -> str:
+    """The split an image belongs to, from its hash alone: stable as the data set grows."""
+    # The first 64 bits of a SHA-256 are uniform; map them to [0, 1).
+    position = int(image_sha256[:16], 16) / float(1 << 64)
+    if position < fractions.train:
+        return "train"
+    if position < fractions.train + fractions.val:
+        return "val"
+    return "test"
+
+
+def content_hash(items: Iterable[VersionItemRecord]) -> str:
+    digest = hashlib.sha256()
+    for item in sorted(items):
+        digest.update(f"{item.image_sha256}\t{item.label}\t{item.split}\n".encode())
+    return digest.hexdigest()
+
+
+def _record(row: DatasetVersion) -> VersionRecord:
+    created = row.created_at
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)
+    return VersionRecord(
+        number=row.number,
+        parent=row.parent,
+        content_hash=row.content_hash,
+        created_at=created,
+        note=row.note,
+        source=row.source,
+        item_count=row.item_count,
+        split_fractions=json.loads(row.split_json),
+    )
+
+
+def latest_version(session: Session) -> VersionRecord | None:
+    row = session.scalars(select(DatasetVersion).order_by(DatasetVersion.number.desc())).first()
+    return _record(row) if row else None
+
+
+def get_version(session: Session, ref: int | str | None = None) -> VersionRecord:
+    """A version by number, or the latest for None / "latest"."""
+    if ref is None or ref == "latest":
+        latest = latest_version(session)
+        if latest is None:
+            raise NotFoundError(
+                "the store holds no dataset version yet; make one with `a2m import-folder DIR` "
+                "or `a2m sync`."
+            )
+        return latest
+    try:
+        number = int(str(ref).lstrip("v"))
+    except ValueError:
+        raise InputError(f"{ref!r} is not a version number (try 3, v3 or latest).") from None
+    row = session.get(DatasetVersion, number)
+    if row is None:
+        raise NotFoundError(f"there is no dataset version {number}; `a2m versions` lists them.")
+    return _record(row)
+
+
+def list_versions(session: Session) -> list[VersionRecord]:
+    rows = session.scalars(select(DatasetVersion).order_by(DatasetVersion.number))
+    return [_record(r) for r in rows]
+
+
+def version_items(
+    session: Session, number: int, split: str | None = None
+) -> list[VersionItemRecord]:
+    """The rows of a version, sorted by image hash."""
+    query = select(VersionItem.image_sha256, VersionItem.label, VersionItem.split).where(
+        VersionItem.version == number
+    )
+    if split is not None:
+        query = query.where(VersionItem.split == split)
+    rows = session.execute(query.order_by(VersionItem.image_sha256))
+    return [VersionItemRecord(sha, label, sp) for sha, label, sp in rows]
+
+
+def create_version(
+    session: Session,
+    items: Iterable[VersionItemRecord],
+    *,
+    source: str,
+    note: str = "",
+    fractions: SplitFractions,
+) -> NewVersion:
+    """Record `items` as a new version unless they equal the latest version's rows.
+
+    The caller's session must be a write session: the version and all its rows commit together,
+    so a killed process leaves either the whole version or none of it.
+    """
+    rows = sorted(set(items))
+    seen: set[str] = set()
+    for item in rows:
+        if item.split not in SPLITS:
+            raise InputError(f"unknown split {item.split!r} for image {item.image_sha256[:12]}.")
+        if item.image_sha256 in seen:
+            raise InputError(f"image {item.image_sha256[:12]} appears twice in one version.")
+        seen.add(item.image_sha256)
+    digest = content_hash(rows)
+    latest = latest_version(session)
+    if latest is not None and latest.content_hash == digest:
+        return NewVersion(version=latest, created=False)
+    number = (latest.number + 1) if latest else 1
+    version = DatasetVersion(
+        number=number,
+        parent=latest.number if latest else None,
+        content_hash=digest,
+        created_at=datetime.now(timezone.utc),
+        note=note,
+        source=source,
+        item_count=len(rows),
+        split_json=json.dumps(fractions.as_dict()),
+    )
+    session.add(version)
+    session.flush()
+    if rows:
+        session.execute(
+            insert(VersionItem),
+            [
+                {
+                    "version": number,
+                    "image_sha256": r.image_sha256,
+                    "label": r.label,
+                    "split": r.split,
+                }
+                for r in rows
+            ],
+        )
+    return NewVersion(version=_record(version), created=True)
+
+
+def summarize_version(session: Session, ref: int | str | None) -> VersionSummary:
+    version = get_version(session, ref)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(SPLITS, 0))
+    totals = dict.fromkeys(SPLITS, 0)
+    query = (
+        select(VersionItem.label, VersionItem.split, func.count())
+        .where(VersionItem.version == version.number)
+        .group_by(VersionItem.label, VersionItem.split)
+    )
+    for label, split, n in session.execute(query):
+        counts[label][split] = n
+        totals[split] += n
+    labels = sorted(counts)
+    return VersionSummary(
+        version=version,
+        labels=labels,
+        counts={label: dict(counts[label]) for label in labels},
+        split_totals=totals,
+    )
+
+
+def diff_versions(session: Session, old_ref: int | str, new_ref: int | str) -> VersionDiff:
+    """Images added, removed and relabeled going from `old` to `new`."""
+    old = get_version(session, old_ref).number
+    new = get_version(session, new_ref).number
+    a = aliased(VersionItem)
+    b = aliased(VersionItem)
+    added = session.execute(
+        select(b.image_sha256, b.label, b.split)
+        .outerjoin(a, (a.image_sha256 == b.image_sha256) & (a.version == old))
+        .where(b.version == new, a.image_sha256.is_(None))
+        .order_by(b.image_sha256)
+    )
+    removed = session.execute(
+        select(a.image_sha256, a.label, a.split)
+        .outerjoin(b, (b.image_sha256 == a.image_sha256) & (b.version == new))
+        .where(a.version == old, b.image_sha256.is_(None))
+        .order_by(a.image_sha256)
+    )
+    relabeled = session.execute(
+        select(a.image_sha256, a.label, b.label, b.split)
+        .join(b, (b.image_sha256 == a.image_sha256) & (b.version == new))
+        .where(a.version == old, a.label != b.label)
+        .order_by(a.image_sha256)
+    )
+    return VersionDiff(
+        old=old,
+        new=new,
+        added=[VersionItemRecord(*row) for row in added],
+        removed=[VersionItemRecord(*row) for row in removed],
+        relabeled=[RelabeledRow(*row) for row in relabeled],
+    )

@@ -1,0 +1,202 @@
+"""The workspace: a folder holding `a2m.toml` and `.a2m/` (store.db, blobs/, runs/, cache/).
+
+Finding, creating and editing a workspace's files lives here; the store inside it lives in `store/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import tomllib
+
+from annotate2model.errors import WorkspaceError
+
+CONFIG_NAME = "a2m.toml"
+DATA_DIR_NAME = ".a2m"
+
+DEFAULT_CONFIG = """\
+# annotate2model workspace settings. Flags and A2M_* environment variables override these.
+
+[store]
+# SQLAlchemy URL of the dataset store; empty means SQLite at .a2m/store.db.
+# A team can point this at PostgreSQL, e.g. "postgresql+psycopg://user@host/a2m".
+database_url = ""
+
+[split]
+# Fractions of images in each split. A split is derived from the image's SHA-256, so an image
+# keeps its split as the data set grows (as long as these fractions stay the same).
+train = 0.8
+val = 0.1
+test = 0.1
+
+[images]
+# Images with more pixels than this are refused (decompression-bomb guard).
+max_pixels = 178956970
+"""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths of one workspace. Creating the object touches nothing on disk."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / DATA_DIR_NAME
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "store.db"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.data_dir / "secrets.toml"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "store.lock"
+
+    def exists(self) -> bool:
+        return self.config_path.is_file() and self.data_dir.is_dir()
+
+    def read_config(self) -> dict[str, Any]:
+        """The parsed a2m.toml; a clear error when it is not valid TOML."""
+        try:
+            with self.config_path.open("rb") as f:
+                return tomllib.load(f)
+        except FileNotFoundError:
+            raise WorkspaceError(
+                f"{self.config_path} is missing; run `a2m init {self.root}`."
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise WorkspaceError(f"{self.config_path} is not valid TOML: {exc}.") from None
+        except OSError as exc:
+            raise WorkspaceError(f"cannot read {self.config_path}: {exc.strerror}.") from None
+
+    def update_config(self, section: str, values: dict[str, Any]) -> None:
+        """Set keys of one [section] in a2m.toml, keeping the other sections (comments are lost)."""
+        config = self.read_config()
+        current = dict(config.get(section, {}))
+        for key, value in values.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        config[section] = current
+        _atomic_write(self.config_path, tomli_w.dumps(config).encode(), mode=0o644)
+
+    def read_secrets(self) -> dict[str, str]:
+        """Secrets kept beside the store (never in it): an API token, for instance."""
+        try:
+            with self.secrets_path.open("rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise WorkspaceError(f"cannot read {self.secrets_path}: {exc}.") from None
+        return {str(k): str(v) for k, v in data.items()}
+
+    def write_secret(self, key: str, value: str | None) -> None:
+        """Set (or with None remove) one secret; the file is created with mode 0600."""
+        secrets = self.read_secrets()
+        if value is None:
+            secrets.pop(key, None)
+        else:
+            secrets[key] = value
+        _atomic_write(self.secrets_path, tomli_w.dumps(secrets).encode(), mode=0o600)
+
+
+def init_workspace(root: Path) -> tuple[Workspace, bool]:
+    """Create (or complete) a workspace at `root`; returns it and whether anything was created."""
+    ws = Workspace(root.resolve())
+    created = False
+    try:
+        ws.root.mkdir(parents=True, exist_ok=True)
+        if not ws.config_path.exists():
+            _atomic_write(ws.config_path, DEFAULT_CONFIG.encode(), mode=0o644)
+            created = True
+        for folder in (ws.data_dir, ws.blobs_dir, ws.runs_dir, ws.cache_dir):
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                created = True
+    except OSError as exc:
+        raise WorkspaceError(f"cannot create a workspace at {root}: {exc.strerror}.") from None
+    return ws, created
+
+
+def find_workspace(explicit: Path | None, home: str | None, cwd: Path) -> Workspace:
+    """The workspace named by `--workspace`, else A2M_HOME, else the nearest at or above cwd."""
+    if explicit is not None or home:
+        root = (explicit if explicit is not None else Path(str(home))).expanduser().resolve()
+        ws = Workspace(root)
+        how = "--workspace" if explicit is not None else "A2M_HOME"
+        if not ws.exists():
+            raise WorkspaceError(
+                f"{root} ({how}) is not an annotate2model workspace; run `a2m init {root}`."
+            )
+        return ws
+    here = cwd.resolve()
+    for folder in (here, *here.parents):
+        ws = Workspace(folder)
+        if ws.exists():
+            return ws
+    raise WorkspaceError(
+        f"no workspace at {here} or above it; run `a2m init` here, "
+        "or point --workspace / A2M_HOME at one."
+    )
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes; the kernel drops it when the holder dies (kill -9)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
