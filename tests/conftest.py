@@ -1,0 +1,97 @@
+"""Fixtures shared by every test: a workspace on a real SQLite file, generated images, the CLI."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from annotate2model.settings import Settings, load_settings
+from annotate2model.store import Store
+from annotate2model.workspace import Workspace, init_workspace
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
+SCENES_WEIGHTS = SHARED / "weights" / "resnet18-scenes.pth"
+
+
+def image_bytes(
+    seed: int, size: tuple[int, int] = (64, 48), fmt: str = "PNG", color: str | None = None
+) -> bytes:
+    """A small real image whose content (and so SHA-256) depends on `seed`."""
+    rng = random.Random(seed)
+    base = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    img = Image.new("RGB", size, color or base)
+    for _ in range(6):
+        x, y = rng.randrange(size[0]), rng.randrange(size[1])
+        img.paste((rng.randrange(256), 0, rng.randrange(256)), (x, y, x + 8, y + 8))
+    out = io.BytesIO()
+    img.save(out, format=fmt)
+    return out.getvalue()
+
+
+def make_image_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """root/<label>/<label>_<i>.png with counts[label] distinct images each."""
+    for k, (label, n) in enumerate(sorted(counts.items())):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (folder / f"{label}_{i}.png").write_bytes(image_bytes(seed * 100_000 + k * 1000 + i))
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    ws, _ = init_workspace(tmp_path / "ws")
+    return ws
+
+
+@pytest.fixture
+def settings(workspace: Workspace) -> Settings:
+    return load_settings(workspace, env={})
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    s = Store.open(settings)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def cli(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A runner whose commands act on the `workspace` fixture (through A2M_HOME)."""
+    monkeypatch.setenv("A2M_HOME", str(workspace.root))
+    monkeypatch.delenv("A2M_DATABASE_URL", raising=False)
+    return CliRunner()
+
+
+def run_cli(runner: CliRunner, *args: str) -> tuple[int, str, str]:
+    """Invoke `a2m args...` in-process through main()'s error boundary; returns (code, out, err)."""
+    from annotate2model.cli.app import app
+
+    result = runner.invoke(app, list(args), catch_exceptions=True)
+    exc = result.exception
+    from annotate2model.errors import A2MError
+
+    if isinstance(exc, A2MError):
+        return exc.exit_code, result.stdout, str(exc)
+    if exc is not None and not isinstance(exc, SystemExit):
+        raise exc
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rich draws no colour codes into captured output; tests never see a user's A2M settings.
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    for name in list(os.environ):
+        if name.startswith("A2M_") or name.startswith("LABEL_STUDIO_"):
+            monkeypatch.delenv(name, raising=False)
