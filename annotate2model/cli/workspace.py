@@ -24,7 +24,9 @@ def init(
     ctx: typer.Context,
     path: Annotated[
         Path | None,
-        typer.Argument(help="Folder to make a workspace of (default: the current folder)."),
+        typer.Argument(
+            help="Folder to make a workspace of (default: --workspace, A2M_HOME, else here)."
+        ),
     ] = None,
 ) -> None:
     """Create a workspace (a2m.toml and .a2m/) and its store; harmless on an existing one.
@@ -32,7 +34,8 @@ def init(
     Example: [bold]a2m init ~/birds[/]
     """
     st = state(ctx)
-    root = path or st.workspace_flag or Path.cwd()
+    home = st.env.get("A2M_HOME")
+    root = path or st.workspace_flag or (Path(home) if home else Path.cwd())
     ws, created = init_workspace(root)
     settings = load_settings(ws, st.env)
     store = Store.open(settings)
@@ -57,13 +60,13 @@ def doctor(
     checks = run_checks(st.settings_or_none())
     if as_json:
         print_json(checks)
-        return
-    table = Table(title=f"a2m doctor ({platform.node()})")
-    table.add_column("check")
-    table.add_column("ok")
-    table.add_column("detail")
-    for check in checks:
-        table.add_row(check.name, "[green]yes[/]" if check.ok else "[red]no[/]", check.detail)
-    console.print(table)
+    else:
+        table = Table(title=f"a2m doctor ({platform.node()})")
+        table.add_column("check")
+        table.add_column("ok")
+        table.add_column("detail")
+        for check in checks:
+            table.add_row(check.name, "[green]yes[/]" if check.ok else "[red]no[/]", check.detail)
+        console.print(table)
     if not all(c.ok for c in checks if c.required):
         raise typer.Exit(1)

@@ -36,10 +36,14 @@ def split_for(image_sha256: str, fractions: SplitFractions) -> str:
 
 
 def content_hash(items: Iterable[VersionItemRecord]) -> str:
-    digest = hashlib.sha256()
-    for item in sorted(items):
-        digest.update(f"{item.image_sha256}\t{item.label}\t{item.split}\n".encode())
-    return digest.hexdigest()
+    """SHA-256 over the rows in image-hash order (an image appears once per version)."""
+    ordered = sorted(items, key=_by_image)
+    text = "".join(f"{i.image_sha256}\t{i.label}\t{i.split}\n" for i in ordered)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _by_image(item: VersionItemRecord) -> str:
+    return item.image_sha256
 
 
 def _record(row: DatasetVersion) -> VersionRecord:
@@ -114,14 +118,13 @@ def create_version(
     The caller's session must be a write session: the version and all its rows commit together,
     so a killed process leaves either the whole version or none of it.
     """
-    rows = sorted(set(items))
-    seen: set[str] = set()
-    for item in rows:
+    by_image: dict[str, VersionItemRecord] = {}
+    for item in items:
         if item.split not in SPLITS:
             raise InputError(f"unknown split {item.split!r} for image {item.image_sha256[:12]}.")
-        if item.image_sha256 in seen:
+        if by_image.setdefault(item.image_sha256, item) != item:
             raise InputError(f"image {item.image_sha256[:12]} appears twice in one version.")
-        seen.add(item.image_sha256)
+    rows = [by_image[sha] for sha in sorted(by_image)]
     digest = content_hash(rows)
     latest = latest_version(session)
     if latest is not None and latest.content_hash == digest:
@@ -140,7 +143,8 @@ def create_version(
     session.add(version)
     session.flush()
     if rows:
-        session.execute(
+        # Core executemany: the ORM's bulk path costs several times more for 100,000 rows.
+        session.connection().execute(
             insert(VersionItem),
             [
                 {

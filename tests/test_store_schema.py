@@ -1,0 +1,70 @@
+"""The store's schema comes only from migrations, and the models match them."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from annotate2model.settings import Settings
+from annotate2model.store import Store
+from annotate2model.store.db import alembic_config, head_revision
+from annotate2model.store.models import Base
+
+EXPECTED_TABLES = {
+    "alembic_version",
+    "annotations",
+    "dataset_versions",
+    "flags",
+    "images",
+    "predictions",
+    "runs",
+    "sync_state",
+    "tasks",
+    "version_items",
+}
+
+
+def test_single_head() -> None:
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert heads == [head_revision()]
+    assert len(heads) == 1
+
+
+def test_blank_database_migrates_to_exact_schema(settings: Settings) -> None:
+    store = Store.open(settings)
+    assert store.current_revision() == head_revision()
+    store.close()
+    conn = sqlite3.connect(settings.workspace.store_path)
+    tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+    assert tables == EXPECTED_TABLES
+    columns = {r[1] for r in conn.execute("pragma table_info(version_items)")}
+    assert columns == {"version", "image_sha256", "label", "split"}
+    assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_models_and_migrations_do_not_drift(store: Store) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_foreign_keys_are_enforced(store: Store) -> None:
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from annotate2model.store.models import VersionItem
+
+    with pytest.raises(IntegrityError), store.write() as session:
+        session.add(VersionItem(version=99, image_sha256="0" * 64, label="x", split="train"))
+        session.flush()
+
+
+def test_reopening_a_migrated_store_is_cheap_and_idempotent(settings: Settings) -> None:
+    Store.open(settings).close()
+    store = Store.open(settings)
+    assert store.current_revision() == head_revision()
+    store.close()

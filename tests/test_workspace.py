@@ -1,0 +1,73 @@
+"""Workspaces: creation, discovery, settings precedence, secrets."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from annotate2model.errors import SettingsError, WorkspaceError
+from annotate2model.settings import Secret, load_settings
+from annotate2model.workspace import Workspace, find_workspace, init_workspace
+
+
+def test_init_creates_layout(tmp_path: Path) -> None:
+    ws, created = init_workspace(tmp_path / "w")
+    assert created
+    for sub in ("blobs", "runs", "cache"):
+        assert (ws.data_dir / sub).is_dir()
+    assert ws.config_path.is_file()
+    again, created_again = init_workspace(tmp_path / "w")
+    assert again == ws and not created_again
+
+
+def test_find_workspace_order(tmp_path: Path) -> None:
+    a, _ = init_workspace(tmp_path / "a")
+    b, _ = init_workspace(tmp_path / "b")
+    deep = a.root / "x" / "y"
+    deep.mkdir(parents=True)
+    assert find_workspace(None, None, deep) == a
+    assert find_workspace(None, str(b.root), deep) == b
+    assert find_workspace(b.root, str(a.root), deep) == b
+    with pytest.raises(WorkspaceError, match="a2m init"):
+        find_workspace(None, None, tmp_path)
+    with pytest.raises(WorkspaceError, match="A2M_HOME"):
+        find_workspace(None, str(tmp_path / "nowhere"), deep)
+
+
+def test_settings_precedence(workspace: Workspace) -> None:
+    workspace.update_config("store", {"database_url": "sqlite:///from-toml.db"})
+    assert load_settings(workspace, {}).database_url == "sqlite:///from-toml.db"
+    env = {"A2M_DATABASE_URL": "sqlite:///from-env.db"}
+    assert load_settings(workspace, env).database_url == "sqlite:///from-env.db"
+    flags = {"database_url": "sqlite:///from-flag.db"}
+    assert load_settings(workspace, env, flags).database_url == "sqlite:///from-flag.db"
+
+
+def test_default_database_is_sqlite_in_workspace(workspace: Workspace) -> None:
+    assert load_settings(workspace, {}).database_url == f"sqlite:///{workspace.store_path}"
+
+
+def test_bad_split_fractions(workspace: Workspace) -> None:
+    workspace.update_config("split", {"train": 0.9, "val": 0.2, "test": 0.1})
+    with pytest.raises(SettingsError, match="add up to 1"):
+        load_settings(workspace, {})
+
+
+def test_broken_toml_is_a_clear_error(workspace: Workspace) -> None:
+    workspace.config_path.write_text("[store\n")
+    with pytest.raises(WorkspaceError, match="not valid TOML"):
+        load_settings(workspace, {})
+
+
+def test_secret_file_mode_and_token_hidden(workspace: Workspace) -> None:
+    workspace.write_secret("labelstudio_token", "tok-123456")
+    mode = stat.S_IMODE(workspace.secrets_path.stat().st_mode)
+    assert mode == 0o600
+    settings = load_settings(workspace, {})
+    assert settings.labelstudio.token is not None
+    assert settings.labelstudio.token.reveal() == "tok-123456"
+    assert "tok-123456" not in repr(settings)
+    assert "tok-123456" not in str(Secret("tok-123456"))
+    assert "tok-123456" not in workspace.config_path.read_text()
