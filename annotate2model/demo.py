@@ -16,20 +16,20 @@ DEMO_CLASSES = ("circles", "squares", "stripes")
 
 def draw_example(label: str, rng: random.Random, size: int = 96) -> Image.Image:
     background = tuple(rng.randrange(120, 256) for _ in range(3))
-    img = Image.new("RGB", (size, size), background)  # type: ignore[arg-type]
+    img = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(img)
     ink = tuple(rng.randrange(0, 110) for _ in range(3))
     for _ in range(rng.randint(1, 3)):
         r = rng.randint(size // 8, size // 3)
         x, y = rng.randint(r, size - r), rng.randint(r, size - r)
         if label == "circles":
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=ink)  # type: ignore[arg-type]
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=ink)
         elif label == "squares":
-            draw.rectangle((x - r, y - r, x + r, y + r), fill=ink)  # type: ignore[arg-type]
+            draw.rectangle((x - r, y - r, x + r, y + r), fill=ink)
         else:
             step = rng.randint(6, 14)
             for offset in range(0, size, step * 2):
-                draw.rectangle((offset, 0, offset + step, size), fill=ink)  # type: ignore[arg-type]
+                draw.rectangle((offset, 0, offset + step, size), fill=ink)
             break
     return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.2)))
 
