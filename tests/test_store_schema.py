@@ -68,3 +68,37 @@ def test_reopening_a_migrated_store_is_cheap_and_idempotent(settings: Settings) 
     store = Store.open(settings)
     assert store.current_revision() == head_revision()
     store.close()
+
+
+def test_garbage_database_file_is_a_clear_error(settings: Settings) -> None:
+    import pytest
+
+    from annotate2model.errors import StoreError
+
+    settings.workspace.store_path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open the store"):
+        Store.open(settings)
+
+
+def test_blob_read_verifies_hash_and_partials_are_cleaned(store: Store) -> None:
+    import os
+
+    import pytest
+
+    from annotate2model.errors import BlobCorrupted, NotFoundError
+
+    sha = store.blobs.put(b"some image bytes")
+    assert store.blobs.read(sha) == b"some image bytes"
+    assert store.blobs.put(b"some image bytes") == sha
+    store.blobs.path(sha).write_bytes(b"some image bytez")
+    with pytest.raises(BlobCorrupted, match="corrupted"):
+        store.blobs.read(sha)
+    with pytest.raises(NotFoundError):
+        store.blobs.read("ab" * 32)
+    stale = store.blobs.path(sha).parent / ".tmp-x.part"
+    fresh = store.blobs.path(sha).parent / ".tmp-y.part"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    assert store.blobs.remove_partials() == 1
+    assert not stale.exists() and fresh.exists()

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from annotate2model.errors import BlobCorrupted, NotFoundError, StoreError
@@ -70,13 +71,18 @@ class BlobStore:
             )
         return data
 
-    def remove_partials(self) -> int:
-        """Delete temp files left by a killed writer; returns how many were removed."""
-        removed = 0
+    def remove_partials(self, older_than_s: float = 3600.0) -> int:
+        """Delete temp files a killed writer left behind; returns how many were removed.
+
+        Only files older than `older_than_s` go, so a writer still at work is never disturbed.
+        """
         if not self.root.is_dir():
             return 0
+        removed = 0
+        cutoff = time.time() - older_than_s
         for partial in self.root.glob("*/.tmp-*.part"):
             with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-                removed += 1
+                if partial.stat().st_mtime < cutoff:
+                    partial.unlink()
+                    removed += 1
         return removed

@@ -13,7 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 import annotate2model
@@ -106,10 +106,12 @@ class Store:
                 with file_lock(ws.lock_path):
                     if store.current_revision() != head:
                         command.upgrade(alembic_config(engine), "head")
-        except OperationalError as exc:
+        except DBAPIError as exc:
+            store.close()
             raise StoreError(
                 f"cannot open the store ({settings.database_url}): {exc.orig}"
             ) from None
+        store.blobs.remove_partials()
         return store
 
     def current_revision(self) -> str | None:
