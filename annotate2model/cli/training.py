@@ -1,0 +1,309 @@
+"""Training commands: `train`, `runs`, `evaluate`, `predict`, `ensemble`.
+
+torch is imported only inside the commands that need it, so `a2m --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from annotate2model.cli.context import state
+from annotate2model.cli.render import RichProgress, console, print_json, when
+from annotate2model.store import runs as store_runs
+from annotate2model.training.config import PRESETS, RunConfig, preset_config
+
+app = typer.Typer()
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DeviceFlag = Annotated[
+    str | None,
+    typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1 or mps."),
+]
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Option(help="Dataset version (number or latest).")] = "latest",
+    preset: Annotated[
+        str | None, typer.Option(help=f"Start from a preset: {', '.join(PRESETS)}.")
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="resnet18 (default), resnet50, mobilenet_v2, mobilenet_v3_large, "
+            "efficientnet_b0 or vgg16."
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="imagenet (torch hub cache, downloaded if needed), none, or a PATH "
+            "to a state_dict file."
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="probe (frozen backbone, new head) or finetune.")
+    ] = None,
+    unfreeze: Annotated[
+        str | None, typer.Option(help="Fine-tuning: the last N blocks train, or all.")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd (momentum) or adamw.")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="cyclic (triangular2), cosine, onecycle or constant.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training split.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
+    class_weights: Annotated[
+        bool | None,
+        typer.Option("--class-weights/--no-class-weights", help="Weight classes by rarity."),
+    ] = None,
+    early_stopping: Annotated[
+        int | None, typer.Option(help="Stop after N epochs without better val loss (0: off).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option("--augment/--no-augment", help="Augmentation (default: on for finetune)."),
+    ] = None,
+    views: Annotated[
+        int | None, typer.Option(help="Probe: cached augmented views per training image.")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding workers (-1: auto).")] = None,
+    device: DeviceFlag = None,
+    note: Annotated[str | None, typer.Option(help="A note kept with the run.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train a classifier on a dataset version and record the run.
+
+    Example: [bold]a2m train --weights ~/resnet18.pth --epochs 10[/]
+    """
+    values: dict[str, Any] = {
+        "backbone": backbone,
+        "weights": weights,
+        "mode": mode,
+        "unfreeze": unfreeze,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "label_smoothing": label_smoothing,
+        "class_weights": class_weights,
+        "early_stopping": early_stopping,
+        "seed": seed,
+        "image_size": image_size,
+        "augment": augment,
+        "views": views,
+        "precision": precision,
+        "workers": workers,
+        "note": note,
+    }
+    if preset is not None:
+        config = preset_config(preset, **values)
+    else:
+        config = RunConfig(**{k: v for k, v in values.items() if v is not None})
+    from annotate2model.training.runner import train
+
+    store = state(ctx).store(device=device) if device else state(ctx).store()
+    outcome = train(store, config, version, progress=RichProgress())
+    run = outcome.run
+    if as_json:
+        print_json(run)
+        return
+    ex = outcome.extraction
+    if ex is not None:
+        console.print(
+            f"Features: {ex.cached} cached, {ex.computed} computed"
+            + (f" at {ex.images_per_second:.0f} images/s" if ex.computed else "")
+            + "."
+        )
+    m = run.metrics
+    console.print(
+        f"Run [bold]{run.id}[/] {run.status} on version {run.version} in "
+        f"{run.wall_seconds or 0:.1f} s: val accuracy {_pct(m.get('val_accuracy'))}, "
+        f"test accuracy {_pct(m.get('test_accuracy'))}. Saved in {run.artifact_dir}."
+    )
+
+
+@app.command("runs")
+def runs_cmd(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Option(help="Only runs on this version.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List runs with status, configuration, timing and accuracy, oldest first.
+
+    Example: [bold]a2m runs --json[/]
+    """
+    store = state(ctx).store()
+    with store.read() as session:
+        number = None
+        if version is not None:
+            from annotate2model.store.versions import get_version
+
+            number = get_version(session, version).number
+        rows = store_runs.list_runs(session, number)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("No runs yet: try [bold]a2m train[/].")
+        return
+    table = Table(title="Runs")
+    for col in (
+        "run",
+        "version",
+        "kind",
+        "status",
+        "model",
+        "started",
+        "seconds",
+        "val acc",
+        "test acc",
+        "note",
+    ):
+        table.add_column(col, justify="right" if col in ("run", "version", "seconds") else "left")
+    for r in rows:
+        c = r.config
+        model = (
+            f"ensemble of {', '.join(str(m) for m in c.get('members', []))}"
+            if r.kind == "ensemble"
+            else f"{c.get('backbone')} {c.get('mode')} {c.get('optimizer')}/{c.get('schedule')} "
+            f"lr {c.get('lr')}"
+        )
+        table.add_row(
+            str(r.id),
+            str(r.version),
+            r.kind,
+            r.status,
+            model,
+            when(r.started_at),
+            f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
+            _pct(r.metrics.get("val_accuracy")),
+            _pct(r.metrics.get("test_accuracy")),
+            r.error or c.get("note") or "",
+        )
+    console.print(table)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    version: Annotated[
+        str | None, typer.Option(help="Version to judge on (default: the run's own).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "val",
+    device: DeviceFlag = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Judge a run on a split of any version: accuracy, F1, per-class report, confusion matrix.
+
+    Example: [bold]a2m evaluate 3 --version 5 --split test[/]
+    """
+    from annotate2model.training.runner import evaluate_run
+
+    store = state(ctx).store(device=device) if device else state(ctx).store()
+    result = evaluate_run(store, run, version, split, progress=RichProgress())
+    if as_json:
+        print_json(result)
+        return
+    console.print(
+        f"Run [bold]{result['run']}[/] on version {result['version']} {split} "
+        f"({result['n']} images): accuracy {_pct(result['accuracy'])}, macro F1 "
+        f"{_pct(result['macro']['f1'])}, weighted F1 {_pct(result['weighted']['f1'])}, "
+        + ", ".join(f"{k} {_pct(v)}" for k, v in result["top_k"].items())
+    )
+    table = Table(title="Per class")
+    for col in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for label, m in result["per_class"].items():
+        table.add_row(
+            label, _pct(m["precision"]), _pct(m["recall"]), _pct(m["f1"]), str(m["support"])
+        )
+    console.print(table)
+    labels = list(result["per_class"])
+    confusion = Table(title="Confusion (rows: true, columns: predicted)")
+    confusion.add_column("")
+    for label in labels:
+        confusion.add_column(label, justify="right")
+    for label, row in zip(labels, result["confusion"], strict=True):
+        confusion.add_row(label, *(str(v) for v in row))
+    console.print(confusion)
+
+
+@app.command("predict")
+def predict_cmd(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Labels to show per image.")] = 3,
+    device: DeviceFlag = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Top-k labels with probabilities for image files.
+
+    Example: [bold]a2m predict 3 photos/*.jpg --top-k 2[/]
+    """
+    from annotate2model.training.runner import predict_files
+
+    store = state(ctx).store(device=device) if device else state(ctx).store()
+    results = predict_files(store, run, images, top_k, progress=RichProgress())
+    if as_json:
+        print_json(results)
+        return
+    table = Table(title=f"Predictions of run {run}")
+    table.add_column("image")
+    for k in range(top_k):
+        table.add_column(f"#{k + 1}")
+    for r in results:
+        cells = [f"{t['label']} {t['probability']:.3f}" for t in r["top"]]
+        if "error" in r:
+            cells = [f"[red]{r['error']}[/]"]
+        table.add_row(r["path"], *cells, *([""] * (top_k - len(cells))))
+    console.print(table)
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    ctx: typer.Context,
+    runs: Annotated[list[str], typer.Argument(help="Two or more run ids.")],
+    version: Annotated[
+        str | None, typer.Option(help="Version to judge on (default: the first run's).")
+    ] = None,
+    device: DeviceFlag = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Average the members' probabilities; the ensemble is recorded and judged as a run.
+
+    Example: [bold]a2m ensemble 3 4[/]
+    """
+    from annotate2model.training.runner import ensemble
+
+    store = state(ctx).store(device=device) if device else state(ctx).store()
+    run = ensemble(store, runs, version, progress=RichProgress())
+    if as_json:
+        print_json(run)
+        return
+    console.print(
+        f"Run [bold]{run.id}[/] (ensemble of {', '.join(runs)}) on version {run.version}: "
+        f"val accuracy {_pct(run.metrics.get('val_accuracy'))}, "
+        f"test accuracy {_pct(run.metrics.get('test_accuracy'))}."
+    )

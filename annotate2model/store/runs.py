@@ -1,0 +1,212 @@
+"""The run ledger: a row per training or ensemble, its per-image predictions, plain records."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from annotate2model.errors import InputError, NotFoundError
+from annotate2model.store.models import Prediction, Run
+
+STATUSES = ("running", "succeeded", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    version: int
+    kind: str
+    status: str
+    config: dict[str, Any]
+    device: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    wall_seconds: float | None
+    images_per_second: float | None
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    error: str | None
+    artifact_dir: str | None
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    image_sha256: str
+    split: str
+    label: str
+    predicted: str
+    confidence: float
+    probs: list[float] = field(default_factory=list)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _record(row: Run) -> RunRecord:
+    started = _aware(row.started_at)
+    assert started is not None
+    return RunRecord(
+        id=row.id,
+        version=row.version,
+        kind=row.kind,
+        status=row.status,
+        config=json.loads(row.config_json),
+        device=row.device,
+        started_at=started,
+        ended_at=_aware(row.ended_at),
+        wall_seconds=row.wall_seconds,
+        images_per_second=row.images_per_second,
+        history=json.loads(row.history_json or "[]"),
+        metrics=json.loads(row.metrics_json or "{}"),
+        error=row.error,
+        artifact_dir=row.artifact_dir,
+        pid=row.pid,
+    )
+
+
+def create_run(
+    session: Session, version: int, kind: str, config: dict[str, Any], device: str | None
+) -> RunRecord:
+    row = Run(
+        version=version,
+        kind=kind,
+        status="running",
+        config_json=json.dumps(config, sort_keys=True),
+        device=device,
+        started_at=datetime.now(timezone.utc),
+        history_json="[]",
+        metrics_json="{}",
+        pid=os.getpid(),
+    )
+    session.add(row)
+    session.flush()
+    return _record(row)
+
+
+def _row(session: Session, run_id: int) -> Run:
+    row = session.get(Run, run_id)
+    if row is None:
+        raise NotFoundError(f"there is no run {run_id}; `a2m runs` lists them.")
+    return row
+
+
+def record_history(session: Session, run_id: int, history: list[dict[str, Any]]) -> None:
+    _row(session, run_id).history_json = json.dumps(history)
+
+
+def finish_run(
+    session: Session,
+    run_id: int,
+    status: str,
+    *,
+    metrics: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    images_per_second: float | None = None,
+    artifact_dir: str | None = None,
+    error: str | None = None,
+) -> RunRecord:
+    """Close a run with its final status; wall time is measured from its start."""
+    if status not in STATUSES or status == "running":
+        raise InputError(f"cannot finish a run as {status!r}.")
+    row = _row(session, run_id)
+    now = datetime.now(timezone.utc)
+    started = _aware(row.started_at)
+    assert started is not None
+    row.status = status
+    row.ended_at = now
+    row.wall_seconds = (now - started).total_seconds()
+    row.pid = None
+    if metrics is not None:
+        row.metrics_json = json.dumps(metrics)
+    if history is not None:
+        row.history_json = json.dumps(history)
+    if images_per_second is not None:
+        row.images_per_second = images_per_second
+    if artifact_dir is not None:
+        row.artifact_dir = artifact_dir
+    row.error = error
+    session.flush()
+    return _record(row)
+
+
+def set_metrics(session: Session, run_id: int, metrics: dict[str, Any]) -> None:
+    _row(session, run_id).metrics_json = json.dumps(metrics)
+
+
+def get_run(session: Session, run_id: int | str) -> RunRecord:
+    try:
+        number = int(str(run_id).lstrip("#"))
+    except ValueError:
+        raise InputError(f"{run_id!r} is not a run id (a number, as `a2m runs` shows).") from None
+    return _record(_row(session, number))
+
+
+def list_runs(session: Session, version: int | None = None) -> list[RunRecord]:
+    query = select(Run).order_by(Run.id)
+    if version is not None:
+        query = query.where(Run.version == version)
+    return [_record(r) for r in session.scalars(query)]
+
+
+def write_predictions(
+    session: Session, run_id: int, version: int, rows: Sequence[PredictionRecord]
+) -> None:
+    """Replace the run's predictions for the given (version, splits) with `rows`."""
+    splits = sorted({r.split for r in rows})
+    if splits:
+        session.execute(
+            delete(Prediction).where(
+                Prediction.run_id == run_id,
+                Prediction.version == version,
+                Prediction.split.in_(splits),
+            )
+        )
+    if rows:
+        session.execute(
+            insert(Prediction),
+            [
+                {
+                    "run_id": run_id,
+                    "version": version,
+                    "image_sha256": r.image_sha256,
+                    "split": r.split,
+                    "label": r.label,
+                    "predicted": r.predicted,
+                    "confidence": r.confidence,
+                    "probs_json": json.dumps([round(p, 6) for p in r.probs]),
+                }
+                for r in rows
+            ],
+        )
+
+
+def read_predictions(
+    session: Session, run_id: int, version: int | None = None, split: str | None = None
+) -> list[PredictionRecord]:
+    query = select(Prediction).where(Prediction.run_id == run_id)
+    if version is not None:
+        query = query.where(Prediction.version == version)
+    if split is not None:
+        query = query.where(Prediction.split == split)
+    return [
+        PredictionRecord(
+            image_sha256=p.image_sha256,
+            split=p.split,
+            label=p.label,
+            predicted=p.predicted,
+            confidence=p.confidence,
+            probs=json.loads(p.probs_json),
+        )
+        for p in session.scalars(query.order_by(Prediction.split, Prediction.image_sha256))
+    ]

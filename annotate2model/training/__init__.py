@@ -1,0 +1,1 @@
+"""Training: backbones, embedding cache, trainer, metrics, artifacts, run orchestration."""

@@ -1,0 +1,245 @@
+"""Backbones through torchvision's weights API: build, load weights, split into trunk and head.
+
+A model here is `Classifier(trunk, head)`: the torchvision network with its last Linear replaced by
+Identity (the trunk, giving features), and a new Linear (the head). torchvision is imported only
+when a network is built; the cached-probe path never needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from annotate2model.errors import InputError, TrainingError
+from annotate2model.training.config import BACKBONES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Per architecture: the state-dict prefix of the classifier's last Linear (the part replaced),
+# and the feature width that enters it.
+HEADS: dict[str, tuple[str, int]] = {
+    "resnet18": ("fc", 512),
+    "resnet50": ("fc", 2048),
+    "mobilenet_v2": ("classifier.1", 1280),
+    "mobilenet_v3_large": ("classifier.3", 1280),
+    "efficientnet_b0": ("classifier.1", 1280),
+    "vgg16": ("classifier.6", 4096),
+}
+
+
+class Classifier(nn.Module):
+    """Trunk (features) then a linear head: what every run trains and every artifact holds."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.trunk(x))
+        return out
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a backbone's weights come from and a stable identity of their content."""
+
+    # "imagenet", "none" or "path".
+    kind: str
+    # The torchvision enum name, "none-seed<N>", or "sha256:<hex>" of the file.
+    identity: str
+    path: Path | None = None
+
+
+def check_backbone(name: str) -> None:
+    if name not in BACKBONES:
+        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(backbone: str, weights: str, seed: int) -> WeightsSource:
+    """Turn `--weights imagenet|none|PATH` into a source with a content identity."""
+    check_backbone(backbone)
+    if weights == "imagenet":
+        from importlib.metadata import version
+
+        # The default enum can change between torchvision releases: the version is in the name.
+        return WeightsSource("imagenet", f"{backbone}:default@torchvision-{version('torchvision')}")
+    if weights == "none":
+        return WeightsSource("none", f"none-seed{seed}")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InputError(f"--weights {weights}: no such file (or use imagenet / none).")
+    return WeightsSource("path", f"sha256:{file_sha256(path)}", path.resolve())
+
+
+def _tv_model(backbone: str) -> nn.Module:
+    import torchvision
+
+    model: nn.Module = torchvision.models.get_model(backbone, weights=None)
+    return model
+
+
+def default_weights_enum(backbone: str) -> Any:
+    import torchvision
+
+    return torchvision.models.get_model_weights(backbone).DEFAULT
+
+
+def hub_checkpoint_path(backbone: str) -> Path:
+    """Where torch hub keeps (or would keep) the default weights file of `backbone`."""
+    url = str(default_weights_enum(backbone).url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def load_state_dict(backbone: str, source: WeightsSource) -> dict[str, torch.Tensor] | None:
+    """The weights as a state dict (None for random initialisation). Never unpickles objects."""
+    if source.kind == "none":
+        return None
+    if source.kind == "imagenet":
+        enum = default_weights_enum(backbone)
+        try:
+            state: dict[str, torch.Tensor] = enum.get_state_dict(progress=False, check_hash=False)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            target = hub_checkpoint_path(backbone)
+            raise TrainingError(
+                f"cannot download the ImageNet weights of {backbone} ({exc}); either pass "
+                f"--weights PATH to a state_dict file, or put {target.name} into the torch hub "
+                f"cache at {target}."
+            ) from None
+        return state
+    assert source.path is not None
+    try:
+        loaded = torch.load(source.path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(
+            f"cannot read weights from {source.path}: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''} (a state_dict saved with torch.save "
+            "is expected)."
+        ) from None
+    if (
+        isinstance(loaded, dict)
+        and "state_dict" in loaded
+        and isinstance(loaded["state_dict"], dict)
+    ):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
+        raise TrainingError(f"{source.path} does not hold a state_dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def trunk_state_from(
+    backbone: str, state: dict[str, torch.Tensor], origin: str
+) -> dict[str, torch.Tensor]:
+    """The state dict without the classifier's last Linear, checked against the architecture."""
+    head_prefix = HEADS[backbone][0] + "."
+    trunk_state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
+    reference = _tv_model(backbone).state_dict()
+    expected = {k: v for k, v in reference.items() if not k.startswith(head_prefix)}
+    missing = sorted(set(expected) - set(trunk_state))
+    unexpected = sorted(set(trunk_state) - set(expected))
+    mismatched = [
+        f"{k} {tuple(trunk_state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in trunk_state and trunk_state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        detail = "; ".join(
+            part
+            for part in (
+                f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                f"shape mismatch {mismatched[0]}" if mismatched else "",
+            )
+            if part
+        )
+        raise TrainingError(f"the weights in {origin} do not fit {backbone}: {detail}.")
+    return trunk_state
+
+
+def build_trunk(backbone: str) -> nn.Module:
+    """The torchvision network with its last Linear replaced by Identity (random weights)."""
+    check_backbone(backbone)
+    model = _tv_model(backbone)
+    prefix = HEADS[backbone][0]
+    parent_name, _, child = prefix.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Identity())
+    return model
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    trunk_state: dict[str, torch.Tensor] | None,
+    seed: int = 0,
+) -> Classifier:
+    torch.manual_seed(seed)
+    trunk = build_trunk(backbone)
+    if trunk_state is not None:
+        trunk.load_state_dict(trunk_state, strict=True)
+    return Classifier(trunk, nn.Linear(HEADS[backbone][1], num_classes))
+
+
+def blocks(backbone: str, trunk: nn.Module) -> list[nn.Module]:
+    """The trunk's blocks in forward order; fine-tuning unfreezes the last N of them."""
+
+    def sub(name: str) -> nn.Module:
+        return trunk.get_submodule(name)
+
+    if backbone.startswith("resnet"):
+        stem = nn.ModuleList([sub("conv1"), sub("bn1")])
+        return [stem, sub("layer1"), sub("layer2"), sub("layer3"), sub("layer4")]
+    features = list(sub("features").children())
+    linears = [m for m in sub("classifier").children() if isinstance(m, nn.Linear)]
+    if backbone == "vgg16":
+        convs = [m for m in features if isinstance(m, nn.Conv2d)]
+        return [*convs, *linears]
+    # MobileNet V2/V3 and EfficientNet: the stages of `features`, then any hidden classifier layer.
+    return [*features, *linears]
+
+
+def set_trainable(model: Classifier, backbone: str, mode: str, unfreeze: str) -> int:
+    """Freeze what the mode says; returns the number of trainable parameters."""
+    model.trunk.requires_grad_(False)
+    if mode == "finetune":
+        parts = blocks(backbone, model.trunk)
+        chosen = parts if unfreeze == "all" else parts[len(parts) - int(unfreeze) :]
+        if unfreeze != "all" and int(unfreeze) > len(parts):
+            raise InputError(
+                f"{backbone} has {len(parts)} blocks; --unfreeze {unfreeze} is more than that "
+                "(use a smaller number or all)."
+            )
+        if unfreeze == "all":
+            model.trunk.requires_grad_(True)
+        else:
+            for part in chosen:
+                part.requires_grad_(True)
+    model.head.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def freeze_batchnorm_of_frozen(model: nn.Module) -> None:
+    """Put normalisation layers whose parameters are frozen in eval mode (keeps running stats)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()

@@ -1,0 +1,213 @@
+"""One typed run configuration, its JSON form, and presets for the hand-made workflows it replaces.
+
+Importing this module does not import torch: the CLI builds a RunConfig before deciding to train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from annotate2model.errors import InputError
+
+BACKBONES = (
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "vgg16",
+)
+MODES = ("probe", "finetune")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cyclic", "cosine", "onecycle", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides what a run computes; saved beside its outputs and in the ledger."""
+
+    # torchvision architecture name, one of BACKBONES.
+    backbone: str = "resnet18"
+    # "imagenet" (torchvision's default weights, from the torch hub cache), "none" (random
+    # initialisation from `seed`), or a path to a state_dict file.
+    weights: str = "imagenet"
+    # "probe": frozen backbone + new linear head; "finetune": train the last `unfreeze` blocks too.
+    mode: str = "probe"
+    # Fine-tuning only: how many of the backbone's last blocks train, as a number or "all".
+    unfreeze: str = "1"
+    # "sgd" (with `momentum`) or "adamw".
+    optimizer: str = "sgd"
+    # Learning-rate schedule over the whole run: cyclic (triangular2), cosine, onecycle, constant.
+    schedule: str = "cyclic"
+    # Passes over the training split.
+    epochs: int = 10
+    # Images (or cached feature rows) per optimiser step.
+    batch_size: int = 32
+    # Peak learning rate (cyclic: the top of the cycle; its bottom is lr * 1e-4).
+    lr: float = 1e-2
+    # SGD momentum (ignored by AdamW).
+    momentum: float = 0.9
+    # L2 penalty (SGD) or decoupled weight decay (AdamW).
+    weight_decay: float = 0.0
+    # Cross-entropy label smoothing in [0, 1).
+    label_smoothing: float = 0.0
+    # Weight the loss by inverse class frequency, for imbalanced data.
+    class_weights: bool = False
+    # Stop after this many epochs without a better validation loss (0: never); the best epoch's
+    # weights are kept.
+    early_stopping: int = 0
+    # Seeds shuffling, augmentation and random initialisation.
+    seed: int = 0
+    # Square input size in pixels; images are resized to size * 8 / 7 and centre-cropped.
+    image_size: int = 224
+    # Training-time augmentation (random resized crop, flips, small rotations); None means on for
+    # fine-tuning and off for probes.
+    augment: bool | None = None
+    # Maximum rotation of augmentation, in degrees.
+    rotation: float = 10.0
+    # Probe only: cached views per training image (1: the clean view; more add augmented views).
+    views: int = 1
+    # Arithmetic on the device: "auto" uses bf16 autocast where the device supports it.
+    precision: str = "auto"
+    # Images per forward pass when extracting features or evaluating.
+    eval_batch_size: int = 64
+    # Decoding workers (threads for extraction, DataLoader processes for fine-tuning); -1: auto.
+    workers: int = -1
+    # Free text kept with the run.
+    note: str = ""
+    # Name of the preset this configuration started from, if any.
+    preset: str | None = None
+    # Extra options for later versions of the tool; kept so that old ledgers still load.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def augment_enabled(self) -> bool:
+        return self.augment if self.augment is not None else self.mode == "finetune"
+
+    @property
+    def resize_size(self) -> int:
+        return round(self.image_size * 8 / 7)
+
+    def validate(self) -> None:
+        def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}.")
+
+        choice("backbone", self.backbone, BACKBONES)
+        choice("mode", self.mode, MODES)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("schedule", self.schedule, SCHEDULES)
+        choice("precision", self.precision, PRECISIONS)
+        if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) >= 0):
+            raise InputError(
+                f"--unfreeze takes a number of blocks or 'all', not {self.unfreeze!r}."
+            )
+        positive = {
+            "epochs": self.epochs,
+            "batch size": self.batch_size,
+            "image size": self.image_size,
+            "views": self.views,
+            "eval batch size": self.eval_batch_size,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}.")
+        if self.image_size < 16:
+            raise InputError(f"image size must be at least 16 pixels, got {self.image_size}.")
+        if self.lr <= 0:
+            raise InputError(f"learning rate must be positive, got {self.lr}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.weight_decay < 0 or self.early_stopping < 0:
+            raise InputError("weight decay and early stopping cannot be negative.")
+        if self.views > 1 and self.mode != "probe":
+            raise InputError("--views applies to probes; fine-tuning augments on the fly.")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = dict(data.get("extra") or {})
+        extra.update({k: v for k, v in data.items() if k not in known})
+        values = {k: v for k, v in data.items() if k in known and k != "extra"}
+        return cls(**values, extra=extra)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# The hand-made workflows of DESIGN.md, each one configuration.
+PRESETS: dict[str, dict[str, Any]] = {
+    # ResNet-18 as a fixed feature extractor: fc replaced, SGD momentum 0.9, CyclicLR
+    # triangular2, batch 32, 10 epochs, 224 px (the default run).
+    "resnet18-probe": {"backbone": "resnet18", "mode": "probe"},
+    # The same with flips and small rotations, as cached augmented views.
+    "resnet18-probe-augmented": {"backbone": "resnet18", "mode": "probe", "views": 4},
+    # AdamW instead of SGD, for the optimiser comparison.
+    "resnet18-probe-adamw": {
+        "backbone": "resnet18",
+        "optimizer": "adamw",
+        "schedule": "cosine",
+        "lr": 1e-3,
+        "weight_decay": 1e-2,
+    },
+    "resnet50-finetune": {
+        "backbone": "resnet50",
+        "mode": "finetune",
+        "unfreeze": "1",
+        "lr": 1e-3,
+        "schedule": "cosine",
+    },
+    "mobilenet_v2-finetune": {
+        "backbone": "mobilenet_v2",
+        "mode": "finetune",
+        "unfreeze": "3",
+        "lr": 1e-3,
+        "schedule": "cosine",
+    },
+    "mobilenet_v3-finetune": {
+        "backbone": "mobilenet_v3_large",
+        "mode": "finetune",
+        "unfreeze": "3",
+        "lr": 1e-3,
+        "schedule": "cosine",
+    },
+    "efficientnet_b0-finetune": {
+        "backbone": "efficientnet_b0",
+        "mode": "finetune",
+        "unfreeze": "2",
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 1e-2,
+        "schedule": "onecycle",
+    },
+    "vgg16-finetune": {
+        "backbone": "vgg16",
+        "mode": "finetune",
+        "unfreeze": "2",
+        "lr": 1e-3,
+        "schedule": "cosine",
+    },
+}
+
+
+def preset_config(name: str, **overrides: Any) -> RunConfig:
+    """A preset with some fields overridden (fields left None keep the preset's value)."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    values = dict(PRESETS[name])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RunConfig(**values, preset=name)

@@ -1,0 +1,206 @@
+"""What a run trains on: a version's rows checked for trainability, images decoded to model input.
+
+Images are read from the blob store and decoded with `imaging.decode_rgb` (JPEG draft mode for
+speed). An image that cannot be decoded is skipped, and the caller names it through Progress.note.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+
+from annotate2model.errors import InvalidImage, TrainingError
+from annotate2model.store import Store
+from annotate2model.store import versions as store_versions
+from annotate2model.store.records import VersionItemRecord, VersionRecord
+from annotate2model.training.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes model input; its `key` is part of the embedding cache key."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def key(self) -> str:
+        return f"resize{self.resize}-crop{self.crop}-imagenet-norm-v1"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
+
+
+@dataclass(frozen=True)
+class VersionData:
+    """A version's rows grouped by split, with the label map (sorted labels)."""
+
+    version: VersionRecord
+    labels: list[str]
+    splits: dict[str, list[VersionItemRecord]]
+
+    def targets(self, split: str) -> list[int]:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return [index[item.label] for item in self.splits[split]]
+
+
+def load_version_data(store: Store, ref: int | str | None) -> VersionData:
+    with store.read() as session:
+        version = store_versions.get_version(session, ref)
+        items = store_versions.version_items(session, version.number)
+    splits: dict[str, list[VersionItemRecord]] = {"train": [], "val": [], "test": []}
+    for item in items:
+        splits.setdefault(item.split, []).append(item)
+    labels = sorted({item.label for item in items})
+    return VersionData(version=version, labels=labels, splits=splits)
+
+
+def check_trainable(data: VersionData) -> None:
+    """One clear message for each version that cannot train a classifier."""
+    v = data.version.number
+    if len(data.labels) < 2:
+        found = f"only {data.labels[0]!r}" if data.labels else "none"
+        raise TrainingError(
+            f"version {v} has {len(data.labels)} class ({found}); a classifier needs at least two."
+        )
+    for split in ("train", "val"):
+        if not data.splits[split]:
+            raise TrainingError(
+                f"the {split} split of version {v} is empty; add images or change the split "
+                "fractions in a2m.toml."
+            )
+    counts = Counter(item.label for item in data.splits["train"])
+    empty = [label for label in data.labels if counts[label] == 0]
+    if empty:
+        raise TrainingError(
+            f"class {', '.join(repr(e) for e in empty)} of version {v} has no training images; "
+            "add some or remove the class."
+        )
+
+
+def load_image(
+    path: Path,
+    prep: Preprocessing,
+    augment_seed: int | None = None,
+    rotation: float = 10.0,
+) -> NDArray[Any]:
+    """Decode, resize and crop to (crop, crop, 3) uint8; InvalidImage when it cannot be read.
+
+    With `augment_seed`, a random resized crop, a horizontal flip and a small rotation are drawn
+    from that seed (the same seed gives the same view).
+    """
+    img = decode_for(path, prep.resize)
+    if augment_seed is None:
+        img = _resize_short(img, prep.resize)
+        left = (img.width - prep.crop) // 2
+        top = (img.height - prep.crop) // 2
+        img = img.crop((left, top, left + prep.crop, top + prep.crop))
+    else:
+        rng = random.Random(augment_seed)
+        img = _resize_short(img, prep.resize)
+        if rotation > 0:
+            img = img.rotate(rng.uniform(-rotation, rotation), resample=Image.Resampling.BILINEAR)
+        area = img.width * img.height * rng.uniform(0.5, 1.0)
+        ratio = rng.uniform(3 / 4, 4 / 3)
+        w = min(img.width, round((area * ratio) ** 0.5))
+        h = min(img.height, round((area / ratio) ** 0.5))
+        left = rng.randint(0, img.width - w)
+        top = rng.randint(0, img.height - h)
+        img = img.resize(
+            (prep.crop, prep.crop),
+            Image.Resampling.BILINEAR,
+            box=(left, top, left + w, top + h),
+        )
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    array = np.asarray(img, dtype=np.uint8)
+    if array.shape != (prep.crop, prep.crop, 3):
+        raise InvalidImage(f"decoded to an unexpected shape {array.shape}")
+    return array
+
+
+def decode_for(path: Path, size: int) -> Image.Image:
+    from annotate2model.imaging import decode_rgb
+
+    return decode_rgb(path, draft_size=(size, size))
+
+
+def _resize_short(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    if new == (w, h):
+        return img
+    return img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def to_input(
+    arrays: NDArray[Any] | torch.Tensor, prep: Preprocessing, device: torch.device
+) -> torch.Tensor:
+    """uint8 NHWC images to a normalised float NCHW batch in channels_last memory on `device`."""
+    batch = torch.as_tensor(arrays)
+    if device.type == "cuda":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    # NHWC storage viewed as NCHW is exactly the channels_last layout: no copy needed.
+    x = batch.permute(0, 3, 1, 2).float()
+    mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1) * 255
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+class ImageDataset(torch.utils.data.Dataset[tuple[NDArray[Any] | None, int, int]]):
+    """Images of one split for fine-tuning; a sample that cannot be decoded comes back as None."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        targets: list[int],
+        prep: Preprocessing,
+        augment: bool,
+        rotation: float,
+        seed: int,
+    ) -> None:
+        self.paths = paths
+        self.targets = targets
+        self.prep = prep
+        self.augment = augment
+        self.rotation = rotation
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[NDArray[Any] | None, int, int]:
+        seed = (self.seed * 1_000_003 + self.epoch * 100_003 + index) if self.augment else None
+        try:
+            return (
+                load_image(self.paths[index], self.prep, seed, self.rotation),
+                self.targets[index],
+                index,
+            )
+        except InvalidImage:
+            return None, self.targets[index], index
+
+
+def collate(
+    samples: list[tuple[NDArray[Any] | None, int, int]],
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Stack decodable samples; the indices of the undecodable ones travel along to be reported."""
+    good = [s for s in samples if s[0] is not None]
+    bad = [s[2] for s in samples if s[0] is None]
+    if not good:
+        return torch.empty(0, 1, 1, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
+    images = torch.from_numpy(np.stack([s[0] for s in good if s[0] is not None]))
+    targets = torch.tensor([s[1] for s in good], dtype=torch.long)
+    return images, targets, bad

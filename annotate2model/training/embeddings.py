@@ -1,0 +1,268 @@
+"""The embedding cache: a frozen backbone's features, computed once per image and kept.
+
+Key: (image SHA-256, model key, view). The model key hashes the backbone, the weights identity,
+the preprocessing and the precision, so any change to them misses the cache. Storage is one SQLite
+file (raw sqlite3, WAL): every extraction batch commits as one transaction, so a process killed
+with -9 leaves whole batches or nothing. Also here: a safetensors copy of each frozen trunk, so a
+probe on cached features can write its artifact without rebuilding the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from annotate2model.errors import InvalidImage
+from annotate2model.progress import NullProgress, Progress
+from annotate2model.training.data import Preprocessing, load_image, to_input
+from annotate2model.training.device import autocast
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    model_key TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    dim INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    model_key TEXT NOT NULL,
+    image_sha256 TEXT NOT NULL,
+    view INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (model_key, image_sha256, view)
+) WITHOUT ROWID;
+"""
+
+
+def model_key(backbone: str, weights_identity: str, prep: Preprocessing, bf16: bool) -> str:
+    description = model_description(backbone, weights_identity, prep, bf16)
+    return hashlib.sha256(description.encode()).hexdigest()[:32]
+
+
+def model_description(backbone: str, weights_identity: str, prep: Preprocessing, bf16: bool) -> str:
+    return json.dumps(
+        {
+            "backbone": backbone,
+            "weights": weights_identity,
+            "preprocessing": prep.key,
+            "precision": "bf16" if bf16 else "fp32",
+        },
+        sort_keys=True,
+    )
+
+
+@dataclass
+class ExtractionStats:
+    """What one extraction did: how many (image, view) pairs were computed and how fast."""
+
+    requested: int = 0
+    cached: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+    # (image sha256, reason) of images that could not be decoded.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+class EmbeddingCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = root / "embeddings.sqlite"
+        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def get(self, key: str, shas: Sequence[str], view: int = 0) -> dict[str, NDArray[Any]]:
+        """Cached vectors for the images that have one."""
+        found: dict[str, NDArray[Any]] = {}
+        for start in range(0, len(shas), 500):
+            chunk = list(shas[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT image_sha256, data FROM vectors WHERE model_key = ? AND view = ? "
+                f"AND image_sha256 IN ({marks})",
+                [key, view, *chunk],
+            )
+            for sha, data in rows:
+                found[sha] = np.frombuffer(data, dtype=np.float32)
+        return found
+
+    def put(
+        self, key: str, description: str, rows: Sequence[tuple[str, int, NDArray[Any]]]
+    ) -> None:
+        """Store (sha, view, vector) rows in one transaction."""
+        if not rows:
+            return
+        dim = int(rows[0][2].shape[0])
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO models (model_key, description, dim) VALUES (?, ?, ?)",
+                (key, description, dim),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO vectors (model_key, image_sha256, view, data) "
+                "VALUES (?, ?, ?, ?)",
+                [
+                    (key, sha, view, np.ascontiguousarray(v, np.float32).tobytes())
+                    for sha, view, v in rows
+                ],
+            )
+
+    def count(self, key: str | None = None) -> int:
+        if key is None:
+            row = self._conn.execute("SELECT COUNT(*) FROM vectors").fetchone()
+        else:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM vectors WHERE model_key = ?", (key,)
+            ).fetchone()
+        return int(row[0])
+
+    # Frozen trunks, kept as safetensors so that a cached probe never rebuilds the network.
+
+    def trunk_path(self, weights_identity: str, backbone: str) -> Path:
+        name = hashlib.sha256(f"{backbone}|{weights_identity}".encode()).hexdigest()[:32]
+        return self.root / "trunks" / f"{name}.safetensors"
+
+    def save_trunk(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    sha256: str
+    path: Path
+    view: int
+
+
+def extract(
+    cache: EmbeddingCache,
+    key: str,
+    description: str,
+    jobs: Sequence[ExtractJob],
+    trunk: Callable[[], torch.nn.Module],
+    prep: Preprocessing,
+    device: torch.device,
+    bf16: bool,
+    batch_size: int = 64,
+    workers: int = 1,
+    seed: int = 0,
+    rotation: float = 10.0,
+    progress: Progress | None = None,
+) -> tuple[dict[tuple[str, int], NDArray[Any]], ExtractionStats]:
+    """Features for every job: read from the cache, computing (and storing) only what is missing.
+
+    `trunk` is called only when something must be computed. Decoding runs in `workers` threads
+    (Pillow releases the GIL) a few batches ahead of the forward passes, so the two overlap.
+    """
+    progress = progress or NullProgress()
+    stats = ExtractionStats(requested=len(jobs))
+    out: dict[tuple[str, int], NDArray[Any]] = {}
+    by_view: dict[int, list[str]] = {}
+    for job in jobs:
+        by_view.setdefault(job.view, []).append(job.sha256)
+    for view, shas in by_view.items():
+        for sha, vec in cache.get(key, shas, view).items():
+            out[(sha, view)] = vec
+    missing = [job for job in jobs if (job.sha256, job.view) not in out]
+    stats.cached = len(jobs) - len(missing)
+    if not missing:
+        return out, stats
+    model = trunk().to(device).eval()
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
+    started = time.perf_counter()
+    batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
+
+    def decode(batch: list[ExtractJob]) -> tuple[list[ExtractJob], list[NDArray[Any]], list[str]]:
+        kept: list[ExtractJob] = []
+        arrays: list[NDArray[Any]] = []
+        errors: list[str] = []
+        for job in batch:
+            # View 0 is the clean centre crop; later views are seeded augmentations.
+            aug = None if job.view == 0 else _view_seed(job.sha256, job.view, seed)
+            try:
+                arrays.append(load_image(job.path, prep, aug, rotation))
+                kept.append(job)
+            except InvalidImage as exc:
+                errors.append(f"{job.sha256}\t{exc}")
+        return kept, arrays, errors
+
+    progress.begin("Extracting features", total=len(missing))
+    ahead = max(2, workers + 1)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode():
+        pending: deque[Future[tuple[list[ExtractJob], list[NDArray[Any]], list[str]]]] = deque()
+        queue = iter(batches)
+        for batch in queue:
+            pending.append(pool.submit(decode, batch))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            kept, arrays, errors = pending.popleft().result()
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append(pool.submit(decode, nxt))
+            for error in errors:
+                sha, reason = error.split("\t", 1)
+                if not any(s == sha for s, _ in stats.skipped):
+                    stats.skipped.append((sha, reason))
+            if arrays:
+                x = to_input(np.stack(arrays), prep, device)
+                with autocast(device, bf16):
+                    feats = model(x)
+                vectors = feats.float().flatten(1).cpu().numpy()
+                rows = [(job.sha256, job.view, vectors[i]) for i, job in enumerate(kept)]
+                cache.put(key, description, rows)
+                for sha, view, vec in rows:
+                    out[(sha, view)] = vec
+                stats.computed += len(rows)
+            progress.advance(len(kept) + len(errors), status=f"{stats.computed} images")
+    progress.end()
+    stats.seconds = time.perf_counter() - started
+    return out, stats
+
+
+def _view_seed(sha256: str, view: int, seed: int) -> int:
+    return int(sha256[:12], 16) ^ (view * 7_919) ^ (seed * 104_729)

@@ -1,0 +1,330 @@
+"""The training loop in parts: optimiser and schedule, `train_one_epoch`, `evaluate`, `fit`.
+
+The same loop trains a linear head on cached features (probe) and a whole network on decoded
+images (fine-tuning): it only sees iterables of (input, target) batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from annotate2model.progress import NullProgress, Progress
+from annotate2model.training.config import RunConfig
+from annotate2model.training.device import autocast
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Optimizer(Protocol):
+    """What the loop needs of an optimiser: clear gradients, step at a given learning rate."""
+
+    def zero_grad(self) -> None: ...
+
+    def step(self, lr: float) -> None: ...
+
+
+class TorchOptimizer:
+    """torch.optim's SGD or AdamW, driven by the schedule through its learning rate."""
+
+    def __init__(self, params: Iterable[nn.Parameter], config: RunConfig) -> None:
+        trainable = [p for p in params if p.requires_grad]
+        self.inner: torch.optim.Optimizer
+        if config.optimizer == "adamw":
+            self.inner = torch.optim.AdamW(
+                trainable, lr=config.lr, weight_decay=config.weight_decay
+            )
+        else:
+            self.inner = torch.optim.SGD(
+                trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad(set_to_none=True)
+
+    def step(self, lr: float) -> None:
+        for group in self.inner.param_groups:
+            group["lr"] = lr
+        self.inner.step()
+
+
+class PlainOptimizer:
+    """The same SGD (momentum, L2) and AdamW update rules as torch.optim, for a small head.
+
+    torch.optim imports torch._dynamo on first use (2-3 s of start-up); a probe on cached
+    features finishes in less than that, so it steps its few tensors itself.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], config: RunConfig) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.config = config
+        self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        c = self.config
+        self.steps += 1
+        for p, state in zip(self.params, self.state, strict=True):
+            if p.grad is None:
+                continue
+            g = p.grad
+            if c.optimizer == "adamw":
+                beta1, beta2, eps = 0.9, 0.999, 1e-8
+                p.mul_(1 - lr * c.weight_decay)
+                m = state.setdefault("m", torch.zeros_like(p))
+                v = state.setdefault("v", torch.zeros_like(p))
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                m_hat = m / (1 - beta1**self.steps)
+                v_hat = v / (1 - beta2**self.steps)
+                p.addcdiv_(m_hat, v_hat.sqrt().add_(eps), value=-lr)
+            else:
+                if c.weight_decay:
+                    g = g.add(p, alpha=c.weight_decay)
+                if c.momentum:
+                    buf = state.get("momentum")
+                    if buf is None:
+                        buf = state["momentum"] = g.clone()
+                    else:
+                        buf.mul_(c.momentum).add_(g)
+                    g = buf
+                p.add_(g, alpha=-lr)
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], config: RunConfig, plain: bool = False
+) -> Optimizer:
+    return PlainOptimizer(params, config) if plain else TorchOptimizer(params, config)
+
+
+def lr_at(step: int, config: RunConfig, steps_per_epoch: int) -> float:
+    """The learning rate of optimiser step `step` (0-based) under the run's schedule."""
+    total = max(1, steps_per_epoch * config.epochs)
+    peak = config.lr
+    if config.schedule == "cyclic":
+        # triangular2 (as torch's CyclicLR): half-cycles of two epochs between lr * 1e-4 and lr,
+        # the amplitude halving every cycle.
+        base = peak * 1e-4
+        half = max(1, 2 * steps_per_epoch)
+        cycle = math.floor(1 + step / (2 * half))
+        x = abs(step / half - 2 * cycle + 1)
+        return float(base + (peak - base) * max(0.0, 1 - x) / (2.0 ** (cycle - 1)))
+    if config.schedule == "cosine":
+        return peak * (1 + math.cos(math.pi * min(step, total) / total)) / 2
+    if config.schedule == "onecycle":
+        # As torch's OneCycleLR with cosine annealing: 30% warm-up from lr/25, down to lr/25e4.
+        initial, final = peak / 25, peak / 25e4
+        warm = max(1, round(0.3 * total))
+        if step < warm:
+            return initial + (peak - initial) * (1 - math.cos(math.pi * step / warm)) / 2
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return final + (peak - final) * (1 + math.cos(math.pi * t)) / 2
+    return peak
+
+
+def make_loss(
+    config: RunConfig, train_targets: list[int], n_classes: int, device: torch.device
+) -> nn.CrossEntropyLoss:
+    weight = None
+    if config.class_weights:
+        counts = np.bincount(np.asarray(train_targets), minlength=n_classes).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+        weight = torch.tensor(w, dtype=torch.float32, device=device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+
+
+class FeatureBatches:
+    """Mini-batches of in-memory rows, reshuffled each epoch from a seeded generator."""
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0
+    ) -> None:
+        self.x = x
+        self.y = y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(self.x.shape[0] / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.x.shape[0]
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Batches,
+    optimizer: Optimizer,
+    lr: Callable[[], float],
+    loss_fn: nn.Module,
+    device: torch.device,
+    bf16: bool,
+    progress: Progress,
+    prepare: Callable[[nn.Module], None] | None = None,
+) -> dict[str, float]:
+    """One pass over `batches`; `lr()` gives the rate of each step (it advances the schedule)."""
+    model.train()
+    if prepare is not None:
+        prepare(model)
+    total_loss = 0.0
+    correct = 0
+    seen = 0
+    for x, y in batches:
+        if x.shape[0] == 0:
+            continue
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        optimizer.zero_grad()
+        with autocast(device, bf16):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        loss.backward()
+        optimizer.step(lr())
+        n = y.shape[0]
+        total_loss += float(loss.detach()) * n
+        correct += int((logits.argmax(1) == y).sum())
+        seen += n
+        progress.advance(1, status=f"loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
+    return {
+        "train_loss": total_loss / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "train_images": seen,
+    }
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Batches, device: torch.device, bf16: bool) -> torch.Tensor:
+    """Logits (float32, on the CPU) for every row of `batches`, in order."""
+    model.eval()
+    outputs = []
+    for x, _ in batches:
+        if x.shape[0] == 0:
+            continue
+        with autocast(device, bf16):
+            outputs.append(model(x.to(device, non_blocking=True)).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, batches: Batches, loss_fn: nn.Module, device: torch.device, bf16: bool
+) -> dict[str, float]:
+    model.eval()
+    total_loss = 0.0
+    correct = 0
+    seen = 0
+    for x, y in batches:
+        if x.shape[0] == 0:
+            continue
+        y = y.to(device)
+        with autocast(device, bf16):
+            logits = model(x.to(device, non_blocking=True)).float()
+        total_loss += float(loss_fn(logits, y)) * y.shape[0]
+        correct += int((logits.argmax(1) == y).sum())
+        seen += y.shape[0]
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "n": seen}
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Callable[[int], Batches],
+    val_batches: Callable[[], Batches],
+    steps_per_epoch: int,
+    config: RunConfig,
+    loss_fn: nn.Module,
+    device: torch.device,
+    bf16: bool,
+    progress: Progress | None = None,
+    on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
+    prepare: Callable[[nn.Module], None] | None = None,
+    per_epoch_bars: bool = True,
+    plain_optimizer: bool = False,
+) -> list[dict[str, Any]]:
+    """Train for `config.epochs` (or until early stopping); the best val-loss weights are kept.
+
+    Returns the per-epoch history; `on_epoch` sees it after every epoch (to record it).
+    """
+    progress = progress or NullProgress()
+    optimizer = make_optimizer(model.parameters(), config, plain=plain_optimizer)
+    step = 0
+
+    def next_lr() -> float:
+        nonlocal step
+        rate = lr_at(step, config, steps_per_epoch)
+        step += 1
+        return rate
+
+    eval_loss = nn.CrossEntropyLoss()
+    history: list[dict[str, Any]] = []
+    best_loss = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    if not per_epoch_bars:
+        progress.begin("Training the head", total=config.epochs)
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        lr = lr_at(step, config, steps_per_epoch)
+        if per_epoch_bars:
+            progress.begin(f"Epoch {epoch}/{config.epochs}", total=steps_per_epoch)
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        row.update(
+            train_one_epoch(
+                model,
+                train_batches(epoch),
+                optimizer,
+                next_lr,
+                loss_fn,
+                device,
+                bf16,
+                NullProgress() if not per_epoch_bars else progress,
+                prepare,
+            )
+        )
+        val = evaluate(model, val_batches(), eval_loss, device, bf16)
+        row["val_loss"] = val["loss"]
+        row["val_accuracy"] = val["accuracy"]
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        status = (
+            f"loss {row['train_loss']:.3f} acc {row['train_accuracy']:.3f} "
+            f"val_loss {row['val_loss']:.3f} val_acc {row['val_accuracy']:.3f}"
+        )
+        if per_epoch_bars:
+            progress.advance(0, status=status)
+            progress.end()
+        else:
+            progress.advance(1, status=status)
+        if on_epoch is not None:
+            on_epoch(history)
+        if val["loss"] < best_loss - 1e-6:
+            best_loss = val["loss"]
+            stale = 0
+            if config.early_stopping:
+                best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if config.early_stopping and stale >= config.early_stopping:
+                row["stopped_early"] = True
+                break
+    if not per_epoch_bars:
+        progress.end()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history

@@ -1,0 +1,131 @@
+"""The training commands end to end through the CLI, plus a real Ctrl-C on a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from annotate2model.store import Store
+from annotate2model.store import runs as store_runs
+from annotate2model.workspace import Workspace
+from tests.conftest import make_image_folder, run_cli
+
+pytestmark = pytest.mark.training
+
+COMMANDS = ("train", "runs", "evaluate", "predict", "ensemble")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_an_example(cli: CliRunner, command: str) -> None:
+    code, out, _ = run_cli(cli, command, "--help")
+    assert code == 0 and "Example:" in out
+
+
+def test_cli_start_up_does_not_import_torch() -> None:
+    code = "import sys, annotate2model.cli.app; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_train_runs_evaluate_predict_ensemble(
+    cli: CliRunner, store: Store, version1: Path, weights: Path
+) -> None:
+    base = ("train", "--weights", str(weights), "--image-size", "32", "--epochs", "2")
+    code, out, err = run_cli(cli, *base, "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["status"] == "succeeded" and first["id"] == 1
+    code, out, err = run_cli(cli, *base, "--optimizer", "adamw", "--lr", "0.001")
+    assert code == 0, err
+    assert "Run 2 succeeded" in out and "32 cached, 0 computed" in out
+
+    code, out, _ = run_cli(cli, "runs", "--json")
+    assert [r["id"] for r in json.loads(out)] == [1, 2]
+    code, out, _ = run_cli(cli, "runs")
+    assert code == 0 and "succeeded" in out and "resnet18 probe" in out
+
+    code, out, _ = run_cli(cli, "evaluate", "1", "--split", "train", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["n"] == 24 and len(result["confusion"]) == 2
+    code, out, _ = run_cli(cli, "evaluate", "1")
+    assert code == 0 and "Confusion" in out and "macro F1" in out
+
+    image = next((version1 / "val" / "ants").iterdir())
+    code, out, _ = run_cli(cli, "predict", "1", str(image), "--json", "--top-k", "2")
+    top = json.loads(out)[0]["top"]
+    assert code == 0 and {t["label"] for t in top} == {"ants", "bees"}
+    code, out, _ = run_cli(cli, "predict", "1", str(image))
+    assert code == 0 and "ants" in out
+
+    code, out, err = run_cli(cli, "ensemble", "1", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["kind"] == "ensemble"
+    code, out, _ = run_cli(cli, "predict", "3", str(image), "--json")
+    assert code == 0 and len(json.loads(out)[0]["top"]) == 2
+
+
+def test_cli_messages_for_bad_input(cli: CliRunner, store: Store, version1: Path) -> None:
+    code, _, err = run_cli(cli, "train", "--backbone", "resnet7")
+    assert code == 1 and "unknown backbone 'resnet7'" in err
+    code, _, err = run_cli(cli, "train", "--weights", "/nonexistent.pth")
+    assert code == 1 and "no such file" in err
+    code, _, err = run_cli(cli, "evaluate", "42")
+    assert code == 1 and "there is no run 42" in err
+    code, _, err = run_cli(cli, "ensemble", "1")
+    assert code == 1 and "at least two runs" in err
+
+
+@pytest.mark.slow
+def test_sigint_marks_the_run_interrupted(
+    workspace: Workspace, store: Store, tmp_path: Path, weights: Path
+) -> None:
+    from annotate2model.store.imports import import_folder
+
+    folder = make_image_folder(tmp_path / "many", {"ants": 150, "bees": 150})
+    import_folder(store, folder)
+    env = {**os.environ, "A2M_HOME": str(workspace.root)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "annotate2model",
+            "train",
+            "--weights",
+            str(weights),
+            "--image-size",
+            "64",
+            "--mode",
+            "finetune",
+            "--unfreeze",
+            "all",
+            "--epochs",
+            "50",
+            "--workers",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with store.read() as session:
+            runs = store_runs.list_runs(session)
+        if runs and runs[0].history:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    with store.read() as session:
+        (run,) = store_runs.list_runs(session)
+    assert run.status == "interrupted" and run.pid is None
+    leftovers = list((workspace.runs_dir / str(run.id)).glob("*")) if run.artifact_dir else []
+    assert leftovers == []

@@ -1,0 +1,251 @@
+"""Training runs on real images and a real store: probe, cache, fine-tuning, ledger, artifacts."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from annotate2model.progress import RecordingProgress
+from annotate2model.store import Store
+from annotate2model.store import runs as store_runs
+from annotate2model.store.imports import import_folder
+from annotate2model.training import artifacts, runner, trainer
+from annotate2model.training.config import OPTIMIZERS, SCHEDULES, RunConfig
+from annotate2model.training.data import Preprocessing, load_image, to_input
+from tests.training.conftest import make_split_folder, small_config
+
+pytestmark = pytest.mark.training
+
+
+def test_probe_default_records_everything(store: Store, version1: Path, weights: Path) -> None:
+    outcome = runner.train(store, small_config(weights))
+    run = outcome.run
+    assert run.status == "succeeded" and run.kind == "train" and run.version == 1
+    assert run.config["mode"] == "probe" and run.config["backbone"] == "resnet18"
+    assert run.config["weights_identity"].startswith("sha256:")
+    assert run.wall_seconds is not None and run.images_per_second and run.device
+    assert [row["epoch"] for row in run.history] == [1, 2, 3]
+    assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "seconds"} <= set(
+        run.history[0]
+    )
+    val = run.metrics["splits"]["val"]
+    assert val["n"] == 8 and 0 <= val["accuracy"] <= 1
+    assert {"macro", "weighted", "per_class", "confusion", "top_k"} <= set(val)
+    assert outcome.extraction is not None and outcome.extraction.computed == 32
+    run_dir = store.settings.workspace.root / str(run.artifact_dir)
+    names = {p.name for p in run_dir.iterdir()}
+    assert names == {"trunk.safetensors", "head.safetensors", "model.json", "history.csv"}
+    card = json.loads((run_dir / "model.json").read_text())
+    assert card["labels"] == ["ants", "bees"] and card["architecture"] == "resnet18"
+    assert card["version"] == 1 and card["config"]["epochs"] == 3
+    assert (run_dir / "history.csv").read_text().count("\n") == 4
+    with store.read() as session:
+        preds = store_runs.read_predictions(session, run.id)
+    assert {p.split for p in preds} == {"train", "val"} and len(preds) == 32
+    assert all(abs(sum(p.probs) - 1) < 1e-3 for p in preds)
+
+
+def test_grown_version_extracts_only_new_images(
+    store: Store, version1: Path, weights: Path, tmp_path: Path
+) -> None:
+    first = runner.train(store, small_config(weights))
+    assert first.extraction is not None and first.extraction.computed == 32
+    make_split_folder(version1, {"ants": 18, "bees": 15}, {}, seed=0)
+    import_folder(store, version1)
+    second = runner.train(store, small_config(weights, lr=0.003))
+    assert second.run.version == 2
+    assert second.extraction is not None
+    assert second.extraction.cached == 32 and second.extraction.computed == 9
+    again = runner.train(store, small_config(weights, lr=0.001))
+    assert again.extraction is not None and again.extraction.computed == 0
+
+
+def test_finetune_last_block_only(store: Store, version1: Path, weights: Path) -> None:
+    config = small_config(weights, mode="finetune", unfreeze="1", epochs=2, workers=0)
+    run = runner.train(store, config).run
+    assert run.status == "succeeded" and len(run.history) == 2
+    run_dir = store.settings.workspace.root / str(run.artifact_dir)
+    trained = artifacts.read_tensors(run_dir / "trunk.safetensors")
+    original = torch.load(weights, weights_only=True)
+    assert torch.equal(trained["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
+    assert not torch.equal(trained["layer4.1.conv2.weight"], original["layer4.1.conv2.weight"])
+
+
+def test_finetune_all_with_augmentation(store: Store, version1: Path, weights: Path) -> None:
+    config = small_config(
+        weights, mode="finetune", unfreeze="all", epochs=1, workers=0, batch_size=8
+    )
+    assert config.augment_enabled
+    run = runner.train(store, config).run
+    assert run.status == "succeeded"
+    run_dir = store.settings.workspace.root / str(run.artifact_dir)
+    trained = artifacts.read_tensors(run_dir / "trunk.safetensors")
+    original = torch.load(weights, weights_only=True)
+    assert not torch.equal(trained["conv1.weight"], original["conv1.weight"])
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_optimisers_and_schedules(
+    store: Store, version1: Path, weights: Path, optimizer: str, schedule: str
+) -> None:
+    config = small_config(
+        weights,
+        optimizer=optimizer,
+        schedule=schedule,
+        lr=1e-3,
+        label_smoothing=0.1,
+        class_weights=True,
+        weight_decay=1e-4,
+    )
+    run = runner.train(store, config).run
+    assert run.status == "succeeded"
+    lrs = [row["lr"] for row in run.history]
+    assert all(lr > 0 for lr in lrs)
+    # The same optimiser also builds through torch.optim (the fine-tuning path).
+    model = torch.nn.Linear(4, 2)
+    opt = trainer.make_optimizer(model.parameters(), config)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step(1e-3)
+
+
+def test_plain_optimizer_matches_torch_optim() -> None:
+    for name in OPTIMIZERS:
+        config = RunConfig(optimizer=name, weight_decay=0.01, momentum=0.9)
+        torch.manual_seed(0)
+        a = torch.nn.Linear(5, 3)
+        b = torch.nn.Linear(5, 3)
+        b.load_state_dict(a.state_dict())
+        opt_a = trainer.make_optimizer(a.parameters(), config, plain=True)
+        opt_b = trainer.make_optimizer(b.parameters(), config, plain=False)
+        x = torch.randn(8, 5)
+        for step in range(5):
+            for model, opt in ((a, opt_a), (b, opt_b)):
+                opt.zero_grad()
+                model(x).pow(2).mean().backward()
+                opt.step(0.01 * (step + 1))
+        assert torch.allclose(a.weight, b.weight, atol=1e-6), name
+
+
+def test_schedules_follow_torch() -> None:
+    config = RunConfig(epochs=10, lr=0.01)
+    steps = 8
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    cyclic = torch.optim.lr_scheduler.CyclicLR(
+        opt, 1e-6, 0.01, step_size_up=16, mode="triangular2", cycle_momentum=False
+    )
+    for step in range(80):
+        assert trainer.lr_at(step, config, steps) == pytest.approx(cyclic.get_last_lr()[0])
+        opt.step()
+        cyclic.step()
+
+
+def test_ensemble_is_recorded_as_a_run(store: Store, version1: Path, weights: Path) -> None:
+    a = runner.train(store, small_config(weights)).run
+    b = runner.train(store, small_config(weights, optimizer="adamw", lr=1e-3)).run
+    ens = runner.ensemble(store, [a.id, b.id])
+    assert ens.kind == "ensemble" and ens.status == "succeeded"
+    assert ens.config["members"] == [a.id, b.id]
+    with store.read() as session:
+        pa = {p.image_sha256: p.probs for p in store_runs.read_predictions(session, a.id)}
+        pb = {p.image_sha256: p.probs for p in store_runs.read_predictions(session, b.id)}
+        pe = store_runs.read_predictions(session, ens.id)
+    for p in pe:
+        expected = (np.array(pa[p.image_sha256]) + np.array(pb[p.image_sha256])) / 2
+        assert np.allclose(p.probs, expected, atol=1e-4)
+    result = runner.evaluate_run(store, ens.id, split="val")
+    assert result["accuracy"] == ens.metrics["val_accuracy"]
+
+
+def test_evaluate_old_run_on_new_version(store: Store, version1: Path, weights: Path) -> None:
+    run = runner.train(store, small_config(weights)).run
+    make_split_folder(version1, {"ants": 14, "bees": 14}, {"ants": 7, "bees": 6})
+    import_folder(store, version1)
+    result = runner.evaluate_run(store, run.id, version_ref=2, split="val")
+    assert result["version"] == 2 and result["n"] == 13
+    with store.read() as session:
+        assert len(store_runs.read_predictions(session, run.id, version=2, split="val")) == 13
+        assert len(store_runs.read_predictions(session, run.id, version=1)) == 32
+
+
+def test_artifacts_reload_without_pickle_and_reproduce(
+    store: Store, version1: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = runner.train(store, small_config(weights, precision="fp32")).run
+    run_dir = store.settings.workspace.root / str(run.artifact_dir)
+
+    def no_unpickling(*_a: object, **_k: object) -> None:
+        raise AssertionError("a model must load without unpickling")
+
+    monkeypatch.setattr(pickle, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    model, card = artifacts.load_classifier(run_dir)
+    prep = Preprocessing(card["preprocessing"]["resize"], card["preprocessing"]["crop"])
+    with store.read() as session:
+        preds = store_runs.read_predictions(session, run.id, split="val")
+    images = np.stack([load_image(store.blobs.path(p.image_sha256), prep) for p in preds])
+    with torch.inference_mode():
+        probs = torch.softmax(model(to_input(images, prep, torch.device("cpu"))), 1).numpy()
+    assert np.allclose(probs, np.array([p.probs for p in preds]), atol=1e-4)
+
+
+def test_interrupt_leaves_interrupted_run(
+    store: Store, version1: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = trainer.train_one_epoch
+
+    def interrupt_second_epoch(*args: object, **kwargs: object) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train(store, small_config(weights))
+    with store.read() as session:
+        (run,) = store_runs.list_runs(session)
+    assert run.status == "interrupted" and "Ctrl-C" in (run.error or "")
+    assert len(run.history) == 1 and run.ended_at is not None
+    run_dir = store.settings.workspace.runs_dir / str(run.id)
+    assert not run_dir.exists() or not list(run_dir.iterdir())
+
+
+def test_crash_leaves_failed_run_with_reason(
+    store: Store, version1: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("metrics exploded")
+
+    monkeypatch.setattr(runner, "classification_metrics", boom)
+    with pytest.raises(RuntimeError):
+        runner.train(store, small_config(weights))
+    with store.read() as session:
+        (run,) = store_runs.list_runs(session)
+    assert run.status == "failed" and "metrics exploded" in (run.error or "")
+
+
+def test_corrupt_image_is_skipped_with_a_warning(
+    store: Store, version1: Path, weights: Path
+) -> None:
+    with store.read() as session:
+        from annotate2model.store.versions import version_items
+
+        victim = version_items(session, 1, "train")[0].image_sha256
+    path = store.blobs.path(victim)
+    path.chmod(0o644)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not an image any more")
+    progress = RecordingProgress()
+    run = runner.train(store, small_config(weights), progress=progress).run
+    assert run.status == "succeeded"
+    assert any(victim[:12] in note and "skipped" in note for note in progress.notes)
+    with store.read() as session:
+        shas = {p.image_sha256 for p in store_runs.read_predictions(session, run.id)}
+    assert victim not in shas and len(shas) == 31
