@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from annotate2model import __version__
-from annotate2model.cli import data, training, workspace
+from annotate2model.cli import data, demo, studio, training, workspace
 from annotate2model.cli.context import state
 from annotate2model.cli.render import err_console
 from annotate2model.errors import A2MError
@@ -56,6 +56,8 @@ def root(
 app.add_typer(workspace.app)
 app.add_typer(data.app)
 app.add_typer(training.app)
+app.add_typer(studio.app)
+app.add_typer(demo.app)
 
 
 def main() -> None:

@@ -1,0 +1,321 @@
+"""A local Label Studio for the workspace: start, stop, status, logs.
+
+Data lives under `.a2m/labelstudio/` (data/, home/, server.log, server.json). The server is bound
+to 127.0.0.1, runs SQLite, and gets a clean environment (Label Studio reads bare names such as
+PORT and USERNAME and writes into $HOME). `server.json` names the process this tool started, so
+`stop` never touches a server someone else runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from annotate2model.errors import LabelStudioError
+from annotate2model.progress import NullProgress, Progress
+
+DEFAULT_PORT = 8080
+START_TIMEOUT = 180.0
+_LISTENING = re.compile(r"Starting development server at http://[\d.]+:(\d+)/")
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    running: bool
+    pid: int | None = None
+    url: str | None = None
+    port: int | None = None
+    # Something worth saying: a stale pid file was cleared, the server had died...
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class StartResult:
+    url: str
+    pid: int
+    port: int
+    # False when a server of this workspace was already running (nothing was started).
+    started: bool
+    # The port asked for when it was busy and another one was used.
+    moved_from: int | None = None
+
+
+def label_studio_executable() -> str:
+    beside = Path(sys.executable).parent / "label-studio"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("label-studio")
+    if found is None:
+        raise LabelStudioError(
+            "Label Studio is not installed here; install it with "
+            "`pip install 'annotate2model[studio]'`."
+        )
+    return found
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_environment(
+    data_dir: Path, home: Path, username: str, password: str, token: str, files_root: Path
+) -> dict[str, str]:
+    """The whole environment of the server process: nothing inherited but PATH."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": str(home),
+        "PYTHONUNBUFFERED": "1",
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "DJANGO_DB": "sqlite",
+        "LABEL_STUDIO_USERNAME": username,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
+        "LATEST_VERSION_CHECK": "false",
+        "COLLECT_ANALYTICS": "false",
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+    }
+
+
+class LocalServer:
+    """The Label Studio process of one folder (the workspace's `.a2m/labelstudio/`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.root / "server.json"
+
+    def _read_pid_file(self) -> dict[str, object] | None:
+        try:
+            data = json.loads(self.pid_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def status(self) -> ServerStatus:
+        """Whether the server this tool started is alive; a stale pid file is cleared."""
+        info = self._read_pid_file()
+        if info is None:
+            return ServerStatus(running=False)
+        pid = info.get("pid")
+        port = info.get("port")
+        if not isinstance(pid, int) or not isinstance(port, int):
+            self.pid_path.unlink(missing_ok=True)
+            return ServerStatus(running=False, note="an unreadable pid file was removed")
+        if not _is_label_studio(pid):
+            self.pid_path.unlink(missing_ok=True)
+            return ServerStatus(
+                running=False, note=f"the server (pid {pid}) had stopped; its pid file was removed"
+            )
+        url = f"http://127.0.0.1:{port}"
+        return ServerStatus(running=True, pid=pid, url=url, port=port)
+
+    def start(
+        self,
+        *,
+        username: str,
+        password: str,
+        token: str,
+        port: int = DEFAULT_PORT,
+        files_root: Path = Path("/"),
+        progress: Progress | None = None,
+        timeout: float = START_TIMEOUT,
+    ) -> StartResult:
+        """Start the server (a no-op when it already runs) and wait until it answers /health."""
+        progress = progress or NullProgress()
+        current = self.status()
+        if current.running and current.pid and current.port and current.url:
+            return StartResult(url=current.url, pid=current.pid, port=current.port, started=False)
+        for folder in (self.root, self.data_dir, self.home):
+            folder.mkdir(parents=True, exist_ok=True)
+        moved_from = None
+        if not port_is_free(port):
+            moved_from, port = port, free_port()
+        first = not (self.data_dir / "label_studio.sqlite3").exists()
+        env = server_environment(self.data_dir, self.home, username, password, token, files_root)
+        command = [
+            label_studio_executable(),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        log = self.log_path.open("ab")
+        log.write(f"\n--- a2m starting Label Studio on 127.0.0.1:{port}\n".encode())
+        log.flush()
+        offset = log.tell()
+        try:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        progress.begin(
+            "Starting Label Studio"
+            + (" (first start sets up its database, ~30 s)" if first else "")
+        )
+        try:
+            actual = self._wait_ready(process, offset, port, timeout, progress)
+        except BaseException:
+            _terminate_group(process.pid)
+            raise
+        finally:
+            progress.end()
+        record = {"pid": process.pid, "port": actual, "started_at": time.time()}
+        self.pid_path.write_text(json.dumps(record))
+        if actual != port and moved_from is None:
+            moved_from = port
+        return StartResult(
+            url=f"http://127.0.0.1:{actual}",
+            pid=process.pid,
+            port=actual,
+            started=True,
+            moved_from=moved_from,
+        )
+
+    def _wait_ready(
+        self,
+        process: subprocess.Popen[bytes],
+        offset: int,
+        port: int,
+        timeout: float,
+        progress: Progress,
+    ) -> int:
+        deadline = time.monotonic() + timeout
+        actual: int | None = None
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise LabelStudioError(
+                    f"Label Studio exited during start-up (code {process.returncode}); "
+                    f"see {self.log_path} (or `a2m studio logs`)."
+                )
+            if actual is None:
+                match = _LISTENING.search(self._log_since(offset))
+                if match:
+                    actual = int(match.group(1))
+            if actual is not None:
+                with contextlib.suppress(httpx.HTTPError):
+                    response = httpx.get(f"http://127.0.0.1:{actual}/health", timeout=2.0)
+                    if response.status_code == 200:
+                        return actual
+            progress.advance(0)
+            time.sleep(0.25)
+        raise LabelStudioError(
+            f"Label Studio did not answer on port {actual or port} within {timeout:.0f} s; "
+            f"see {self.log_path}."
+        )
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> ServerStatus:
+        """Stop the server this tool started (SIGTERM, then SIGKILL); returns what was running."""
+        current = self.status()
+        if not current.running or current.pid is None:
+            return current
+        _terminate_group(current.pid, timeout)
+        self.pid_path.unlink(missing_ok=True)
+        return current
+
+    def log_tail(self, lines: int = 50) -> list[str]:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        return text.splitlines()[-lines:] if lines > 0 else text.splitlines()
+
+
+def _is_label_studio(pid: int) -> bool:
+    """Alive, not a zombie, and running label-studio (a pid may have been reused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            stat = (proc / "stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return False
+        return b"label-studio" in cmdline or b"label_studio" in cmdline
+    return True
+
+
+def _terminate_group(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM the process group the server leads; SIGKILL it if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if not _is_label_studio(pid):
+                return
+            time.sleep(0.1)

@@ -1,0 +1,124 @@
+"""A real Label Studio for the tests: one template data folder per session, copies per module.
+
+The first start runs Django migrations (~30 s); a copy of the initialised folder starts in a few
+seconds. Each server runs on a free loopback port with a clean environment and is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from annotate2model.labelstudio.client import LabelStudioClient
+from annotate2model.labelstudio.config import build_label_config
+from annotate2model.labelstudio.server import LocalServer, free_port
+from annotate2model.settings import Secret
+
+ADMIN = "admin@a2m.local"
+PASSWORD = "test-password-123"
+# A legacy token (40 characters, the Django REST framework key length).
+LEGACY_TOKEN = "a2mtest0legacy0token0123456789abcdef0123"
+
+
+@dataclass
+class LiveServer:
+    url: str
+    server: LocalServer
+    pat: str
+
+    @property
+    def legacy(self) -> str:
+        return LEGACY_TOKEN
+
+    def client(self, token: str | None = None, **kwargs: Any) -> LabelStudioClient:
+        return LabelStudioClient(self.url, Secret(token or LEGACY_TOKEN), **kwargs)
+
+    def create_project(self, labels: list[str], title: str = "test project") -> int:
+        with self.client() as c:
+            return c.create_project(title, build_label_config(labels)).id
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self.client() as c:
+            response = c.request(method, path, **kwargs)
+            assert response.status_code < 400, response.text[:500]
+            return response.json() if response.content else None
+
+
+def _start(root: Path) -> LocalServer:
+    server = LocalServer(root)
+    server.start(username=ADMIN, password=PASSWORD, token=LEGACY_TOKEN, port=free_port())
+    return server
+
+
+@pytest.fixture(scope="session")
+def ls_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """An initialised Label Studio data folder (admin, legacy token, a PAT), server stopped."""
+    root = tmp_path_factory.mktemp("ls-template")
+    server = _start(root)
+    try:
+        status = server.status()
+        response = httpx.post(
+            f"{status.url}/api/token/",
+            headers={"Authorization": f"Token {LEGACY_TOKEN}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        pat = str(response.json()["token"])
+    finally:
+        server.stop()
+    return root, pat
+
+
+def copy_server(template: tuple[Path, str], target: Path) -> tuple[Path, str]:
+    root, pat = template
+    shutil.copytree(root, target, symlinks=True)
+    (target / "server.json").unlink(missing_ok=True)
+    (target / "server.log").unlink(missing_ok=True)
+    return target, pat
+
+
+@pytest.fixture(scope="module")
+def ls_server(
+    ls_template: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A running server of its own for one test module."""
+    root, pat = copy_server(ls_template, tmp_path_factory.mktemp("ls") / "labelstudio")
+    server = _start(root)
+    status = server.status()
+    assert status.url is not None
+    try:
+        yield LiveServer(url=status.url, server=server, pat=pat)
+    finally:
+        server.stop()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on loopback serving a folder: (base URL, folder)."""
+    folder = tmp_path_factory.mktemp("served")
+
+    class Handler(_Quiet):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,0 +1,291 @@
+"""connect, collect and sync against a real Label Studio: token kinds, URL kinds, policies."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from annotate2model.errors import LabelStudioError
+from annotate2model.labelstudio.server import free_port
+from annotate2model.labelstudio.sync import sync_project
+from annotate2model.settings import load_settings
+from annotate2model.store import Store
+from annotate2model.store.tasks import load_tasks
+from annotate2model.store.versions import version_items
+from annotate2model.workspace import Workspace
+from tests.conftest import image_bytes, make_image_folder, run_cli
+from tests.labelstudio.conftest import LiveServer
+
+pytestmark = pytest.mark.labelstudio
+
+
+def choice(label: str, **extra: object) -> dict[str, object]:
+    return {
+        "result": [
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": [label]},
+            }
+        ],
+        **extra,
+    }
+
+
+def connect(cli: CliRunner, ls: LiveServer, *args: str) -> dict[str, object]:
+    code, out, err = run_cli(cli, "connect", ls.url, "--token", ls.legacy, *args, "--json")
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
+def test_connect_accepts_both_token_kinds_and_explains_failures(
+    cli: CliRunner, ls_server: LiveServer, workspace: Workspace
+) -> None:
+    created = connect(cli, ls_server, "--create", "Connect test", "--labels", "ant,bee")
+    assert created["labels"] == ["ant", "bee"] and created["token_kind"] == "legacy"
+    project = str(created["project"])
+    code, out, err = run_cli(
+        cli, "connect", ls_server.url, "--token", ls_server.pat, "--project", project, "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["token_kind"] == "pat"
+    config = workspace.read_config()["labelstudio"]
+    assert config == {"url": ls_server.url, "project": int(project)}
+    assert ls_server.pat not in workspace.config_path.read_text()
+    assert oct(workspace.secrets_path.stat().st_mode & 0o777) == "0o600"
+
+    bad_url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run_cli(cli, "connect", bad_url, "--token", "x" * 40, "--project", "1")
+    assert code == 1 and "cannot reach Label Studio" in err
+    wrong = "0" * 40
+    code, _, err = run_cli(cli, "connect", ls_server.url, "--token", wrong, "--project", "1")
+    assert code == 1 and "rejected the legacy API token" in err and wrong not in err
+    fake_pat = ls_server.pat[:-4] + "AAAA"
+    code, _, err = run_cli(cli, "connect", ls_server.url, "--token", fake_pat, "--project", "1")
+    assert code == 1 and "personal access token" in err and fake_pat not in err
+    code, _, err = run_cli(
+        cli, "connect", ls_server.url, "--token", ls_server.legacy, "--project", "9999"
+    )
+    assert code == 1 and "no project 9999" in err
+    text_project = ls_server.api(
+        "POST",
+        "/api/projects",
+        json={
+            "title": "text only",
+            "label_config": '<View><Text name="t" value="$text"/>'
+            '<Choices name="c" toName="t"><Choice value="x"/></Choices></View>',
+        },
+    )["id"]
+    code, _, err = run_cli(
+        cli, "connect", ls_server.url, "--token", ls_server.legacy, "--project", str(text_project)
+    )
+    assert code == 1 and "needs an <Image>" in err
+
+
+def test_collect_then_sync_then_nothing_changed(
+    cli: CliRunner, ls_server: LiveServer, workspace: Workspace, tmp_path: Path
+) -> None:
+    connect(cli, ls_server, "--create", "Collect test", "--labels", "cat,dog")
+    folder = make_image_folder(tmp_path / "photos", {"cat": 4, "dog": 3, "owl": 1}, seed=11)
+    (folder / "cat" / "broken.png").write_bytes(b"not an image")
+    code, out, err = run_cli(cli, "collect", str(folder), "--labels-from-folders", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["mode"] == "upload"
+    assert result["tasks_created"] == 8 and result["labeled"] == 7
+    reasons = dict(result["skipped"])
+    assert "cat/broken.png" in reasons and "not in the labeling config" in reasons["owl/owl_0.png"]
+
+    code, out, err = run_cli(cli, "sync", "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["created"] and first["added"] == 7 and first["unlabeled"] == 1
+    # Same folder again: every image is already in the project.
+    code, out, _ = run_cli(cli, "collect", str(folder), "--json")
+    assert json.loads(out)["tasks_created"] == 0
+    assert json.loads(out)["already_in_project"] == 8
+    code, out, _ = run_cli(cli, "sync")
+    assert code == 0 and "Nothing changed" in out
+    code, out, _ = run_cli(cli, "sync", "--json")
+    again = json.loads(out)
+    assert not again["created"] and again["fetched"] == 0 and again["version"] == first["version"]
+
+
+def test_collect_as_predictions_gives_unlabeled_tasks(
+    cli: CliRunner, ls_server: LiveServer, tmp_path: Path
+) -> None:
+    connect(cli, ls_server, "--create", "Predictions test", "--labels", "cat,dog")
+    folder = make_image_folder(tmp_path / "p", {"cat": 2, "dog": 2}, seed=12)
+    code, out, err = run_cli(
+        cli, "collect", str(folder), "--labels-from-folders", "--as", "predictions", "--json"
+    )
+    assert code == 0, err
+    code, out, _ = run_cli(cli, "sync", "--json")
+    result = json.loads(out)
+    assert result["unlabeled"] == 4 and result["added"] == 0
+
+
+def test_every_url_kind_and_unreadable_images(
+    ls_server: LiveServer, store: Store, tmp_path: Path, image_server: tuple[str, Path]
+) -> None:
+    base, served = image_server
+    project = ls_server.create_project(["a", "b"])
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "l.png").write_bytes(image_bytes(201))
+    (served / "h.png").write_bytes(image_bytes(202))
+    (served / "garbage.png").write_bytes(b"\x89PNG but not really")
+    with ls_server.client() as c:
+        uploaded = c.upload_file(project, "u.png", image_bytes(203))
+        assert c.add_local_storage(project, str(local))
+        data_url = "data:image/png;base64," + base64.b64encode(image_bytes(204)).decode()
+        tasks = [
+            {"data": {"image": uploaded}, "annotations": [choice("a")]},
+            {
+                "data": {"image": "/data/local-files/?d=" + str(local / "l.png").lstrip("/")},
+                "annotations": [choice("b")],
+            },
+            {"data": {"image": f"{base}/h.png"}, "annotations": [choice("a")]},
+            {"data": {"image": data_url}, "annotations": [choice("b")]},
+            {"data": {"image": f"{base}/missing.png"}, "annotations": [choice("a")]},
+            {"data": {"image": f"{base}/garbage.png"}, "annotations": [choice("a")]},
+        ]
+        ids = c.import_tasks(project, tasks)
+        result = sync_project(store, c, project)
+    assert result.version is not None and result.version.version.item_count == 4
+    problems = dict(result.skipped)
+    assert "HTTP 404" in problems[ids[4]]
+    assert "not an image" in problems[ids[5]] or "corrupt" in problems[ids[5]]
+    with store.read() as session:
+        items = version_items(session, result.version.version.number)
+    assert {i.label for i in items} == {"a", "b"}
+    # The broken image gets fixed on the server: the next sync retries and picks it up.
+    (served / "missing.png").write_bytes(image_bytes(205))
+    with ls_server.client() as c:
+        again = sync_project(store, c, project)
+    assert again.version is not None and again.version.version.item_count == 5
+    assert again.added == 1
+
+
+def test_policies_cancelled_conflicts_and_foreign_labels(
+    ls_server: LiveServer, store: Store, image_server: tuple[str, Path]
+) -> None:
+    base, served = image_server
+    for i in range(4):
+        (served / f"p{i}.png").write_bytes(image_bytes(300 + i))
+    project = ls_server.create_project(["a", "b"])
+    with ls_server.client() as c:
+        ids = c.import_tasks(
+            project,
+            [
+                # Two b, then one later a: latest says a, majority says b.
+                {"data": {"image": f"{base}/p0.png"}, "annotations": [choice("b"), choice("b")]},
+                # Ground truth b, later a.
+                {
+                    "data": {"image": f"{base}/p1.png"},
+                    "annotations": [choice("b", ground_truth=True)],
+                },
+                # Only a cancelled (skipped) annotation.
+                {
+                    "data": {"image": f"{base}/p2.png"},
+                    "annotations": [{"result": [], "was_cancelled": True}],
+                },
+                # A label outside the config.
+                {"data": {"image": f"{base}/p3.png"}, "annotations": [choice("zebra")]},
+                # The same image as task 0 under another task with another label: a conflict.
+                {"data": {"image": f"{base}/p0.png?copy"}, "annotations": [choice("b")]},
+            ],
+        )
+        ls_server.api("POST", f"/api/tasks/{ids[0]}/annotations/", json=choice("a"))
+        ls_server.api("POST", f"/api/tasks/{ids[1]}/annotations/", json=choice("a"))
+        latest = sync_project(store, c, project, policy="latest")
+        problems = dict(latest.skipped)
+        assert problems[ids[2]].startswith("skipped")
+        assert "label outside config" in problems[ids[3]]
+        assert "conflict" in problems[ids[4]] and "conflict" in problems[ids[0]]
+        assert _task_labels(store, project, ids[:2]) == ["a", "a"]
+        # Majority: task 0 is b (2 to 1), agreeing with its copy; task 1 ties and goes latest.
+        majority = sync_project(store, c, project, policy="majority")
+        assert not any("conflict" in r for _, r in majority.skipped)
+        assert _task_labels(store, project, ids[:2]) == ["b", "a"]
+        ls_server.api("DELETE", f"/api/tasks/{ids[4]}/")
+        majority = sync_project(store, c, project, policy="majority")
+        assert majority.deleted_tasks == 1
+        truth = sync_project(store, c, project, policy="ground-truth")
+        assert truth.deleted_tasks == 0
+        # Task 1's ground-truth "b" beats its later "a".
+        assert _task_labels(store, project, ids[:2])[1] == "b"
+
+
+def _task_labels(store: Store, project: int, ids: list[int]) -> list[str | None]:
+    with store.read() as session:
+        tasks = load_tasks(session, project)
+    return [tasks[i].label for i in ids]
+
+
+def _labels(store: Store, result: object) -> list[str]:
+    version = result.version.version.number  # type: ignore[attr-defined]
+    with store.read() as session:
+        return [i.label for i in version_items(session, version)]
+
+
+def test_incremental_sync_fetches_only_changes_and_reconciles_deletions(
+    ls_server: LiveServer, store: Store, image_server: tuple[str, Path]
+) -> None:
+    base, served = image_server
+    for i in range(30):
+        (served / f"i{i}.png").write_bytes(image_bytes(400 + i))
+    project = ls_server.create_project(["a", "b"])
+    with ls_server.client() as c:
+        ids = c.import_tasks(
+            project,
+            [
+                {"data": {"image": f"{base}/i{i}.png"}, "annotations": [choice("a")]}
+                for i in range(30)
+            ],
+        )
+        first = sync_project(store, c, project)
+        assert first.tasks_fetched == 30 and first.version is not None
+        task = ls_server.api("GET", f"/api/tasks/{ids[3]}")
+        ls_server.api(
+            "PATCH", f"/api/annotations/{task['annotations'][0]['id']}/", json=choice("b")
+        )
+        ls_server.api("DELETE", f"/api/tasks/{ids[7]}/")
+        second = sync_project(store, c, project)
+    assert second.tasks_fetched == 1 and second.images_downloaded == 0
+    assert (second.added, second.removed, second.relabeled) == (0, 1, 1)
+    assert (
+        second.version is not None and second.version.version.parent == first.version.version.number
+    )
+
+
+def test_token_never_stored_in_the_database(
+    cli: CliRunner, ls_server: LiveServer, workspace: Workspace, tmp_path: Path
+) -> None:
+    connect(cli, ls_server, "--create", "Token test", "--labels", "x,y")
+    folder = make_image_folder(tmp_path / "t", {"x": 2}, seed=13)
+    run_cli(cli, "collect", str(folder), "--labels-from-folders")
+    code, out, err = run_cli(cli, "sync")
+    assert code == 0, err
+    db = b"".join(p.read_bytes() for p in workspace.data_dir.glob("store.db*"))
+    assert ls_server.legacy.encode() not in db
+    assert ls_server.legacy not in out + err
+
+
+def test_env_names_follow_the_sdk(
+    cli: CliRunner, ls_server: LiveServer, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_URL", ls_server.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.pat)
+    code, out, err = run_cli(cli, "connect", "--create", "Env test", "--labels", "p,q", "--json")
+    assert code == 0, err
+    assert json.loads(out)["token_kind"] == "pat"
+    settings = load_settings(workspace, env={})
+    assert settings.labelstudio.url == ls_server.url
+    with pytest.raises(LabelStudioError), ls_server.client(token="1" * 40) as c:
+        c.project(1)
