@@ -16,7 +16,20 @@ from annotate2model.settings import Settings, load_settings
 from annotate2model.store import Store
 from annotate2model.workspace import Workspace, init_workspace
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+def _find_shared() -> Path:
+    """The shared data folder: A2M_SHARED_DIR, else a `shared/` beside or above the checkout."""
+    if os.environ.get("A2M_SHARED_DIR"):
+        return Path(os.environ["A2M_SHARED_DIR"])
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "shared" / "weights").is_dir():
+            return parent / "shared"
+    # CI clones the project elsewhere on this machine; the data stays where it was provided.
+    return Path("/work/shared")
+
+
+SHARED = _find_shared()
 HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
 SCENES_WEIGHTS = SHARED / "weights" / "resnet18-scenes.pth"
 
