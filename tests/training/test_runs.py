@@ -249,3 +249,20 @@ def test_corrupt_image_is_skipped_with_a_warning(
     with store.read() as session:
         shas = {p.image_sha256 for p in store_runs.read_predictions(session, run.id)}
     assert victim not in shas and len(shas) == 31
+
+
+def test_probe_with_cached_augmented_views(store: Store, version1: Path, weights: Path) -> None:
+    outcome = runner.train(store, small_config(weights, views=3))
+    assert outcome.run.status == "succeeded"
+    # Three views of each of the 24 training images, one of each of the 8 validation images.
+    assert outcome.extraction is not None and outcome.extraction.computed == 3 * 24 + 8
+    again = runner.train(store, small_config(weights, views=2, lr=0.001))
+    assert again.extraction is not None and again.extraction.computed == 0
+
+
+def test_early_stopping_keeps_the_best_epoch(store: Store, version1: Path, weights: Path) -> None:
+    run = runner.train(
+        store, small_config(weights, epochs=30, early_stopping=2, schedule="constant", lr=0.5)
+    ).run
+    assert run.status == "succeeded"
+    assert len(run.history) < 30 and run.history[-1].get("stopped_early")
