@@ -57,7 +57,7 @@ state = trunk_state_from("resnet18", load_state_dict("resnet18", source), weight
 trunk = build_trunk("resnet18")
 trunk.load_state_dict(state)
 trunk.eval()
-paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".gif"))
 jobs = [ExtractJob(f"{i:064x}", p, 0) for i, p in enumerate(paths)]
 prep = Preprocessing(256, 224)
 

@@ -153,6 +153,9 @@ def runs_cmd(
     Example: [bold]a2m runs --json[/]
     """
     store = state(ctx).store()
+    if store.settings.database_url.startswith("sqlite"):
+        with store.write() as session:
+            store_runs.close_dead_runs(session)
     with store.read() as session:
         number = None
         if version is not None:

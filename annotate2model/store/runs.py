@@ -144,6 +144,33 @@ def set_metrics(session: Session, run_id: int, metrics: dict[str, Any]) -> None:
     _row(session, run_id).metrics_json = json.dumps(metrics)
 
 
+def close_dead_runs(session: Session) -> list[int]:
+    """Mark `running` rows whose process no longer exists (killed -9, machine reset) as failed.
+
+    Only meaningful where runs start on this machine (the SQLite store in the workspace).
+    """
+    closed = []
+    for row in session.scalars(select(Run).where(Run.status == "running")):
+        if row.pid is not None and not _alive(row.pid):
+            row.status = "failed"
+            row.ended_at = datetime.now(timezone.utc)
+            row.error = f"the training process (pid {row.pid}) ended without closing the run"
+            row.pid = None
+            closed.append(row.id)
+    session.flush()
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def get_run(session: Session, run_id: int | str) -> RunRecord:
     try:
         number = int(str(run_id).lstrip("#"))

@@ -375,6 +375,7 @@ def _image_batches(
         shuffle=shuffle,
         num_workers=workers,
         collate_fn=collate,
+        pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed + epoch),
     )
     for images, y, bad in loader:

@@ -129,3 +129,14 @@ def test_sigint_marks_the_run_interrupted(
     assert run.status == "interrupted" and run.pid is None
     leftovers = list((workspace.runs_dir / str(run.id)).glob("*")) if run.artifact_dir else []
     assert leftovers == []
+
+
+def test_runs_closes_a_run_whose_process_died(cli: CliRunner, store: Store, version1: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with store.write() as session:
+        run = store_runs.create_run(session, 1, "train", {"backbone": "resnet18"}, "cpu")
+        session.get(store_runs.Run, run.id).pid = gone.pid  # type: ignore[union-attr]
+    code, out, _ = run_cli(cli, "runs", "--json")
+    (row,) = json.loads(out)
+    assert code == 0 and row["status"] == "failed" and f"pid {gone.pid}" in row["error"]
