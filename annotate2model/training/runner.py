@@ -539,6 +539,10 @@ def _member_probs(
     weight, bias = head_state["weight"].float(), head_state["bias"].float()
     skipped: set[str] = set()
     key = card.get("embedding_key")
+    if key and card.get("precision") == "bf16" and not bf16:
+        # Features computed here in fp32 must not land under the bf16 features' key.
+        identity = card["config"]["weights_identity"]
+        key = model_key(card["architecture"], identity, prep, False)
     if key:
         # A frozen trunk: its features may be cached already (keyed by content, not by run).
         cache = embedding_cache(store)

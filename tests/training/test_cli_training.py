@@ -140,3 +140,25 @@ def test_runs_closes_a_run_whose_process_died(cli: CliRunner, store: Store, vers
     code, out, _ = run_cli(cli, "runs", "--json")
     (row,) = json.loads(out)
     assert code == 0 and row["status"] == "failed" and f"pid {gone.pid}" in row["error"]
+
+
+def test_train_from_a_preset(cli: CliRunner, store: Store, version1: Path, weights: Path) -> None:
+    code, out, err = run_cli(
+        cli,
+        "train",
+        "--preset",
+        "resnet18-probe-adamw",
+        "--weights",
+        str(weights),
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--json",
+    )
+    assert code == 0, err
+    config = json.loads(out)["config"]
+    assert config["preset"] == "resnet18-probe-adamw" and config["optimizer"] == "adamw"
+    assert config["epochs"] == 2 and config["schedule"] == "cosine"
+    code, _, err = run_cli(cli, "train", "--preset", "nope")
+    assert code == 1 and "unknown preset 'nope'" in err

@@ -74,6 +74,12 @@ def test_finetune_last_block_only(store: Store, version1: Path, weights: Path) -
     original = torch.load(weights, weights_only=True)
     assert torch.equal(trained["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
     assert not torch.equal(trained["layer4.1.conv2.weight"], original["layer4.1.conv2.weight"])
+    # Judged again from its artifacts (the full network, not the embedding cache).
+    result = runner.evaluate_run(store, run.id, split="val")
+    assert result["n"] == 8
+    assert abs(result["accuracy"] - run.metrics["val_accuracy"]) <= 1 / 8
+    (top,) = runner.predict_files(store, run.id, [next((version1 / "val" / "bees").iterdir())])
+    assert {t["label"] for t in top["top"]} == {"ants", "bees"}
 
 
 def test_finetune_all_with_augmentation(store: Store, version1: Path, weights: Path) -> None:
