@@ -146,12 +146,18 @@ def load_state_dict(backbone: str, source: WeightsSource) -> dict[str, torch.Ten
 
 
 def trunk_state_from(
-    backbone: str, state: dict[str, torch.Tensor], origin: str
+    backbone: str,
+    state: dict[str, torch.Tensor],
+    origin: str,
+    trunk: nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The state dict without the classifier's last Linear, checked against the architecture."""
+    """The state dict without the classifier's last Linear, checked against the architecture.
+
+    `trunk` (from `build_trunk`) saves building a second network just to read its shapes.
+    """
     head_prefix = HEADS[backbone][0] + "."
     trunk_state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
-    reference = _tv_model(backbone).state_dict()
+    reference = (trunk if trunk is not None else build_trunk(backbone)).state_dict()
     expected = {k: v for k, v in reference.items() if not k.startswith(head_prefix)}
     missing = sorted(set(expected) - set(trunk_state))
     unexpected = sorted(set(trunk_state) - set(expected))

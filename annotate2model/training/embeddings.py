@@ -65,6 +65,10 @@ def model_description(backbone: str, weights_identity: str, prep: Preprocessing,
     )
 
 
+# Decoded images allowed to wait for the network at the start of an extraction.
+PREFETCH_BYTES = 128 << 20
+
+
 @dataclass
 class ExtractionStats:
     """What one extraction did: how many (image, view) pairs were computed and how fast."""
@@ -210,10 +214,6 @@ def extract(
     stats.cached = len(jobs) - len(missing)
     if not missing:
         return out, stats
-    model = trunk().to(device).eval()
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
-    started = time.perf_counter()
     batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
 
     def decode(batch: list[ExtractJob]) -> tuple[list[ExtractJob], list[NDArray[Any]], list[str]]:
@@ -232,18 +232,28 @@ def extract(
 
     progress.begin("Extracting features", total=len(missing))
     ahead = max(2, workers + 1)
+    # While the network is being built (torchvision's import alone takes seconds), decoding
+    # runs much further ahead, up to PREFETCH_BYTES of decoded pixels.
+    batch_bytes = batch_size * prep.crop * prep.crop * 3
+    first_ahead = max(ahead, PREFETCH_BYTES // max(1, batch_bytes))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode():
         pending: deque[Future[tuple[list[ExtractJob], list[NDArray[Any]], list[str]]]] = deque()
         queue = iter(batches)
         for batch in queue:
             pending.append(pool.submit(decode, batch))
-            if len(pending) >= ahead:
+            if len(pending) >= first_ahead:
                 break
+        # The first batches decode while the network is built (imports, weights).
+        model = trunk().to(device).eval()
+        if device.type != "mps":
+            model = model.to(memory_format=torch.channels_last)
+        started = time.perf_counter()
         while pending:
             kept, arrays, errors = pending.popleft().result()
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append(pool.submit(decode, nxt))
+            if len(pending) < ahead:
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.append(pool.submit(decode, nxt))
             for error in errors:
                 sha, reason = error.split("\t", 1)
                 if not any(s == sha for s, _ in stats.skipped):

@@ -248,7 +248,7 @@ def _train_probe(
             prep,
             device,
             bf16,
-            batch_size=config.eval_batch_size,
+            batch_size=config.eval_batch_for(device.type),
             workers=config.workers if config.workers > 0 else default_workers(),
             seed=config.seed,
             rotation=config.rotation,
@@ -334,7 +334,7 @@ def _trunk_state(
         trunk_state = build_trunk(config.backbone).state_dict()
     else:
         origin = str(source.path) if source.path else f"the {source.kind} weights"
-        trunk_state = trunk_state_from(config.backbone, state, origin)
+        trunk_state = trunk_state_from(config.backbone, state, origin, model)
     if not trunk_file.is_file():
         cache.save_trunk(trunk_file, trunk_state)
     return trunk_state
@@ -398,8 +398,11 @@ def _train_finetune(
 ) -> TrainResult:
     state = load_state_dict(config.backbone, source)
     origin = str(source.path) if source.path else f"the {source.kind} weights"
-    trunk_state = trunk_state_from(config.backbone, state, origin) if state is not None else None
-    model = build_classifier(config.backbone, len(data.labels), trunk_state, config.seed)
+    model = build_classifier(config.backbone, len(data.labels), None, config.seed)
+    if state is not None:
+        model.trunk.load_state_dict(
+            trunk_state_from(config.backbone, state, origin, model.trunk), strict=True
+        )
     set_trainable(model, config.backbone, config.mode, config.unfreeze)
     model = model.to(device)
     if device.type != "mps":
@@ -419,7 +422,7 @@ def _train_finetune(
             store,
             prep,
             device,
-            config.batch_size if split == "train" else config.eval_batch_size,
+            config.batch_size if split == "train" else config.eval_batch_for(device.type),
             workers,
             augment,
             config.rotation,
@@ -563,6 +566,7 @@ def _member_probs(
                 prep,
                 device,
                 bf16,
+                batch_size=32 if device.type == "cpu" else 128,
                 workers=default_workers(),
                 progress=progress,
             )
