@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -162,3 +163,49 @@ def test_train_from_a_preset(cli: CliRunner, store: Store, version1: Path, weigh
     assert config["epochs"] == 2 and config["schedule"] == "cosine"
     code, _, err = run_cli(cli, "train", "--preset", "nope")
     assert code == 1 and "unknown preset 'nope'" in err
+
+
+@pytest.mark.slow
+def test_kill_9_during_extraction_leaves_a_usable_cache(
+    cli: CliRunner, workspace: Workspace, store: Store, tmp_path: Path, weights: Path
+) -> None:
+    import sqlite3
+
+    from annotate2model.store.imports import import_folder
+
+    folder = make_image_folder(tmp_path / "many", {"ants": 200, "bees": 200})
+    import_folder(store, folder)
+    env = {**os.environ, "A2M_HOME": str(workspace.root)}
+    args = ["train", "--weights", str(weights), "--image-size", "128"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "annotate2model", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = workspace.cache_dir / "embeddings" / "embeddings.sqlite"
+    deadline = time.monotonic() + 120
+    stored = 0
+    while time.monotonic() < deadline and stored == 0:
+        time.sleep(0.2)
+        if db.is_file():
+            with contextlib.suppress(sqlite3.Error):
+                conn = sqlite3.connect(db, timeout=5)
+                stored = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+                conn.close()
+    proc.kill()
+    proc.wait(timeout=30)
+    assert 0 < stored < 400, "the process must be killed in the middle of extraction"
+    conn = sqlite3.connect(db, timeout=5)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    before = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    conn.close()
+    assert before % 32 == 0  # whole extraction batches only
+
+    code, out, err = run_cli(cli, *args, "--json")
+    assert code == 0, err
+    extraction = json.loads(out)["metrics"]["timing"]["extraction"]
+    assert extraction["cached"] == before and extraction["computed"] == 400 - before
+    code, out, _ = run_cli(cli, "runs", "--json")
+    statuses = [r["status"] for r in json.loads(out)]
+    assert statuses == ["failed", "succeeded"]
