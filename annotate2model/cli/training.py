@@ -178,11 +178,14 @@ def runs_cmd(
         "model",
         "started",
         "seconds",
+        "img/s",
         "val acc",
         "test acc",
         "note",
     ):
-        table.add_column(col, justify="right" if col in ("run", "version", "seconds") else "left")
+        table.add_column(
+            col, justify="right" if col in ("run", "version", "seconds", "img/s") else "left"
+        )
     for r in rows:
         c = r.config
         model = (
@@ -199,6 +202,7 @@ def runs_cmd(
             model,
             when(r.started_at),
             f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
+            f"{r.images_per_second:.0f}" if r.images_per_second else "-",
             _pct(r.metrics.get("val_accuracy")),
             _pct(r.metrics.get("test_accuracy")),
             r.error or c.get("note") or "",

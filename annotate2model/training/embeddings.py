@@ -76,6 +76,8 @@ class ExtractionStats:
     requested: int = 0
     cached: int = 0
     computed: int = 0
+    # From the network being ready to the last batch stored; decoding that ran while the
+    # network was being built is not counted.
     seconds: float = 0.0
     # (image sha256, reason) of images that could not be decoded.
     skipped: list[tuple[str, str]] = field(default_factory=list)
