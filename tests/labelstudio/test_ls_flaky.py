@@ -1,0 +1,162 @@
+"""A Label Studio that answers 5xx or slowly: retries with backoff, then a clear error.
+
+A real HTTP proxy stands between a2m and the real server and injects the faults.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from annotate2model.errors import LabelStudioError
+from annotate2model.labelstudio.client import LabelStudioClient
+from annotate2model.labelstudio.sync import sync_project
+from annotate2model.settings import Secret
+from annotate2model.store import Store
+from annotate2model.store.versions import latest_version
+from tests.conftest import image_bytes
+from tests.labelstudio.conftest import LEGACY_TOKEN, LiveServer
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
+
+
+class Faults:
+    """What the proxy does to the requests passing through it."""
+
+    def __init__(self) -> None:
+        self.fail_every = 0  # answer 503 to every Nth request (0: never)
+        self.fail_all = False
+        self.delay = 0.0  # seconds added before each answer
+        self.seen = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+
+
+@pytest.fixture
+def flaky_proxy(ls_server: LiveServer) -> Iterator[tuple[str, Faults]]:
+    faults = Faults()
+    upstream = ls_server.url
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _forward(self) -> None:
+            with faults.lock:
+                faults.seen += 1
+                fail = faults.fail_all or (
+                    faults.fail_every > 0 and faults.seen % faults.fail_every == 0
+                )
+                if fail:
+                    faults.failed += 1
+            time.sleep(faults.delay)
+            if fail:
+                body = b'{"detail": "injected fault"}'
+                self.send_response(503)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length) if length else None
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+            }
+            answer = httpx.request(
+                self.command, upstream + self.path, headers=headers, content=data, timeout=60
+            )
+            self.send_response(answer.status_code)
+            for key, value in answer.headers.items():
+                if key.lower() not in (
+                    "content-length",
+                    "transfer-encoding",
+                    "connection",
+                    "content-encoding",
+                ):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", faults
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _project_with_tasks(
+    ls_server: LiveServer, image_server: tuple[str, Path], n: int, seed: int
+) -> int:
+    base, served = image_server
+    tasks = []
+    for i in range(n):
+        (served / f"flaky{seed}_{i}.png").write_bytes(image_bytes(seed + i))
+        result = [
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": ["a" if i % 2 else "b"]},
+            }
+        ]
+        tasks.append(
+            {"data": {"image": f"{base}/flaky{seed}_{i}.png"}, "annotations": [{"result": result}]}
+        )
+    project = ls_server.create_project(["a", "b"])
+    with ls_server.client() as c:
+        c.import_tasks(project, tasks)
+    return project
+
+
+def test_5xx_and_slow_answers_are_retried_and_the_sync_completes(
+    ls_server: LiveServer,
+    store: Store,
+    image_server: tuple[str, Path],
+    flaky_proxy: tuple[str, Faults],
+) -> None:
+    url, faults = flaky_proxy
+    project = _project_with_tasks(ls_server, image_server, 12, seed=7100)
+    faults.fail_every = 3
+    faults.delay = 0.05
+    client = LabelStudioClient(url, Secret(LEGACY_TOKEN), attempts=4, backoff=0.02)
+    with client:
+        result = sync_project(store, client, project)
+    assert faults.failed > 0, "the proxy injected no fault; the test proves nothing"
+    assert result.version is not None and result.version.version.item_count == 12
+
+
+def test_a_server_that_keeps_failing_gives_a_clear_error_and_writes_nothing(
+    ls_server: LiveServer,
+    store: Store,
+    image_server: tuple[str, Path],
+    flaky_proxy: tuple[str, Faults],
+) -> None:
+    url, faults = flaky_proxy
+    project = _project_with_tasks(ls_server, image_server, 4, seed=7200)
+    faults.fail_all = True
+    client = LabelStudioClient(url, Secret(LEGACY_TOKEN), attempts=3, backoff=0.02)
+    with client, pytest.raises(LabelStudioError) as info:
+        sync_project(store, client, project)
+    message = str(info.value)
+    assert "503" in message and LEGACY_TOKEN not in message
+    assert faults.seen == 3  # bounded: exactly `attempts` tries, then the error
+    with store.read() as session:
+        assert latest_version(session) is None
+    # The server recovers: the next sync completes.
+    faults.fail_all = False
+    with LabelStudioClient(url, Secret(LEGACY_TOKEN)) as healthy:
+        result = sync_project(store, healthy, project)
+    assert result.version is not None and result.version.version.item_count == 4
