@@ -280,8 +280,10 @@ def sync_cmd(
     policy: Annotated[
         str,
         typer.Option(
-            help="How to pick among several annotations of a task: latest, majority, or "
-            "ground-truth (a ground-truth annotation wins, else the latest)."
+            help="How to pick among several annotations of a task: latest, majority (ties go "
+            "to the latest), or ground-truth (the latest ground-truth annotation, else the latest; "
+            "Label Studio marks annotations imported with tasks as ground truth unless the import "
+            'says "ground_truth": false).'
         ),
     ] = "latest",
     as_json: JsonFlag = False,

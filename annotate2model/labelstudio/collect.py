@@ -172,7 +172,9 @@ def _task(f: _File, url: str, config: LabelingConfig, labels_as: LabelsAs) -> di
         if labels_as == "predictions":
             task["predictions"] = [{"result": result, "model_version": PREDICTION_MODEL}]
         else:
-            task["annotations"] = [{"result": result}]
+            # Label Studio makes an imported annotation ground truth unless told otherwise; a
+            # folder name is a starting point, not a reviewed answer.
+            task["annotations"] = [{"result": result, "ground_truth": False}]
     return task
 
 

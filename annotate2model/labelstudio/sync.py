@@ -1,10 +1,16 @@
 """`a2m sync`: bring a Label Studio project into the store and version it when anything changed.
 
 Incremental: a cheap listing of (task id, updated_at) says which tasks are new, changed or gone;
-only those are fetched in full. Image bytes are read concurrently, validated and written to the
-blob store first; then task rows, annotation revisions, the watermark and the new version commit
-in one write transaction. A failure (or a kill) before that commit leaves the store as it was, and
-the next sync redoes the same work and reaches the same version.
+only those are fetched in full: by id (the Data Manager's `selectedItems`), or with one plain
+listing when they are most of the project. Comparing each task's own `updated_at` with the stored
+one needs no clock arithmetic. (An earlier version filtered on `updated_at > watermark - 2 s`, so
+every task touched in the 2 s before the last sync, e.g. a bulk import, came back in full on every
+later sync.) The watermark, the newest `updated_at` seen, is still recorded for reference.
+
+Image bytes are read concurrently, validated and written to the blob store first; then task rows,
+annotation revisions, the watermark and the new version commit in one write transaction. A
+failure (or a kill) before that commit leaves the store as it was, and the next sync redoes the
+same work and reaches the same version.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -39,8 +44,6 @@ from annotate2model.store.versions import create_version, diff_versions, split_f
 
 Policy = Literal["latest", "majority", "ground-truth"]
 POLICIES: tuple[str, ...] = ("latest", "majority", "ground-truth")
-# Re-read tasks updated this long before the watermark: clocks and commits are not instants.
-WATERMARK_OVERLAP = timedelta(seconds=2)
 IMAGE_PROBLEM = "image: "
 
 
@@ -109,17 +112,22 @@ def sync_project(
         # A label entered or left the config, or the policy changed: re-resolve every task.
         wanted = set(remote)
 
-    # 2. Fetch the wanted tasks in full (a filtered listing, then one by one for stragglers).
+    # 2. Fetch the wanted tasks in full: by id when they are a few, else one plain listing.
     fetched: dict[int, dict[str, Any]] = {}
     if wanted:
         progress.begin("Reading changed tasks", total=len(wanted))
-        after = _minus(state.watermark, WATERMARK_OVERLAP) if state and not labels_changed else None
-        for _total, page in client.task_pages(project_id, updated_after=after):
+        pages: Iterable[list[dict[str, Any]]]
+        if len(wanted) * 2 > len(remote):
+            pages = (page for _total, page in client.task_pages(project_id))
+        else:
+            pages = client.tasks_by_id(project_id, wanted)
+        for page in pages:
             for task in page:
                 tid = int(task["id"])
                 if tid in wanted and tid not in fetched:
                     fetched[tid] = task
                     progress.advance()
+        # Wanted tasks the answers left out: one by one (404: deleted since the id listing).
         for tid in sorted(wanted - set(fetched)):
             response = client.request("GET", f"/api/tasks/{tid}")
             if response.status_code == 404:
@@ -274,7 +282,15 @@ def sync_project(
 def resolve_label(
     annotations: Iterable[AnnotationRecord], policy: Policy, config: LabelingConfig
 ) -> tuple[str | None, str | None]:
-    """(label, problem) of one task: cancelled ones ignored, the policy picks among the rest."""
+    """(label, problem) of one task: cancelled ones ignored, the policy picks among the rest.
+
+    latest: the most recently updated annotation. majority: the most frequent label, a tie going
+    to the latest of the tied. ground-truth: the latest annotation flagged ground truth, else the
+    latest. Label Studio flags every annotation imported inline (POST .../import with
+    "annotations") as ground truth unless the import says `"ground_truth": false`, so under
+    ground-truth such an import beats later answers from annotators; `a2m collect` imports folder
+    labels with the flag off.
+    """
     items = list(annotations)
     if not items:
         return None, None
@@ -402,14 +418,3 @@ def _read_image(client: LabelStudioClient, url: str) -> bytes:
         except LabelStudioError as exc:
             raise _ImageUnavailable(str(exc)) from None
     raise _ImageUnavailable(f"unsupported image URL {url[:80]!r}")
-
-
-def _minus(stamp: str | None, delta: timedelta) -> str | None:
-    """Label Studio's own timestamp format (it insists on microseconds and a Z)."""
-    if not stamp:
-        return None
-    try:
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment - delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

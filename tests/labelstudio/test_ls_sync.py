@@ -6,6 +6,7 @@ import base64
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -176,7 +177,7 @@ def test_policies_cancelled_conflicts_and_foreign_labels(
     ls_server: LiveServer, store: Store, image_server: tuple[str, Path]
 ) -> None:
     base, served = image_server
-    for i in range(4):
+    for i in range(7):
         (served / f"p{i}.png").write_bytes(image_bytes(300 + i))
     project = ls_server.create_project(["a", "b"])
     with ls_server.client() as c:
@@ -199,16 +200,34 @@ def test_policies_cancelled_conflicts_and_foreign_labels(
                 {"data": {"image": f"{base}/p3.png"}, "annotations": [choice("zebra")]},
                 # The same image as task 0 under another task with another label: a conflict.
                 {"data": {"image": f"{base}/p0.png?copy"}, "annotations": [choice("b")]},
+                # Imported without a ground_truth key, then a later "a".
+                {"data": {"image": f"{base}/p4.png"}, "annotations": [choice("b")]},
+                # Imported with ground_truth false, then a later "a".
+                {
+                    "data": {"image": f"{base}/p5.png"},
+                    "annotations": [choice("b", ground_truth=False)],
+                },
+                # Two imported answers, both ground truth: the later one counts.
+                {"data": {"image": f"{base}/p6.png"}, "annotations": [choice("b"), choice("a")]},
             ],
         )
-        ls_server.api("POST", f"/api/tasks/{ids[0]}/annotations/", json=choice("a"))
-        ls_server.api("POST", f"/api/tasks/{ids[1]}/annotations/", json=choice("a"))
+        for task_id in (ids[0], ids[1], ids[5], ids[6]):
+            ls_server.api("POST", f"/api/tasks/{task_id}/annotations/", json=choice("a"))
+        # Label Studio's own rule (tasks/serializers.py: `annotation.pop('ground_truth', True)`):
+        # an annotation imported inline is ground truth unless the import says otherwise; one
+        # created through the annotations API (or the UI) is not.
+        flags = [
+            [a["ground_truth"] for a in ls_server.api("GET", f"/api/tasks/{t}")["annotations"]]
+            for t in (ids[5], ids[6], ids[7])
+        ]
+        assert flags == [[True, False], [False, False], [True, True]]
         latest = sync_project(store, c, project, policy="latest")
         problems = dict(latest.skipped)
         assert problems[ids[2]].startswith("skipped")
         assert "label outside config" in problems[ids[3]]
         assert "conflict" in problems[ids[4]] and "conflict" in problems[ids[0]]
         assert _task_labels(store, project, ids[:2]) == ["a", "a"]
+        assert _task_labels(store, project, ids[5:8]) == ["a", "a", "a"]
         # Majority: task 0 is b (2 to 1), agreeing with its copy; task 1 ties and goes latest.
         majority = sync_project(store, c, project, policy="majority")
         assert not any("conflict" in r for _, r in majority.skipped)
@@ -218,8 +237,11 @@ def test_policies_cancelled_conflicts_and_foreign_labels(
         assert majority.deleted_tasks == 1
         truth = sync_project(store, c, project, policy="ground-truth")
         assert truth.deleted_tasks == 0
-        # Task 1's ground-truth "b" beats its later "a".
-        assert _task_labels(store, project, ids[:2])[1] == "b"
+        # Ground truth wins over later answers (task 1's flagged "b", and task 5's "b" that
+        # Label Studio flagged on import); without any (task 6) or among several (task 7,
+        # and task 0's two imported "b"), the latest counts.
+        assert _task_labels(store, project, ids[:2]) == ["b", "b"]
+        assert _task_labels(store, project, ids[5:8]) == ["b", "a", "a"]
 
 
 def _task_labels(store: Store, project: int, ids: list[int]) -> list[str | None]:
@@ -256,7 +278,17 @@ def test_incremental_sync_fetches_only_changes_and_reconciles_deletions(
             "PATCH", f"/api/annotations/{task['annotations'][0]['id']}/", json=choice("b")
         )
         ls_server.api("DELETE", f"/api/tasks/{ids[7]}/")
+        # Every task was touched within 2 s of the first sync (one bulk import): the re-sync
+        # still asks the server for the changed task alone, by id, not for a full listing.
+        full_reads: list[str] = []
+
+        def record(request: httpx.Request) -> None:
+            if request.url.params.get("fields") == "all" or "/api/tasks/" in request.url.path:
+                full_reads.append(str(request.url.params.get("query") or request.url.path))
+
+        c._http.event_hooks["request"].append(record)
         second = sync_project(store, c, project)
+    assert [json.loads(q)["selectedItems"]["included"] for q in full_reads] == [[ids[3]]]
     assert second.tasks_fetched == 1 and second.images_downloaded == 0
     assert (second.added, second.removed, second.relabeled) == (0, 1, 1)
     assert (
