@@ -4,18 +4,22 @@ Key: (image SHA-256, model key, view). The model key hashes the backbone, the we
 the preprocessing and the precision, so any change to them misses the cache. Storage is one SQLite
 file (raw sqlite3, WAL): every extraction batch commits as one transaction, so a process killed
 with -9 leaves whole batches or nothing. Also here: a safetensors copy of each frozen trunk, so a
-probe on cached features can write its artifact without rebuilding the network.
+probe on cached features can write its artifact without rebuilding the network, and a TorchScript
+copy of it, so that extracting the features of new images needs neither torchvision (about a second
+to import, and more to tear down at exit) nor the weights file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import sqlite3
 import tempfile
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -174,6 +178,85 @@ class EmbeddingCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    # TorchScript copies of frozen trunks, so that a warm workspace never imports torchvision.
+    #
+    # The torchvision network (built through its weights API) stays the source of truth: the
+    # archive is traced from it, checked to give the same output, and only ever used in eval mode
+    # for feature extraction. Loading a TorchScript archive unpickles its constants with torch's
+    # restricted unpickler; we only load archives this cache wrote itself, and only when their
+    # SHA-256 matches the sidecar written after them, so a partial or corrupt file is rebuilt.
+
+    def script_path(self, backbone: str, weights_identity: str, crop: int) -> Path:
+        """Keyed by architecture, weights, input size (the trace is checked at it) and torch."""
+        key = f"{backbone}|{weights_identity}|crop{crop}|torch-{torch.__version__}|script-v1"
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return self.root / "trunks" / f"{name}.torchscript"
+
+    @staticmethod
+    def _digest_path(path: Path) -> Path:
+        return path.with_name(path.name + ".sha256")
+
+    def load_script(self, path: Path) -> torch.nn.Module | None:
+        """The cached trunk in eval mode; None when missing, partial or corrupt."""
+        try:
+            expected = self._digest_path(path).read_text(encoding="ascii").strip()
+            data = path.read_bytes()
+        except (OSError, UnicodeDecodeError):
+            return None
+        if hashlib.sha256(data).hexdigest() != expected:
+            return None
+        try:
+            with warnings.catch_warnings():
+                # torch.jit is deprecated in favour of torch.export, which imports torch._dynamo
+                # (seconds): TorchScript is still the fast way to load a frozen network.
+                warnings.simplefilter("ignore", FutureWarning)
+                module: torch.nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    io.BytesIO(data), map_location="cpu"
+                )
+        except Exception:
+            return None
+        return module.eval()
+
+    def save_script(self, path: Path, model: torch.nn.Module, crop: int) -> bool:
+        """Trace `model` (eval mode) and keep it if it reproduces the model's output exactly.
+
+        Returns whether it was saved; failing to trace only costs the next run its speed-up.
+        """
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                example = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+                traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                    model, example, check_trace=False
+                )
+                if not torch.equal(traced(example), model(example)):
+                    return False
+                buffer = io.BytesIO()
+                torch.jit.save(traced, buffer)
+        except Exception:
+            return False
+        finally:
+            model.train(was_training)
+        data = buffer.getvalue()
+        _atomic_write(path, data)
+        _atomic_write(self._digest_path(path), hashlib.sha256(data).hexdigest().encode())
+        return True
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,159 @@
+"""The TorchScript copy of a frozen trunk: same features as torchvision, rebuilt when damaged,
+and a warm workspace that extracts new images without importing torchvision."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from annotate2model.store import Store
+from annotate2model.store.imports import import_folder
+from annotate2model.training import runner
+from annotate2model.training.backbones import (
+    build_trunk,
+    load_state_dict,
+    resolve_weights,
+    trunk_state_from,
+)
+from annotate2model.training.data import Preprocessing
+from annotate2model.training.device import autocast
+from annotate2model.training.embeddings import EmbeddingCache, ExtractJob, extract
+from annotate2model.workspace import Workspace
+from tests.training.conftest import make_split_folder, small_config
+
+pytestmark = pytest.mark.training
+
+
+def _torchvision_trunk(weights: Path) -> torch.nn.Module:
+    source = resolve_weights("resnet18", str(weights), 0)
+    state = load_state_dict("resnet18", source)
+    assert state is not None
+    trunk = build_trunk("resnet18")
+    trunk.load_state_dict(trunk_state_from("resnet18", state, str(weights), trunk))
+    return trunk.eval()
+
+
+def _scripts(cache: EmbeddingCache) -> list[Path]:
+    return sorted((cache.root / "trunks").glob("*.torchscript"))
+
+
+def test_script_gives_the_torchvision_features(tmp_path: Path, weights: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "cache")
+    model = _torchvision_trunk(weights)
+    path = cache.script_path("resnet18", "id", 64)
+    assert cache.save_script(path, model, 64)
+    loaded = cache.load_script(path)
+    assert loaded is not None and not loaded.training
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))
+        # bf16 autocast applies inside TorchScript on the CPU exactly as in eager mode.
+        with autocast(torch.device("cpu"), True):
+            eager, scripted = model(x), loaded(x)
+    assert scripted.dtype == eager.dtype
+    assert torch.allclose(scripted.float(), eager.float(), rtol=0, atol=0)
+    # Other weights, input size or torch version: another file.
+    assert path != cache.script_path("resnet18", "other", 64)
+    assert path != cache.script_path("resnet18", "id", 224)
+    cache.close()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no-digest", "empty"])
+def test_damaged_script_is_rebuilt(
+    store: Store, version1: Path, weights: Path, damage: str
+) -> None:
+    first = runner.train(store, small_config(weights))
+    cache = runner.embedding_cache(store)
+    (script,) = _scripts(cache)
+    digest = script.with_name(script.name + ".sha256")
+    good = script.read_bytes()
+    if damage == "truncate":
+        script.write_bytes(good[: len(good) // 2])
+    elif damage == "flip":
+        script.write_bytes(good[:-100] + bytes([good[-100] ^ 1]) + good[-99:])
+    elif damage == "no-digest":
+        digest.unlink()
+    else:
+        script.write_bytes(b"")
+    assert cache.load_script(script) is None
+    # New images need the trunk: the damaged copy is ignored and a good one written again.
+    make_split_folder(version1, {"ants": 14, "bees": 12}, {}, seed=0)
+    import_folder(store, version1)
+    second = runner.train(store, small_config(weights))
+    assert second.extraction is not None and second.extraction.computed == 2
+    # (Archives are not byte-identical between saves: they carry a serialization id.)
+    assert script.stat().st_size > len(good) // 2 and cache.load_script(script) is not None
+    assert second.run.metrics["splits"]["val"]["accuracy"] == pytest.approx(
+        first.run.metrics["splits"]["val"]["accuracy"], abs=0.15
+    )
+    cache.close()
+
+
+def test_features_from_the_script_equal_torchvision_ones(
+    store: Store, version1: Path, weights: Path, tmp_path: Path
+) -> None:
+    """A warm run (script) stores the same vectors as a fresh build through torchvision."""
+    runner.train(store, small_config(weights, precision="fp32"))
+    cache = runner.embedding_cache(store)
+    assert _scripts(cache)
+    paths = sorted(version1.rglob("*.png"))[:6]
+    jobs = [ExtractJob(f"{i:064x}", p, 0) for i, p in enumerate(paths)]
+    prep = Preprocessing(36, 32)
+    cpu = torch.device("cpu")
+    results = {}
+    for bf16 in (False, True):
+        (script,) = _scripts(cache)
+        scripted = cache.load_script(script)
+        assert scripted is not None
+        for name, make in (
+            ("script", lambda s=scripted: s),
+            ("torchvision", lambda: _torchvision_trunk(weights)),
+        ):
+            other = EmbeddingCache(tmp_path / f"{name}-{bf16}")
+            results[name, bf16], _ = extract(other, "k", "d", jobs, make, prep, cpu, bf16)
+            other.close()
+        for key, vec in results["torchvision", bf16].items():
+            assert (results["script", bf16][key] == vec).all()
+    cache.close()
+
+
+WARM_RUN = """
+import sys
+from annotate2model.cli.app import main
+sys.argv = ["a2m", "train", "--weights", sys.argv[1], "--image-size", "32", "--epochs", "2",
+            "--json"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("TORCHVISION_IMPORTED" if "torchvision" in sys.modules else "NO_TORCHVISION")
+"""
+
+
+def test_warm_workspace_does_not_import_torchvision(
+    workspace: Workspace, store: Store, version1: Path, weights: Path
+) -> None:
+    runner.train(store, small_config(weights, epochs=2))
+    # A grown version: new images to extract, through the cached script.
+    make_split_folder(version1, {"ants": 14, "bees": 12}, {}, seed=0)
+    import_folder(store, version1)
+    env = {**os.environ, "A2M_HOME": str(workspace.root), "NO_COLOR": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", WARM_RUN, str(weights)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("NO_TORCHVISION"), proc.stdout[-500:]
+    run = json.loads(proc.stdout[: proc.stdout.rindex("NO_TORCHVISION")])
+    assert run["status"] == "succeeded"
+    assert run["metrics"]["timing"]["extraction"]["computed"] == 2
+    assert "leaked" not in proc.stderr
