@@ -16,7 +16,7 @@ from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio.client import LabelStudioClient, token_kind
 from annotate2model.labelstudio.collect import LabelsAs, collect_folder
 from annotate2model.labelstudio.config import build_label_config, parse_label_config
-from annotate2model.labelstudio.server import DEFAULT_PORT, LocalServer
+from annotate2model.labelstudio.server import DEFAULT_PORT, LocalServer, check_files_root
 from annotate2model.labelstudio.sync import POLICIES, Policy, sync_project
 from annotate2model.settings import Settings
 from annotate2model.store.tasks import project_image_hashes
@@ -61,13 +61,27 @@ def up_cmd(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (a free one if busy).")] = (
         DEFAULT_PORT
     ),
+    files_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--files-root",
+            help="Folder Label Studio may read images from in place (saved in a2m.toml); "
+            "`collect` uploads folders outside it. Default: the saved one, else none (every "
+            "image is uploaded).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start a local Label Studio (data under .a2m/labelstudio/) and save the connection.
 
-    Example: [bold]a2m studio up --port 8080[/]
+    Example: [bold]a2m studio up --port 8080 --files-root ~/photos[/]
     """
     settings = state(ctx).settings()
     ws = settings.workspace
+    saved_root = ws.read_config().get("labelstudio", {}).get("files_root")
+    root: Path | None = None
+    if files_root is not None or saved_root:
+        root = check_files_root(Path(files_root or str(saved_root)), ws.data_dir)
     stored = ws.read_secrets()
     password = stored.get(LOCAL_PASSWORD_SECRET) or secrets.token_urlsafe(12)
     token = stored.get(LOCAL_TOKEN_SECRET) or secrets.token_hex(20)
@@ -80,15 +94,29 @@ def up_cmd(
     if before.note:
         console.print(f"Note: {before.note}.")
     result = server.start(
-        username=ADMIN_EMAIL, password=password, token=token, port=port, progress=RichProgress()
+        username=ADMIN_EMAIL,
+        password=password,
+        token=token,
+        port=port,
+        files_root=root,
+        progress=RichProgress(),
     )
     if result.moved_from is not None:
         console.print(f"Port {result.moved_from} is busy; using {result.port} instead.")
-    ws.update_config("labelstudio", {"url": result.url})
+    ws.update_config(
+        "labelstudio", {"url": result.url, **({"files_root": str(root)} if root else {})}
+    )
+    if not result.started and (str(root) if root else None) != result.files_root:
+        console.print(
+            f"Note: the running server reads files from {result.files_root or 'nowhere'}; "
+            "run `a2m studio down` and `a2m studio up` to use the new files root."
+        )
     ws.write_secret(TOKEN_SECRET, token)
     verb = "Started" if result.started else "Already running:"
     console.print(f"{verb} Label Studio at [bold]{result.url}[/] (pid {result.pid}).")
     console.print(f"Log in as [bold]{ADMIN_EMAIL}[/] with password [bold]{password}[/].")
+    if result.files_root:
+        console.print(f"Images under {result.files_root} are read in place; others are uploaded.")
     console.print(
         "Connection saved. Next: [bold]a2m connect --create 'My project' --labels cat,dog[/]."
     )
@@ -253,7 +281,7 @@ def collect_cmd(
             known_hashes=known,
             labels_from_folders=labels_from_folders,
             labels_as=as_kind,
-            files_root=Path("/") if same_server else None,
+            files_root=Path(local.files_root) if same_server and local.files_root else None,
             max_pixels=settings.max_image_pixels,
             progress=RichProgress(),
         )
@@ -266,6 +294,11 @@ def collect_cmd(
     )
     for rel, reason in result.skipped:
         console.print(f"[yellow]skipped[/] {rel}: {reason}", highlight=False)
+    if same_server and result.mode == "upload" and result.tasks_created:
+        console.print(
+            "Tip: `a2m studio down && a2m studio up --files-root DIR` lets Label Studio read "
+            "folders below DIR in place instead of keeping uploaded copies."
+        )
 
 
 def _same(local_url: str, settings: Settings) -> bool:

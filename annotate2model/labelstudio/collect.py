@@ -86,7 +86,12 @@ def collect_folder(
     )
     if not paths:
         raise InputError(f"{folder} holds no files.")
-    use_local = files_root is not None and _under(folder, files_root)
+    # Label Studio takes a Local Files storage only strictly below its document root.
+    use_local = (
+        files_root is not None
+        and _under(folder, files_root)
+        and folder.resolve() != files_root.resolve()
+    )
     result = CollectResult(project_id=project_id, mode="local-files" if use_local else "upload")
     result.files_seen = len(paths)
 
@@ -130,7 +135,11 @@ def collect_folder(
     if use_local:
         assert files_root is not None
         if not any(_under(folder, Path(p)) for p in client.local_storages(project_id)):
-            client.add_local_storage(project_id, str(folder))
+            # Refused (a server that cannot see this folder): upload instead.
+            use_local = client.add_local_storage(project_id, str(folder))
+            result.mode = "local-files" if use_local else "upload"
+    if use_local:
+        assert files_root is not None
         urls = {f.sha256: _local_url(f.path, files_root) for f in files}
     else:
         progress.begin("Uploading images", total=len(files))

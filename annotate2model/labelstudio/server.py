@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from annotate2model.errors import LabelStudioError
+from annotate2model.errors import InputError, LabelStudioError
 from annotate2model.progress import NullProgress, Progress
 
 DEFAULT_PORT = 8080
@@ -39,6 +39,8 @@ class ServerStatus:
     port: int | None = None
     # Something worth saying: a stale pid file was cleared, the server had died...
     note: str | None = None
+    # The folder Label Studio may serve files from (Local Files); None: serving is off.
+    files_root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class StartResult:
     started: bool
     # The port asked for when it was busy and another one was used.
     moved_from: int | None = None
+    files_root: str | None = None
 
 
 def label_studio_executable() -> str:
@@ -83,9 +86,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def server_environment(
-    data_dir: Path, home: Path, username: str, password: str, token: str, files_root: Path
+    data_dir: Path, home: Path, username: str, password: str, token: str, files_root: Path | None
 ) -> dict[str, str]:
-    """The whole environment of the server process: nothing inherited but PATH."""
+    """The whole environment of the server process: nothing inherited but PATH.
+
+    Local Files serving is on only under `files_root`; without one it is off and every image
+    reaches Label Studio as an upload.
+    """
+    serving = {
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true" if files_root else "false",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root or data_dir / "no-local-files"),
+    }
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
@@ -97,8 +108,7 @@ def server_environment(
         "LABEL_STUDIO_PASSWORD": password,
         "LABEL_STUDIO_USER_TOKEN": token,
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
+        **serving,
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",
         "SENTRY_DSN": "",
@@ -153,7 +163,14 @@ class LocalServer:
                 running=False, note=f"the server (pid {pid}) had stopped; its pid file was removed"
             )
         url = f"http://127.0.0.1:{port}"
-        return ServerStatus(running=True, pid=pid, url=url, port=port)
+        root = info.get("files_root")
+        return ServerStatus(
+            running=True,
+            pid=pid,
+            url=url,
+            port=port,
+            files_root=root if isinstance(root, str) else None,
+        )
 
     def start(
         self,
@@ -162,15 +179,27 @@ class LocalServer:
         password: str,
         token: str,
         port: int = DEFAULT_PORT,
-        files_root: Path = Path("/"),
+        files_root: Path | None = None,
         progress: Progress | None = None,
         timeout: float = START_TIMEOUT,
     ) -> StartResult:
-        """Start the server (a no-op when it already runs) and wait until it answers /health."""
+        """Start the server (a no-op when it already runs) and wait until it answers /health.
+
+        `files_root`: the one folder whose files (and sub-folders) Label Studio may serve as Local
+        Files; it must not hold this server's own data. None: Local Files serving is off.
+        """
         progress = progress or NullProgress()
         current = self.status()
         if current.running and current.pid and current.port and current.url:
-            return StartResult(url=current.url, pid=current.pid, port=current.port, started=False)
+            return StartResult(
+                url=current.url,
+                pid=current.pid,
+                port=current.port,
+                started=False,
+                files_root=current.files_root,
+            )
+        if files_root is not None:
+            files_root = check_files_root(files_root, self.root)
         for folder in (self.root, self.data_dir, self.home):
             folder.mkdir(parents=True, exist_ok=True)
         moved_from = None
@@ -214,7 +243,12 @@ class LocalServer:
             raise
         finally:
             progress.end()
-        record = {"pid": process.pid, "port": actual, "started_at": time.time()}
+        record = {
+            "pid": process.pid,
+            "port": actual,
+            "started_at": time.time(),
+            "files_root": str(files_root) if files_root else None,
+        }
         self.pid_path.write_text(json.dumps(record))
         if actual != port and moved_from is None:
             moved_from = port
@@ -224,6 +258,7 @@ class LocalServer:
             port=actual,
             started=True,
             moved_from=moved_from,
+            files_root=str(files_root) if files_root else None,
         )
 
     def _wait_ready(
@@ -281,6 +316,24 @@ class LocalServer:
         except FileNotFoundError:
             return []
         return text.splitlines()[-lines:] if lines > 0 else text.splitlines()
+
+
+def check_files_root(files_root: Path, server_root: Path) -> Path:
+    """The resolved files root; InputError when it is missing or would expose the server's data.
+
+    Any token holder can attach a Local Files storage anywhere under the root and read it, so the
+    root must not contain Label Studio's own folder (its database holds every user's token).
+    """
+    root = files_root.expanduser().resolve()
+    if not root.is_dir():
+        raise InputError(f"the files root {root} is not a folder.")
+    data = server_root.resolve()
+    if data == root or root in data.parents:
+        raise InputError(
+            f"the files root {root} contains {data} (Label Studio's database, this workspace's "
+            "secrets), which anyone with a token could then read; choose a folder of images."
+        )
+    return root
 
 
 def _is_label_studio(pid: int) -> bool:

@@ -33,6 +33,8 @@ class LiveServer:
     url: str
     server: LocalServer
     pat: str
+    # The only folder the server reads Local Files from.
+    files_root: Path
 
     @property
     def legacy(self) -> str:
@@ -52,9 +54,15 @@ class LiveServer:
             return response.json() if response.content else None
 
 
-def _start(root: Path) -> LocalServer:
+def _start(root: Path, files_root: Path | None = None) -> LocalServer:
     server = LocalServer(root)
-    server.start(username=ADMIN, password=PASSWORD, token=LEGACY_TOKEN, port=free_port())
+    server.start(
+        username=ADMIN,
+        password=PASSWORD,
+        token=LEGACY_TOKEN,
+        port=free_port(),
+        files_root=files_root,
+    )
     return server
 
 
@@ -91,11 +99,12 @@ def ls_server(
 ) -> Iterator[LiveServer]:
     """A running server of its own for one test module."""
     root, pat = copy_server(ls_template, tmp_path_factory.mktemp("ls") / "labelstudio")
-    server = _start(root)
+    files_root = tmp_path_factory.mktemp("local-files")
+    server = _start(root, files_root)
     status = server.status()
     assert status.url is not None
     try:
-        yield LiveServer(url=status.url, server=server, pat=pat)
+        yield LiveServer(url=status.url, server=server, pat=pat, files_root=files_root)
     finally:
         server.stop()
 

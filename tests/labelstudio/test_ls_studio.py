@@ -9,21 +9,24 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from annotate2model.labelstudio.client import LabelStudioClient
+from annotate2model.settings import load_settings
 from annotate2model.workspace import Workspace
-from tests.conftest import run_cli
+from tests.conftest import image_bytes, make_image_folder, run_cli
 from tests.labelstudio.conftest import LEGACY_TOKEN, PASSWORD, copy_server
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
 
 def test_studio_lifecycle(
-    cli: CliRunner, workspace: Workspace, ls_template: tuple[Path, str]
+    cli: CliRunner, workspace: Workspace, ls_template: tuple[Path, str], tmp_path: Path
 ) -> None:
     # Start from the initialised template so the test skips the ~30 s of migrations.
     copy_server(ls_template, workspace.data_dir / "labelstudio")
     workspace.write_secret("labelstudio_local_token", LEGACY_TOKEN)
     workspace.write_secret("labelstudio_local_password", PASSWORD)
     (workspace.data_dir / "labelstudio" / "server.json").write_text('{"pid": 999999, "port": 1}')
+    inside = make_image_folder(tmp_path / "photos", {"a": 2}, seed=20)
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -40,6 +43,10 @@ def test_studio_lifecycle(
         code, out, err = run_cli(cli, "connect", "--create", "Studio test", "--labels", "a,b")
         assert code == 0, err
         assert "Created project" in out
+        # No files root: Local Files serving is off, collect uploads.
+        code, out, err = run_cli(cli, "collect", str(inside), "--labels-from-folders", "--json")
+        assert code == 0, err
+        assert json.loads(out)["mode"] == "upload" and json.loads(out)["tasks_created"] == 2
         code, out, _ = run_cli(cli, "studio", "logs", "-n", "200")
         assert "Starting development server" in out
         assert LEGACY_TOKEN not in out
@@ -49,3 +56,56 @@ def test_studio_lifecycle(
     assert code == 0 and "Stopped" in out
     code, out, _ = run_cli(cli, "studio", "status")
     assert "Not running" in out
+
+
+def test_studio_files_root(
+    cli: CliRunner, workspace: Workspace, ls_template: tuple[Path, str], tmp_path: Path
+) -> None:
+    copy_server(ls_template, workspace.data_dir / "labelstudio")
+    workspace.write_secret("labelstudio_local_token", LEGACY_TOKEN)
+    workspace.write_secret("labelstudio_local_password", PASSWORD)
+    photos = tmp_path / "photos"
+    inside = make_image_folder(photos / "batch1", {"a": 2, "b": 1}, seed=21)
+    outside = make_image_folder(tmp_path / "elsewhere", {"a": 1}, seed=22)
+    # A root that would expose the workspace's data (Label Studio's database, secrets): refused.
+    for bad in (workspace.root, Path("/"), tmp_path / "missing"):
+        code, _, err = run_cli(cli, "studio", "up", "--files-root", str(bad), "--port", "1")
+        assert code == 1 and str(bad.resolve()) in err, err
+    code, out, err = run_cli(cli, "studio", "up", "--files-root", str(photos))
+    try:
+        assert code == 0, err
+        assert f"Images under {photos}" in out
+        assert workspace.read_config()["labelstudio"]["files_root"] == str(photos)
+        code, out, _ = run_cli(cli, "studio", "status", "--json")
+        assert json.loads(out)["files_root"] == str(photos)
+        code, out, err = run_cli(cli, "connect", "--create", "Files root", "--labels", "a,b")
+        assert code == 0, err
+        code, out, err = run_cli(cli, "collect", str(inside), "--labels-from-folders", "--json")
+        assert code == 0, err
+        assert json.loads(out)["mode"] == "local-files" and json.loads(out)["tasks_created"] == 3
+        code, out, err = run_cli(cli, "collect", str(outside), "--labels-from-folders", "--json")
+        assert code == 0, err
+        assert json.loads(out)["mode"] == "upload" and json.loads(out)["tasks_created"] == 1
+        code, out, err = run_cli(cli, "sync", "--json")
+        assert code == 0, err
+        assert json.loads(out)["added"] == 4 and json.loads(out)["skipped"] == []
+        # Label Studio itself refuses a storage outside the root, or at the root itself: the
+        # root folder is collected by upload.
+        settings = load_settings(workspace, env={})
+        assert settings.labelstudio.url and settings.labelstudio.token
+        project = settings.labelstudio.project_id
+        assert project is not None
+        with LabelStudioClient(settings.labelstudio.url, settings.labelstudio.token) as client:
+            assert not client.add_local_storage(project, str(outside))
+            assert not client.add_local_storage(project, str(photos))
+        (photos / "top.png").write_bytes(image_bytes(23))
+        code, out, err = run_cli(cli, "collect", str(photos), "--json")
+        assert code == 0, err
+        assert json.loads(out)["mode"] == "upload" and json.loads(out)["tasks_created"] == 1
+        # The next `studio up` (no flag) keeps the saved root.
+        run_cli(cli, "studio", "down")
+        code, out, err = run_cli(cli, "studio", "up")
+        assert code == 0, err
+        assert f"Images under {photos}" in out
+    finally:
+        run_cli(cli, "studio", "down")

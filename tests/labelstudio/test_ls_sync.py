@@ -91,7 +91,7 @@ def test_connect_accepts_both_token_kinds_and_explains_failures(
 def test_collect_then_sync_then_nothing_changed(
     cli: CliRunner, ls_server: LiveServer, workspace: Workspace, tmp_path: Path
 ) -> None:
-    connect(cli, ls_server, "--create", "Collect test", "--labels", "cat,dog")
+    project = connect(cli, ls_server, "--create", "Collect test", "--labels", "cat,dog")["project"]
     folder = make_image_folder(tmp_path / "photos", {"cat": 4, "dog": 3, "owl": 1}, seed=11)
     (folder / "cat" / "broken.png").write_bytes(b"not an image")
     code, out, err = run_cli(cli, "collect", str(folder), "--labels-from-folders", "--json")
@@ -101,6 +101,10 @@ def test_collect_then_sync_then_nothing_changed(
     assert result["tasks_created"] == 8 and result["labeled"] == 7
     reasons = dict(result["skipped"])
     assert "cat/broken.png" in reasons and "not in the labeling config" in reasons["owl/owl_0.png"]
+    # Folder labels go in as annotations that are not ground truth (Label Studio's default is).
+    tasks = ls_server.api("GET", "/api/tasks", params={"project": project, "fields": "all"})
+    flags = [a["ground_truth"] for t in tasks["tasks"] for a in t["annotations"]]
+    assert flags == [False] * 7
 
     code, out, err = run_cli(cli, "sync", "--json")
     assert code == 0, err
@@ -132,11 +136,11 @@ def test_collect_as_predictions_gives_unlabeled_tasks(
 
 
 def test_every_url_kind_and_unreadable_images(
-    ls_server: LiveServer, store: Store, tmp_path: Path, image_server: tuple[str, Path]
+    ls_server: LiveServer, store: Store, image_server: tuple[str, Path]
 ) -> None:
     base, served = image_server
     project = ls_server.create_project(["a", "b"])
-    local = tmp_path / "local"
+    local = ls_server.files_root / "local"
     local.mkdir()
     (local / "l.png").write_bytes(image_bytes(201))
     (served / "h.png").write_bytes(image_bytes(202))
@@ -148,7 +152,7 @@ def test_every_url_kind_and_unreadable_images(
         tasks = [
             {"data": {"image": uploaded}, "annotations": [choice("a")]},
             {
-                "data": {"image": "/data/local-files/?d=" + str(local / "l.png").lstrip("/")},
+                "data": {"image": "/data/local-files/?d=local/l.png"},
                 "annotations": [choice("b")],
             },
             {"data": {"image": f"{base}/h.png"}, "annotations": [choice("a")]},
