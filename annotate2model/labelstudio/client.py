@@ -108,11 +108,14 @@ class LabelStudioClient:
 
     # -- transport ---------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, attempts: int | None = None, **kwargs: Any
+    ) -> httpx.Response:
         """One request with bounded retries on connection errors, timeouts and 5xx."""
         target = path if path.startswith("http") else f"{self.url}{path}"
         last = ""
-        for attempt in range(self._attempts):
+        attempts = attempts or self._attempts
+        for attempt in range(attempts):
             if attempt:
                 time.sleep(min(self._backoff * 2 ** (attempt - 1), 8.0))
             try:
@@ -136,7 +139,7 @@ class LabelStudioClient:
             return response
         raise LabelStudioError(
             f"Label Studio at {self.url} did not answer {method} {urlsplit(target).path} after "
-            f"{self._attempts} attempts (last: {last}); check that it is running and retry."
+            f"{attempts} attempts (last: {last}); check that it is running and retry."
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -165,7 +168,7 @@ class LabelStudioClient:
             return
         raise LabelStudioError(
             f"Label Studio at {self.url} refused to {doing}: HTTP {response.status_code} "
-            f"{_detail(response)}".rstrip()
+            f"{_detail(response)}".rstrip(" .")
             + "."
         )
 
@@ -185,7 +188,8 @@ class LabelStudioClient:
     def check(self) -> dict[str, Any]:
         """Reach the server and check the token; returns the user it belongs to."""
         try:
-            health = self._send("GET", "/health")
+            # Two attempts, not six: a wrong URL should not take 15 s of back-off to report.
+            health = self._send("GET", "/health", attempts=2)
         except LabelStudioError:
             raise LabelStudioError(
                 f"cannot reach Label Studio at {self.url}; is the URL right and the server up?"
@@ -378,7 +382,14 @@ def _detail(response: httpx.Response) -> str:
     except ValueError:
         return ""
     if isinstance(body, dict):
-        detail = body.get("detail") or body.get("validation_errors") or ""
+        errors = body.get("validation_errors")
+        if isinstance(errors, dict) and errors:
+            # {"title": ["Ensure this field has at least 3 characters."]} -> "title: Ensure ..."
+            return "; ".join(
+                f"{key}: {' '.join(str(m) for m in (msgs if isinstance(msgs, list) else [msgs]))}"
+                for key, msgs in errors.items()
+            )[:300]
+        detail = body.get("detail") or errors or ""
         return str(detail)[:300]
     return ""
 

@@ -73,6 +73,9 @@ def test_connect_accepts_both_token_kinds_and_explains_failures(
         cli, "connect", ls_server.url, "--token", ls_server.legacy, "--project", "9999"
     )
     assert code == 1 and "no project 9999" in err
+    short = ("--create", "ab", "--labels", "a")
+    code, _, err = run_cli(cli, "connect", ls_server.url, "--token", ls_server.legacy, *short)
+    assert code == 1 and err.endswith("title: Ensure this field has at least 3 characters.")
     text_project = ls_server.api(
         "POST",
         "/api/projects",
