@@ -357,11 +357,13 @@ def sync_cmd(
             }
         )
         return
-    assert result.version is not None
-    v = result.version.version
-    if result.version.created:
+    if result.version is None:
+        console.print("No version yet: the project has no labeled task with a readable image.")
+    elif result.version.created:
+        v = result.version.version
         console.print(f"Version [bold]{v.number}[/]: {v.item_count} images.")
     else:
+        v = result.version.version
         console.print(f"Nothing changed: version [bold]{v.number}[/] is current.")
     table = Table(title=f"Sync of project {project_id} ({result.seconds:.1f} s)")
     for col in ("tasks", "fetched", "added", "removed", "relabeled", "unlabeled", "skipped"):

@@ -40,7 +40,12 @@ from annotate2model.store.tasks import (
     load_tasks,
     save_sync,
 )
-from annotate2model.store.versions import create_version, diff_versions, split_for
+from annotate2model.store.versions import (
+    create_version,
+    diff_versions,
+    latest_version,
+    split_for,
+)
 
 Policy = Literal["latest", "majority", "ground-truth"]
 POLICIES: tuple[str, ...] = ("latest", "majority", "ground-truth")
@@ -248,22 +253,28 @@ def sync_project(
             raise StoreError(
                 f"{len(missing)} image blob(s) vanished during the sync; run it again."
             )
-        outcome = create_version(
-            session,
-            items,
-            source="sync",
-            note=f"sync of Label Studio project {project_id} ({policy})",
-            fractions=settings.split,
-        )
-        if outcome.created and outcome.version.parent is not None:
-            diff = diff_versions(session, outcome.version.parent, outcome.version.number)
-            result.added, result.removed, result.relabeled = (
-                len(diff.added),
-                len(diff.removed),
-                len(diff.relabeled),
+        # An empty project on an empty store is not a change: no empty version 1.
+        outcome = (
+            create_version(
+                session,
+                items,
+                source="sync",
+                note=f"sync of Label Studio project {project_id} ({policy})",
+                fractions=settings.split,
             )
-        elif outcome.created:
-            result.added = len(items)
+            if items or latest_version(session) is not None
+            else None
+        )
+        if outcome is not None and outcome.created:
+            if outcome.version.parent is None:
+                result.added = len(items)
+            else:
+                diff = diff_versions(session, outcome.version.parent, outcome.version.number)
+                result.added, result.removed, result.relabeled = (
+                    len(diff.added),
+                    len(diff.removed),
+                    len(diff.relabeled),
+                )
         save_sync(
             session,
             project_id,
@@ -272,7 +283,7 @@ def sync_project(
             watermark=watermark,
             labels=list(config.labels),
             policy=policy,
-            version=outcome.version.number,
+            version=outcome.version.number if outcome else None,
         )
     result.version = outcome
     result.seconds = time.monotonic() - started

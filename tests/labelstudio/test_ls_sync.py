@@ -136,6 +136,10 @@ def test_collect_as_predictions_gives_unlabeled_tasks(
     code, out, _ = run_cli(cli, "sync", "--json")
     result = json.loads(out)
     assert result["unlabeled"] == 4 and result["added"] == 0
+    # Nothing labeled on an empty store is no change: no empty version 1.
+    assert result["version"] is None and result["created"] is False
+    code, out, _ = run_cli(cli, "sync")
+    assert code == 0 and "No version yet" in out
 
 
 def test_every_url_kind_and_unreadable_images(
