@@ -20,9 +20,6 @@ from torch import nn
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.training.config import BACKBONES
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 # Per architecture: the state-dict prefix of the classifier's last Linear (the part replaced),
 # and the feature width that enters it.
 HEADS: dict[str, tuple[str, int]] = {

@@ -1,12 +1,12 @@
 """What a run trains on: a version's rows checked for trainability, images decoded to model input.
 
 Images are read from the blob store and decoded with `imaging.decode_rgb` (JPEG draft mode for
-speed). An image that cannot be decoded is skipped, and the caller names it through Progress.note.
+speed; see `images`, which needs no torch). An image that cannot be decoded is skipped, and the
+caller names it through Progress.note.
 """
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,30 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from PIL import Image
 
 from annotate2model.errors import InvalidImage, TrainingError
 from annotate2model.store import Store
 from annotate2model.store import versions as store_versions
 from annotate2model.store.records import VersionItemRecord, VersionRecord
-from annotate2model.training.backbones import IMAGENET_MEAN, IMAGENET_STD
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes model input; its `key` is part of the embedding cache key."""
-
-    resize: int
-    crop: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @property
-    def key(self) -> str:
-        return f"resize{self.resize}-crop{self.crop}-imagenet-norm-v1"
-
-    def as_dict(self) -> dict[str, object]:
-        return {"resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
+from annotate2model.training.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    decode_for,
+    load_image,
+)
 
 
 @dataclass(frozen=True)
@@ -86,62 +74,6 @@ def check_trainable(data: VersionData) -> None:
             f"class {', '.join(repr(e) for e in empty)} of version {v} has no training images; "
             "add some or remove the class."
         )
-
-
-def load_image(
-    path: Path,
-    prep: Preprocessing,
-    augment_seed: int | None = None,
-    rotation: float = 10.0,
-) -> NDArray[Any]:
-    """Decode, resize and crop to (crop, crop, 3) uint8; InvalidImage when it cannot be read.
-
-    With `augment_seed`, a random resized crop, a horizontal flip and a small rotation are drawn
-    from that seed (the same seed gives the same view).
-    """
-    img = decode_for(path, prep.resize)
-    if augment_seed is None:
-        img = _resize_short(img, prep.resize)
-        left = (img.width - prep.crop) // 2
-        top = (img.height - prep.crop) // 2
-        img = img.crop((left, top, left + prep.crop, top + prep.crop))
-    else:
-        rng = random.Random(augment_seed)
-        img = _resize_short(img, prep.resize)
-        if rotation > 0:
-            img = img.rotate(rng.uniform(-rotation, rotation), resample=Image.Resampling.BILINEAR)
-        area = img.width * img.height * rng.uniform(0.5, 1.0)
-        ratio = rng.uniform(3 / 4, 4 / 3)
-        w = min(img.width, round((area * ratio) ** 0.5))
-        h = min(img.height, round((area / ratio) ** 0.5))
-        left = rng.randint(0, img.width - w)
-        top = rng.randint(0, img.height - h)
-        img = img.resize(
-            (prep.crop, prep.crop),
-            Image.Resampling.BILINEAR,
-            box=(left, top, left + w, top + h),
-        )
-        if rng.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    array = np.asarray(img, dtype=np.uint8)
-    if array.shape != (prep.crop, prep.crop, 3):
-        raise InvalidImage(f"decoded to an unexpected shape {array.shape}")
-    return array
-
-
-def decode_for(path: Path, size: int) -> Image.Image:
-    from annotate2model.imaging import decode_rgb
-
-    return decode_rgb(path, draft_size=(size, size))
-
-
-def _resize_short(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    if new == (w, h):
-        return img
-    return img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
 def to_input(
@@ -204,3 +136,18 @@ def collate(
     images = torch.from_numpy(np.stack([s[0] for s in good if s[0] is not None]))
     targets = torch.tensor([s[1] for s in good], dtype=torch.long)
     return images, targets, bad
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageDataset",
+    "Preprocessing",
+    "VersionData",
+    "check_trainable",
+    "collate",
+    "decode_for",
+    "load_image",
+    "load_version_data",
+    "to_input",
+]

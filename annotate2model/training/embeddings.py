@@ -35,6 +35,7 @@ from annotate2model.errors import InvalidImage
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.data import Preprocessing, load_image, to_input
 from annotate2model.training.device import autocast
+from annotate2model.training.prefetch import EarlyDecode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -280,11 +281,13 @@ def extract(
     seed: int = 0,
     rotation: float = 10.0,
     progress: Progress | None = None,
+    early: EarlyDecode | None = None,
 ) -> tuple[dict[tuple[str, int], NDArray[Any]], ExtractionStats]:
     """Features for every job: read from the cache, computing (and storing) only what is missing.
 
     `trunk` is called only when something must be computed. Decoding runs in `workers` threads
-    (Pillow releases the GIL) a few batches ahead of the forward passes, so the two overlap.
+    (Pillow releases the GIL) a few batches ahead of the forward passes, so the two overlap;
+    clean views that `early` started decoding before torch was imported are taken from it.
     """
     progress = progress or NullProgress()
     stats = ExtractionStats(requested=len(jobs))
@@ -308,8 +311,12 @@ def extract(
         for job in batch:
             # View 0 is the clean centre crop; later views are seeded augmentations.
             aug = None if job.view == 0 else _view_seed(job.sha256, job.view, seed)
+            ready = early.take(job.sha256, prep) if early is not None and aug is None else None
             try:
-                arrays.append(load_image(job.path, prep, aug, rotation))
+                if ready is not None:
+                    arrays.append(ready.result())
+                else:
+                    arrays.append(load_image(job.path, prep, aug, rotation))
                 kept.append(job)
             except InvalidImage as exc:
                 errors.append(f"{job.sha256}\t{exc}")

@@ -57,6 +57,7 @@ from annotate2model.training.embeddings import (
     model_key,
 )
 from annotate2model.training.metrics import classification_metrics
+from annotate2model.training.prefetch import EarlyDecode
 from annotate2model.training.trainer import FeatureBatches, fit, make_loss, predict
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -130,9 +131,26 @@ def train(
     config: RunConfig,
     version_ref: int | str | None = None,
     progress: Progress | None = None,
+    early: EarlyDecode | None = None,
 ) -> RunOutcome:
-    """Train one configuration on one version and record it in the ledger."""
-    progress = progress or NullProgress()
+    """Train one configuration on one version and record it in the ledger.
+
+    `early`: images already being decoded (`prefetch.start_early_decode`); closed here.
+    """
+    try:
+        return _train(store, config, version_ref, progress or NullProgress(), early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _train(
+    store: Store,
+    config: RunConfig,
+    version_ref: int | str | None,
+    progress: Progress,
+    early: EarlyDecode | None,
+) -> RunOutcome:
     data = load_version_data(store, version_ref)
     check_trainable(data)
     source = resolve_weights(config.backbone, config.weights, config.seed)
@@ -154,7 +172,7 @@ def train(
         prep = Preprocessing(config.resize_size, config.image_size)
         if config.mode == "probe":
             result = _train_probe(
-                store, config, data, source, prep, device, bf16, progress, on_epoch
+                store, config, data, source, prep, device, bf16, progress, on_epoch, early
             )
         else:
             result = _train_finetune(
@@ -220,6 +238,7 @@ def _train_probe(
     bf16: bool,
     progress: Progress,
     on_epoch: Callable[[list[dict[str, Any]]], None],
+    early: EarlyDecode | None = None,
 ) -> TrainResult:
     cache = embedding_cache(store)
     key = model_key(config.backbone, source.identity, prep, bf16)
@@ -261,6 +280,7 @@ def _train_probe(
             seed=config.seed,
             rotation=config.rotation,
             progress=progress,
+            early=early,
         )
     finally:
         cache.close()
