@@ -229,7 +229,7 @@ class EmbeddingCache:
         try:
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                example = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+                example = torch.randn(1, 3, crop, crop, generator=torch.Generator().manual_seed(0))
                 traced = torch.jit.trace(  # type: ignore[no-untyped-call]
                     model, example, check_trace=False
                 )

@@ -157,3 +157,18 @@ def test_warm_workspace_does_not_import_torchvision(
     assert run["status"] == "succeeded"
     assert run["metrics"]["timing"]["extraction"]["computed"] == 2
     assert "leaked" not in proc.stderr
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"])
+def test_other_backbones_trace_to_the_same_features(tmp_path: Path, backbone: str) -> None:
+    torch.manual_seed(0)
+    model = build_trunk(backbone).eval()
+    cache = EmbeddingCache(tmp_path / "cache")
+    path = cache.script_path(backbone, "none-seed0", 64)
+    assert cache.save_script(path, model, 64)
+    loaded = cache.load_script(path)
+    assert loaded is not None
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))
+    cache.close()
