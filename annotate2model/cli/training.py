@@ -157,7 +157,12 @@ def train_cmd(
     store = state(ctx).store(device=device) if device else state(ctx).store()
     # New images start decoding on another core while the runner imports torch.
     early = start_early_decode(store, config, version)
-    from annotate2model.training.runner import train
+    try:
+        from annotate2model.training.runner import train
+    except BaseException:  # Ctrl-C while torch loads: drop the queued decodes
+        if early is not None:
+            early.close()
+        raise
 
     _fast_exit()
     outcome = train(store, config, version, progress=RichProgress(), early=early)
