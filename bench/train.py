@@ -5,8 +5,9 @@
 Every step runs as its own process, so wall times include start-up (Python, torch, the store):
 1. baseline (bench/baseline_train.py): frozen ResNet-18, backbone forward on every image, 10 epochs;
 2. `a2m train` cold (probe, defaults) on the same images, empty cache;
-3. retrain: a version with half the training images, train; the full version, train again;
-4. a second probe on the full version with another learning rate (everything cached).
+3. retrain: a version with half the training images, train; the full version, train again
+   (--repeats times from copies of the half-trained workspace; median);
+4. probes on the full version with other learning rates (everything cached; median).
 Then: embedding throughput (decode included) next to the bare `model(x)` loop measured in the
 same process (processes alternating between OpenMP's default spinning and the PASSIVE wait policy
 that `a2m train` sets; medians), and probe accuracy from bf16 features against fp32 features.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,6 +152,9 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--bare-seconds", type=float, default=5.0)
     parser.add_argument("--throughput-repeats", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of the grown and cached steps (median)"
+    )
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="a2m-bench-train-") as tmp:
@@ -178,9 +183,13 @@ def main() -> None:
         }
 
         print("a2m cached re-run (another lr)...", file=sys.stderr, flush=True)
-        seconds, run = train(full, args.weights, "--lr", "0.003")
+        times = []
+        for lr in ("0.003", "0.002", "0.004")[: args.repeats]:
+            seconds, run = train(full, args.weights, "--lr", lr)
+            times.append(seconds)
         results["cached"] = {
-            "seconds": seconds,
+            "seconds": statistics.median(times),
+            "all_seconds": times,
             "val_accuracy": run["metrics"]["val_accuracy"],
         }
 
@@ -201,11 +210,20 @@ def main() -> None:
             "seconds": seconds,
             "val_accuracy": run["metrics"]["val_accuracy"],
         }
-        timed([*A2M, "import-folder", str(args.data)], grow)
-        seconds, run = train(grow, args.weights)
+        # Each repeat starts from a copy of the workspace as the half run left it.
+        template = Path(grow["A2M_HOME"])
+        times = []
+        for i in range(args.repeats):
+            root = base / f"grow-{i}"
+            shutil.copytree(template, root, symlinks=True)
+            env = {**grow, "A2M_HOME": str(root)}
+            timed([*A2M, "import-folder", str(args.data)], env)
+            seconds, run = train(env, args.weights)
+            times.append(seconds)
         ex = run["metrics"]["timing"]["extraction"]
         results["grown"] = {
-            "seconds": seconds,
+            "seconds": statistics.median(times),
+            "all_seconds": times,
             "val_accuracy": run["metrics"]["val_accuracy"],
             "extracted": ex["computed"],
             "cached": ex["cached"],
@@ -248,7 +266,10 @@ def report(results: dict[str, dict[str, Any]], t: dict[str, float]) -> None:
             continue
         seconds = float(r["seconds"])
         ratio = f"{base_s / seconds:.1f}x" if base_s and key != "baseline" else "-"
-        print(f"{title:40} {float(r['val_accuracy']):8.3f} {seconds:8.2f} {ratio:>12}")
+        spread = ""
+        if "all_seconds" in r:
+            spread = "  (median of " + ", ".join(f"{v:.2f}" for v in r["all_seconds"]) + ")"
+        print(f"{title:40} {float(r['val_accuracy']):8.3f} {seconds:8.2f} {ratio:>12}{spread}")
     # The best bare loop over batch sizes and OpenMP wait policies, against the extraction as
     # `a2m train` runs it (PASSIVE); the extraction under the default policy is shown as well.
     bare = {
