@@ -10,7 +10,7 @@ from alembic.script import ScriptDirectory
 
 from annotate2model.settings import Settings
 from annotate2model.store import Store
-from annotate2model.store.db import alembic_config, head_revision
+from annotate2model.store.db import SCHEMA_HEAD, alembic_config, head_revision
 from annotate2model.store.models import Base
 
 EXPECTED_TABLES = {
@@ -27,10 +27,23 @@ EXPECTED_TABLES = {
 }
 
 
-def test_single_head() -> None:
+def test_single_head_is_the_one_the_code_expects() -> None:
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
-    assert heads == [head_revision()]
-    assert len(heads) == 1
+    assert heads == [head_revision()] == [SCHEMA_HEAD]
+
+
+def test_a_store_from_a_newer_version_is_refused(settings: Settings) -> None:
+    import pytest
+
+    from annotate2model.errors import StoreError
+
+    Store.open(settings).close()
+    conn = sqlite3.connect(settings.workspace.store_path)
+    conn.execute("update alembic_version set version_num = '9999'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer version"):
+        Store.open(settings)
 
 
 def test_blank_database_migrates_to_exact_schema(settings: Settings) -> None:

@@ -6,13 +6,9 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -22,8 +18,15 @@ from annotate2model.settings import Settings
 from annotate2model.store.blobs import BlobStore
 from annotate2model.workspace import file_lock
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 # How long a writer waits for another writer before giving up (SQLite busy timeout).
 BUSY_TIMEOUT_MS = 60_000
+
+# The schema revision this code works with. Checking it needs no Alembic import (a quarter of a
+# second at every start); tests/test_store_schema.py asserts it is the migrations' single head.
+SCHEMA_HEAD = "0001"
 
 
 def migrations_dir() -> Path:
@@ -36,6 +39,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["engine"] = engine
@@ -43,6 +48,9 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
+    """The single head of the migration scripts (reads them; SCHEMA_HEAD is the cheap answer)."""
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
         raise StoreError(f"the migrations have {len(heads)} heads; expected exactly one.")
@@ -96,16 +104,14 @@ class Store:
         store = cls(engine, BlobStore(ws.blobs_dir), settings)
         try:
             current = store.current_revision()
-            head = head_revision()
-            if current != head:
+            if current != SCHEMA_HEAD:
                 if not migrate:
                     raise StoreError(
-                        f"the store's schema is at {current or 'nothing'}, this a2m needs {head}; "
-                        "run `a2m init` (or any command) to migrate it."
+                        f"the store's schema is at {current or 'nothing'}, this a2m needs "
+                        f"{SCHEMA_HEAD}; run `a2m init` (or any command) to migrate it."
                     )
                 with file_lock(ws.lock_path):
-                    if store.current_revision() != head:
-                        command.upgrade(alembic_config(engine), "head")
+                    store._migrate()
         except DBAPIError as exc:
             store.close()
             raise StoreError(
@@ -115,8 +121,31 @@ class Store:
         return store
 
     def current_revision(self) -> str | None:
+        """The schema revision recorded in the database; None for a blank one."""
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            if not conn.dialect.has_table(conn, "alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+    def _migrate(self) -> None:
+        """Upgrade to SCHEMA_HEAD; refuse a database written by a newer annotate2model."""
+        from alembic import command
+        from alembic.script import ScriptDirectory
+        from alembic.util.exc import CommandError
+
+        current = self.current_revision()
+        if current == SCHEMA_HEAD:
+            return  # another process migrated while we waited for the lock
+        config = alembic_config(self.engine)
+        try:
+            if current is not None:
+                ScriptDirectory.from_config(config).get_revision(current)
+        except CommandError:
+            raise StoreError(
+                f"the store's schema is at {current}, which this annotate2model does not know; "
+                "it was written by a newer version: upgrade annotate2model."
+            ) from None
+        command.upgrade(config, SCHEMA_HEAD)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
