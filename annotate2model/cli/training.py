@@ -213,22 +213,9 @@ def runs_cmd(
         console.print("No runs yet: try [bold]a2m train[/].")
         return
     table = Table(title="Runs")
-    for col in (
-        "run",
-        "version",
-        "kind",
-        "status",
-        "model",
-        "started",
-        "seconds",
-        "img/s",
-        "val acc",
-        "test acc",
-        "note",
-    ):
-        table.add_column(
-            col, justify="right" if col in ("run", "version", "seconds", "img/s") else "left"
-        )
+    numeric = ("run", "version", "seconds", "img/s", "val acc", "test acc")
+    for col in ("run", "version", "status", "model", "started", *numeric[2:], "note"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for r in rows:
         c = r.config
         model = (
@@ -240,7 +227,6 @@ def runs_cmd(
         table.add_row(
             str(r.id),
             str(r.version),
-            r.kind,
             r.status,
             model,
             when(r.started_at),
@@ -248,9 +234,14 @@ def runs_cmd(
             f"{r.images_per_second:.0f}" if r.images_per_second else "-",
             _pct(r.metrics.get("val_accuracy")),
             _pct(r.metrics.get("test_accuracy")),
-            r.error or c.get("note") or "",
+            _short(r.error or c.get("note") or ""),
         )
     console.print(table)
+
+
+def _short(text: str, limit: int = 48) -> str:
+    """One table cell's worth of a long error or note; `a2m runs --json` has it whole."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 @app.command("evaluate")
