@@ -88,7 +88,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def server_environment(
     data_dir: Path, home: Path, username: str, password: str, token: str, files_root: Path | None
 ) -> dict[str, str]:
-    """The whole environment of the server process: nothing inherited but PATH.
+    """The whole environment of the server process: nothing is inherited from ours.
 
     Local Files serving is on only under `files_root`; without one it is off and every image
     reaches Label Studio as an upload.
@@ -98,7 +98,8 @@ def server_environment(
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root or data_dir / "no-local-files"),
     }
     return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # This Python's bin folder (where label-studio lives), then the system's default path.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.defpath]),
         "LANG": "C.UTF-8",
         "HOME": str(home),
         "PYTHONUNBUFFERED": "1",
