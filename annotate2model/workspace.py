@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import tomli_w
 import tomllib
 
 from annotate2model.errors import WorkspaceError
+from annotate2model.fsutil import atomic_write_bytes
 
 CONFIG_NAME = "a2m.toml"
 DATA_DIR_NAME = ".a2m"
@@ -107,7 +107,7 @@ class Workspace:
             else:
                 current[key] = value
         config[section] = current
-        _atomic_write(self.config_path, tomli_w.dumps(config).encode(), mode=0o644)
+        atomic_write_bytes(self.config_path, tomli_w.dumps(config).encode(), mode=0o644)
 
     def read_secrets(self) -> dict[str, str]:
         """Secrets kept beside the store (never in it): an API token, for instance."""
@@ -127,7 +127,7 @@ class Workspace:
             secrets.pop(key, None)
         else:
             secrets[key] = value
-        _atomic_write(self.secrets_path, tomli_w.dumps(secrets).encode(), mode=0o600)
+        atomic_write_bytes(self.secrets_path, tomli_w.dumps(secrets).encode(), mode=0o600)
 
 
 def init_workspace(root: Path) -> tuple[Workspace, bool]:
@@ -137,7 +137,7 @@ def init_workspace(root: Path) -> tuple[Workspace, bool]:
     try:
         ws.root.mkdir(parents=True, exist_ok=True)
         if not ws.config_path.exists():
-            _atomic_write(ws.config_path, DEFAULT_CONFIG.encode(), mode=0o644)
+            atomic_write_bytes(ws.config_path, DEFAULT_CONFIG.encode(), mode=0o644)
             created = True
         for folder in (ws.data_dir, ws.blobs_dir, ws.runs_dir, ws.cache_dir):
             if not folder.is_dir():
@@ -183,20 +183,3 @@ def file_lock(path: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

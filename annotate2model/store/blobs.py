@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from annotate2model.errors import BlobCorrupted, NotFoundError, StoreError
+from annotate2model.fsutil import TEMP_PREFIX, TEMP_SUFFIX, atomic_write_bytes
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -37,23 +36,7 @@ class BlobStore:
         if target.is_file() and target.stat().st_size == len(data):
             return digest
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write_bytes(target, data, mode=0o644)
         except OSError as exc:
             raise StoreError(f"cannot write blob {digest[:12]}: {exc.strerror}") from None
         return digest
@@ -80,7 +63,7 @@ class BlobStore:
             return 0
         removed = 0
         cutoff = time.time() - older_than_s
-        for partial in self.root.glob("*/.tmp-*.part"):
+        for partial in self.root.glob(f"*/{TEMP_PREFIX}*{TEMP_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
                 if partial.stat().st_mtime < cutoff:
                     partial.unlink()

@@ -6,20 +6,18 @@ the new one. Loading reads safetensors and JSON only: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from annotate2model.errors import NotFoundError, TrainingError
+from annotate2model.fsutil import atomic_write, atomic_write_bytes
 
 FORMAT = "a2m-model/1"
 TRUNK_FILE = "trunk.safetensors"
@@ -28,44 +26,28 @@ CARD_FILE = "model.json"
 HISTORY_FILE = "history.csv"
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    _atomic(path, write)
+    atomic_write_bytes(path, text.encode("utf-8"), mode=0o644)
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(state, tmp))
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)), mode=0o644)
 
 
 def link_or_copy(source: Path, target: Path) -> None:
     """Put `source` at `target` (a hard link when possible: the cached trunk costs no space)."""
 
-    def write(tmp: str) -> None:
-        os.unlink(tmp)
+    def write(tmp: Path) -> None:
+        tmp.unlink()
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
 
-    _atomic(target, write)
+    atomic_write(target, write)
 
 
 def history_csv(history: list[dict[str, Any]]) -> str:

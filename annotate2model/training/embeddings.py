@@ -15,9 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import sqlite3
-import tempfile
 import time
 import warnings
 from collections import deque
@@ -32,6 +30,7 @@ import torch
 from numpy.typing import NDArray
 
 from annotate2model.errors import InvalidImage
+from annotate2model.fsutil import atomic_write, atomic_write_bytes
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.data import Preprocessing, load_image, to_input
 from annotate2model.training.device import autocast
@@ -169,16 +168,8 @@ class EmbeddingCache:
     def save_trunk(self, path: Path, state: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
     # TorchScript copies of frozen trunks, so that a warm workspace never imports torchvision.
     #
@@ -242,22 +233,9 @@ class EmbeddingCache:
         finally:
             model.train(was_training)
         data = buffer.getvalue()
-        _atomic_write(path, data)
-        _atomic_write(self._digest_path(path), hashlib.sha256(data).hexdigest().encode())
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(self._digest_path(path), hashlib.sha256(data).hexdigest().encode())
         return True
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)

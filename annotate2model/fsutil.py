@@ -1,0 +1,53 @@
+"""Writing files so that a crash or kill -9 never leaves a partial one under the final name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+# Temp files are named `.tmp-<name>-<random>.part` beside their target, so a clean-up can find
+# the ones a killed writer left behind.
+TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".part"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], mode: int | None = None) -> None:
+    """Have `write` fill a temp file beside `path`, make it durable, then rename it into place.
+
+    Readers see the old file or the new one, never a part. The temp file is created with mode
+    0600 (right for secrets); `mode` sets another before any byte is written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}-", suffix=TEMP_SUFFIX
+    )
+    tmp = Path(tmp_name)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        os.close(fd)
+        write(tmp)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    atomic_write(path, write, mode)
