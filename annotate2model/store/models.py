@@ -6,7 +6,7 @@ a test checks that these models and the migrations have not drifted apart.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import (
     Boolean,
@@ -20,7 +20,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -29,6 +31,18 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that always comes back timezone-aware (SQLite stores it without the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -48,7 +62,7 @@ class Image(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     # Where the bytes first came from (a path or URL), for messages only.
     origin: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Task(Base):
@@ -71,8 +85,8 @@ class Task(Base):
     # Why the task gives no usable row (image unreadable, label outside the config, conflict...).
     problem: Mapped[str | None] = mapped_column(Text)
     # Set when the task disappeared from Label Studio; the row is kept for history.
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    synced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Annotation(Base):
@@ -95,8 +109,8 @@ class Annotation(Base):
     remote_created_at: Mapped[str | None] = mapped_column(String(40))
     remote_updated_at: Mapped[str] = mapped_column(String(40))
     # Set when the annotation no longer exists in Label Studio.
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class SyncState(Base):
@@ -107,7 +121,7 @@ class SyncState(Base):
     project_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # The largest task updated_at already stored; the next sync asks for tasks newer than it.
     watermark: Mapped[str | None] = mapped_column(String(40))
-    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_version: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.number"))
     # Label set of the project's labeling config at the last sync, as JSON text.
     labels_json: Mapped[str | None] = mapped_column(Text)
@@ -122,7 +136,7 @@ class DatasetVersion(Base):
     parent: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.number"))
     # SHA-256 over the sorted rows: equal hashes mean equal content.
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     note: Mapped[str] = mapped_column(Text, default="")
     # What made it: "import-folder", "sync", ...
     source: Mapped[str] = mapped_column(String(40))
@@ -159,8 +173,8 @@ class Run(Base):
     # The full run configuration as JSON text.
     config_json: Mapped[str] = mapped_column(Text)
     device: Mapped[str | None] = mapped_column(String(120))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     wall_seconds: Mapped[float | None] = mapped_column(Float)
     images_per_second: Mapped[float | None] = mapped_column(Float)
     # Per-epoch rows (losses, accuracies, lr, seconds) as JSON text.
@@ -206,8 +220,8 @@ class Flag(Base):
     score: Mapped[float] = mapped_column(Float)
     current_label: Mapped[str | None] = mapped_column(String(200))
     suggested_label: Mapped[str | None] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    pushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # relabeled / confirmed / withdrawn.
     resolution: Mapped[str | None] = mapped_column(String(32))

@@ -47,15 +47,7 @@ class PredictionRecord:
     probs: list[float] = field(default_factory=list)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
 def _record(row: Run) -> RunRecord:
-    started = _aware(row.started_at)
-    assert started is not None
     return RunRecord(
         id=row.id,
         version=row.version,
@@ -63,8 +55,8 @@ def _record(row: Run) -> RunRecord:
         status=row.status,
         config=json.loads(row.config_json),
         device=row.device,
-        started_at=started,
-        ended_at=_aware(row.ended_at),
+        started_at=row.started_at,
+        ended_at=row.ended_at,
         wall_seconds=row.wall_seconds,
         images_per_second=row.images_per_second,
         history=json.loads(row.history_json or "[]"),
@@ -121,11 +113,9 @@ def finish_run(
         raise InputError(f"cannot finish a run as {status!r}.")
     row = _row(session, run_id)
     now = datetime.now(timezone.utc)
-    started = _aware(row.started_at)
-    assert started is not None
     row.status = status
     row.ended_at = now
-    row.wall_seconds = (now - started).total_seconds()
+    row.wall_seconds = (now - row.started_at).total_seconds()
     row.pid = None
     if metrics is not None:
         row.metrics_json = json.dumps(metrics)

@@ -47,14 +47,11 @@ def _by_image(item: VersionItemRecord) -> str:
 
 
 def _record(row: DatasetVersion) -> VersionRecord:
-    created = row.created_at
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=timezone.utc)
     return VersionRecord(
         number=row.number,
         parent=row.parent,
         content_hash=row.content_hash,
-        created_at=created,
+        created_at=row.created_at,
         note=row.note,
         source=row.source,
         item_count=row.item_count,
