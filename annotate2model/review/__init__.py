@@ -1,0 +1,1 @@
+"""Judging predictions: misclassified images, likely label errors, uncertainty (flag-back)."""

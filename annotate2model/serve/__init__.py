@@ -1,0 +1,1 @@
+"""Serving a trained model: web page, REST API, Label Studio ML backend (serving issue)."""
