@@ -6,6 +6,7 @@ seconds. Each server runs on a free loopback port with a clean environment and i
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import shutil
 import threading
@@ -109,6 +110,34 @@ def ls_server(
         server.stop()
 
 
+def choice(label: str, **extra: object) -> dict[str, object]:
+    """One annotation choosing `label`, in the shape Label Studio imports (extra keys merged)."""
+    return {
+        "result": [
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": [label]},
+            }
+        ],
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real threaded HTTP server on a free loopback port; yields its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -123,11 +152,5 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(folder), **kwargs)
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_http(Handler) as base:
+        yield base, folder

@@ -19,24 +19,9 @@ from annotate2model.store import Store
 from annotate2model.store.versions import latest_version
 from annotate2model.workspace import Workspace, init_workspace
 from tests.conftest import image_bytes
-from tests.labelstudio.conftest import ADMIN, LEGACY_TOKEN, PASSWORD, LiveServer
+from tests.labelstudio.conftest import ADMIN, LEGACY_TOKEN, PASSWORD, LiveServer, choice
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
-
-
-def _annotated(label: str) -> list[dict[str, object]]:
-    return [
-        {
-            "result": [
-                {
-                    "from_name": "label",
-                    "to_name": "image",
-                    "type": "choices",
-                    "value": {"choices": [label]},
-                }
-            ]
-        }
-    ]
 
 
 def test_server_down_during_sync_writes_nothing_and_next_sync_completes(
@@ -50,7 +35,7 @@ def test_server_down_during_sync_writes_nothing_and_next_sync_completes(
         c.import_tasks(
             project,
             [
-                {"data": {"image": f"{base}/d{i}.png"}, "annotations": _annotated("a")}
+                {"data": {"image": f"{base}/d{i}.png"}, "annotations": [choice("a")]}
                 for i in range(5)
             ],
         )
@@ -95,7 +80,7 @@ def test_kill_9_mid_sync_then_resync_equals_clean_sync(
         c.import_tasks(
             project,
             [
-                {"data": {"image": f"{base}/k{i}.png"}, "annotations": _annotated("ab"[i % 2])}
+                {"data": {"image": f"{base}/k{i}.png"}, "annotations": [choice("ab"[i % 2])]}
                 for i in range(n)
             ],
         )

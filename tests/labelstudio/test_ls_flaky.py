@@ -22,7 +22,7 @@ from annotate2model.settings import Secret
 from annotate2model.store import Store
 from annotate2model.store.versions import latest_version
 from tests.conftest import image_bytes
-from tests.labelstudio.conftest import LEGACY_TOKEN, LiveServer
+from tests.labelstudio.conftest import LEGACY_TOKEN, LiveServer, choice, serve_http
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
@@ -87,14 +87,8 @@ def flaky_proxy(ls_server: LiveServer) -> Iterator[tuple[str, Faults]]:
 
         do_GET = do_POST = do_PATCH = do_DELETE = _forward
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", faults
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve_http(Proxy) as url:
+        yield url, faults
 
 
 def _project_with_tasks(
@@ -104,16 +98,9 @@ def _project_with_tasks(
     tasks = []
     for i in range(n):
         (served / f"flaky{seed}_{i}.png").write_bytes(image_bytes(seed + i))
-        result = [
-            {
-                "from_name": "label",
-                "to_name": "image",
-                "type": "choices",
-                "value": {"choices": ["a" if i % 2 else "b"]},
-            }
-        ]
+        label = "a" if i % 2 else "b"
         tasks.append(
-            {"data": {"image": f"{base}/flaky{seed}_{i}.png"}, "annotations": [{"result": result}]}
+            {"data": {"image": f"{base}/flaky{seed}_{i}.png"}, "annotations": [choice(label)]}
         )
     project = ls_server.create_project(["a", "b"])
     with ls_server.client() as c:

@@ -19,23 +19,9 @@ from annotate2model.store.tasks import load_tasks
 from annotate2model.store.versions import version_items
 from annotate2model.workspace import Workspace
 from tests.conftest import image_bytes, make_image_folder, run_cli
-from tests.labelstudio.conftest import LiveServer
+from tests.labelstudio.conftest import LiveServer, choice
 
 pytestmark = pytest.mark.labelstudio
-
-
-def choice(label: str, **extra: object) -> dict[str, object]:
-    return {
-        "result": [
-            {
-                "from_name": "label",
-                "to_name": "image",
-                "type": "choices",
-                "value": {"choices": [label]},
-            }
-        ],
-        **extra,
-    }
 
 
 def connect(cli: CliRunner, ls: LiveServer, *args: str) -> dict[str, object]:
