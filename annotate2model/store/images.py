@@ -72,3 +72,33 @@ def known_images(session: Session, shas: Iterable[str]) -> set[str]:
         chunk = wanted[start : start + 500]
         found.update(session.scalars(select(Image.sha256).where(Image.sha256.in_(chunk))))
     return found
+
+
+def image_names(session: Session, shas: Iterable[str]) -> dict[str, str]:
+    """How the user knows each image, for messages: its Label Studio task(s) and where it came
+    from (a path or URL); the short hash only when the store knows nothing else."""
+    from annotate2model.store.models import Task
+
+    wanted = sorted(set(shas))
+    names: dict[str, str] = {}
+    tasks: dict[str, list[str]] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        for sha, origin in session.execute(
+            select(Image.sha256, Image.origin).where(Image.sha256.in_(chunk))
+        ):
+            if origin:
+                names[sha] = origin
+        for sha, project, task in session.execute(
+            select(Task.image_sha256, Task.project_id, Task.task_id).where(
+                Task.image_sha256.in_(chunk), Task.deleted_at.is_(None)
+            )
+        ):
+            tasks.setdefault(sha, []).append(f"task {task} of project {project}")
+    out = {}
+    for sha in wanted:
+        parts = tasks.get(sha, [])
+        if sha in names:
+            parts = [*parts, names[sha]]
+        out[sha] = ", ".join(parts) if parts else f"image {sha[:12]}"
+    return out
