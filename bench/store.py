@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _shared import HYMENOPTERA
 from sqlalchemy import insert, select
 
 from annotate2model.settings import SplitFractions, load_settings
@@ -29,7 +30,7 @@ from annotate2model.store.versions import create_version, diff_versions, split_f
 from annotate2model.workspace import init_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "hymenoptera_data"
+DEFAULT_DATA = HYMENOPTERA
 
 
 Row = tuple[str, float, float, str]

@@ -27,20 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _shared import HYMENOPTERA, SCENES_WEIGHTS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _find_shared() -> Path:
-    """A2M_SHARED_DIR, else a `shared/` beside or above the checkout, else /work/shared."""
-    if os.environ.get("A2M_SHARED_DIR"):
-        return Path(os.environ["A2M_SHARED_DIR"])
-    for parent in ROOT.parents:
-        if (parent / "shared" / "weights").is_dir():
-            return parent / "shared"
-    return Path("/work/shared")
-
-
-SHARED = _find_shared()
 PY = sys.executable
 A2M = [PY, "-m", "annotate2model"]
 
@@ -147,8 +138,8 @@ def train(env: dict[str, str], weights: Path, *extra: str) -> tuple[float, dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED / "datasets" / "hymenoptera_data")
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "resnet18-scenes.pth")
+    parser.add_argument("--data", type=Path, default=HYMENOPTERA)
+    parser.add_argument("--weights", type=Path, default=SCENES_WEIGHTS)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--bare-seconds", type=float, default=5.0)
     parser.add_argument("--throughput-repeats", type=int, default=2)

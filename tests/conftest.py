@@ -15,23 +15,56 @@ from typer.testing import CliRunner
 from annotate2model.settings import Settings, load_settings
 from annotate2model.store import Store
 from annotate2model.workspace import Workspace, init_workspace
+from bench._shared import HYMENOPTERA, SCENES_WEIGHTS, missing_message
 
 
-def _find_shared() -> Path:
-    """The shared data folder: A2M_SHARED_DIR, else a `shared/` beside or above the checkout."""
-    if os.environ.get("A2M_SHARED_DIR"):
-        return Path(os.environ["A2M_SHARED_DIR"])
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "shared" / "weights").is_dir():
-            return parent / "shared"
-    # CI clones the project elsewhere on this machine; the data stays where it was provided.
-    return Path("/work/shared")
+def in_ci() -> bool:
+    """CI=true (or 1/yes), as GitHub Actions, GitLab and most CI systems set it."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
-SHARED = _find_shared()
-HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
-SCENES_WEIGHTS = SHARED / "weights" / "resnet18-scenes.pth"
+def require_shared(path: Path, what: str) -> Path:
+    """`path` from ../shared, or the test stops: FAILS under CI, skips elsewhere, saying why.
+
+    A CI that skips every test needing the real data or weights would go green without testing
+    what matters, so there a missing file is an error.
+    """
+    if path.exists():
+        return path
+    message = missing_message(path, what)
+    if in_ci():
+        pytest.fail(f"{message} Under CI (CI=true) missing shared data fails the test.", False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def hymenoptera() -> Path:
+    """The real hymenoptera photos (train/ and val/, two classes) from ../shared."""
+    return require_shared(HYMENOPTERA, "the hymenoptera data set")
+
+
+@pytest.fixture
+def scenes_weights() -> Path:
+    """The shared ResNet-18 state dict trained on scene photos."""
+    return require_shared(SCENES_WEIGHTS, "the ResNet-18 scenes weights")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `gpu` tests skip where there is no CUDA device: the one skip allowed under CI. Decided
+    # before any fixture runs, so a GPU-less machine never asks for their shared data.
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items and not _cuda_available():
+        skip = pytest.mark.skip(
+            reason="gpu: no CUDA device here (torch.cuda.is_available() is False)"
+        )
+        for item in gpu_items:
+            item.add_marker(skip)
 
 
 def image_bytes(
@@ -94,7 +127,8 @@ def run_cli(runner: CliRunner, *args: str) -> tuple[int, str, str]:
     from annotate2model.errors import A2MError
 
     if isinstance(exc, A2MError):
-        return exc.exit_code, result.stdout, str(exc)
+        # As main() prints it: the message, then the hint (how to fix it) on a line of its own.
+        return exc.exit_code, result.stdout, "\n".join(filter(None, (exc.message, exc.hint)))
     if exc is not None and not isinstance(exc, SystemExit):
         raise exc
     return result.exit_code, result.stdout, result.stderr

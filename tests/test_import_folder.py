@@ -16,7 +16,7 @@ from annotate2model.imaging import decode_rgb
 from annotate2model.store import Store
 from annotate2model.store.imports import import_folder
 from annotate2model.store.versions import version_items
-from tests.conftest import HYMENOPTERA, image_bytes, make_image_folder
+from tests.conftest import image_bytes, make_image_folder
 
 
 def huge_png(width: int, height: int) -> bytes:
@@ -174,9 +174,8 @@ def test_duplicates_and_conflicts(store: Store, tmp_path: Path) -> None:
     assert result.version is not None and result.version.version.item_count == 5
 
 
-@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason="shared hymenoptera data set not present")
-def test_hymenoptera_layout_gives_splits(store: Store) -> None:
-    result = import_folder(store, HYMENOPTERA)
+def test_hymenoptera_layout_gives_splits(store: Store, hymenoptera: Path) -> None:
+    result = import_folder(store, hymenoptera)
     assert result.splits_from_folders
     assert result.version is not None
     with store.read() as session:
