@@ -8,8 +8,10 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -18,14 +20,27 @@ from rich.table import Table
 from annotate2model.cli.context import state
 from annotate2model.cli.render import RichProgress, console, print_json, when
 from annotate2model.store import runs as store_runs
-from annotate2model.training.config import PRESETS, RunConfig, preset_config
+from annotate2model.training.config import (
+    DEVICES,
+    PRESETS,
+    Backbone,
+    Mode,
+    OptimizerName,
+    Precision,
+    RunConfig,
+    Schedule,
+    preset_config,
+)
 
 app = typer.Typer()
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DeviceFlag = Annotated[
     str | None,
-    typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1 or mps."),
+    typer.Option(
+        help=f"One of {', '.join(DEVICES)} (auto: CUDA, then MPS, then CPU), or cuda:N.",
+        show_default=False,
+    ),
 ]
 
 
@@ -50,6 +65,25 @@ def _fast_exit() -> None:
     atexit.register(_skip_final_collection)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run is closed as interrupted, nothing half-written."""
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM stop a long command, whatever the process inherited.
+
+    A process started in the background by a non-interactive shell inherits SIGINT *ignored*, and
+    Python then never installs its KeyboardInterrupt handler: Ctrl-C or `kill -INT` would be lost
+    and training would go on for minutes. Training commands take both signals back.
+    """
+
+    def terminated(_signum: int, _frame: FrameType | None) -> None:
+        raise Stopped("stopped by SIGTERM")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def _passive_omp_threads() -> None:
     """Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise).
 
@@ -69,11 +103,7 @@ def train_cmd(
         str | None, typer.Option(help=f"Start from a preset: {', '.join(PRESETS)}.")
     ] = None,
     backbone: Annotated[
-        str | None,
-        typer.Option(
-            help="resnet18 (default), resnet50, mobilenet_v2, mobilenet_v3_large, "
-            "efficientnet_b0 or vgg16."
-        ),
+        Backbone | None, typer.Option(help="torchvision backbone (default: resnet18).")
     ] = None,
     weights: Annotated[
         str | None,
@@ -83,14 +113,19 @@ def train_cmd(
         ),
     ] = None,
     mode: Annotated[
-        str | None, typer.Option(help="probe (frozen backbone, new head) or finetune.")
+        Mode | None,
+        typer.Option(
+            help="probe: frozen backbone, new head (default); finetune: train blocks too."
+        ),
     ] = None,
     unfreeze: Annotated[
         str | None, typer.Option(help="Fine-tuning: the last N blocks train, or all.")
     ] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd (momentum) or adamw.")] = None,
+    optimizer: Annotated[
+        OptimizerName | None, typer.Option(help="sgd (with momentum; default) or adamw.")
+    ] = None,
     schedule: Annotated[
-        str | None, typer.Option(help="cyclic (triangular2), cosine, onecycle or constant.")
+        Schedule | None, typer.Option(help="Learning-rate schedule; cyclic is triangular2.")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training split.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
@@ -114,8 +149,13 @@ def train_cmd(
     views: Annotated[
         int | None, typer.Option(help="Probe: cached augmented views per training image.")
     ] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16 or fp32.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding workers (-1: auto).")] = None,
+    precision: Annotated[
+        Precision | None, typer.Option(help="auto: bf16 autocast where the device has it.")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Decoding workers: -1 auto, 0 on the main thread, N workers."),
+    ] = None,
     device: DeviceFlag = None,
     note: Annotated[str | None, typer.Option(help="A note kept with the run.")] = None,
     as_json: JsonFlag = False,
@@ -154,6 +194,7 @@ def train_cmd(
     from annotate2model.training.prefetch import start_early_decode
 
     _passive_omp_threads()
+    _stop_on_signals()
     store = state(ctx).store(device=device) if device else state(ctx).store()
     # New images start decoding on another core while the runner imports torch.
     early = start_early_decode(store, config, version)
@@ -195,10 +236,10 @@ def runs_cmd(
 
     Example: [bold]a2m runs --json[/]
     """
+    from annotate2model.training.ledger import Ledger
+
     store = state(ctx).store()
-    if store.settings.database_url.startswith("sqlite"):
-        with store.write() as session:
-            store_runs.close_dead_runs(session)
+    Ledger(store).close_dead_runs()
     with store.read() as session:
         number = None
         if version is not None:
@@ -260,6 +301,7 @@ def evaluate_cmd(
     Example: [bold]a2m evaluate 3 --version 5 --split test[/]
     """
     _passive_omp_threads()
+    _stop_on_signals()
     from annotate2model.training.runner import evaluate_run
 
     _fast_exit()
@@ -267,28 +309,28 @@ def evaluate_cmd(
     store = state(ctx).store(device=device) if device else state(ctx).store()
     result = evaluate_run(store, run, version, split, progress=RichProgress())
     if as_json:
-        print_json(result)
+        print_json(result.to_dict())
         return
+    m = result.metrics
     console.print(
-        f"Run [bold]{result['run']}[/] on version {result['version']} {split} "
-        f"({result['n']} images): accuracy {_pct(result['accuracy'])}, macro F1 "
-        f"{_pct(result['macro']['f1'])}, weighted F1 {_pct(result['weighted']['f1'])}, "
-        + ", ".join(f"{k} {_pct(v)}" for k, v in result["top_k"].items())
+        f"Run [bold]{result.run}[/] on version {result.version} {split} "
+        f"({m.n} images): accuracy {_pct(m.accuracy)}, macro F1 "
+        f"{_pct(m.macro.f1 if m.macro else None)}, weighted F1 "
+        f"{_pct(m.weighted.f1 if m.weighted else None)}, "
+        + ", ".join(f"{k} {_pct(v)}" for k, v in m.top_k.items())
     )
     table = Table(title="Per class")
     for col in ("label", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "label" else "right")
-    for label, m in result["per_class"].items():
-        table.add_row(
-            label, _pct(m["precision"]), _pct(m["recall"]), _pct(m["f1"]), str(m["support"])
-        )
+    for label, c in m.per_class.items():
+        table.add_row(label, _pct(c.precision), _pct(c.recall), _pct(c.f1), str(c.support))
     console.print(table)
-    labels = list(result["per_class"])
+    labels = list(m.per_class)
     confusion = Table(title="Confusion (rows: true, columns: predicted)")
     confusion.add_column("")
     for label in labels:
         confusion.add_column(label, justify="right")
-    for label, row in zip(labels, result["confusion"], strict=True):
+    for label, row in zip(labels, m.confusion, strict=True):
         confusion.add_row(label, *(str(v) for v in row))
     console.print(confusion)
 
@@ -307,6 +349,7 @@ def predict_cmd(
     Example: [bold]a2m predict 3 photos/*.jpg --top-k 2[/]
     """
     _passive_omp_threads()
+    _stop_on_signals()
     from annotate2model.training.runner import predict_files
 
     _fast_exit()
@@ -343,6 +386,7 @@ def ensemble_cmd(
     Example: [bold]a2m ensemble 3 4[/]
     """
     _passive_omp_threads()
+    _stop_on_signals()
     from annotate2model.training.runner import ensemble
 
     _fast_exit()

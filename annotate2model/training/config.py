@@ -6,24 +6,87 @@ Importing this module does not import torch: the CLI builds a RunConfig before d
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from annotate2model.errors import InputError
 
-BACKBONES = (
-    "resnet18",
-    "resnet50",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-    "vgg16",
-)
-MODES = ("probe", "finetune")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cyclic", "cosine", "onecycle", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
+
+class Choice(str, enum.Enum):
+    """A closed set of option values: typer lists them in `--help`, the config keeps the string."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(member.value for member in cls)
+
+
+class Backbone(Choice):
+    RESNET18 = "resnet18"
+    RESNET50 = "resnet50"
+    MOBILENET_V2 = "mobilenet_v2"
+    MOBILENET_V3_LARGE = "mobilenet_v3_large"
+    EFFICIENTNET_B0 = "efficientnet_b0"
+    VGG16 = "vgg16"
+
+
+class Mode(Choice):
+    PROBE = "probe"
+    FINETUNE = "finetune"
+
+
+class OptimizerName(Choice):
+    SGD = "sgd"
+    ADAMW = "adamw"
+
+
+class Schedule(Choice):
+    CYCLIC = "cyclic"
+    COSINE = "cosine"
+    ONECYCLE = "onecycle"
+    CONSTANT = "constant"
+
+
+class Precision(Choice):
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+BACKBONES = Backbone.values()
+MODES = Mode.values()
+OPTIMIZERS = OptimizerName.values()
+SCHEDULES = Schedule.values()
+PRECISIONS = Precision.values()
+# Device requests: these, or an indexed accelerator such as cuda:1.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# The one order in which splits are read, extracted, judged and reported.
+SPLITS = ("train", "val", "test")
+
+
+def auto_workers(cpu_count: int | None = None) -> int:
+    """Decoding workers for `workers = -1`: one core is left to the model, at most 4."""
+    return max(1, min(4, (cpu_count or os.cpu_count() or 2) - 1))
+
+
+def resolve_workers(requested: int) -> int:
+    """One meaning in every mode: -1 picks `auto_workers()`, 0 decodes on the main thread (no
+    worker threads or processes), N uses N workers."""
+    return auto_workers() if requested < 0 else requested
+
+
+def eval_batch_size(device_type: str, requested: int = 0) -> int:
+    """Images per forward pass when extracting or predicting: `requested`, else 32 on a CPU
+    (small batches stay in cache and run faster there), 128 on an accelerator."""
+    if requested > 0:
+        return requested
+    return 32 if device_type == "cpu" else 128
 
 
 @dataclass
@@ -76,7 +139,8 @@ class RunConfig:
     # Images per forward pass when extracting features or evaluating; 0: 32 on a CPU (small
     # batches stay in cache and run faster there), 128 on an accelerator.
     eval_batch_size: int = 0
-    # Decoding workers (threads for extraction, DataLoader processes for fine-tuning); -1: auto.
+    # Decoding workers (threads for extraction, DataLoader processes for fine-tuning); -1: auto
+    # (`auto_workers()`), 0: decode on the main thread, in both modes.
     workers: int = -1
     # Free text kept with the run.
     note: str = ""
@@ -86,6 +150,11 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Choices may arrive as enum members (the CLI); the config keeps plain strings.
+        for name in ("backbone", "mode", "optimizer", "schedule", "precision"):
+            value = getattr(self, name)
+            if isinstance(value, Choice):
+                setattr(self, name, value.value)
         self.validate()
 
     @property
@@ -93,9 +162,7 @@ class RunConfig:
         return self.augment if self.augment is not None else self.mode == "finetune"
 
     def eval_batch_for(self, device_type: str) -> int:
-        if self.eval_batch_size:
-            return self.eval_batch_size
-        return 32 if device_type == "cpu" else 128
+        return eval_batch_size(device_type, self.eval_batch_size)
 
     @property
     def resize_size(self) -> int:
@@ -112,9 +179,7 @@ class RunConfig:
         choice("schedule", self.schedule, SCHEDULES)
         choice("precision", self.precision, PRECISIONS)
         if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) >= 0):
-            raise InputError(
-                f"--unfreeze takes a number of blocks or 'all', not {self.unfreeze!r}."
-            )
+            raise InputError(f"unfreeze takes a number of blocks or 'all', not {self.unfreeze!r}.")
         positive = {
             "epochs": self.epochs,
             "batch size": self.batch_size,
@@ -124,6 +189,8 @@ class RunConfig:
         for name, value in positive.items():
             if value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}.")
+        if self.workers < -1:
+            raise InputError(f"workers must be -1 (auto), 0 or more, got {self.workers}.")
         if self.eval_batch_size < 0:
             raise InputError(f"eval batch size cannot be negative, got {self.eval_batch_size}.")
         if self.image_size < 16:
@@ -135,7 +202,7 @@ class RunConfig:
         if self.weight_decay < 0 or self.early_stopping < 0:
             raise InputError("weight decay and early stopping cannot be negative.")
         if self.views > 1 and self.mode != "probe":
-            raise InputError("--views applies to probes; fine-tuning augments on the fly.")
+            raise InputError("views apply to probes; fine-tuning augments on the fly.")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

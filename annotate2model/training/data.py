@@ -41,6 +41,10 @@ class VersionData:
         index = {label: i for i, label in enumerate(self.labels)}
         return [index[item.label] for item in self.splits[split]]
 
+    def with_splits(self, splits: dict[str, list[VersionItemRecord]]) -> VersionData:
+        """The same version and label map over other rows (the images left after skipping)."""
+        return VersionData(version=self.version, labels=self.labels, splits=splits)
+
 
 def load_version_data(store: Store, ref: int | str | None) -> VersionData:
     with store.read() as session:
@@ -90,8 +94,12 @@ def to_input(
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-class ImageDataset(torch.utils.data.Dataset[tuple[NDArray[Any] | None, int, int]]):
-    """Images of one split for fine-tuning; a sample that cannot be decoded comes back as None."""
+Sample = tuple[NDArray[Any] | str, int, int]
+
+
+class ImageDataset(torch.utils.data.Dataset[Sample]):
+    """Images of one split for fine-tuning; a sample that cannot be decoded comes back as the
+    reason (text) in place of its pixels."""
 
     def __init__(
         self,
@@ -113,7 +121,7 @@ class ImageDataset(torch.utils.data.Dataset[tuple[NDArray[Any] | None, int, int]
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[NDArray[Any] | None, int, int]:
+    def __getitem__(self, index: int) -> Sample:
         seed = (self.seed * 1_000_003 + self.epoch * 100_003 + index) if self.augment else None
         try:
             return (
@@ -121,19 +129,19 @@ class ImageDataset(torch.utils.data.Dataset[tuple[NDArray[Any] | None, int, int]
                 self.targets[index],
                 index,
             )
-        except InvalidImage:
-            return None, self.targets[index], index
+        except InvalidImage as exc:
+            return str(exc), self.targets[index], index
 
 
 def collate(
-    samples: list[tuple[NDArray[Any] | None, int, int]],
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Stack decodable samples; the indices of the undecodable ones travel along to be reported."""
-    good = [s for s in samples if s[0] is not None]
-    bad = [s[2] for s in samples if s[0] is None]
+    samples: list[Sample],
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+    """Stack decodable samples; (index, reason) of the undecodable ones travel along."""
+    good = [s for s in samples if not isinstance(s[0], str)]
+    bad = [(s[2], s[0]) for s in samples if isinstance(s[0], str)]
     if not good:
         return torch.empty(0, 1, 1, 3, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
-    images = torch.from_numpy(np.stack([s[0] for s in good if s[0] is not None]))
+    images = torch.from_numpy(np.stack([s[0] for s in good if not isinstance(s[0], str)]))
     targets = torch.tensor([s[1] for s in good], dtype=torch.long)
     return images, targets, bad
 

@@ -34,6 +34,7 @@ from annotate2model.fsutil import atomic_write, atomic_write_bytes
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.data import Preprocessing, load_image, to_input
 from annotate2model.training.device import autocast
+from annotate2model.training.images import ImageSource
 from annotate2model.training.prefetch import EarlyDecode
 
 SCHEMA = """
@@ -240,9 +241,127 @@ class EmbeddingCache:
 
 @dataclass(frozen=True)
 class ExtractJob:
+    """One (image, view) to run through a network; `sha256` is its key (any unique text works
+    for images that are not in the store, such as a file a user asks about)."""
+
     sha256: str
-    path: Path
+    source: ImageSource
     view: int
+
+
+@dataclass
+class ForwardBatch:
+    """One batch through the network: the jobs that decoded, their outputs (row per job), and
+    the jobs that could not be decoded with the reason."""
+
+    kept: list[ExtractJob]
+    outputs: NDArray[Any]
+    errors: list[tuple[ExtractJob, str]]
+
+
+class _InlinePool:
+    """A stand-in for a thread pool with no workers: decoding runs on the calling thread."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def forward_images(
+    jobs: Sequence[ExtractJob],
+    network: Callable[[], torch.nn.Module],
+    prep: Preprocessing,
+    device: torch.device,
+    bf16: bool,
+    batch_size: int,
+    workers: int,
+    seed: int = 0,
+    rotation: float = 10.0,
+    early: EarlyDecode | None = None,
+    max_pixels: int | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> Iterator[ForwardBatch]:
+    """Decode `jobs` (in `workers` threads, 0: on this thread) a few batches ahead of the forward
+    passes, so that the two overlap; yields each batch's float32 outputs, flattened per image.
+
+    `network` is called once, after the first batches were queued (building it may take seconds
+    of imports, during which decoding runs ahead up to PREFETCH_BYTES). Clean views that `early`
+    started decoding before torch was imported are taken from it. `on_ready` is called once the
+    network is on the device. Stopping early (an exception, Ctrl-C, closing the generator) cancels
+    the queued decodes instead of waiting for them.
+    """
+    batches = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
+    if not batches:
+        return
+
+    def decode(batch: list[ExtractJob]) -> tuple[list[ExtractJob], list[NDArray[Any]], list[Any]]:
+        kept: list[ExtractJob] = []
+        arrays: list[NDArray[Any]] = []
+        errors: list[tuple[ExtractJob, str]] = []
+        for job in batch:
+            # View 0 is the clean centre crop; later views are seeded augmentations.
+            aug = None if job.view == 0 else _view_seed(job.sha256, job.view, seed)
+            ready = early.take(job.sha256, prep) if early is not None and aug is None else None
+            try:
+                if ready is not None:
+                    arrays.append(ready.result())
+                else:
+                    arrays.append(load_image(job.source, prep, aug, rotation, max_pixels))
+                kept.append(job)
+            except InvalidImage as exc:
+                errors.append((job, str(exc)))
+        return kept, arrays, errors
+
+    ahead = max(2, workers + 1)
+    batch_bytes = batch_size * prep.crop * prep.crop * 3
+    first_ahead = max(ahead, PREFETCH_BYTES // max(1, batch_bytes))
+    pool: ThreadPoolExecutor | _InlinePool = (
+        ThreadPoolExecutor(max_workers=workers) if workers > 0 else _InlinePool()
+    )
+    try:
+        pending: deque[Future[tuple[list[ExtractJob], list[NDArray[Any]], list[Any]]]] = deque()
+        queue = iter(batches)
+        if workers > 0:
+            for batch in queue:
+                pending.append(pool.submit(decode, batch))
+                if len(pending) >= first_ahead:
+                    break
+        # Grad mode is switched off around the network's own work only: this generator is
+        # suspended between batches, and its caller's code must not run in inference mode.
+        with torch.inference_mode():
+            model = network().to(device).eval()
+            if device.type != "mps":
+                model = model.to(memory_format=torch.channels_last)
+        if on_ready is not None:
+            on_ready()
+        if not pending:
+            first = next(queue, None)
+            if first is not None:
+                pending.append(pool.submit(decode, first))
+        while pending:
+            kept, arrays, errors = pending.popleft().result()
+            while len(pending) < (ahead if workers > 0 else 1):
+                nxt = next(queue, None)
+                if nxt is None:
+                    break
+                pending.append(pool.submit(decode, nxt))
+            outputs = np.empty((0, 0), dtype=np.float32)
+            if arrays:
+                with torch.inference_mode():
+                    x = to_input(np.stack(arrays), prep, device)
+                    with autocast(device, bf16):
+                        out = model(x)
+                    outputs = out.float().flatten(1).cpu().numpy()
+            yield ForwardBatch(kept, outputs, errors)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def extract(
@@ -260,12 +379,12 @@ def extract(
     rotation: float = 10.0,
     progress: Progress | None = None,
     early: EarlyDecode | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[dict[tuple[str, int], NDArray[Any]], ExtractionStats]:
     """Features for every job: read from the cache, computing (and storing) only what is missing.
 
-    `trunk` is called only when something must be computed. Decoding runs in `workers` threads
-    (Pillow releases the GIL) a few batches ahead of the forward passes, so the two overlap;
-    clean views that `early` started decoding before torch was imported are taken from it.
+    `trunk` is called only when something must be computed; each computed batch is stored as one
+    transaction, so a killed process leaves whole batches.
     """
     progress = progress or NullProgress()
     stats = ExtractionStats(requested=len(jobs))
@@ -280,66 +399,38 @@ def extract(
     stats.cached = len(jobs) - len(missing)
     if not missing:
         return out, stats
-    batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
+    started = time.perf_counter()
 
-    def decode(batch: list[ExtractJob]) -> tuple[list[ExtractJob], list[NDArray[Any]], list[str]]:
-        kept: list[ExtractJob] = []
-        arrays: list[NDArray[Any]] = []
-        errors: list[str] = []
-        for job in batch:
-            # View 0 is the clean centre crop; later views are seeded augmentations.
-            aug = None if job.view == 0 else _view_seed(job.sha256, job.view, seed)
-            ready = early.take(job.sha256, prep) if early is not None and aug is None else None
-            try:
-                if ready is not None:
-                    arrays.append(ready.result())
-                else:
-                    arrays.append(load_image(job.path, prep, aug, rotation))
-                kept.append(job)
-            except InvalidImage as exc:
-                errors.append(f"{job.sha256}\t{exc}")
-        return kept, arrays, errors
+    def ready() -> None:
+        nonlocal started
+        started = time.perf_counter()
 
     progress.begin("Extracting features", total=len(missing))
-    ahead = max(2, workers + 1)
-    # While the network is being built (torchvision's import alone takes seconds), decoding
-    # runs much further ahead, up to PREFETCH_BYTES of decoded pixels.
-    batch_bytes = batch_size * prep.crop * prep.crop * 3
-    first_ahead = max(ahead, PREFETCH_BYTES // max(1, batch_bytes))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode():
-        pending: deque[Future[tuple[list[ExtractJob], list[NDArray[Any]], list[str]]]] = deque()
-        queue = iter(batches)
-        for batch in queue:
-            pending.append(pool.submit(decode, batch))
-            if len(pending) >= first_ahead:
-                break
-        # The first batches decode while the network is built (imports, weights).
-        model = trunk().to(device).eval()
-        if device.type != "mps":
-            model = model.to(memory_format=torch.channels_last)
-        started = time.perf_counter()
-        while pending:
-            kept, arrays, errors = pending.popleft().result()
-            if len(pending) < ahead:
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.append(pool.submit(decode, nxt))
-            for error in errors:
-                sha, reason = error.split("\t", 1)
-                if not any(s == sha for s, _ in stats.skipped):
-                    stats.skipped.append((sha, reason))
-            if arrays:
-                x = to_input(np.stack(arrays), prep, device)
-                with autocast(device, bf16):
-                    feats = model(x)
-                vectors = feats.float().flatten(1).cpu().numpy()
-                rows = [(job.sha256, job.view, vectors[i]) for i, job in enumerate(kept)]
-                cache.put(key, description, rows)
-                for sha, view, vec in rows:
-                    out[(sha, view)] = vec
-                stats.computed += len(rows)
-            progress.advance(len(kept) + len(errors), status=f"{stats.computed} images")
+    for batch in forward_images(
+        missing,
+        trunk,
+        prep,
+        device,
+        bf16,
+        batch_size,
+        workers,
+        seed,
+        rotation,
+        early,
+        max_pixels,
+        on_ready=ready,
+    ):
+        for job, reason in batch.errors:
+            if not any(s == job.sha256 for s, _ in stats.skipped):
+                stats.skipped.append((job.sha256, reason))
+        rows = [(job.sha256, job.view, batch.outputs[i]) for i, job in enumerate(batch.kept)]
+        cache.put(key, description, rows)
+        for sha, view, vec in rows:
+            out[(sha, view)] = vec
+        stats.computed += len(rows)
+        progress.advance(len(batch.kept) + len(batch.errors), status=f"{stats.computed} images")
     progress.end()
+    # From the network being ready to the last batch stored.
     stats.seconds = time.perf_counter() - started
     return out, stats
 

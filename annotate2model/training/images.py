@@ -37,18 +37,25 @@ class Preprocessing:
         return {"resize": self.resize, "crop": self.crop, "mean": self.mean, "std": self.std}
 
 
+# What can be turned into model input: a file, its bytes, a decoded Pillow image, or an
+# (height, width, 3) uint8 RGB array.
+ImageSource = Path | str | bytes | Image.Image | NDArray[Any]
+
+
 def load_image(
-    path: Path,
+    source: ImageSource,
     prep: Preprocessing,
     augment_seed: int | None = None,
     rotation: float = 10.0,
+    max_pixels: int | None = None,
 ) -> NDArray[Any]:
     """Decode, resize and crop to (crop, crop, 3) uint8; InvalidImage when it cannot be read.
 
     With `augment_seed`, a random resized crop, a horizontal flip and a small rotation are drawn
-    from that seed (the same seed gives the same view).
+    from that seed (the same seed gives the same view). `max_pixels` is the decompression-bomb
+    limit for encoded sources (the imaging default when None).
     """
-    img = decode_for(path, prep.resize)
+    img = decode_for(source, prep.resize, max_pixels)
     if augment_seed is None:
         img = _resize_short(img, prep.resize)
         left = (img.width - prep.crop) // 2
@@ -78,10 +85,23 @@ def load_image(
     return array
 
 
-def decode_for(path: Path, size: int) -> Image.Image:
-    from annotate2model.imaging import decode_rgb
+def decode_for(source: ImageSource, size: int, max_pixels: int | None = None) -> Image.Image:
+    """An upright RGB Pillow image from any ImageSource (JPEGs decoded at reduced size)."""
+    from annotate2model.imaging import DEFAULT_MAX_PIXELS, decode_rgb, to_rgb
 
-    return decode_rgb(path, draft_size=(size, size))
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise InvalidImage(
+                f"an image array must be (height, width, 3) uint8 RGB, not {source.dtype} "
+                f"{tuple(source.shape)}"
+            )
+        return Image.fromarray(source, "RGB")
+    if isinstance(source, str):
+        source = Path(source)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    return decode_rgb(source, limit, draft_size=(size, size))
 
 
 def _resize_short(img: Image.Image, size: int) -> Image.Image:

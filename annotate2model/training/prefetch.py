@@ -21,12 +21,11 @@ from numpy.typing import NDArray
 from annotate2model.errors import A2MError
 from annotate2model.store import Store
 from annotate2model.store import versions as store_versions
-from annotate2model.training.config import RunConfig
+from annotate2model.training.config import SPLITS, RunConfig
 from annotate2model.training.images import Preprocessing, load_image
 
 # Decoded pixels allowed to wait for the network.
 EARLY_BYTES = 128 << 20
-SPLIT_ORDER = ("train", "val", "test")
 
 
 class EarlyDecode:
@@ -72,7 +71,7 @@ def start_early_decode(
         return None  # the run itself reports it
     shas: list[str] = []
     seen: set[str] = set()
-    for split in SPLIT_ORDER:
+    for split in SPLITS:
         for item in items:
             if item.split == split and item.image_sha256 not in seen:
                 seen.add(item.image_sha256)

@@ -76,8 +76,8 @@ def test_finetune_last_block_only(store: Store, version1: Path, weights: Path) -
     assert not torch.equal(trained["layer4.1.conv2.weight"], original["layer4.1.conv2.weight"])
     # Judged again from its artifacts (the full network, not the embedding cache).
     result = runner.evaluate_run(store, run.id, split="val")
-    assert result["n"] == 8
-    assert abs(result["accuracy"] - run.metrics["val_accuracy"]) <= 1 / 8
+    assert result.metrics.n == 8 and result.metrics.accuracy is not None
+    assert abs(result.metrics.accuracy - run.metrics["val_accuracy"]) <= 1 / 8
     (top,) = runner.predict_files(store, run.id, [next((version1 / "val" / "bees").iterdir())])
     assert {t["label"] for t in top["top"]} == {"ants", "bees"}
 
@@ -165,7 +165,7 @@ def test_ensemble_is_recorded_as_a_run(store: Store, version1: Path, weights: Pa
         expected = (np.array(pa[p.image_sha256]) + np.array(pb[p.image_sha256])) / 2
         assert np.allclose(p.probs, expected, atol=1e-4)
     result = runner.evaluate_run(store, ens.id, split="val")
-    assert result["accuracy"] == ens.metrics["val_accuracy"]
+    assert result.metrics.accuracy == ens.metrics["val_accuracy"]
 
 
 def test_evaluate_old_run_on_new_version(store: Store, version1: Path, weights: Path) -> None:
@@ -173,7 +173,7 @@ def test_evaluate_old_run_on_new_version(store: Store, version1: Path, weights: 
     make_split_folder(version1, {"ants": 14, "bees": 14}, {"ants": 7, "bees": 6})
     import_folder(store, version1)
     result = runner.evaluate_run(store, run.id, version_ref=2, split="val")
-    assert result["version"] == 2 and result["n"] == 13
+    assert result.version == 2 and result.metrics.n == 13
     with store.read() as session:
         assert len(store_runs.read_predictions(session, run.id, version=2, split="val")) == 13
         assert len(store_runs.read_predictions(session, run.id, version=1)) == 32
@@ -238,20 +238,27 @@ def test_crash_leaves_failed_run_with_reason(
     assert run.status == "failed" and "metrics exploded" in (run.error or "")
 
 
-def test_corrupt_image_is_skipped_with_a_warning(
-    store: Store, version1: Path, weights: Path
+@pytest.mark.parametrize("mode", ["probe", "finetune"])
+def test_corrupt_image_is_skipped_with_a_warning_naming_its_file(
+    store: Store, version1: Path, weights: Path, mode: str
 ) -> None:
-    with store.read() as session:
-        from annotate2model.store.versions import version_items
+    from annotate2model.store.models import Image
+    from annotate2model.store.versions import version_items
 
+    with store.read() as session:
         victim = version_items(session, 1, "train")[0].image_sha256
+        origin = session.get(Image, victim).origin  # type: ignore[union-attr]
+    assert origin and Path(origin).is_file()
     path = store.blobs.path(victim)
     path.chmod(0o644)
     path.write_bytes(b"\x89PNG\r\n\x1a\n not an image any more")
     progress = RecordingProgress()
-    run = runner.train(store, small_config(weights), progress=progress).run
+    config = small_config(weights, mode=mode, epochs=1, workers=0)
+    run = runner.train(store, config, progress=progress).run
     assert run.status == "succeeded"
-    assert any(victim[:12] in note and "skipped" in note for note in progress.notes)
+    (note,) = [n for n in progress.notes if "skipped" in n]
+    # Named as the user knows it (the file it was imported from), with the reason.
+    assert origin in note and victim[:12] not in note and "corrupt" in note
     with store.read() as session:
         shas = {p.image_sha256 for p in store_runs.read_predictions(session, run.id)}
     assert victim not in shas and len(shas) == 31

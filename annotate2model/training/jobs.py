@@ -1,0 +1,94 @@
+"""What a trainer is given (`TrainJob`) and what it hands back (`TrainResult`).
+
+Both trainers (probe, fine-tune) take one TrainJob and return one TrainResult; they never touch
+the store. The orchestration in `runner` judges the result, saves the artifacts and closes the
+ledger row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from numpy.typing import NDArray
+
+from annotate2model.progress import Progress
+from annotate2model.store.records import VersionItemRecord
+from annotate2model.training.backbones import WeightsSource
+from annotate2model.training.config import SPLITS, RunConfig
+from annotate2model.training.context import RunContext
+from annotate2model.training.data import Preprocessing, VersionData
+from annotate2model.training.embeddings import ExtractionStats
+
+History = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One configuration on one version, with everything around it already decided."""
+
+    config: RunConfig
+    data: VersionData
+    context: RunContext
+    source: WeightsSource
+    prep: Preprocessing
+    device: torch.device
+    bf16: bool
+    progress: Progress
+    # Called with the history so far after every epoch (the orchestration records it).
+    on_epoch: Callable[[History], None]
+
+    @property
+    def workers(self) -> int:
+        from annotate2model.training.config import resolve_workers
+
+        return resolve_workers(self.config.workers)
+
+    @property
+    def eval_batch(self) -> int:
+        return self.config.eval_batch_for(self.device.type)
+
+    def blob(self, item: VersionItemRecord) -> Path:
+        return self.context.blob_path(item.image_sha256)
+
+    def report_skipped(self, skipped: dict[str, str], already: set[str] | None = None) -> None:
+        """One warning per image that could not be used, naming it as the user knows it."""
+        new = sorted(sha for sha in skipped if already is None or sha not in already)
+        if not new:
+            return
+        names = self.context.image_names(new)
+        for sha in new:
+            self.progress.note(f"{names.get(sha, sha[:12])} skipped: {skipped[sha]}")
+            if already is not None:
+                already.add(sha)
+
+
+@dataclass
+class TrainResult:
+    """What a trainer computed: per-split probabilities of the images it could use, the
+    per-epoch history, the weights, and how fast it went."""
+
+    # Rows in the order of `kept[split]`.
+    probs: dict[str, NDArray[Any]]
+    kept: dict[str, list[VersionItemRecord]]
+    history: History
+    # The trunk's weights, or the cached safetensors file holding them (frozen trunks).
+    trunk: dict[str, torch.Tensor] | Path
+    head: dict[str, torch.Tensor]
+    # Training images (or feature rows) per second of the loop that dominated the run.
+    images_per_second: float | None
+    # Images that could not be decoded, with the reason.
+    skipped: dict[str, str] = field(default_factory=dict)
+    extraction: ExtractionStats | None = None
+    # The embedding-cache key of a frozen trunk's features (probes), else None.
+    embedding_key: str | None = None
+
+
+def kept_items(data: VersionData, skipped: dict[str, str]) -> dict[str, list[VersionItemRecord]]:
+    return {
+        split: [i for i in data.splits.get(split, []) if i.image_sha256 not in skipped]
+        for split in SPLITS
+    }
