@@ -66,7 +66,7 @@ def run_checks(settings: Settings | None) -> list[Check]:
         )
         store.close()
     except A2MError as exc:
-        checks.append(Check("store", False, str(exc)))
+        checks.append(Check("store", False, f"{exc.message} {exc.hint or ''}".strip()))
     ls = settings.labelstudio
     detail = f"{ls.url} project {ls.project_id}" if ls.url else "not connected (a2m connect)"
     checks.append(Check("label studio", bool(ls.url), detail, required=False))

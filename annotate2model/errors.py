@@ -1,12 +1,45 @@
-"""Errors a user can fix. The CLI turns each into one clear message and a non-zero exit."""
+"""Errors a user can fix, and how the command line reports them.
+
+Every error meant for the user (not a traceback) is an `A2MError`. Its message says what is wrong in
+words any caller can show (the CLI, a REST API, a notebook): it names no command-line flag and no
+`a2m` command. How to fix it with the command-line tool goes in `hint`, kept apart so that the CLI
+prints it on a line of its own and other callers can leave it out.
+
+What the command line prints for a failed command, one rule for all of them (`cli/app.py`):
+
+    error: <what is wrong>
+    hint: <how to fix it>          (only when there is one)
+
+and it exits with
+- 1 for an `A2MError` (and anything else a user can fix that is not about the command line);
+- 2 for a command line that cannot be parsed (an unknown option, a missing argument, a value
+  outside an option's choices): click's and typer's convention for usage errors, kept so that
+  scripts can tell "you called it wrong" from "it could not be done";
+- 130 after Ctrl-C (typer's convention, 128 + SIGINT).
+Unexpected exceptions keep their traceback.
+"""
 
 from __future__ import annotations
 
+# Exit status of a command line that cannot be parsed (click's UsageError).
+USAGE_EXIT_CODE = 2
+
 
 class A2MError(Exception):
-    """Base of every error whose message is meant for the user, not a traceback."""
+    """Base of every error whose message is meant for the user, not a traceback.
+
+    `hint`: how to fix it with the command-line tool (a command to run, a flag to pass), or None.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class WorkspaceError(A2MError):

@@ -90,7 +90,7 @@ class Workspace:
                 return tomllib.load(f)
         except FileNotFoundError:
             raise WorkspaceError(
-                f"{self.config_path} is missing; run `a2m init {self.root}`."
+                f"{self.config_path} is missing.", hint=f"run `a2m init {self.root}`."
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise WorkspaceError(f"{self.config_path} is not valid TOML: {exc}.") from None
@@ -149,14 +149,18 @@ def init_workspace(root: Path) -> tuple[Workspace, bool]:
 
 
 def find_workspace(explicit: Path | None, home: str | None, cwd: Path) -> Workspace:
-    """The workspace named by `--workspace`, else A2M_HOME, else the nearest at or above cwd."""
+    """The workspace named `explicit`, else by `home` (A2M_HOME), else the nearest at or above cwd.
+
+    The hints of its errors name the CLI's `--workspace` flag, which is where `explicit` comes from.
+    """
     if explicit is not None or home:
         root = (explicit if explicit is not None else Path(str(home))).expanduser().resolve()
         ws = Workspace(root)
-        how = "--workspace" if explicit is not None else "A2M_HOME"
         if not ws.exists():
+            how = "--workspace" if explicit is not None else "A2M_HOME"
             raise WorkspaceError(
-                f"{root} ({how}) is not an annotate2model workspace; run `a2m init {root}`."
+                f"{root} is not an annotate2model workspace.",
+                hint=f"run `a2m init {root}`, or point {how} at a workspace.",
             )
         return ws
     here = cwd.resolve()
@@ -165,8 +169,8 @@ def find_workspace(explicit: Path | None, home: str | None, cwd: Path) -> Worksp
         if ws.exists():
             return ws
     raise WorkspaceError(
-        f"no workspace at {here} or above it; run `a2m init` here, "
-        "or point --workspace / A2M_HOME at one."
+        f"no workspace at {here} or above it.",
+        hint="run `a2m init` here, or point --workspace or A2M_HOME at one.",
     )
 
 

@@ -30,10 +30,18 @@ def test_find_workspace_order(tmp_path: Path) -> None:
     assert find_workspace(None, None, deep) == a
     assert find_workspace(None, str(b.root), deep) == b
     assert find_workspace(b.root, str(a.root), deep) == b
-    with pytest.raises(WorkspaceError, match="a2m init"):
+    # The message says what is wrong in words any caller can show; the CLI's fix is the hint.
+    with pytest.raises(WorkspaceError, match="no workspace") as missing:
         find_workspace(None, None, tmp_path)
-    with pytest.raises(WorkspaceError, match="A2M_HOME"):
+    assert "a2m" not in missing.value.message and "--" not in missing.value.message
+    assert missing.value.hint is not None and "a2m init" in missing.value.hint
+    with pytest.raises(WorkspaceError, match="not an annotate2model workspace") as wrong:
         find_workspace(None, str(tmp_path / "nowhere"), deep)
+    assert wrong.value.hint is not None and "A2M_HOME" in wrong.value.hint
+    with pytest.raises(WorkspaceError) as flagged:
+        find_workspace(tmp_path / "nowhere", None, deep)
+    assert flagged.value.hint is not None and "--workspace" in flagged.value.hint
+    assert "--workspace" not in flagged.value.message
 
 
 def test_settings_precedence(workspace: Workspace) -> None:

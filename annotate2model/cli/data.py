@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,21 @@ app = typer.Typer()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+class SplitChoice(str, Enum):
+    """Where import-folder takes each image's split from (`--help` lists the choices)."""
+
+    auto = "auto"
+    folders = "folders"
+    hash = "hash"
+
+
+SPLIT_SOURCES: dict[SplitChoice, SplitSource] = {
+    SplitChoice.auto: "auto",
+    SplitChoice.folders: "folders",
+    SplitChoice.hash: "hash",
+}
+
+
 @app.command("import-folder")
 def import_folder_cmd(
     ctx: typer.Context,
@@ -27,24 +43,21 @@ def import_folder_cmd(
     ],
     note: Annotated[str, typer.Option(help="A note stored with the version.")] = "",
     splits: Annotated[
-        str,
+        SplitChoice,
         typer.Option(
             help="auto: honour train/ val/ test/ folders when present; folders: require them; "
             "hash: derive every split from the image hash.",
         ),
-    ] = "auto",
+    ] = SplitChoice.auto,
     as_json: JsonFlag = False,
 ) -> None:
     """Turn a folder of class folders into a dataset version (none if nothing changed).
 
     Example: [bold]a2m import-folder ~/data/hymenoptera --note "first cut"[/]
     """
-    if splits not in ("auto", "folders", "hash"):
-        raise typer.BadParameter("must be auto, folders or hash", param_hint="--splits")
-    split_source: SplitSource = splits  # type: ignore[assignment]
     store = state(ctx).store()
     result = import_folder(
-        store, folder, note=note, split_source=split_source, progress=RichProgress()
+        store, folder, note=note, split_source=SPLIT_SOURCES[splits], progress=RichProgress()
     )
     if as_json:
         print_json(result)
