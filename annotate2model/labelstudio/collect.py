@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from annotate2model.errors import InputError, InvalidImage
 from annotate2model.imaging import probe_image
+from annotate2model.labelstudio import results
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.config import LabelingConfig, parse_label_config
 from annotate2model.progress import NullProgress, Progress
@@ -170,20 +171,13 @@ def collect_folder(
 def _task(f: _File, url: str, config: LabelingConfig, labels_as: LabelsAs) -> dict[str, Any]:
     task: dict[str, Any] = {"data": {config.image_field: url, "sha256": f.sha256}}
     if f.label is not None and f.label in config.labels:
-        result = [
-            {
-                "from_name": config.from_name,
-                "to_name": config.to_name,
-                "type": "choices",
-                "value": {"choices": [f.label]},
-            }
-        ]
         if labels_as == "predictions":
-            task["predictions"] = [{"result": result, "model_version": PREDICTION_MODEL}]
+            task["predictions"] = [
+                results.prediction(config, f.label, model_version=PREDICTION_MODEL)
+            ]
         else:
-            # Label Studio makes an imported annotation ground truth unless told otherwise; a
-            # folder name is a starting point, not a reviewed answer.
-            task["annotations"] = [{"result": result, "ground_truth": False}]
+            # A folder name is a starting point, not a reviewed answer: not ground truth.
+            task["annotations"] = [results.annotation(config, f.label, ground_truth=False)]
     return task
 
 

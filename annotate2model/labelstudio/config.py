@@ -62,12 +62,12 @@ def parse_label_config(xml: str, project_id: int | None = None) -> LabelingConfi
 
 
 def build_label_config(labels: list[str]) -> str:
-    """The config `a2m connect --create` gives a new project: an image and single choices."""
+    """The config a new project gets (`connect` creating one): an image and single choices."""
     cleaned = [label.strip() for label in labels if label.strip()]
     if not cleaned:
-        raise LabelStudioError("--labels needs at least one label, e.g. --labels cat,dog.")
+        raise LabelStudioError("a new project needs at least one label, e.g. cat,dog.")
     if len(set(cleaned)) != len(cleaned):
-        raise LabelStudioError("--labels lists a label twice.")
+        raise LabelStudioError("the labels list a label twice.")
     choices = "\n    ".join(f"<Choice value={quoteattr(label)}/>" for label in cleaned)
     return (
         '<View>\n  <Image name="image" value="$image"/>\n'

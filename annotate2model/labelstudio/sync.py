@@ -1,35 +1,49 @@
 """`a2m sync`: bring a Label Studio project into the store and version it when anything changed.
 
-Incremental: a cheap listing of (task id, updated_at) says which tasks are new, changed or gone;
-only those are fetched in full: by id (the Data Manager's `selectedItems`), or with one plain
-listing when they are most of the project. Comparing each task's own `updated_at` with the stored
-one needs no clock arithmetic. (An earlier version filtered on `updated_at > watermark - 2 s`, so
-every task touched in the 2 s before the last sync, e.g. a bulk import, came back in full on every
-later sync.) The watermark, the newest `updated_at` seen, is still recorded for reference.
+`sync_project` chains named steps, each a function with typed inputs and outputs:
 
-Image bytes are read concurrently, validated and written to the blob store first; then task rows,
-annotation revisions, the watermark and the new version commit in one write transaction. A
-failure (or a kill) before that commit leaves the store as it was, and the next sync redoes the
-same work and reaches the same version.
+1. `list_tasks`: a cheap listing of (task id, updated_at) for the whole project.
+2. `find_changes`: which tasks are new, changed, gone, or worth retrying (pure).
+3. `fetch_changed_tasks`: only those, in full: by id (the Data Manager's `selectedItems`), or
+   with one plain listing when they are most of the project.
+4. `download_images`: reuse what is stored for an unchanged URL; read, validate and write the rest
+   to the blob store, concurrently.
+5. `resolve_labels`: parse the answers (`results`), pick each task's label (`policies`), mark
+   images labeled differently by two tasks, and work out the version rows and task changes (pure).
+6. `commit`: image rows, task rows, annotation revisions, the watermark and the new version in one
+   write transaction.
+
+Comparing each task's own `updated_at` with the stored one needs no clock arithmetic. (An earlier
+version filtered on `updated_at > watermark - 2 s`, so every task touched in the 2 s before the
+last sync, e.g. a bulk import, came back in full on every later sync.) The watermark, the newest
+`updated_at` seen, is still recorded for reference.
+
+Blobs are written first and everything else commits in one transaction: a failure (or a kill)
+before that commit leaves the store as it was, and the next sync redoes the same work and reaches
+the same version.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from annotate2model.errors import InvalidImage, LabelStudioError, StoreError
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.config import LabelingConfig, parse_label_config
+from annotate2model.labelstudio.policies import POLICIES, Answer, Policy, resolve_label
+from annotate2model.labelstudio.results import ParsedAnnotation, parse_annotation
 from annotate2model.progress import NullProgress, Progress
+from annotate2model.settings import SplitFractions
+from annotate2model.store.blobs import BlobStore
 from annotate2model.store.db import Store
 from annotate2model.store.images import StagedImage, known_images, record_images, stage_image
 from annotate2model.store.records import NewVersion, VersionItemRecord
@@ -47,9 +61,21 @@ from annotate2model.store.versions import (
     split_for,
 )
 
-Policy = Literal["latest", "majority", "ground-truth"]
-POLICIES: tuple[str, ...] = ("latest", "majority", "ground-truth")
+__all__ = [
+    "POLICIES",
+    "Policy",
+    "SyncResult",
+    "commit",
+    "download_images",
+    "fetch_changed_tasks",
+    "find_changes",
+    "list_tasks",
+    "resolve_labels",
+    "sync_project",
+]
+
 IMAGE_PROBLEM = "image: "
+CONFLICT_PROBLEM = "conflict:"
 
 
 @dataclass
@@ -89,15 +115,62 @@ def sync_project(
     if policy not in POLICIES:
         raise LabelStudioError(f"unknown policy {policy!r}; use latest, majority or ground-truth.")
     progress = progress or NullProgress()
-    settings = store.settings
     project = client.project(project_id)
     config = parse_label_config(project.label_config, project_id)
     with store.read() as session:
         stored = load_tasks(session, project_id)
         state = load_sync_state(session, project_id)
-    labels_changed = state is None or state.labels != list(config.labels) or state.policy != policy
+    relabel_all = state is None or state.labels != list(config.labels) or state.policy != policy
 
-    # 1. Which tasks exist now, and which changed since they were stored.
+    remote = list_tasks(client, project_id, progress)
+    wanted = find_changes(remote, stored, relabel_all=relabel_all)
+    fetched = fetch_changed_tasks(client, project_id, wanted, len(remote), progress)
+    live = {tid: updated for tid, updated in remote.items() if tid not in fetched.gone}
+    images = download_images(
+        store.blobs,
+        client,
+        fetched.tasks,
+        stored,
+        config,
+        max_pixels=store.settings.max_image_pixels,
+        progress=progress,
+        workers=workers,
+    )
+    plan = resolve_labels(
+        fetched.tasks,
+        live,
+        stored,
+        images,
+        config,
+        policy,
+        split=store.settings.split,
+        watermark=state.watermark if state else None,
+    )
+    outcome = commit(store, project_id, plan, images.staged, config, policy)
+
+    result = SyncResult(
+        project_id=project_id,
+        version=outcome.version,
+        tasks_total=len(live),
+        tasks_fetched=len(fetched.tasks),
+        images_downloaded=len(images.staged),
+        added=outcome.added,
+        removed=outcome.removed,
+        relabeled=outcome.relabeled,
+        labeled=plan.labeled,
+        unlabeled=plan.unlabeled,
+        deleted_tasks=len(plan.deleted),
+        skipped=plan.skipped,
+    )
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# -- 1. list ------------------------------------------------------------------------------------
+
+
+def list_tasks(client: LabelStudioClient, project_id: int, progress: Progress) -> dict[int, str]:
+    """Every task of the project now: task id -> its `updated_at` (ids and times only)."""
     progress.begin("Listing tasks")
     remote: dict[int, str] = {}
     for _total, page in client.task_pages(project_id, ids_only=True):
@@ -105,7 +178,23 @@ def sync_project(
             remote[int(task["id"])] = str(task.get("updated_at") or "")
         progress.advance(len(page))
     progress.end()
-    wanted = {
+    return remote
+
+
+# -- 2. find changes ----------------------------------------------------------------------------
+
+
+def find_changes(
+    remote: Mapping[int, str], stored: Mapping[int, TaskRecord], *, relabel_all: bool
+) -> set[int]:
+    """Ids to fetch in full: new, changed, back from deletion, or whose image failed last time.
+
+    `relabel_all`: a label entered or left the config, or the policy changed, so every task is
+    resolved again.
+    """
+    if relabel_all:
+        return set(remote)
+    return {
         tid
         for tid, updated in remote.items()
         if tid not in stored
@@ -113,41 +202,98 @@ def sync_project(
         or stored[tid].deleted
         or _retry_image(stored[tid])
     }
-    if labels_changed:
-        # A label entered or left the config, or the policy changed: re-resolve every task.
-        wanted = set(remote)
 
-    # 2. Fetch the wanted tasks in full: by id when they are a few, else one plain listing.
+
+def _retry_image(rec: TaskRecord) -> bool:
+    return rec.image_sha256 is None and bool(rec.problem and rec.problem.startswith(IMAGE_PROBLEM))
+
+
+# -- 3. fetch changed tasks ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchedTasks:
+    # Task id -> the task as Label Studio answers it (annotations included).
+    tasks: dict[int, dict[str, Any]]
+    # Wanted ids that were deleted between the listing and the fetch.
+    gone: frozenset[int] = frozenset()
+
+
+def fetch_changed_tasks(
+    client: LabelStudioClient,
+    project_id: int,
+    wanted: set[int],
+    project_size: int,
+    progress: Progress,
+) -> FetchedTasks:
+    """The wanted tasks in full: by id when they are a few, else one plain listing."""
     fetched: dict[int, dict[str, Any]] = {}
-    if wanted:
-        progress.begin("Reading changed tasks", total=len(wanted))
-        pages: Iterable[list[dict[str, Any]]]
-        if len(wanted) * 2 > len(remote):
-            pages = (page for _total, page in client.task_pages(project_id))
-        else:
-            pages = client.tasks_by_id(project_id, wanted)
-        for page in pages:
-            for task in page:
-                tid = int(task["id"])
-                if tid in wanted and tid not in fetched:
-                    fetched[tid] = task
-                    progress.advance()
-        # Wanted tasks the answers left out: one by one (404: deleted since the id listing).
-        for tid in sorted(wanted - set(fetched)):
-            response = client.request("GET", f"/api/tasks/{tid}")
-            if response.status_code == 404:
-                remote.pop(tid, None)  # deleted while we were reading
-                continue
-            if response.status_code >= 400:
-                raise LabelStudioError(
-                    f"Label Studio answered HTTP {response.status_code} for task {tid}."
-                )
-            fetched[tid] = response.json()
-            progress.advance()
-        progress.end()
+    gone: set[int] = set()
+    if not wanted:
+        return FetchedTasks(fetched)
+    progress.begin("Reading changed tasks", total=len(wanted))
+    pages: Iterable[list[dict[str, Any]]]
+    if len(wanted) * 2 > project_size:
+        pages = (page for _total, page in client.task_pages(project_id))
+    else:
+        pages = client.tasks_by_id(project_id, wanted)
+    for page in pages:
+        for task in page:
+            tid = int(task["id"])
+            if tid in wanted and tid not in fetched:
+                fetched[tid] = task
+                progress.advance()
+    # Wanted tasks the answers left out: one by one (404: deleted since the id listing).
+    for tid in sorted(wanted - set(fetched)):
+        response = client.request("GET", f"/api/tasks/{tid}")
+        if response.status_code == 404:
+            gone.add(tid)
+            continue
+        if response.status_code >= 400:
+            raise LabelStudioError(
+                f"Label Studio answered HTTP {response.status_code} for task {tid}."
+            )
+        fetched[tid] = response.json()
+        progress.advance()
+    progress.end()
+    return FetchedTasks(fetched, frozenset(gone))
 
-    # 3. Images: reuse what is stored for an unchanged URL, download the rest concurrently.
-    urls: dict[int, str | None] = {tid: _image_url(task, config) for tid, task in fetched.items()}
+
+# -- 4. download images -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskImages:
+    """Where each fetched task's image stands after the download step."""
+
+    # Task id -> the image URL in its data (None: the task has no image field).
+    urls: dict[int, str | None]
+    # Task id -> the stored image's SHA-256 (None: no usable image).
+    shas: dict[int, str | None]
+    # Task id -> why its image is unusable ("image: ..."), for tasks without one.
+    problems: dict[int, str]
+    # Images newly written to the blob store; their rows are written by `commit`.
+    staged: list[StagedImage]
+
+
+def download_images(
+    blobs: BlobStore,
+    client: LabelStudioClient,
+    tasks: Mapping[int, Mapping[str, Any]],
+    stored: Mapping[int, TaskRecord],
+    config: LabelingConfig,
+    *,
+    max_pixels: int,
+    progress: Progress,
+    workers: int = 8,
+) -> TaskImages:
+    """Read, validate and store the images of the fetched tasks whose URL is new or changed.
+
+    An image that cannot be read or is not a usable image is a per-task problem and the rest
+    proceeds; Label Studio itself failing (its own /data/ URLs) raises LabelStudioError, and
+    the downloads not yet started are dropped so the error comes promptly.
+    """
+    urls = {tid: _image_url(task, config) for tid, task in tasks.items()}
     shas: dict[int, str | None] = {}
     problems: dict[int, str] = {}
     to_download: dict[str, list[int]] = {}
@@ -161,245 +307,54 @@ def sync_project(
         else:
             to_download.setdefault(url, []).append(tid)
     staged: list[StagedImage] = []
-    if to_download:
-        progress.begin("Downloading images", total=len(to_download))
+    if not to_download:
+        return TaskImages(urls, shas, problems, staged)
 
-        def fetch(url: str) -> tuple[str, StagedImage | None, str | None]:
-            try:
-                data = _read_image(client, url)
-            except _ImageUnavailable as exc:
-                return url, None, str(exc)
-            try:
-                return (
-                    url,
-                    stage_image(store.blobs, data, url[:500], settings.max_image_pixels),
-                    None,
-                )
-            except InvalidImage as exc:
-                return url, None, str(exc)
+    failed = threading.Event()
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for url, image, error in pool.map(fetch, list(to_download)):
-                for tid in to_download[url]:
-                    if image is None:
-                        shas[tid] = None
-                        problems[tid] = f"{IMAGE_PROBLEM}{error}"
-                    else:
-                        shas[tid] = image.sha256
-                if image is not None:
-                    staged.append(image)
-                progress.advance()
-        progress.end()
+    def fetch(url: str) -> tuple[StagedImage | None, str | None]:
+        if failed.is_set():
+            return None, None  # the sync is failing; do not start another download
+        try:
+            data = _read_image(client, url)
+            return stage_image(blobs, data, url[:500], max_pixels), None
+        except (_ImageUnavailable, InvalidImage) as exc:
+            return None, str(exc)
+        except BaseException:
+            failed.set()
+            raise
 
-    # 4. Labels of the fetched tasks; then the whole project's rows, with conflicts found.
-    annotations: dict[int, list[AnnotationRecord]] = {}
-    current: dict[int, TaskRecord] = {
-        tid: rec for tid, rec in stored.items() if tid in remote and tid not in fetched
-    }
-    for tid, task in fetched.items():
-        records = [_annotation(a, config) for a in task.get("annotations") or []]
-        annotations[tid] = records
-        label, reason = resolve_label(records, policy, config)
-        image_problem = problems.get(tid)
-        current[tid] = TaskRecord(
-            task_id=tid,
-            image_url=urls[tid],
-            image_sha256=shas.get(tid),
-            remote_updated_at=remote.get(tid) or str(task.get("updated_at") or ""),
-            label=label,
-            problem=image_problem or reason,
-        )
-    current = _mark_conflicts(current)
-
-    # 5. Version rows and the changes to write.
-    result = SyncResult(project_id=project_id, version=None, tasks_total=len(remote))
-    result.tasks_fetched = len(fetched)
-    result.images_downloaded = len(staged)
-    chosen: dict[str, str] = {}
-    for tid, rec in sorted(current.items()):
-        if rec.problem:
-            result.skipped.append((tid, rec.problem))
-        elif rec.label is None:
-            result.unlabeled += 1
-        elif rec.image_sha256:
-            chosen[rec.image_sha256] = rec.label
-    result.labeled = sum(1 for r in current.values() if r.label and not r.problem)
-    items = [
-        VersionItemRecord(sha, label, split_for(sha, settings.split))
-        for sha, label in sorted(chosen.items())
-    ]
-    deleted = [
-        TaskRecord(
-            task_id=rec.task_id,
-            image_url=rec.image_url,
-            image_sha256=rec.image_sha256,
-            remote_updated_at=rec.remote_updated_at,
-            label=rec.label,
-            problem=rec.problem,
-            deleted=True,
-        )
-        for tid, rec in stored.items()
-        if tid not in remote and not rec.deleted
-    ]
-    result.deleted_tasks = len(deleted)
-    changes = [rec for tid, rec in current.items() if stored.get(tid) != rec] + deleted
-    watermark = max(remote.values(), default=state.watermark if state else None)
-
-    with store.write() as session:
-        known = known_images(session, {s.sha256 for s in staged})
-        record_images(session, [s for s in staged if s.sha256 not in known])
-        missing = {sha for sha in chosen if not store.blobs.has(sha)}
-        if missing:
-            raise StoreError(
-                f"{len(missing)} image blob(s) vanished during the sync; run it again."
-            )
-        # An empty project on an empty store is not a change: no empty version 1.
-        outcome = (
-            create_version(
-                session,
-                items,
-                source="sync",
-                note=f"sync of Label Studio project {project_id} ({policy})",
-                fractions=settings.split,
-            )
-            if items or latest_version(session) is not None
-            else None
-        )
-        if outcome is not None and outcome.created:
-            if outcome.version.parent is None:
-                result.added = len(items)
-            else:
-                diff = diff_versions(session, outcome.version.parent, outcome.version.number)
-                result.added, result.removed, result.relabeled = (
-                    len(diff.added),
-                    len(diff.removed),
-                    len(diff.relabeled),
-                )
-        save_sync(
-            session,
-            project_id,
-            changes,
-            annotations,
-            watermark=watermark,
-            labels=list(config.labels),
-            policy=policy,
-            version=outcome.version.number if outcome else None,
-        )
-    result.version = outcome
-    result.seconds = time.monotonic() - started
-    return result
+    progress.begin("Downloading images", total=len(to_download))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures: dict[Future[tuple[StagedImage | None, str | None]], str] = {
+            pool.submit(fetch, url): url for url in to_download
+        }
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    image, error = future.result()  # Label Studio's own failure raises here
+                    for tid in to_download[futures[future]]:
+                        if image is None:
+                            shas[tid] = None
+                            problems[tid] = f"{IMAGE_PROBLEM}{error}"
+                        else:
+                            shas[tid] = image.sha256
+                    if image is not None:
+                        staged.append(image)
+                    progress.advance()
+        except BaseException:
+            failed.set()
+            for future in pending:
+                future.cancel()
+            raise
+    progress.end()
+    staged.sort(key=lambda s: s.sha256)
+    return TaskImages(urls, shas, problems, staged)
 
 
-def resolve_label(
-    annotations: Iterable[AnnotationRecord], policy: Policy, config: LabelingConfig
-) -> tuple[str | None, str | None]:
-    """(label, problem) of one task: cancelled ones ignored, the policy picks among the rest.
-
-    latest: the most recently updated annotation. majority: the most frequent label, a tie going
-    to the latest of the tied. ground-truth: the latest annotation flagged ground truth, else the
-    latest. Label Studio flags every annotation imported inline (POST .../import with
-    "annotations") as ground truth unless the import says `"ground_truth": false`, so under
-    ground-truth such an import beats later answers from annotators; `a2m collect` imports folder
-    labels with the flag off.
-    """
-    items = list(annotations)
-    if not items:
-        return None, None
-    usable = [a for a in items if not a.was_cancelled and a.label is not None]
-    if not usable:
-        if all(a.was_cancelled for a in items):
-            return None, "skipped: every annotation was cancelled"
-        return None, None
-    latest_first = sorted(
-        usable, key=lambda a: (a.remote_updated_at, a.annotation_id), reverse=True
-    )
-    if policy == "ground-truth":
-        truth = [a for a in latest_first if a.ground_truth]
-        label = (truth or latest_first)[0].label
-    elif policy == "majority":
-        counts = Counter(a.label for a in usable)
-        top = max(counts.values())
-        tied = {lab for lab, n in counts.items() if n == top}
-        # A tie goes to the most recent of the tied labels.
-        label = next(a.label for a in latest_first if a.label in tied)
-    else:
-        label = latest_first[0].label
-    if label not in config.labels:
-        return None, f"label outside config: {label!r} is not a choice of {config.from_name!r}"
-    return label, None
-
-
-def _mark_conflicts(tasks: dict[int, TaskRecord]) -> dict[int, TaskRecord]:
-    """The same image under two tasks with different labels: both are left out, with the reason."""
-    by_sha: dict[str, list[TaskRecord]] = {}
-    for rec in tasks.values():
-        if rec.image_sha256 and rec.label and not _is_own_problem(rec.problem):
-            by_sha.setdefault(rec.image_sha256, []).append(rec)
-    out = dict(tasks)
-    for rec in tasks.values():
-        if rec.problem and rec.problem.startswith("conflict:"):
-            out[rec.task_id] = _with_problem(rec, None)
-    for sha, group in by_sha.items():
-        if len({r.label for r in group}) < 2:
-            continue
-        for rec in group:
-            others = ", ".join(
-                f"task {o.task_id} says {o.label!r}"
-                for o in sorted(group, key=lambda r: r.task_id)
-                if o.task_id != rec.task_id
-            )
-            out[rec.task_id] = _with_problem(
-                rec, f"conflict: image {sha[:12]} is labeled {rec.label!r} here but {others}"
-            )
-    return out
-
-
-def _is_own_problem(problem: str | None) -> bool:
-    return bool(problem) and not str(problem).startswith("conflict:")
-
-
-def _with_problem(rec: TaskRecord, problem: str | None) -> TaskRecord:
-    return TaskRecord(
-        task_id=rec.task_id,
-        image_url=rec.image_url,
-        image_sha256=rec.image_sha256,
-        remote_updated_at=rec.remote_updated_at,
-        label=rec.label,
-        problem=problem,
-        deleted=rec.deleted,
-    )
-
-
-def _retry_image(rec: TaskRecord) -> bool:
-    return rec.image_sha256 is None and bool(rec.problem and rec.problem.startswith(IMAGE_PROBLEM))
-
-
-def _annotation(raw: dict[str, Any], config: LabelingConfig) -> AnnotationRecord:
-    result = raw.get("result") or []
-    label: str | None = None
-    for region in result:
-        if region.get("from_name") == config.from_name:
-            choices = (region.get("value") or {}).get("choices") or []
-            if choices:
-                label = str(choices[0])
-                break
-    updated = str(raw.get("updated_at") or raw.get("created_at") or "")
-    completed_by = raw.get("completed_by")
-    if isinstance(completed_by, dict):
-        completed_by = completed_by.get("id")
-    return AnnotationRecord(
-        annotation_id=int(raw["id"]),
-        label=label,
-        result_json=json.dumps(result, sort_keys=True),
-        was_cancelled=bool(raw.get("was_cancelled")),
-        ground_truth=bool(raw.get("ground_truth")),
-        completed_by=int(completed_by) if isinstance(completed_by, int) else None,
-        remote_created_at=str(raw.get("created_at") or "") or None,
-        remote_updated_at=updated,
-    )
-
-
-def _image_url(task: dict[str, Any], config: LabelingConfig) -> str | None:
+def _image_url(task: Mapping[str, Any], config: LabelingConfig) -> str | None:
     value = (task.get("data") or {}).get(config.image_field)
     return str(value) if value else None
 
@@ -429,3 +384,216 @@ def _read_image(client: LabelStudioClient, url: str) -> bytes:
         except LabelStudioError as exc:
             raise _ImageUnavailable(str(exc)) from None
     raise _ImageUnavailable(f"unsupported image URL {url[:80]!r}")
+
+
+# -- 5. resolve labels --------------------------------------------------------------------------
+
+
+@dataclass
+class SyncPlan:
+    """What the commit writes, worked out from the fetched tasks and the stored state."""
+
+    # The version's rows (image, label, split), one per image.
+    items: list[VersionItemRecord]
+    # Task rows that differ from the stored ones (deleted tasks included).
+    changes: list[TaskRecord]
+    # Task id -> its current annotations, for every fetched task.
+    annotations: dict[int, list[AnnotationRecord]]
+    # Stored tasks that no longer exist in Label Studio.
+    deleted: list[TaskRecord]
+    # The newest `updated_at` seen (kept for reference); the previous one for an empty project.
+    watermark: str | None
+    labeled: int = 0
+    unlabeled: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+
+def resolve_labels(
+    tasks: Mapping[int, Mapping[str, Any]],
+    remote: Mapping[int, str],
+    stored: Mapping[int, TaskRecord],
+    images: TaskImages,
+    config: LabelingConfig,
+    policy: Policy,
+    *,
+    split: SplitFractions,
+    watermark: str | None = None,
+) -> SyncPlan:
+    """Each fetched task's label under `policy`, then the whole project's rows, conflicts found.
+
+    `remote` is every live task (id -> updated_at); unfetched ones keep their stored row.
+    `watermark` is the previous one, kept when the project has no task.
+    """
+    annotations: dict[int, list[AnnotationRecord]] = {}
+    current: dict[int, TaskRecord] = {
+        tid: rec for tid, rec in stored.items() if tid in remote and tid not in tasks
+    }
+    for tid, task in tasks.items():
+        parsed = [parse_annotation(a, config.from_name) for a in task.get("annotations") or []]
+        annotations[tid] = [_record(p) for p in parsed]
+        resolution = resolve_label(
+            (_answer(p) for p in parsed), policy, config.labels, config.from_name
+        )
+        current[tid] = TaskRecord(
+            task_id=tid,
+            image_url=images.urls.get(tid),
+            image_sha256=images.shas.get(tid),
+            remote_updated_at=remote.get(tid) or str(task.get("updated_at") or ""),
+            label=resolution.label,
+            problem=images.problems.get(tid) or resolution.problem,
+        )
+    current = mark_conflicts(current)
+
+    chosen: dict[str, str] = {}
+    skipped: list[tuple[int, str]] = []
+    unlabeled = 0
+    for tid, rec in sorted(current.items()):
+        if rec.problem:
+            skipped.append((tid, rec.problem))
+        elif rec.label is None:
+            unlabeled += 1
+        elif rec.image_sha256:
+            chosen[rec.image_sha256] = rec.label
+    items = [
+        VersionItemRecord(sha, label, split_for(sha, split))
+        for sha, label in sorted(chosen.items())
+    ]
+    deleted = [
+        replace(rec, deleted=True)
+        for tid, rec in stored.items()
+        if tid not in remote and not rec.deleted
+    ]
+    changes = [rec for tid, rec in current.items() if stored.get(tid) != rec] + deleted
+    return SyncPlan(
+        items=items,
+        changes=changes,
+        annotations=annotations,
+        deleted=deleted,
+        watermark=max(remote.values(), default=watermark),
+        labeled=sum(1 for r in current.values() if r.label and not r.problem),
+        unlabeled=unlabeled,
+        skipped=skipped,
+    )
+
+
+def _answer(p: ParsedAnnotation) -> Answer:
+    return Answer(
+        annotation_id=p.annotation_id,
+        label=p.label,
+        updated_at=p.updated_at,
+        was_cancelled=p.was_cancelled,
+        ground_truth=p.ground_truth,
+        problem=p.choice.problem,
+    )
+
+
+def _record(p: ParsedAnnotation) -> AnnotationRecord:
+    return AnnotationRecord(
+        annotation_id=p.annotation_id,
+        label=p.label,
+        result_json=p.result_json,
+        was_cancelled=p.was_cancelled,
+        ground_truth=p.ground_truth,
+        completed_by=p.completed_by,
+        remote_created_at=p.created_at,
+        remote_updated_at=p.updated_at,
+    )
+
+
+def mark_conflicts(tasks: Mapping[int, TaskRecord]) -> dict[int, TaskRecord]:
+    """The same image under two tasks with different labels: both are left out, with the reason."""
+    by_sha: dict[str, list[TaskRecord]] = {}
+    for rec in tasks.values():
+        if rec.image_sha256 and rec.label and not _is_own_problem(rec.problem):
+            by_sha.setdefault(rec.image_sha256, []).append(rec)
+    out = dict(tasks)
+    for rec in tasks.values():
+        if rec.problem and rec.problem.startswith(CONFLICT_PROBLEM):
+            out[rec.task_id] = replace(rec, problem=None)
+    for sha, group in by_sha.items():
+        if len({r.label for r in group}) < 2:
+            continue
+        for rec in group:
+            others = ", ".join(
+                f"task {o.task_id} says {o.label!r}"
+                for o in sorted(group, key=lambda r: r.task_id)
+                if o.task_id != rec.task_id
+            )
+            out[rec.task_id] = replace(
+                rec,
+                problem=f"{CONFLICT_PROBLEM} image {sha[:12]} is labeled {rec.label!r} here "
+                f"but {others}",
+            )
+    return out
+
+
+def _is_own_problem(problem: str | None) -> bool:
+    return bool(problem) and not str(problem).startswith(CONFLICT_PROBLEM)
+
+
+# -- 6. commit ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    # The version now current (new or unchanged); None: nothing labeled yet on an empty store.
+    version: NewVersion | None
+    added: int = 0
+    removed: int = 0
+    relabeled: int = 0
+
+
+def commit(
+    store: Store,
+    project_id: int,
+    plan: SyncPlan,
+    staged: list[StagedImage],
+    config: LabelingConfig,
+    policy: Policy,
+) -> CommitOutcome:
+    """Image rows, task rows, annotation revisions, the watermark and the version: one transaction.
+
+    Every blob the version needs must already be in the blob store (the download step put them
+    there); one that vanished fails the whole commit.
+    """
+    settings = store.settings
+    added = removed = relabeled = 0
+    with store.write() as session:
+        known = known_images(session, {s.sha256 for s in staged})
+        record_images(session, [s for s in staged if s.sha256 not in known])
+        missing = {
+            item.image_sha256 for item in plan.items if not store.blobs.has(item.image_sha256)
+        }
+        if missing:
+            raise StoreError(
+                f"{len(missing)} image blob(s) vanished during the sync; run it again."
+            )
+        # An empty project on an empty store is not a change: no empty version 1.
+        outcome = (
+            create_version(
+                session,
+                plan.items,
+                source="sync",
+                note=f"sync of Label Studio project {project_id} ({policy})",
+                fractions=settings.split,
+            )
+            if plan.items or latest_version(session) is not None
+            else None
+        )
+        if outcome is not None and outcome.created:
+            if outcome.version.parent is None:
+                added = len(plan.items)
+            else:
+                diff = diff_versions(session, outcome.version.parent, outcome.version.number)
+                added, removed, relabeled = len(diff.added), len(diff.removed), len(diff.relabeled)
+        save_sync(
+            session,
+            project_id,
+            plan.changes,
+            plan.annotations,
+            watermark=plan.watermark,
+            labels=list(config.labels),
+            policy=policy,
+            version=outcome.version.number if outcome else None,
+        )
+    return CommitOutcome(version=outcome, added=added, removed=removed, relabeled=relabeled)
