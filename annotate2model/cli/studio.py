@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
@@ -13,12 +13,11 @@ from rich.table import Table
 from annotate2model.cli.context import state
 from annotate2model.cli.render import RichProgress, console, print_json
 from annotate2model.errors import LabelStudioError
-from annotate2model.labelstudio.client import LabelStudioClient, token_kind
+from annotate2model.labelstudio import connection
 from annotate2model.labelstudio.collect import LabelsAs, collect_folder
-from annotate2model.labelstudio.config import build_label_config, parse_label_config
-from annotate2model.labelstudio.server import DEFAULT_PORT, LocalServer, check_files_root
+from annotate2model.labelstudio.connection import NotConnected
+from annotate2model.labelstudio.server import DEFAULT_PORT
 from annotate2model.labelstudio.sync import POLICIES, Policy, sync_project
-from annotate2model.settings import Settings
 from annotate2model.store.tasks import project_image_hashes
 
 app = typer.Typer()
@@ -26,33 +25,25 @@ studio_app = typer.Typer(help="Run a local Label Studio for this workspace.", no
 app.add_typer(studio_app, name="studio")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-ADMIN_EMAIL = "admin@a2m.local"
-TOKEN_SECRET = "labelstudio_token"
-LOCAL_TOKEN_SECRET = "labelstudio_local_token"
-LOCAL_PASSWORD_SECRET = "labelstudio_local_password"
+
+# How to fix a missing piece of the connection with this tool.
+_CONNECT_HINTS = {
+    "url": "run `a2m studio up`, or `a2m connect URL --token T --project ID` (or set "
+    "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY).",
+    "token": "pass --token or set LABEL_STUDIO_API_KEY (Account & Settings > Personal Access "
+    "Token), or run `a2m studio up` for a local server.",
+    "project": "run `a2m connect --project ID` or `a2m connect --create TITLE --labels a,b`.",
+}
 
 
-def _local(settings: Settings) -> LocalServer:
-    return LocalServer(settings.workspace.data_dir / "labelstudio")
-
-
-def _client(settings: Settings) -> LabelStudioClient:
-    ls = settings.labelstudio
-    if not ls.url or ls.token is None:
-        raise LabelStudioError(
-            "no Label Studio connection: run `a2m studio up`, or `a2m connect URL --token T "
-            "--project ID` (or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)."
-        )
-    return LabelStudioClient(ls.url, ls.token)
-
-
-def _project(settings: Settings) -> int:
-    if settings.labelstudio.project_id is None:
-        raise LabelStudioError(
-            "no Label Studio project chosen: run `a2m connect --project ID` or "
-            "`a2m connect --create TITLE --labels a,b`."
-        )
-    return settings.labelstudio.project_id
+@contextlib.contextmanager
+def _connection_hints() -> Iterator[None]:
+    """A missing URL, token or project gets the command that sets it as its hint."""
+    try:
+        yield
+    except NotConnected as exc:
+        exc.hint = _CONNECT_HINTS[exc.missing]
+        raise
 
 
 @studio_app.command("up")
@@ -76,47 +67,23 @@ def up_cmd(
 
     Example: [bold]a2m studio up --port 8080 --files-root ~/photos[/]
     """
-    settings = state(ctx).settings()
-    ws = settings.workspace
-    saved_root = ws.read_config().get("labelstudio", {}).get("files_root")
-    root: Path | None = None
-    if files_root is not None or saved_root:
-        root = check_files_root(Path(files_root or str(saved_root)), ws.data_dir)
-    stored = ws.read_secrets()
-    password = stored.get(LOCAL_PASSWORD_SECRET) or secrets.token_urlsafe(12)
-    token = stored.get(LOCAL_TOKEN_SECRET) or secrets.token_hex(20)
-    if LOCAL_PASSWORD_SECRET not in stored:
-        ws.write_secret(LOCAL_PASSWORD_SECRET, password)
-    if LOCAL_TOKEN_SECRET not in stored:
-        ws.write_secret(LOCAL_TOKEN_SECRET, token)
-    server = _local(settings)
-    before = server.status()
-    if before.note:
-        console.print(f"Note: {before.note}.")
-    result = server.start(
-        username=ADMIN_EMAIL,
-        password=password,
-        token=token,
-        port=port,
-        files_root=root,
-        progress=RichProgress(),
+    up = connection.studio_up(
+        state(ctx).settings().workspace, port=port, files_root=files_root, progress=RichProgress()
     )
-    if result.moved_from is not None:
-        console.print(f"Port {result.moved_from} is busy; using {result.port} instead.")
-    ws.update_config(
-        "labelstudio", {"url": result.url, **({"files_root": str(root)} if root else {})}
-    )
-    if not result.started and (str(root) if root else None) != result.files_root:
+    if up.note:
+        console.print(f"Note: {up.note}.")
+    if up.moved_from is not None:
+        console.print(f"Port {up.moved_from} is busy; using {up.port} instead.")
+    if up.files_root_not_applied is not None:
         console.print(
-            f"Note: the running server reads files from {result.files_root or 'nowhere'}; "
+            f"Note: the running server reads files from {up.files_root or 'nowhere'}; "
             "run `a2m studio down` and `a2m studio up` to use the new files root."
         )
-    ws.write_secret(TOKEN_SECRET, token)
-    verb = "Started" if result.started else "Already running:"
-    console.print(f"{verb} Label Studio at [bold]{result.url}[/] (pid {result.pid}).")
-    console.print(f"Log in as [bold]{ADMIN_EMAIL}[/] with password [bold]{password}[/].")
-    if result.files_root:
-        console.print(f"Images under {result.files_root} are read in place; others are uploaded.")
+    verb = "Started" if up.started else "Already running:"
+    console.print(f"{verb} Label Studio at [bold]{up.url}[/] (pid {up.pid}).")
+    console.print(f"Log in as [bold]{up.admin}[/] with password [bold]{up.password.reveal()}[/].")
+    if up.files_root:
+        console.print(f"Images under {up.files_root} are read in place; others are uploaded.")
     console.print(
         "Connection saved. Next: [bold]a2m connect --create 'My project' --labels cat,dog[/]."
     )
@@ -128,7 +95,7 @@ def down_cmd(ctx: typer.Context) -> None:
 
     Example: [bold]a2m studio down[/]
     """
-    stopped = _local(state(ctx).settings()).stop()
+    stopped = connection.local_server(state(ctx).settings().workspace).stop()
     if stopped.running:
         console.print(f"Stopped Label Studio (pid {stopped.pid}).")
     else:
@@ -143,7 +110,7 @@ def status_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
     Example: [bold]a2m studio status --json[/]
     """
-    status = _local(state(ctx).settings()).status()
+    status = connection.local_server(state(ctx).settings().workspace).status()
     if as_json:
         print_json(status)
         return
@@ -162,7 +129,7 @@ def logs_cmd(
 
     Example: [bold]a2m studio logs -n 100[/]
     """
-    server = _local(state(ctx).settings())
+    server = connection.local_server(state(ctx).settings().workspace)
     tail = server.log_tail(lines)
     if not tail:
         console.print(f"No log yet at {server.log_path}.")
@@ -196,50 +163,22 @@ def connect_cmd(
 
     Example: [bold]a2m connect http://localhost:8080 --token $TOKEN --project 3[/]
     """
-    settings = state(ctx).settings(labelstudio_url=url, labelstudio_token=token)
     if (project is None) == (create is None):
         raise LabelStudioError("give either --project ID or --create TITLE --labels a,b.")
     if create is not None and not labels:
         raise LabelStudioError("--create needs --labels, e.g. --labels cat,dog.")
-    ls = settings.labelstudio
-    if not ls.url:
-        raise LabelStudioError(
-            "no Label Studio URL: give one, set LABEL_STUDIO_URL, or run `a2m studio up`."
+    settings = state(ctx).settings(labelstudio_url=url, labelstudio_token=token)
+    with _connection_hints():
+        made = connection.connect(
+            settings, project=project, create=create, labels=(labels or "").split(",")
         )
-    if ls.token is None:
-        raise LabelStudioError(
-            "no Label Studio token: pass --token or set LABEL_STUDIO_API_KEY "
-            "(Account & Settings > Personal Access Token)."
-        )
-    with LabelStudioClient(ls.url, ls.token) as client:
-        user = client.check()
-        if create is not None:
-            config_xml = build_label_config((labels or "").split(","))
-            info = client.create_project(create, config_xml)
-        else:
-            assert project is not None
-            info = client.project(project)
-        config = parse_label_config(info.label_config, info.id)
-    ws = settings.workspace
-    ws.update_config("labelstudio", {"url": ls.url, "project": info.id})
-    ws.write_secret(TOKEN_SECRET, ls.token.reveal())
-    summary = {
-        "url": ls.url,
-        "project": info.id,
-        "title": info.title,
-        "tasks": info.task_count,
-        "labels": list(config.labels),
-        "image_field": config.image_field,
-        "user": user.get("email"),
-        "token_kind": token_kind(ls.token.reveal()),
-    }
     if as_json:
-        print_json(summary)
+        print_json(made)
         return
-    verb = "Created" if create is not None else "Connected to"
+    verb = "Created" if made.created else "Connected to"
     console.print(
-        f"{verb} project [bold]{info.id}[/] “{info.title}” at {ls.url} as {user.get('email')} "
-        f"({summary['token_kind']} token): labels {', '.join(config.labels)}."
+        f"{verb} project [bold]{made.project}[/] “{made.title}” at {made.url} as {made.user} "
+        f"({made.token_kind} token): labels {', '.join(made.labels)}."
     )
 
 
@@ -266,14 +205,15 @@ def collect_cmd(
         raise typer.BadParameter("must be annotations or predictions", param_hint="--as")
     st = state(ctx)
     settings = st.settings()
-    project_id = _project(settings)
     store = st.store()
+    with _connection_hints():
+        project_id = connection.project_id(settings)
+        client = connection.open_client(settings)
     with store.read() as session:
         known = project_image_hashes(session, project_id)
-    local = _local(settings).status()
-    same_server = local.running and local.url is not None and _same(local.url, settings)
+    local = connection.local_files(settings)
     as_kind: LabelsAs = "predictions" if labels_as == "predictions" else "annotations"
-    with _client(settings) as client:
+    with client:
         result = collect_folder(
             client,
             project_id,
@@ -281,7 +221,7 @@ def collect_cmd(
             known_hashes=known,
             labels_from_folders=labels_from_folders,
             labels_as=as_kind,
-            files_root=Path(local.files_root) if same_server and local.files_root else None,
+            files_root=local.root,
             max_pixels=settings.max_image_pixels,
             progress=RichProgress(),
         )
@@ -294,17 +234,11 @@ def collect_cmd(
     )
     for rel, reason in result.skipped:
         console.print(f"[yellow]skipped[/] {rel}: {reason}", highlight=False)
-    if same_server and result.mode == "upload" and result.tasks_created:
+    if local.same_server and result.mode == "upload" and result.tasks_created:
         console.print(
             "Tip: `a2m studio down && a2m studio up --files-root DIR` lets Label Studio read "
             "folders below DIR in place instead of keeping uploaded copies."
         )
-
-
-def _same(local_url: str, settings: Settings) -> bool:
-    a, b = urlsplit(local_url), urlsplit(settings.labelstudio.url or "")
-    loopback = {"127.0.0.1", "localhost"}
-    return a.port == b.port and (a.hostname in loopback) and (b.hostname in loopback)
 
 
 @app.command("sync")
@@ -327,12 +261,14 @@ def sync_cmd(
     """
     if policy not in POLICIES:
         raise typer.BadParameter("must be latest, majority or ground-truth", param_hint="--policy")
-    chosen: Policy = policy  # type: ignore[assignment]
+    chosen: Policy = policy
     st = state(ctx)
     settings = st.settings()
-    project_id = _project(settings)
     store = st.store()
-    with _client(settings) as client:
+    with _connection_hints():
+        project_id = connection.project_id(settings)
+        client = connection.open_client(settings)
+    with client:
         result = sync_project(
             store, client, project_id, policy=chosen, progress=None if as_json else RichProgress()
         )

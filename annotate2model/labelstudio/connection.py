@@ -1,0 +1,237 @@
+"""The workspace's connection to Label Studio: what `studio up` and `connect` set up and save.
+
+Owns the local server's admin account, password and token (kept in the workspace's secrets, never
+in a2m.toml or the store), the saved connection (`[labelstudio]` url and project in a2m.toml, the
+token in secrets), and the Local Files root: one setting, `[labelstudio] files_root`, read by
+`saved_files_root` and written by `studio_up` alone. Nothing here prints; each function returns a
+record for the caller to show.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from annotate2model.errors import LabelStudioError
+from annotate2model.labelstudio.client import LabelStudioClient, token_kind
+from annotate2model.labelstudio.config import build_label_config, parse_label_config
+from annotate2model.labelstudio.server import DEFAULT_PORT, LocalServer, check_files_root
+from annotate2model.progress import Progress
+from annotate2model.settings import Secret, Settings
+from annotate2model.workspace import Workspace
+
+ADMIN_EMAIL = "admin@a2m.local"
+# Keys in the workspace's secrets file.
+TOKEN_SECRET = "labelstudio_token"
+LOCAL_TOKEN_SECRET = "labelstudio_local_token"
+LOCAL_PASSWORD_SECRET = "labelstudio_local_password"
+# The a2m.toml section, and its key for the Local Files root.
+SECTION = "labelstudio"
+FILES_ROOT_KEY = "files_root"
+
+Missing = Literal["url", "token", "project"]
+
+
+class NotConnected(LabelStudioError):
+    """No Label Studio URL, token or project is configured; `missing` says which."""
+
+    def __init__(self, message: str, missing: Missing) -> None:
+        super().__init__(message)
+        self.missing: Missing = missing
+
+
+def local_server(workspace: Workspace) -> LocalServer:
+    """The workspace's own Label Studio (data under `.a2m/labelstudio/`)."""
+    return LocalServer(workspace.data_dir / "labelstudio")
+
+
+def saved_files_root(workspace: Workspace) -> Path | None:
+    """The Local Files root saved by the last `studio_up` that was given one."""
+    value = workspace.read_config().get(SECTION, {}).get(FILES_ROOT_KEY)
+    return Path(str(value)) if value else None
+
+
+# -- studio up ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudioUp:
+    """What `studio_up` did: the server's address, how to log in, where it reads files from."""
+
+    url: str
+    pid: int
+    port: int
+    # False: a server of this workspace was already running; nothing was started.
+    started: bool
+    # The port asked for, when it was busy and another one was used.
+    moved_from: int | None
+    admin: str
+    password: Secret
+    # The folder the running server reads Local Files from (None: serving is off).
+    files_root: str | None
+    # The folder asked for when the already-running server reads from another one.
+    files_root_not_applied: str | None
+    # A stale pid file found and cleared before starting, said in words.
+    note: str | None
+
+
+def studio_up(
+    workspace: Workspace,
+    *,
+    port: int = DEFAULT_PORT,
+    files_root: Path | None = None,
+    progress: Progress | None = None,
+) -> StudioUp:
+    """Start the workspace's Label Studio (a no-op when it runs) and save the connection to it.
+
+    The admin password and token are made once and kept in the workspace's secrets; the URL (and
+    the files root, when there is one) go to a2m.toml, and the token becomes the workspace's
+    Label Studio token. `files_root` None: the saved one, else Local Files serving stays off.
+    """
+    asked = files_root if files_root is not None else saved_files_root(workspace)
+    root = check_files_root(asked, workspace.data_dir) if asked is not None else None
+    stored = workspace.read_secrets()
+    password = stored.get(LOCAL_PASSWORD_SECRET) or secrets.token_urlsafe(12)
+    token = stored.get(LOCAL_TOKEN_SECRET) or secrets.token_hex(20)
+    if LOCAL_PASSWORD_SECRET not in stored:
+        workspace.write_secret(LOCAL_PASSWORD_SECRET, password)
+    if LOCAL_TOKEN_SECRET not in stored:
+        workspace.write_secret(LOCAL_TOKEN_SECRET, token)
+    server = local_server(workspace)
+    before = server.status()
+    started = server.start(
+        username=ADMIN_EMAIL,
+        password=password,
+        token=token,
+        port=port,
+        files_root=root,
+        progress=progress,
+    )
+    workspace.update_config(
+        SECTION, {"url": started.url, **({FILES_ROOT_KEY: str(root)} if root else {})}
+    )
+    workspace.write_secret(TOKEN_SECRET, token)
+    wanted = str(root) if root else None
+    return StudioUp(
+        url=started.url,
+        pid=started.pid,
+        port=started.port,
+        started=started.started,
+        moved_from=started.moved_from,
+        admin=ADMIN_EMAIL,
+        password=Secret(password),
+        files_root=started.files_root,
+        files_root_not_applied=(
+            wanted if not started.started and wanted != started.files_root else None
+        ),
+        note=before.note,
+    )
+
+
+# -- connect ------------------------------------------------------------------------------------
+
+
+def open_client(settings: Settings) -> LabelStudioClient:
+    """A client for the configured server and token; NotConnected when either is missing."""
+    ls = settings.labelstudio
+    if not ls.url:
+        raise NotConnected("no Label Studio URL is configured.", "url")
+    if ls.token is None:
+        raise NotConnected("no Label Studio token is configured.", "token")
+    return LabelStudioClient(ls.url, ls.token)
+
+
+def project_id(settings: Settings) -> int:
+    """The configured project; NotConnected when none is chosen."""
+    if settings.labelstudio.project_id is None:
+        raise NotConnected("no Label Studio project is chosen.", "project")
+    return settings.labelstudio.project_id
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A checked and saved connection: the server, the token's user, the project and its labels."""
+
+    url: str
+    project: int
+    title: str
+    tasks: int
+    labels: list[str]
+    image_field: str
+    user: str | None
+    # "pat" (personal access token) or "legacy".
+    token_kind: str
+    # True when the project was created by this call.
+    created: bool
+
+
+def connect(
+    settings: Settings,
+    *,
+    project: int | None = None,
+    create: str | None = None,
+    labels: Sequence[str] = (),
+) -> Connection:
+    """Check the server, the token and one project (an existing one, or `create` a new one with
+    `labels`), then save the URL and project in a2m.toml and the token in the secrets."""
+    if (project is None) == (create is None):
+        raise LabelStudioError("name either an existing project or a new one to create.")
+    config_xml = build_label_config(list(labels)) if create is not None else None
+    ls = settings.labelstudio
+    with open_client(settings) as client:
+        assert ls.url is not None and ls.token is not None
+        user = client.check()
+        if create is not None:
+            assert config_xml is not None
+            info = client.create_project(create, config_xml)
+        else:
+            assert project is not None
+            info = client.project(project)
+        config = parse_label_config(info.label_config, info.id)
+    ws = settings.workspace
+    ws.update_config(SECTION, {"url": ls.url, "project": info.id})
+    ws.write_secret(TOKEN_SECRET, ls.token.reveal())
+    email = user.get("email")
+    return Connection(
+        url=ls.url,
+        project=info.id,
+        title=info.title,
+        tasks=info.task_count,
+        labels=list(config.labels),
+        image_field=config.image_field,
+        user=str(email) if email else None,
+        token_kind=token_kind(ls.token.reveal()),
+        created=create is not None,
+    )
+
+
+# -- collect's view of the local server ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalFiles:
+    """Whether the configured server is this workspace's own, and the root it reads files from."""
+
+    same_server: bool
+    # None: the server cannot read this machine's files in place (collect uploads).
+    root: Path | None
+
+
+def local_files(settings: Settings) -> LocalFiles:
+    """For collect: the files root of the workspace's running server, when it is the configured
+    one (a remote server cannot read this machine's files)."""
+    status = local_server(settings.workspace).status()
+    same = status.running and status.url is not None and _same(status.url, settings.labelstudio.url)
+    return LocalFiles(
+        same_server=same, root=Path(status.files_root) if same and status.files_root else None
+    )
+
+
+def _same(local_url: str, configured: str | None) -> bool:
+    a, b = urlsplit(local_url), urlsplit(configured or "")
+    loopback = {"127.0.0.1", "localhost"}
+    return a.port == b.port and (a.hostname in loopback) and (b.hostname in loopback)
