@@ -17,7 +17,7 @@ target_metadata = Base.metadata
 def run_migrations() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        from annotate2model.store.db import make_engine
+        from annotate2model.store.dialect import make_engine
 
         engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as connection:

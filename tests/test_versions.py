@@ -7,12 +7,13 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
+from sqlalchemy.orm import Session
 
 from annotate2model.errors import InputError, NotFoundError
 from annotate2model.settings import SplitFractions
 from annotate2model.store import Store
 from annotate2model.store.models import Image
-from annotate2model.store.records import VersionItemRecord
+from annotate2model.store.records import NewVersion, VersionItemRecord, VersionRecord
 from annotate2model.store.versions import (
     create_version,
     diff_versions,
@@ -129,3 +130,120 @@ def test_duplicate_image_in_one_version_is_refused(store: Store) -> None:
         create_version(session, rows, source="t", fractions=FRACTIONS)
     with store.read() as session:
         assert list_versions(session) == []
+
+
+def test_version_numbers_are_unique_in_the_schema(store: Store) -> None:
+    """The database itself refuses a second version with a taken number (not only the lock)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from annotate2model.store.models import DatasetVersion
+
+    shas = add_fake_images(store, 2)
+    with store.write() as session:
+        create_version(session, items(shas), source="t", fractions=FRACTIONS)
+    now = datetime.now(timezone.utc)
+    with pytest.raises(IntegrityError), store.write() as session:
+        session.add(
+            DatasetVersion(
+                number=1,
+                content_hash="0" * 64,
+                created_at=now,
+                source="t",
+                item_count=0,
+                split_json="{}",
+            )
+        )
+
+
+def test_concurrent_writers_never_share_a_number(store: Store) -> None:
+    """Threads, each with its own store connection, make versions at once: 1..n, one chain."""
+    import threading
+
+    shas = add_fake_images(store, 16)
+    writers = 8
+    start = threading.Barrier(writers)
+    made: list[int] = []
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        own = Store.open(store.settings)
+        try:
+            start.wait()
+            with own.write() as session:
+                new = create_version(
+                    session, items(shas[: k + 2]), source=f"w{k}", fractions=FRACTIONS
+                )
+            made.append(new.version.number)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(made) == list(range(1, writers + 1))
+    with store.read() as session:
+        versions = list_versions(session)
+    assert [v.parent for v in versions] == [None, *range(1, writers)]
+    assert len({v.content_hash for v in versions}) == writers
+
+
+def test_a_number_lost_to_another_writer_is_retried(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer whose read of the latest version is stale (as happens without the write lock:
+    another transaction committed between its read and its insert) collides on the number and
+    takes the next one instead of failing or overwriting."""
+    import annotate2model.store.versions as versions_module
+
+    real_latest = versions_module.latest_version
+    shas = add_fake_images(store, 12)
+
+    def make(rows: list[VersionItemRecord], source: str) -> NewVersion:
+        with store.write() as session:
+            return create_version(session, rows, source=source, fractions=FRACTIONS)
+
+    def latest() -> VersionRecord:
+        with store.read() as session:
+            record = real_latest(session)
+        assert record is not None
+        return record
+
+    def racing(stale: VersionRecord, rows: list[VersionItemRecord]) -> tuple[NewVersion, list[int]]:
+        """create_version whose first read of the latest version returns `stale`."""
+        reads: list[int] = []
+
+        def read(session: Session) -> VersionRecord | None:
+            record = stale if not reads else real_latest(session)
+            reads.append(record.number if record else 0)
+            return record
+
+        with monkeypatch.context() as patch:
+            patch.setattr(versions_module, "latest_version", read)
+            return make(rows, "t"), reads
+
+    make(items(shas[:4]), "t")
+    stale = latest()
+    make(items(shas[:8]), "other")  # commits number 2 behind the stale reader's back
+    new, reads = racing(stale, items(shas))
+    assert reads == [1, 2]  # tried number 2, found it taken, read again
+    assert new.created and new.version.number == 3 and new.version.parent == 2
+
+    # The same race where the other writer committed the very same rows: no new version.
+    stale = latest()
+    make(items(shas[:10]), "other")
+    same, reads = racing(stale, items(shas[:10]))
+    assert reads == [3, 4] and not same.created and same.version.number == 4
+
+    with store.read() as session:
+        assert [(v.number, v.parent, v.item_count) for v in list_versions(session)] == [
+            (1, None, 4),
+            (2, 1, 8),
+            (3, 2, 12),
+            (4, 3, 10),
+        ]
+        assert len(version_items(session, 2)) == 8 and len(version_items(session, 3)) == 12

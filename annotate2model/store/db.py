@@ -1,14 +1,16 @@
-"""Opening the store: engine set-up (SQLite pragmas), migrations on open, sessions."""
+"""Opening the store: migrations on open, read and write sessions.
+
+What differs between SQLite and PostgreSQL (engine set-up, locks) is in `store/dialect.py`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -16,13 +18,15 @@ import annotate2model
 from annotate2model.errors import StoreError
 from annotate2model.settings import Settings
 from annotate2model.store.blobs import BlobStore
-from annotate2model.workspace import file_lock
+from annotate2model.store.dialect import (
+    make_engine,
+    migration_lock,
+    take_write_lock,
+    writer_engine,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
-
-# How long a writer waits for another writer before giving up (SQLite busy timeout).
-BUSY_TIMEOUT_MS = 60_000
 
 # The schema revision this code works with. Checking it needs no Alembic import (a quarter of a
 # second at every start); tests/test_store_schema.py asserts it is the migrations' single head.
@@ -57,33 +61,6 @@ def head_revision() -> str:
     return heads[0]
 
 
-def make_engine(url: str) -> Engine:
-    """An engine; for SQLite with WAL, foreign keys, a busy timeout and explicit BEGIN modes."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # Hand transaction control to SQLAlchemy's "begin" event below instead of pysqlite.
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # A writer takes the write lock up front (BEGIN IMMEDIATE) so it waits on the busy timeout
-        # instead of failing with "database is locked" when upgrading a read transaction.
-        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-    return engine
-
-
 class Store:
     """A migrated database and the workspace's blob store."""
 
@@ -91,7 +68,7 @@ class Store:
         self.engine = engine
         self.blobs = blobs
         self.settings = settings
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._writer = writer_engine(engine)
 
     @classmethod
     def open(cls, settings: Settings, migrate: bool = True) -> Store:
@@ -107,10 +84,11 @@ class Store:
             if current != SCHEMA_HEAD:
                 if not migrate:
                     raise StoreError(
-                        f"the store's schema is at {current or 'nothing'}, this a2m needs "
-                        f"{SCHEMA_HEAD}; run `a2m init` (or any command) to migrate it."
+                        f"the store's schema is at {current or 'nothing'}, this annotate2model "
+                        f"needs {SCHEMA_HEAD}.",
+                        hint="run `a2m init` (or any other command) to migrate it.",
                     )
-                with file_lock(ws.lock_path):
+                with migration_lock(engine, ws.lock_path):
                     store._migrate()
         except DBAPIError as exc:
             store.close()
@@ -158,6 +136,7 @@ class Store:
         """A session holding the write lock; commits on success, rolls back on any exception."""
         with Session(self._writer, expire_on_commit=False) as session:
             try:
+                take_write_lock(session)
                 yield session
                 session.commit()
             except BaseException:

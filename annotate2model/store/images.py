@@ -6,12 +6,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotate2model.imaging import ImageInfo, probe_image
 from annotate2model.store.blobs import BlobStore, sha256_bytes
+from annotate2model.store.dialect import insert_or_ignore
 from annotate2model.store.models import Image
 
 
@@ -55,12 +55,7 @@ def record_images(session: Session, staged: Iterable[StagedImage]) -> int:
         return 0
     existing = known_images(session, rows)
     new = [row for sha, row in rows.items() if sha not in existing]
-    if new:
-        dialect = session.get_bind().dialect.name
-        if dialect == "sqlite":
-            session.execute(sqlite_insert(Image).on_conflict_do_nothing(), new)
-        else:
-            session.execute(insert(Image), new)
+    insert_or_ignore(session, Image, new)
     return len(new)
 
 
@@ -89,12 +84,13 @@ def image_names(session: Session, shas: Iterable[str]) -> dict[str, str]:
         ):
             if origin:
                 names[sha] = origin
-        for sha, project, task in session.execute(
+        for task_sha, project, task in session.execute(
             select(Task.image_sha256, Task.project_id, Task.task_id).where(
                 Task.image_sha256.in_(chunk), Task.deleted_at.is_(None)
             )
         ):
-            tasks.setdefault(sha, []).append(f"task {task} of project {project}")
+            if task_sha is not None:
+                tasks.setdefault(task_sha, []).append(f"task {task} of project {project}")
     out = {}
     for sha in wanted:
         parts = tasks.get(sha, [])

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from annotate2model.store.dialect import insert_or_ignore
 from annotate2model.store.models import Annotation, SyncState, Task
 
 
@@ -220,13 +220,7 @@ def _save_annotations(
         for a in items
         if task_id in row_ids
     ]
-    if rows:
-        if session.get_bind().dialect.name == "sqlite":
-            session.execute(sqlite_insert(Annotation).on_conflict_do_nothing(), rows)
-        else:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            session.execute(pg_insert(Annotation).on_conflict_do_nothing(), rows)
+    insert_or_ignore(session, Annotation, rows)
     live = {(row_ids[t], a.annotation_id) for t, items in annotations.items() for a in items}
     fetched_rows = [row_ids[t] for t in annotations if t in row_ids]
     for start in range(0, len(fetched_rows), 500):

@@ -9,9 +9,10 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from annotate2model.errors import InputError, NotFoundError
+from annotate2model.errors import InputError, NotFoundError, StoreError
 from annotate2model.settings import SPLITS, SplitFractions
 from annotate2model.store.models import DatasetVersion, VersionItem
 from annotate2model.store.records import (
@@ -22,6 +23,9 @@ from annotate2model.store.records import (
     VersionRecord,
     VersionSummary,
 )
+
+# How many times create_version takes the next number after losing one to another writer.
+NUMBER_ATTEMPTS = 20
 
 
 def split_for(image_sha256: str, fractions: SplitFractions) -> str:
@@ -70,8 +74,8 @@ def get_version(session: Session, ref: int | str | None = None) -> VersionRecord
         latest = latest_version(session)
         if latest is None:
             raise NotFoundError(
-                "the store holds no dataset version yet; make one with `a2m import-folder DIR` "
-                "or `a2m sync`."
+                "the store holds no dataset version yet.",
+                hint="make one with `a2m import-folder DIR` or `a2m sync`.",
             )
         return latest
     try:
@@ -80,7 +84,9 @@ def get_version(session: Session, ref: int | str | None = None) -> VersionRecord
         raise InputError(f"{ref!r} is not a version number (try 3, v3 or latest).") from None
     row = session.get(DatasetVersion, number)
     if row is None:
-        raise NotFoundError(f"there is no dataset version {number}; `a2m versions` lists them.")
+        raise NotFoundError(
+            f"there is no dataset version {number}.", hint="`a2m versions` lists them."
+        )
     return _record(row)
 
 
@@ -123,22 +129,38 @@ def create_version(
             raise InputError(f"image {item.image_sha256[:12]} appears twice in one version.")
     rows = [by_image[sha] for sha in sorted(by_image)]
     digest = content_hash(rows)
-    latest = latest_version(session)
-    if latest is not None and latest.content_hash == digest:
-        return NewVersion(version=latest, created=False)
-    number = (latest.number + 1) if latest else 1
-    version = DatasetVersion(
-        number=number,
-        parent=latest.number if latest else None,
-        content_hash=digest,
-        created_at=datetime.now(timezone.utc),
-        note=note,
-        source=source,
-        item_count=len(rows),
-        split_json=json.dumps(fractions.as_dict()),
-    )
-    session.add(version)
-    session.flush()
+    for _attempt in range(NUMBER_ATTEMPTS):
+        latest = latest_version(session)
+        if latest is not None and latest.content_hash == digest:
+            return NewVersion(version=latest, created=False)
+        number = (latest.number + 1) if latest else 1
+        version = DatasetVersion(
+            number=number,
+            parent=latest.number if latest else None,
+            content_hash=digest,
+            created_at=datetime.now(timezone.utc),
+            note=note,
+            source=source,
+            item_count=len(rows),
+            split_json=json.dumps(fractions.as_dict()),
+        )
+        try:
+            # A savepoint, so that losing the number to another writer undoes only this insert.
+            with session.begin_nested():
+                session.add(version)
+        except IntegrityError:
+            # The write lock makes this impossible on SQLite; a writer that does not take it (or
+            # a database that lets two transactions read the same latest) can commit `number`
+            # between our read and our insert. The number is unique: read again, take the next.
+            if session.get(DatasetVersion, number) is None:
+                raise  # some other constraint failed
+            continue
+        break
+    else:
+        raise StoreError(
+            f"could not take a version number: {NUMBER_ATTEMPTS} tries were each beaten by "
+            "another writer."
+        )
     if rows:
         # Core executemany: the ORM's bulk path costs several times more for 100,000 rows.
         session.connection().execute(

@@ -1,0 +1,143 @@
+"""What differs between the store's two databases, SQLite and PostgreSQL, and nothing else.
+
+- the engine: SQLite gets WAL, foreign keys, a busy timeout and explicit BEGIN modes;
+- insert-or-ignore (`INSERT ... ON CONFLICT DO NOTHING` in both, built by each dialect);
+- the write lock: one writer at a time. SQLite takes it with `BEGIN IMMEDIATE`; PostgreSQL with a
+  transaction-level advisory lock, released at commit or rollback;
+- the migration lock: one process migrates. SQLite uses a file lock beside the store; PostgreSQL a
+  session-level advisory lock on a connection held while migrating.
+
+Everything else in store/ calls these and stays dialect-neutral, so PostgreSQL is a URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, make_url, select
+from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.sql import Executable
+from sqlalchemy.sql.dml import Insert
+
+from annotate2model.errors import StoreError
+from annotate2model.workspace import file_lock
+
+SUPPORTED = ("sqlite", "postgresql")
+
+# How long a writer waits for another writer before giving up (SQLite busy timeout).
+BUSY_TIMEOUT_MS = 60_000
+
+# PostgreSQL advisory lock keys (any 64-bit numbers other software on the server is unlikely to
+# use): "a2m" + "wr" / "mg" in ASCII.
+WRITE_LOCK_KEY = 0x61326D_7772
+MIGRATION_LOCK_KEY = 0x61326D_6D67
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a supported database; SQLite set up for several processes at once."""
+    name = make_url(url).get_backend_name()
+    if name not in SUPPORTED:
+        raise StoreError(
+            f"the store can be SQLite or PostgreSQL; {name!r} (from the database URL) is neither."
+        )
+    if name == "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below instead of pysqlite.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # A writer takes the write lock up front (BEGIN IMMEDIATE) so it waits on the busy timeout
+        # instead of failing with "database is locked" when upgrading a read transaction.
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def writer_engine(engine: Engine) -> Engine:
+    """The engine write sessions use: on SQLite its transactions begin IMMEDIATE."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(sqlite_begin="IMMEDIATE")
+    return engine
+
+
+def write_lock_statement(name: str) -> Executable | None:
+    """The statement that takes the write lock inside a transaction; None where BEGIN took it."""
+    if name == "postgresql":
+        # Released by PostgreSQL itself at commit or rollback (or when the connection dies).
+        return select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY))
+    return None
+
+
+def migration_lock_statements() -> tuple[Executable, Executable]:
+    """PostgreSQL: take and release the migration lock (session-level, on one connection)."""
+    return (
+        select(func.pg_advisory_lock(MIGRATION_LOCK_KEY)),
+        select(func.pg_advisory_unlock(MIGRATION_LOCK_KEY)),
+    )
+
+
+def take_write_lock(session: Session) -> None:
+    """Make `session`'s transaction the only writer until it ends (call it before any read)."""
+    statement = write_lock_statement(session.get_bind().dialect.name)
+    if statement is not None:
+        session.execute(statement)
+
+
+def insert_ignore(name: str, model: type[DeclarativeBase]) -> Insert:
+    """INSERT that skips rows whose primary or unique key is already present."""
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model).on_conflict_do_nothing()
+    if name == "postgresql":
+        # Imported only here: SQLite users do not pay for loading the PostgreSQL dialect.
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).on_conflict_do_nothing()
+    raise StoreError(f"the store cannot insert-or-ignore on a {name!r} database.")
+
+
+def insert_or_ignore(
+    session: Session, model: type[DeclarativeBase], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert `rows`, leaving alone those whose key another writer (or an earlier run) stored."""
+    if rows:
+        session.execute(insert_ignore(session.get_bind().dialect.name, model), list(rows))
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine, lock_path: Path) -> Iterator[None]:
+    """Held while one process migrates; the others wait, then find the work done.
+
+    SQLite: an exclusive file lock at `lock_path` (the kernel drops it if the holder dies).
+    PostgreSQL: a session-level advisory lock, dropped with the connection if the holder dies.
+    """
+    if engine.dialect.name != "postgresql":
+        with file_lock(lock_path):
+            yield
+        return
+    lock, unlock = migration_lock_statements()
+    with engine.connect() as conn:
+        conn.execute(lock)
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(unlock)
+            conn.commit()
