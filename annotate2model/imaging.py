@@ -1,13 +1,20 @@
 """Reading image bytes safely: identify, guard against decompression bombs, decode to RGB.
 
 Shared by the store (which validates what it ingests) and training (which decodes for the model).
-Every odd image the tool meets (palette GIF, CMYK JPEG, 16-bit PNG, EXIF-rotated photo) comes out
-of `decode_rgb` as an upright 8-bit RGB image; everything unusable raises `InvalidImage`.
+Every odd image the tool meets (palette GIF, CMYK JPEG, 16-bit PNG, EXIF-rotated photo, animated
+GIF or WebP: its first frame) comes out of `decode_rgb` as an upright 8-bit RGB image; everything
+unusable raises `InvalidImage`. Every image the package opens is opened here (`_open`).
+
+Decompression bombs: Pillow refuses to open an image of more than twice `PIL.Image.MAX_IMAGE_PIXELS`
+pixels and warns above it. That setting is process-wide and other code in the process (a web
+server) relies on it, so this module never changes it; our own limit (`max_pixels`, the workspace's
+[images] max_pixels) is applied to each image as it is opened, on top of Pillow's.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +22,47 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from annotate2model.errors import InvalidImage
+from annotate2model.settings import DEFAULT_MAX_IMAGE_PIXELS
 
-DEFAULT_MAX_PIXELS = 178_956_970
+# Twice Pillow's default MAX_IMAGE_PIXELS: the size at which Pillow itself refuses an image.
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 
-# Image.open is lazy and cheap; the bomb guard below is ours, so Pillow's global one is disabled
-# (it would otherwise only warn under its own limit).
-Image.MAX_IMAGE_PIXELS = None
+
+def pillow_pixel_limit() -> int | None:
+    """The most pixels Pillow opens in this process (None when its guard is switched off)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * limit
+
+
+def allow_pixels_process_wide(max_pixels: int) -> None:
+    """Raise Pillow's process-wide guard so that images up to `max_pixels` open; never lowers it.
+
+    Only for the owner of the process (the command-line tool, configured to accept larger images
+    than Pillow's default); the library never calls it.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and max_pixels > 2 * current:
+        Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
+
+
+def _too_many_pixels(pixels: int | None, max_pixels: int) -> InvalidImage:
+    pillow = pillow_pixel_limit()
+    count = f"{pixels:,} pixels" if pixels is not None else "its pixel count"
+    if pillow is not None and pillow < max_pixels:
+        return InvalidImage(
+            f"{count} exceeds Pillow's limit of {pillow:,} pixels in this process "
+            "(decompression-bomb guard, PIL.Image.MAX_IMAGE_PIXELS)"
+        )
+    return InvalidImage(
+        f"{count} exceeds the limit of {max_pixels:,} (decompression-bomb guard; raise "
+        "[images] max_pixels to allow it)"
+    )
+
+
+def _bomb(exc: Image.DecompressionBombError, max_pixels: int) -> InvalidImage:
+    # Pillow's message: "Image size (N pixels) exceeds limit of M pixels, could be ...".
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return _too_many_pixels(int(found.group(1)) if found else None, max_pixels)
 
 
 @dataclass(frozen=True)
@@ -33,7 +75,21 @@ class ImageInfo:
     mode: str
 
 
+def _looks_like_html(source: bytes | Path) -> bool:
+    if isinstance(source, bytes):
+        head = source[:512]
+    else:
+        try:
+            with source.open("rb") as f:
+                head = f.read(512)
+        except OSError:
+            return False
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
+
+
 def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
+    """Open (lazily: only the header is read) and refuse images over `max_pixels` pixels."""
     if isinstance(source, bytes):
         if not source:
             raise InvalidImage("empty file (0 bytes)")
@@ -42,9 +98,16 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
         fp = source
     try:
         with warnings.catch_warnings():
+            # Pillow's warnings (a large image under its limit, odd EXIF) are not the user's
+            # concern: the checks below decide.
             warnings.simplefilter("ignore")
             img = Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        raise _bomb(exc, max_pixels) from None
     except UnidentifiedImageError:
+        if _looks_like_html(source):
+            # What a web server answers in place of an image: a login, error or redirect page.
+            raise InvalidImage("not an image but an HTML page") from None
         raise InvalidImage("not an image Pillow can read") from None
     except FileNotFoundError:
         raise InvalidImage("file not found") from None
@@ -54,10 +117,8 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
     if width <= 0 or height <= 0:
         raise InvalidImage(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise InvalidImage(
-            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-            "(decompression-bomb guard; raise [images] max_pixels to allow it)"
-        )
+        img.close()
+        raise _too_many_pixels(width * height, max_pixels)
     return img
 
 
@@ -80,8 +141,9 @@ def probe_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
             # fraction of the cost of a full decode.
             img.draft(mode, (max(1, img.width // 8), max(1, img.height // 8)))
         img.load()
-    except InvalidImage:
-        raise
+    except Image.DecompressionBombError as exc:
+        # A frame or tile larger than the image's header said (GIF, TIFF).
+        raise _bomb(exc, max_pixels) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"corrupt or truncated image data ({exc})") from None
     finally:
@@ -105,8 +167,8 @@ def decode_rgb(
             img.draft("RGB", draft_size)
         img = ImageOps.exif_transpose(img) or img
         return to_rgb(img)
-    except InvalidImage:
-        raise
+    except Image.DecompressionBombError as exc:
+        raise _bomb(exc, max_pixels) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"corrupt or truncated image data ({exc})") from None
 

@@ -15,6 +15,10 @@ from annotate2model.workspace import Workspace
 
 SPLITS = ("train", "val", "test")
 
+# Decompression-bomb guard: twice Pillow's default PIL.Image.MAX_IMAGE_PIXELS, where Pillow itself
+# refuses an image, so by default ours and Pillow's agree.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+
 
 class Secret:
     """A string that never shows itself in repr, str, logs or tracebacks."""
@@ -75,8 +79,9 @@ class Settings:
     database_url: str
     # How images are assigned to train/val/test.
     split: SplitFractions = field(default_factory=SplitFractions)
-    # Decompression-bomb guard: images with more pixels are refused.
-    max_image_pixels: int = 178_956_970
+    # Decompression-bomb guard: images with more pixels are refused (imaging.py applies it to each
+    # image it opens; Pillow's own process-wide guard applies too).
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     labelstudio: LabelStudioSettings = field(default_factory=LabelStudioSettings)
     # Torch device for training: "auto" picks CUDA, then MPS, then CPU.
     device: str = "auto"
@@ -114,7 +119,7 @@ def load_settings(
         raise SettingsError(f"[split] in {workspace.config_path} must hold numbers.") from None
 
     max_pixels_raw = pick("max_image_pixels", "A2M_MAX_IMAGE_PIXELS", "images", "max_pixels")
-    max_pixels = _as_int(max_pixels_raw, "max_pixels", 178_956_970)
+    max_pixels = _as_int(max_pixels_raw, "max_pixels", DEFAULT_MAX_IMAGE_PIXELS)
 
     secrets = workspace.read_secrets()
     ls_url = pick("labelstudio_url", "LABEL_STUDIO_URL", "labelstudio", "url")
@@ -132,7 +137,7 @@ def load_settings(
         workspace=workspace,
         database_url=str(database_url),
         split=split,
-        max_image_pixels=max_pixels or 178_956_970,
+        max_image_pixels=max_pixels or DEFAULT_MAX_IMAGE_PIXELS,
         labelstudio=labelstudio,
         device=device,
     )

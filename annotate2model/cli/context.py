@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from annotate2model.errors import WorkspaceError
-from annotate2model.settings import Settings, load_settings
+from annotate2model.settings import DEFAULT_MAX_IMAGE_PIXELS, Settings, load_settings
 from annotate2model.store import Store
 from annotate2model.workspace import Workspace, find_workspace
 
@@ -29,6 +29,12 @@ class AppState:
         """The one Settings object: flags (overrides) > environment > a2m.toml > defaults."""
         if self._settings is None or overrides:
             self._settings = load_settings(self.workspace(), self.env, overrides)
+            if self._settings.max_image_pixels > DEFAULT_MAX_IMAGE_PIXELS:
+                # The workspace accepts larger images than Pillow opens by default; this process
+                # is the CLI's own, so Pillow's process-wide guard is raised to match.
+                from annotate2model.imaging import allow_pixels_process_wide
+
+                allow_pixels_process_wide(self._settings.max_image_pixels)
         return self._settings
 
     def settings_or_none(self) -> Settings | None:
