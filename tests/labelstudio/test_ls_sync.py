@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from annotate2model.errors import LabelStudioError
@@ -15,9 +17,10 @@ from annotate2model.labelstudio.server import free_port
 from annotate2model.labelstudio.sync import sync_project
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
+from annotate2model.store.imports import import_folder
 from annotate2model.store.tasks import load_tasks
 from annotate2model.store.versions import version_items
-from annotate2model.workspace import Workspace
+from annotate2model.workspace import Workspace, init_workspace
 from tests.conftest import image_bytes, make_image_folder, run_cli
 from tests.labelstudio.conftest import LiveServer, choice
 
@@ -318,3 +321,81 @@ def test_env_names_follow_the_sdk(
     assert settings.labelstudio.url == ls_server.url
     with pytest.raises(LabelStudioError), ls_server.client(token="1" * 40) as c:
         c.project(1)
+
+
+def _frames(fmt: str, n: int = 3, size: tuple[int, int] = (40, 30)) -> bytes:
+    frames = [Image.new("RGB", size, (60 * i, 200 - 50 * i, 90)) for i in range(n)]
+    out = io.BytesIO()
+    frames[0].save(out, format=fmt, save_all=n > 1, append_images=frames[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+def bad_image_kinds() -> dict[str, bytes]:
+    """The odd files people have, named as they arrive: {file name: bytes}."""
+    huge = io.BytesIO()
+    Image.new("RGB", (6000, 4000), (30, 120, 60)).save(huge, format="JPEG", quality=80)
+    return {
+        "page.jpg": b"<!DOCTYPE html><html><head><title>Login</title></head><body>Sign in</body>"
+        b"</html>\n",
+        "png_named.jpg": image_bytes(1501),
+        "animated.gif": _frames("GIF"),
+        "animated.webp": _frames("WEBP"),
+        "still.webp": _frames("WEBP", n=1),
+        "huge.jpg": huge.getvalue(),
+        "fine.png": image_bytes(1502),
+    }
+
+
+def test_bad_images_through_sync_end_as_import_folder_treats_them(
+    ls_server: LiveServer, store: Store, image_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, served = image_server
+    kinds = bad_image_kinds()
+    # The same bytes through import-folder, into a store of its own: the reference outcome.
+    folder = tmp_path / "odd" / "a"
+    folder.mkdir(parents=True)
+    for name, data in kinds.items():
+        (served / f"odd_{name}").write_bytes(data)
+        (folder / name).write_bytes(data)
+    ref_ws, _ = init_workspace(tmp_path / "reference")
+    ref_store = Store.open(load_settings(ref_ws, env={}))
+    try:
+        imported = import_folder(ref_store, tmp_path / "odd")
+        assert imported.version is not None
+        with ref_store.read() as session:
+            ref_shas = {
+                i.image_sha256 for i in version_items(session, imported.version.version.number)
+            }
+    finally:
+        ref_store.close()
+    refused = {Path(rel).name: reason for rel, reason in imported.skipped}
+
+    project = ls_server.create_project(["a", "b"])
+    names = sorted(kinds)
+    with ls_server.client() as c:
+        ids = c.import_tasks(
+            project,
+            [{"data": {"image": f"{base}/odd_{n}"}, "annotations": [choice("a")]} for n in names],
+        )
+        result = sync_project(store, c, project)
+    problems = dict(result.skipped)
+    assert result.version is not None
+    with store.read() as session:
+        synced_shas = {
+            i.image_sha256 for i in version_items(session, result.version.version.number)
+        }
+        tasks = load_tasks(session, project)
+    for name, task_id in zip(names, ids, strict=True):
+        if name in refused:
+            # Refused by both, for the same reason, as a problem of that task alone.
+            assert problems.get(task_id) == f"image: {refused[name]}", name
+            assert tasks[task_id].image_sha256 is None
+        else:
+            assert task_id not in problems, (name, problems.get(task_id))
+            assert tasks[task_id].image_sha256 in ref_shas, name
+    assert synced_shas == ref_shas
+    # Whatever the rule for the odd kinds, an HTML page is never an image, and the still WebP,
+    # the PNG named .jpg and the large photo are.
+    assert "not an image" in refused["page.jpg"]
+    assert {"still.webp", "png_named.jpg", "huge.jpg", "fine.png"}.isdisjoint(refused)
+    assert result.version.version.item_count == len(kinds) - len(refused)
