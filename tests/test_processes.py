@@ -7,11 +7,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from annotate2model.fsutil import TEMP_PREFIX
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
 from annotate2model.store.blobs import sha256_bytes
@@ -59,26 +63,112 @@ def latest_hash(ws: Workspace) -> str:
         conn.close()
 
 
+def blob_count(ws: Workspace) -> int:
+    """Whole blobs on disk (a writer's temp files not counted)."""
+    if not ws.blobs_dir.is_dir():
+        return 0
+    return sum(
+        1
+        for sub in os.scandir(ws.blobs_dir)
+        if sub.is_dir()
+        for f in os.scandir(sub.path)
+        if not f.name.startswith(TEMP_PREFIX)
+    )
+
+
+def holds_write_lock(ws: Workspace) -> bool:
+    """Whether another connection holds the store's write lock right now (a commit under way)."""
+    conn = sqlite3.connect(ws.store_path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return True
+    finally:
+        conn.close()
+
+
+class Watched:
+    """A running `a2m` process whose stderr (its progress output) is collected as it comes."""
+
+    def __init__(self, ws: Workspace, *args: str) -> None:
+        self.proc = a2m(ws, *args)
+        self.stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def kill_when(self, ready: Callable[[], bool], what: str) -> None:
+        """SIGKILL the process as soon as `ready()`; fail if it ended before that point."""
+        deadline = time.monotonic() + 180  # a hang guard only; the wait is for `ready`
+        while not ready():
+            code = self.proc.poll()
+            assert code is None, f"import-folder exited ({code}) before {what}: {self.stderr}"
+            assert time.monotonic() < deadline, f"import-folder never reached {what}"
+            time.sleep(0.001)
+        assert self.proc.poll() is None, f"import-folder exited right after {what}"
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._reader.join(30)
+        assert self.proc.returncode == -signal.SIGKILL, f"not killed at {what}"
+
+
 def test_kill_9_during_import_leaves_store_consistent(tmp_path: Path) -> None:
-    data = make_image_folder(tmp_path / "data", {"a": 150, "b": 150})
+    """SIGKILL an import at seven points of its work, each seen happening, not guessed by delay:
+    just after its first progress output, while the blobs are being written (five points, each
+    further on than the last: blobs of killed runs stay and are not written again), and while it
+    holds the write lock to commit the version. After every kill the store is consistent, and a
+    last run makes the same version an unbroken run makes."""
+    data = tmp_path / "data"
+    total = 0
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i in range(150):
+            # Noisy photos-like JPEGs: checking each costs a real decode, so the work takes a while.
+            noise = Image.effect_noise((160, 120), 40 + i % 20).convert("RGB")
+            noise.paste((i, 255 - i, 7 * i % 256), (0, 0, 40, 30))
+            noise.save(data / label / f"{label}_{i}.jpg", quality=90 - i % 7)
+            total += 1
+
     clean, _ = init_workspace(tmp_path / "clean")
     done = a2m(clean, "import-folder", str(data))
-    assert done.wait(120) == 0, done.stderr.read() if done.stderr else ""
+    _out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
     expected = latest_hash(clean)
+    assert blob_count(clean) == total
 
     ws, _ = init_workspace(tmp_path / "ws")
     Store.open(load_settings(ws, {})).close()
-    # Kill at increasing delays so the signal lands at start-up, mid-blobs and mid-commit.
-    for delay in (0.3, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0):
-        proc = a2m(ws, "import-folder", str(data))
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+
+    run = Watched(ws, "import-folder", str(data))
+    run.kill_when(lambda: any("Reading" in line for line in run.stderr), "its first progress")
+    check_consistent(ws)
+    for share in (0.1, 0.3, 0.5, 0.7, 0.85):
+        target = max(int(total * share), blob_count(ws) + 1)
+        run = Watched(ws, "import-folder", str(data))
+        run.kill_when(lambda target=target: blob_count(ws) >= target, f"{target} blobs")
         check_consistent(ws)
+        assert blob_count(ws) < total
+    conn = sqlite3.connect(ws.store_path)
+    assert conn.execute("select count(*) from dataset_versions").fetchone()[0] == 0
+    conn.close()
+    run = Watched(ws, "import-folder", str(data))
+    run.kill_when(lambda: holds_write_lock(ws), "the commit")
+    check_consistent(ws)
+
     final = a2m(ws, "import-folder", str(data))
-    assert final.wait(120) == 0
+    _out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
     check_consistent(ws)
     assert latest_hash(ws) == expected
+    assert blob_count(ws) == total
 
 
 def test_concurrent_writers_and_readers_never_see_locked(tmp_path: Path) -> None:
