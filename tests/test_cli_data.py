@@ -80,3 +80,43 @@ def test_doctor_json(cli: CliRunner) -> None:
     checks = {c["name"]: c for c in json.loads(out)}
     assert checks["store"]["ok"] and checks["workspace"]["ok"]
     assert checks["torch"]["ok"]
+
+
+def test_failed_commands_share_one_style(tmp_path: Path) -> None:
+    """Every failure prints `error: ...` (and `hint: ...` when there is a fix), no traceback;
+    exit status 1 when the command could not be done, 2 when the command line is wrong."""
+    import os
+    import subprocess
+    import sys
+
+    from annotate2model.workspace import init_workspace
+
+    ws, _ = init_workspace(tmp_path / "ws")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("A2M_")}
+    env.update(A2M_HOME=str(ws.root), COLUMNS="300")
+
+    def a2m(*args: str) -> tuple[int, list[str]]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "annotate2model", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert "Traceback" not in proc.stderr and proc.stdout == "", proc.stderr
+        return proc.returncode, proc.stderr.splitlines()
+
+    assert a2m("show", "9") == (
+        1,
+        ["error: there is no dataset version 9.", "hint: `a2m versions` lists them."],
+    )
+    code, lines = a2m("import-folder", str(tmp_path / "nope"))
+    assert code == 1 and lines == [f"error: {tmp_path / 'nope'} does not exist."]
+    code, lines = a2m("import-folder", str(tmp_path), "--splits", "sideways")
+    assert code == 2 and len(lines) == 2
+    assert lines[0].startswith("error: invalid value for '--splits'") and "sideways" in lines[0]
+    assert lines[1].startswith("hint: `") and "import-folder --help` lists" in lines[1]
+    code, lines = a2m("import-folder")
+    assert code == 2 and lines[0].startswith("error: missing argument") and "hint:" in lines[1]
+    code, lines = a2m("versions", "--no-such-flag")
+    assert (code, lines[0]) == (2, "error: no such option: --no-such-flag")
