@@ -133,7 +133,9 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
-        """A session holding the write lock; commits on success, rolls back on any exception."""
+        """A session that is the only writer (dialect.py's write lock: on SQLite from its first
+        statement, on PostgreSQL from the start); commits on success, rolls back on any exception.
+        """
         with Session(self._writer, expire_on_commit=False) as session:
             try:
                 take_write_lock(session)
