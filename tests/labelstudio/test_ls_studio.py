@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,71 @@ def test_studio_files_root(
         assert f"Images under {photos}" in out
     finally:
         run_cli(cli, "studio", "down")
+
+
+def _a2m(workspace: Workspace, *args: str) -> tuple[str, str]:
+    """Run `a2m args...` as a real process on the workspace; returns (stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("A2M_", "LABEL_STUDIO_"))}
+    env.update(A2M_HOME=str(workspace.root), NO_COLOR="1", COLUMNS="200")
+    done = subprocess.run(
+        [sys.executable, "-m", "annotate2model", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, done.stderr
+
+
+def test_personal_access_token_never_shown_nor_stored(
+    cli: CliRunner, workspace: Workspace, ls_template: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, pat = ls_template
+    assert pat.startswith("eyJ") and pat.count(".") == 2  # a PAT (a JWT), not a legacy token
+    copy_server(ls_template, workspace.data_dir / "labelstudio")
+    workspace.write_secret("labelstudio_local_token", LEGACY_TOKEN)
+    workspace.write_secret("labelstudio_local_password", PASSWORD)
+    folder = make_image_folder(tmp_path / "pat", {"a": 2, "b": 1}, seed=24)
+    code, _, err = run_cli(cli, "studio", "up")
+    try:
+        assert code == 0, err
+        created = _a2m(
+            workspace,
+            "connect",
+            "--token",
+            pat,
+            "--create",
+            "PAT test",
+            "--labels",
+            "a,b",
+            "--json",
+        )
+        project = str(json.loads(created[0])["project"])
+        outputs = {
+            "connect --json": created,
+            "connect": _a2m(workspace, "connect", "--project", project),
+            "collect": _a2m(workspace, "collect", str(folder), "--labels-from-folders"),
+            "sync": _a2m(workspace, "sync"),
+            "sync --json": _a2m(workspace, "sync", "--json"),
+            "studio status": _a2m(workspace, "studio", "status"),
+            "studio status --json": _a2m(workspace, "studio", "status", "--json"),
+        }
+    finally:
+        run_cli(cli, "studio", "down")
+    # The commands really ran with the PAT and did their work.
+    assert json.loads(outputs["connect --json"][0])["token_kind"] == "pat"
+    assert "(pat token)" in outputs["connect"][0]
+    assert "Created 3 task(s)" in outputs["collect"][0]
+    assert "Version 1: 3 images" in outputs["sync"][0]
+    assert json.loads(outputs["sync --json"][0])["fetched"] == 0
+    assert json.loads(outputs["studio status --json"][0])["running"] is True
+    signature = pat.rsplit(".", 1)[1]
+    for command, (stdout, stderr) in outputs.items():
+        output = stdout + stderr
+        assert pat not in output and signature not in output, command
+        # Nor the short-lived access token it is exchanged for (also a JWT).
+        assert "eyJ" not in output, command
+    db = b"".join(p.read_bytes() for p in workspace.data_dir.glob("store.db*"))
+    assert db and pat.encode() not in db and signature.encode() not in db
+    assert b"eyJ" not in db
