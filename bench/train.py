@@ -1,16 +1,20 @@
-"""Training benchmark: the classic plain-PyTorch loop against `a2m train`, side by side.
+"""Training benchmark: from a folder of images to a trained model, plain PyTorch against `a2m`.
 
-    .venv/bin/python bench/train.py [--data DIR] [--weights PATH] [--skip-baseline]
+    .venv/bin/python bench/train.py [--data DIR] [--weights PATH] [--repeats 3]
 
-Every step runs as its own process, so wall times include start-up (Python, torch, the store):
-1. baseline (bench/baseline_train.py): frozen ResNet-18, backbone forward on every image, 10 epochs;
-2. `a2m train` cold (probe, defaults) on the same images, empty cache;
-3. retrain: a version with half the training images, train; the full version, train again
-   (--repeats times from copies of the half-trained workspace; median);
-4. probes on the full version with other learning rates (everything cached; median).
-Then: embedding throughput (decode included) next to the bare `model(x)` loop measured in the
-same process (processes alternating between OpenMP's default spinning and the PASSIVE wait policy
-that `a2m train` sets; medians), and probe accuracy from bf16 features against fp32 features.
+Both sides start from the same folder of photos and end with a trained model; every step is its
+own process, so wall times include Python, torch and store start-up, as a user waits for them:
+- baseline (bench/baseline_train.py): the classic loop, frozen ResNet-18 run on every image every
+  epoch, 10 epochs (--baseline-repeats runs, 1 by default: it is slow);
+- cold: `a2m init` + `a2m import-folder DATA` + `a2m train` in a fresh workspace;
+- grown: a workspace that trained on half the training images, then `a2m import-folder DATA` +
+  `a2m train` (each repeat from a copy of the half-trained workspace);
+- cached: `a2m train` with another learning rate where every feature is cached (nothing to
+  import; absolute time only, no ratio: the baseline has no such step);
+- fp32: the cold path in its own fresh workspace with `--precision fp32`.
+cold, grown and cached are medians of --repeats; every time is printed. Targets: cold at least 10x
+faster than the baseline, grown at least 25x. Then where the time goes (start-up, imports,
+extraction, head training) and extraction throughput against a bare model(x) loop.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -27,13 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _shared import HYMENOPTERA, SCENES_WEIGHTS
+from _shared import HYMENOPTERA, SCENES_WEIGHTS, require
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
 PY = sys.executable
-A2M = [PY, "-m", "annotate2model"]
+# What a user types: the installed console script (python -m where there is none).
+_SCRIPT = Path(PY).parent / "a2m"
+A2M = [str(_SCRIPT)] if _SCRIPT.is_file() else [PY, "-m", "annotate2model"]
+TARGETS = {"cold": 10.0, "grown": 25.0}
 
 # Embedding extraction (decode included, through the library on a fresh cache, with a2m's own
 # decode workers and batch size) interleaved with the bare model(x) loop in one process, so that
@@ -44,10 +50,9 @@ from pathlib import Path
 import torch
 from annotate2model.training.backbones import build_trunk, load_state_dict, resolve_weights
 from annotate2model.training.backbones import trunk_state_from
-from annotate2model.training.config import RunConfig
-from annotate2model.training.data import Preprocessing
+from annotate2model.training.config import auto_workers, eval_batch_size
 from annotate2model.training.embeddings import EmbeddingCache, ExtractJob, extract
-from annotate2model.training.runner import default_workers
+from annotate2model.training.images import Preprocessing
 
 data, weights, seconds = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 source = resolve_weights("resnet18", weights, 0)
@@ -58,7 +63,7 @@ trunk.eval()
 paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".gif"))
 jobs = [ExtractJob(f"{i:064x}", p, 0) for i, p in enumerate(paths)]
 prep = Preprocessing(256, 224)
-batch_size = RunConfig().eval_batch_for("cpu")
+batch_size = eval_batch_size("cpu")
 
 def bare(cl, bf16, batch=64):
     fmt = torch.channels_last if cl else torch.contiguous_format
@@ -83,11 +88,11 @@ def embed(bf16):
     with tempfile.TemporaryDirectory() as tmp:
         cache = EmbeddingCache(Path(tmp))
         _, stats = extract(cache, "k", "bench", jobs, lambda: trunk, prep, torch.device("cpu"),
-                           bf16, batch_size=batch_size, workers=default_workers())
+                           bf16, batch_size=batch_size, workers=auto_workers())
         cache.close()
     return stats.images_per_second
 
-out = {"images": len(jobs), "batch_size": batch_size, "workers": default_workers()}
+out = {"images": len(jobs), "batch_size": batch_size, "workers": auto_workers()}
 out["bare_bf16_cl_64"] = bare(True, True, 64)
 out["embed_bf16"] = embed(True)
 out["bare_bf16_cl_32"] = bare(True, True, 32)
@@ -98,20 +103,19 @@ print(json.dumps(out))
 """
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str, str]:
+    """(wall seconds, stdout, stderr) of one whole process; a failure stops the benchmark."""
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return seconds, proc.stdout
+    return seconds, proc.stdout, proc.stderr
 
 
-def workspace(base: Path, name: str) -> dict[str, str]:
-    root = base / name
-    subprocess.run([*A2M, "init", str(root)], check=True, capture_output=True)
-    env = {**os.environ, "A2M_HOME": str(root), "NO_COLOR": "1"}
-    return env
+def a2m_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("A2M_")}
+    return {**env, "A2M_HOME": str(home), "NO_COLOR": "1"}
 
 
 def half_folder(data: Path, target: Path) -> Path:
@@ -130,137 +134,293 @@ def half_folder(data: Path, target: Path) -> Path:
     return target
 
 
-def train(env: dict[str, str], weights: Path, *extra: str) -> tuple[float, dict[str, Any]]:
-    seconds, out = timed([*A2M, "train", "--weights", str(weights), "--json", *extra], env)
+def train(home: Path, weights: Path, *extra: str) -> tuple[float, dict[str, Any]]:
+    cmd = [*A2M, "train", "--weights", str(weights), "--json", *extra]
+    seconds, out, _ = timed(cmd, a2m_env(home))
     run: dict[str, Any] = json.loads(out)
     return seconds, run
+
+
+def breakdown(run: dict[str, Any], train_s: float) -> dict[str, float]:
+    """Where one `a2m train` process spent its wall time."""
+    timing = run["metrics"].get("timing") or {}
+    in_run = float(timing.get("seconds") or 0.0)
+    extraction = float((timing.get("extraction") or {}).get("seconds") or 0.0)
+    head = sum(float(row.get("seconds") or 0.0) for row in run.get("history") or [])
+    return {
+        "process_outside_run": train_s - in_run,
+        "extraction": extraction,
+        "epochs": head,
+        "rest_of_run": in_run - extraction - head,
+    }
+
+
+def from_folder(
+    base: Path, name: str, data: Path, weights: Path, *extra: str
+) -> tuple[Path, dict[str, Any]]:
+    """init + import-folder + train in a fresh workspace: each process timed."""
+    home = base / name
+    init_s, _, _ = timed([*A2M, "init", str(home)], a2m_env(home))
+    import_s, _, _ = timed([*A2M, "import-folder", str(data)], a2m_env(home))
+    train_s, run = train(home, weights, *extra)
+    ex = run["metrics"]["timing"]["extraction"] or {}
+    row = {
+        "seconds": init_s + import_s + train_s,
+        "init_seconds": init_s,
+        "import_seconds": import_s,
+        "train_seconds": train_s,
+        "val_accuracy": run["metrics"]["val_accuracy"],
+        "extracted": ex.get("computed"),
+        "cached": ex.get("cached"),
+        "embed_images_per_second": run["images_per_second"],
+        "breakdown": breakdown(run, train_s),
+    }
+    return home, row
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat with the median total (its parts stay consistent); every total kept."""
+    ordered = sorted(rows, key=lambda r: float(r["seconds"]))
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["seconds"] = statistics.median(float(r["seconds"]) for r in rows)
+    row["all_seconds"] = [float(r["seconds"]) for r in rows]
+    return row
+
+
+def start_up_costs(repeats: int = 3) -> dict[str, Any]:
+    """Fixed costs every process pays: the interpreter, torch, torchvision, `a2m --help`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("A2M_")}
+    commands = {
+        "python": [PY, "-c", "pass"],
+        "import torch": [PY, "-c", "import torch"],
+        "import torchvision": [PY, "-c", "import torch, torchvision"],
+        "a2m --help": [*A2M, "--help"],
+    }
+    out: dict[str, Any] = {}
+    for name, cmd in commands.items():
+        out[name] = statistics.median(timed(cmd, env)[0] for _ in range(repeats))
+    # The heaviest packages that importing the training code loads (python -X importtime):
+    # cumulative time of each package's own import line (they nest: torch includes numpy when
+    # it loads it first), and the self time of annotate2model's modules.
+    code = "import annotate2model.training.runner"
+    _, _, err = timed([PY, "-X", "importtime", "-c", code], env)
+    roots: dict[str, int] = {}
+    own = 0
+    for line in err.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)", line)
+        if not m:
+            continue
+        name = m.group(3)
+        if name.split(".")[0] == "annotate2model":
+            own += int(m.group(1))
+        elif "." not in name and not name.startswith("_"):
+            roots[name] = max(roots.get(name, 0), int(m.group(2)))
+    heaviest = sorted(roots.items(), key=lambda kv: -kv[1])[:6]
+    out["imports"] = {**dict(heaviest), "annotate2model (own modules)": own}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HYMENOPTERA)
     parser.add_argument("--weights", type=Path, default=SCENES_WEIGHTS)
+    parser.add_argument("--repeats", type=int, default=3, help="cold, grown, cached runs (median)")
+    parser.add_argument("--baseline-repeats", type=int, default=1)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--bare-seconds", type=float, default=5.0)
-    parser.add_argument("--throughput-repeats", type=int, default=2)
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="runs of the grown and cached steps (median)"
-    )
+    parser.add_argument("--throughput-repeats", type=int, default=1)
     args = parser.parse_args()
+    require(args.data, "the benchmark's data set")
+    require(args.weights, "the benchmark's weights")
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="a2m-bench-train-") as tmp:
         base = Path(tmp)
         if not args.skip_baseline:
-            print("baseline (plain PyTorch, 10 epochs)...", file=sys.stderr, flush=True)
-            seconds, out = timed(
-                [PY, str(ROOT / "bench" / "baseline_train.py"), str(args.data), str(args.weights)],
-                dict(os.environ),
-            )
-            b = json.loads(out.strip().splitlines()[-1])
-            results["baseline"] = {"seconds": seconds, "val_accuracy": b["val_accuracy"]}
+            rows = []
+            for i in range(args.baseline_repeats):
+                print(f"baseline {i + 1}/{args.baseline_repeats}...", file=sys.stderr, flush=True)
+                cmd = [PY, str(ROOT / "bench" / "baseline_train.py"), str(args.data)]
+                seconds, out, _ = timed([*cmd, str(args.weights)], dict(os.environ))
+                b = json.loads(out.strip().splitlines()[-1])
+                rows.append(
+                    {
+                        "seconds": seconds,
+                        "val_accuracy": b["val_accuracy"],
+                        "in_process_seconds": b["seconds"],
+                    }
+                )
+            results["baseline"] = median_row(rows)
 
-        print("a2m cold...", file=sys.stderr, flush=True)
-        full = workspace(base, "full")
-        import_s, _ = timed([*A2M, "import-folder", str(args.data)], full)
-        seconds, run = train(full, args.weights)
-        metrics = run["metrics"]
-        extraction = metrics["timing"]["extraction"]
-        results["cold"] = {
-            "seconds": seconds,
-            "val_accuracy": metrics["val_accuracy"],
-            "import_seconds": import_s,
-            "extracted": extraction["computed"],
-            "embed_images_per_second": run["images_per_second"],
-        }
-
-        print("a2m cached re-run (another lr)...", file=sys.stderr, flush=True)
-        times = []
-        for lr in ("0.003", "0.002", "0.004")[: args.repeats]:
-            seconds, run = train(full, args.weights, "--lr", lr)
-            times.append(seconds)
-        results["cached"] = {
-            "seconds": statistics.median(times),
-            "all_seconds": times,
-            "val_accuracy": run["metrics"]["val_accuracy"],
-        }
-
-        print("a2m fp32 features...", file=sys.stderr, flush=True)
-        seconds, run = train(full, args.weights, "--precision", "fp32")
-        results["fp32_features"] = {
-            "seconds": seconds,
-            "val_accuracy": run["metrics"]["val_accuracy"],
-            "embed_images_per_second": run["images_per_second"],
-        }
-
-        print("a2m retrain after growth...", file=sys.stderr, flush=True)
-        grow = workspace(base, "grow")
-        half = half_folder(args.data, base / "half")
-        timed([*A2M, "import-folder", str(half)], grow)
-        seconds, run = train(grow, args.weights)
-        results["half"] = {
-            "seconds": seconds,
-            "val_accuracy": run["metrics"]["val_accuracy"],
-        }
-        # Each repeat starts from a copy of the workspace as the half run left it.
-        template = Path(grow["A2M_HOME"])
-        times = []
+        cold_rows = []
+        full_home: Path | None = None
         for i in range(args.repeats):
-            root = base / f"grow-{i}"
-            shutil.copytree(template, root, symlinks=True)
-            env = {**grow, "A2M_HOME": str(root)}
-            timed([*A2M, "import-folder", str(args.data)], env)
-            seconds, run = train(env, args.weights)
-            times.append(seconds)
-        ex = run["metrics"]["timing"]["extraction"]
-        results["grown"] = {
-            "seconds": statistics.median(times),
-            "all_seconds": times,
-            "val_accuracy": run["metrics"]["val_accuracy"],
-            "extracted": ex["computed"],
-            "cached": ex["cached"],
-        }
+            print(f"a2m cold {i + 1}/{args.repeats}...", file=sys.stderr, flush=True)
+            home, row = from_folder(base, f"cold-{i}", args.data, args.weights)
+            full_home = full_home or home
+            cold_rows.append(row)
+        results["cold"] = median_row(cold_rows)
 
-        print("throughput: extraction vs bare model(x)...", file=sys.stderr, flush=True)
-        runs: dict[str, list[dict[str, float]]] = {"spin": [], "passive": []}
-        for _ in range(args.throughput_repeats):
-            for policy in ("spin", "passive"):
-                env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-                if policy == "passive":
-                    env["OMP_WAIT_POLICY"] = "PASSIVE"
-                cmd = [PY, "-c", THROUGHPUT, str(args.data), str(args.weights)]
-                _, out = timed([*cmd, str(args.bare_seconds)], env)
-                runs[policy].append(json.loads(out))
-        throughput = {
-            f"{key}_{policy}": statistics.median(r[key] for r in rows)
-            for policy, rows in runs.items()
-            for key in rows[0]
-        }
-        throughput["repeats"] = args.throughput_repeats
-    report(results, throughput)
+        print("a2m fp32 features, cold...", file=sys.stderr, flush=True)
+        _, results["fp32"] = from_folder(
+            base, "fp32", args.data, args.weights, "--precision", "fp32"
+        )
+
+        print("a2m cached re-runs (other learning rates)...", file=sys.stderr, flush=True)
+        assert full_home is not None
+        cached_rows = []
+        for lr in ("0.003", "0.002", "0.004", "0.005", "0.006")[: args.repeats]:
+            seconds, run = train(full_home, args.weights, "--lr", lr)
+            cached_rows.append(
+                {
+                    "seconds": seconds,
+                    "val_accuracy": run["metrics"]["val_accuracy"],
+                    "breakdown": breakdown(run, seconds),
+                }
+            )
+        results["cached"] = median_row(cached_rows)
+
+        print("a2m half, then grown...", file=sys.stderr, flush=True)
+        half = half_folder(args.data, base / "half-data")
+        template, results["half"] = from_folder(base, "half", half, args.weights)
+        grown_rows = []
+        for i in range(args.repeats):
+            home = base / f"grown-{i}"
+            shutil.copytree(template, home, symlinks=True)
+            import_s, _, _ = timed([*A2M, "import-folder", str(args.data)], a2m_env(home))
+            train_s, run = train(home, args.weights)
+            ex = run["metrics"]["timing"]["extraction"] or {}
+            grown_rows.append(
+                {
+                    "seconds": import_s + train_s,
+                    "import_seconds": import_s,
+                    "train_seconds": train_s,
+                    "val_accuracy": run["metrics"]["val_accuracy"],
+                    "extracted": ex.get("computed"),
+                    "cached": ex.get("cached"),
+                    "breakdown": breakdown(run, train_s),
+                }
+            )
+        results["grown"] = median_row(grown_rows)
+
+        print("start-up costs...", file=sys.stderr, flush=True)
+        costs = start_up_costs()
+
+        throughput: dict[str, float] = {}
+        if not args.skip_throughput:
+            print("throughput: extraction vs bare model(x)...", file=sys.stderr, flush=True)
+            throughput = measure_throughput(args)
+    report(results, costs, throughput, args)
 
 
-def report(results: dict[str, dict[str, Any]], t: dict[str, float]) -> None:
+def measure_throughput(args: argparse.Namespace) -> dict[str, float]:
+    runs: dict[str, list[dict[str, float]]] = {"spin": [], "passive": []}
+    for _ in range(args.throughput_repeats):
+        for policy in ("spin", "passive"):
+            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            if policy == "passive":
+                env["OMP_WAIT_POLICY"] = "PASSIVE"
+            cmd = [PY, "-c", THROUGHPUT, str(args.data), str(args.weights)]
+            _, out, _ = timed([*cmd, str(args.bare_seconds)], env)
+            runs[policy].append(json.loads(out))
+    throughput = {
+        f"{key}_{policy}": statistics.median(r[key] for r in rows)
+        for policy, rows in runs.items()
+        for key in rows[0]
+    }
+    throughput["repeats"] = args.throughput_repeats
+    return throughput
+
+
+def _times(r: dict[str, Any]) -> str:
+    values = r.get("all_seconds") or [r["seconds"]]
+    if len(values) == 1:
+        return "1 run"
+    return f"median of {len(values)}: " + ", ".join(f"{v:.1f}" for v in values)
+
+
+def report(
+    results: dict[str, dict[str, Any]],
+    costs: dict[str, Any],
+    t: dict[str, float],
+    args: argparse.Namespace,
+) -> None:
     base = results.get("baseline")
     base_s = float(base["seconds"]) if base else None
     rows = [
         ("baseline: plain PyTorch, 10 epochs", "baseline"),
-        ("a2m train, cold (probe, defaults)", "cold"),
-        ("a2m train, half the training images", "half"),
-        ("a2m train, grown to the full set", "grown"),
-        ("a2m train, cached, another lr", "cached"),
-        ("a2m train, fp32 features (cold)", "fp32_features"),
+        ("a2m cold: init + import-folder + train", "cold"),
+        ("a2m grown: import-folder + train", "grown"),
+        ("a2m cached: train, another lr", "cached"),
+        ("a2m fp32 cold: init + import + train", "fp32"),
+        ("a2m half: init + import + train", "half"),
     ]
-    print(f"\n{'step':40} {'val acc':>8} {'wall s':>8} {'vs baseline':>12}")
+    print(f"\n{args.data.name}, {os.cpu_count()} cores; every step a whole process")
+    header = f"{'step':42} {'val acc':>7} {'wall s':>7} {'speed-up':>9} {'target':>7}  runs"
+    print(header)
+    verdicts = []
     for title, key in rows:
         r = results.get(key)
         if r is None:
             continue
         seconds = float(r["seconds"])
-        ratio = f"{base_s / seconds:.1f}x" if base_s and key != "baseline" else "-"
-        spread = ""
-        if "all_seconds" in r:
-            spread = "  (median of " + ", ".join(f"{v:.2f}" for v in r["all_seconds"]) + ")"
-        print(f"{title:40} {float(r['val_accuracy']):8.3f} {seconds:8.2f} {ratio:>12}{spread}")
+        speed, target = "-", "-"
+        if key in TARGETS and base_s:
+            ratio = base_s / seconds
+            speed, target = f"{ratio:.1f}x", f">={TARGETS[key]:.0f}x"
+            met = "met" if ratio >= TARGETS[key] else "NOT met"
+            verdicts.append(f"{key}: {ratio:.1f}x against a target of {TARGETS[key]:.0f}x: {met}")
+        acc = float(r["val_accuracy"])
+        print(f"{title:42} {acc:7.3f} {seconds:7.2f} {speed:>9} {target:>7}  {_times(r)}")
+    for line in verdicts:
+        print(line)
+    if base:
+        print(
+            f"baseline: {float(base['in_process_seconds']):.1f} s inside its process, "
+            f"{float(base['seconds']) - float(base['in_process_seconds']):.1f} s start-up and exit"
+        )
+
+    print("\nwhere the time goes (median repeat; seconds):")
+    for key in ("cold", "grown", "cached"):
+        r = results[key]
+        b = r["breakdown"]
+        parts = [f"init {r['init_seconds']:.2f}"] if "init_seconds" in r else []
+        if "import_seconds" in r:
+            parts.append(f"import-folder {r['import_seconds']:.2f}")
+        train_s = r.get("train_seconds", r["seconds"])
+        parts.append(
+            f"train {train_s:.2f} = start-up/imports/exit {b['process_outside_run']:.2f}"
+            f" + extraction {b['extraction']:.2f} + head epochs {b['epochs']:.2f}"
+            f" + rest of the run {b['rest_of_run']:.2f}"
+        )
+        extra = ""
+        if r.get("extracted") is not None:
+            extra = f" ({r['extracted']} images extracted, {r['cached']} cached)"
+        print(f"  {key}: " + "; ".join(parts) + extra)
+    print(
+        "  fixed costs per process: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in costs.items() if k != "imports")
+    )
+    print(
+        "  import annotate2model.training.runner, heaviest packages (python -X importtime, s): "
+        + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in costs["imports"].items())
+    )
+
+    cold = results["cold"]
+    acc_bf16 = float(cold["val_accuracy"])
+    acc_fp32 = float(results["fp32"]["val_accuracy"])
+    print(
+        f"\nprobe val accuracy from bf16 features {acc_bf16:.3f} vs fp32 features {acc_fp32:.3f} "
+        f"(difference {100 * (acc_bf16 - acc_fp32):+.1f} points); cold extraction "
+        f"{float(cold['embed_images_per_second']):.0f} img/s (bf16), "
+        f"{float(results['fp32']['embed_images_per_second']):.0f} img/s (fp32)"
+    )
+    if t:
+        report_throughput(t)
+    print("\n" + json.dumps({"results": results, "start_up": costs, "throughput": t}))
+
+
+def report_throughput(t: dict[str, float]) -> None:
     # The best bare loop over batch sizes and OpenMP wait policies, against the extraction as
     # `a2m train` runs it (PASSIVE); the extraction under the default policy is shown as well.
     bare = {
@@ -269,8 +429,8 @@ def report(results: dict[str, dict[str, Any]], t: dict[str, float]) -> None:
     best_name = max(bare, key=lambda k: bare[k])
     best = bare[best_name]
     print(
-        f"\nbare model(x), ResNet-18 224 px, bf16 + channels_last, {os.cpu_count()} cores "
-        f"(medians of {t['repeats']:.0f} processes per policy): "
+        f"bare model(x), ResNet-18 224 px, bf16 + channels_last "
+        f"(medians of {t['repeats']:.0f} process(es) per policy): "
         + ", ".join(f"{k} {v:.0f}" for k, v in bare.items())
         + f" img/s; fp32 {t['bare_fp32_spin']:.0f}, fp32 channels_last "
         f"{t['bare_fp32_cl_spin']:.0f} img/s (spin)"
@@ -285,19 +445,6 @@ def report(results: dict[str, dict[str, Any]], t: dict[str, float]) -> None:
         f"{100 * t['embed_bf16_spin'] / best:.0f}%; fp32 {t['embed_fp32_passive']:.0f} img/s = "
         f"{100 * t['embed_fp32_passive'] / fp32_best:.0f}% of bare fp32 channels_last"
     )
-    cold = results["cold"]
-    print(f"a2m cold run's own extraction: {cold['embed_images_per_second']:.0f} img/s")
-    acc_bf16 = float(cold["val_accuracy"])
-    acc_fp32 = float(results["fp32_features"]["val_accuracy"])
-    print(
-        f"probe val accuracy from bf16 features {acc_bf16:.3f} vs fp32 features {acc_fp32:.3f} "
-        f"(difference {100 * (acc_bf16 - acc_fp32):+.1f} points)"
-    )
-    grown = results["grown"]
-    print(
-        f"grown retrain extracted {grown['extracted']} new images, reused {grown['cached']} cached"
-    )
-    print("\n" + json.dumps({"results": results, "throughput": t}))
 
 
 if __name__ == "__main__":
