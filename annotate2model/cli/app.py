@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import sys
@@ -13,8 +14,8 @@ import typer
 from rich.markup import escape
 
 from annotate2model import __version__
-from annotate2model.cli import data, demo, studio, training, workspace
-from annotate2model.cli.context import state
+from annotate2model.cli.commands import LazyGroup
+from annotate2model.cli.context import skip_final_collection, state
 from annotate2model.cli.render import err_console
 from annotate2model.errors import USAGE_EXIT_CODE, A2MError
 
@@ -26,6 +27,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
     rich_markup_mode="rich",
+    # Each command's module (cli/workspace, data, training, studio, demo) loads when named.
+    cls=LazyGroup,
 )
 
 
@@ -56,13 +59,6 @@ def root(
     state(ctx).workspace_flag = workspace_path
 
 
-app.add_typer(workspace.app)
-app.add_typer(data.app)
-app.add_typer(training.app)
-app.add_typer(studio.app)
-app.add_typer(demo.app)
-
-
 def _fail(message: str, hint: str | None, exit_code: int) -> NoReturn:
     """The one way a failed command ends: `error: ...`, maybe `hint: ...`, then the exit status."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -86,6 +82,8 @@ def _click_exceptions() -> ModuleType:
 
 def main() -> None:
     """Console entry point; failures are reported by the rule in `annotate2model.errors`."""
+    atexit.unregister(skip_final_collection)
+    atexit.register(skip_final_collection)
     clicks = _click_exceptions()
     try:
         # standalone_mode=False: click hands usage errors to us instead of drawing its own panel.
