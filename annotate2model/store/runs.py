@@ -89,7 +89,7 @@ def create_run(
 def _row(session: Session, run_id: int) -> Run:
     row = session.get(Run, run_id)
     if row is None:
-        raise NotFoundError(f"there is no run {run_id}; `a2m runs` lists them.")
+        raise NotFoundError(f"there is no run {run_id}.", hint="`a2m runs` lists them.")
     return row
 
 
@@ -165,7 +165,9 @@ def get_run(session: Session, run_id: int | str) -> RunRecord:
     try:
         number = int(str(run_id).lstrip("#"))
     except ValueError:
-        raise InputError(f"{run_id!r} is not a run id (a number, as `a2m runs` shows).") from None
+        raise InputError(
+            f"{run_id!r} is not a run id (a number).", hint="`a2m runs` lists them."
+        ) from None
     return _record(_row(session, number))
 
 

@@ -81,7 +81,10 @@ def resolve_weights(backbone: str, weights: str, seed: int) -> WeightsSource:
         return WeightsSource("none", f"none-seed{seed}")
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise InputError(f"--weights {weights}: no such file (or use imagenet / none).")
+        raise InputError(
+            f"weights file {weights} does not exist (or use imagenet / none).",
+            hint="pass --weights imagenet, --weights none, or a path to a state_dict file.",
+        )
     return WeightsSource("path", f"sha256:{file_sha256(path)}", path.resolve())
 
 
@@ -115,9 +118,10 @@ def load_state_dict(backbone: str, source: WeightsSource) -> dict[str, torch.Ten
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
             target = hub_checkpoint_path(backbone)
             raise TrainingError(
-                f"cannot download the ImageNet weights of {backbone} ({exc}); either pass "
-                f"--weights PATH to a state_dict file, or put {target.name} into the torch hub "
-                f"cache at {target}."
+                f"cannot download the ImageNet weights of {backbone} ({exc}); without network, "
+                f"use a local state_dict file, or put {target.name} into the torch hub cache "
+                f"at {target}.",
+                hint=f"pass --weights PATH, or copy {target.name} to {target}.",
             ) from None
         return state
     assert source.path is not None
@@ -227,8 +231,9 @@ def set_trainable(model: Classifier, backbone: str, mode: str, unfreeze: str) ->
         chosen = parts if unfreeze == "all" else parts[len(parts) - int(unfreeze) :]
         if unfreeze != "all" and int(unfreeze) > len(parts):
             raise InputError(
-                f"{backbone} has {len(parts)} blocks; --unfreeze {unfreeze} is more than that "
-                "(use a smaller number or all)."
+                f"{backbone} has {len(parts)} blocks; unfreezing {unfreeze} is more than that "
+                "(use a smaller number or all).",
+                hint=f"pass --unfreeze with 1 to {len(parts)}, or --unfreeze all.",
             )
         if unfreeze == "all":
             model.trunk.requires_grad_(True)

@@ -24,9 +24,15 @@ def pick_device(requested: str = "auto") -> torch.device:
     except RuntimeError:
         raise InputError(f"unknown device {requested!r}; try auto, cpu, cuda or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but no CUDA device is available.")
+        raise InputError(
+            "the CUDA device was asked for, but none is available.",
+            hint="pass --device auto or --device cpu (or set A2M_DEVICE).",
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError("--device mps was asked for, but MPS is not available here.")
+        raise InputError(
+            "the MPS device was asked for, but MPS is not available here.",
+            hint="pass --device auto or --device cpu (or set A2M_DEVICE).",
+        )
     return device
 
 
@@ -52,7 +58,10 @@ def use_bf16(device: torch.device, precision: str) -> bool:
         return False
     supported = bf16_supported(device)
     if precision == "bf16" and not supported:
-        raise InputError(f"--precision bf16 was asked for, but {device.type} here lacks bf16.")
+        raise InputError(
+            f"bf16 precision was asked for, but {device.type} here lacks bf16.",
+            hint="pass --precision auto or --precision fp32.",
+        )
     return supported
 
 

@@ -137,7 +137,11 @@ def _train(
             result = train_probe(job, early) if config.mode == "probe" else train_finetune(job)
         except Exception as exc:
             if _is_oom(exc):
-                raise TrainingError(_oom_message(config)) from None
+                raise TrainingError(
+                    _oom_message(config),
+                    hint=f"pass --batch-size {max(1, config.batch_size // 2)} or a smaller "
+                    "--image-size.",
+                ) from None
             raise
         splits, rows = judge(data.labels, result.kept, result.probs)
         metrics = RunMetrics(

@@ -73,10 +73,24 @@ def test_train_runs_evaluate_predict_ensemble(
 
 
 def test_cli_messages_for_bad_input(cli: CliRunner, store: Store, version1: Path) -> None:
+    # A choice outside the listed ones is a usage error that names the choices.
     code, _, err = run_cli(cli, "train", "--backbone", "resnet7")
-    assert code == 1 and "unknown backbone 'resnet7'" in err
+    assert code == 2 and "resnet7" in err and "resnet18" in err and "vgg16" in err
+    from annotate2model.training import config
+
+    # --help lists exactly the values the configuration accepts (wide, so nothing wraps).
+    shown = subprocess.run(
+        [sys.executable, "-m", "annotate2model", "train", "--help"],
+        env={**os.environ, "COLUMNS": "400", "TERM": "dumb"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for values in (config.BACKBONES, config.MODES, config.OPTIMIZERS, config.SCHEDULES):
+        assert "|".join(values) in shown, values
+    assert "|".join(config.PRECISIONS) in shown
     code, _, err = run_cli(cli, "train", "--weights", "/nonexistent.pth")
-    assert code == 1 and "no such file" in err
+    assert code == 1 and "does not exist" in err and "--weights none" in err
     code, _, err = run_cli(cli, "evaluate", "42")
     assert code == 1 and "there is no run 42" in err
     code, _, err = run_cli(cli, "ensemble", "1")

@@ -95,8 +95,10 @@ def test_no_download_names_both_ways_out(
     config = RunConfig(weights="imagenet", image_size=32, epochs=1)
     with pytest.raises(TrainingError) as info:
         runner.train(store, config)
-    message = str(info.value)
-    assert "--weights PATH" in message
+    message, hint = str(info.value), info.value.hint or ""
+    # The message says what is wrong in words any caller can show; the hint names the flag.
+    assert "--" not in message and "local state_dict file" in message
+    assert "--weights PATH" in hint
     assert str(hub / "checkpoints" / "resnet18-f37072fd.pth") in message
 
 
@@ -107,8 +109,9 @@ def test_out_of_memory_advises_a_smaller_batch(
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(trainer, "train_one_epoch", oom)
-    with pytest.raises(TrainingError, match="smaller --batch-size"):
+    with pytest.raises(TrainingError, match="smaller batch size") as info:
         runner.train(store, small_config(weights, batch_size=64))
+    assert info.value.hint is not None and "--batch-size 32" in info.value.hint
     with store.read() as session:
         (run,) = store_runs.list_runs(session)
     assert run.status == "failed" and "batch size 64" in (run.error or "")
