@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -95,55 +94,6 @@ def test_cli_messages_for_bad_input(cli: CliRunner, store: Store, version1: Path
     assert code == 1 and "there is no run 42" in err
     code, _, err = run_cli(cli, "ensemble", "1")
     assert code == 1 and "at least two runs" in err
-
-
-@pytest.mark.slow
-def test_sigint_marks_the_run_interrupted(
-    workspace: Workspace, store: Store, tmp_path: Path, weights: Path
-) -> None:
-    from annotate2model.store.imports import import_folder
-
-    folder = make_image_folder(tmp_path / "many", {"ants": 150, "bees": 150})
-    import_folder(store, folder)
-    env = {**os.environ, "A2M_HOME": str(workspace.root)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "annotate2model",
-            "train",
-            "--weights",
-            str(weights),
-            "--image-size",
-            "64",
-            "--mode",
-            "finetune",
-            "--unfreeze",
-            "all",
-            "--epochs",
-            "50",
-            "--workers",
-            "0",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with store.read() as session:
-            runs = store_runs.list_runs(session)
-        if runs and runs[0].history:
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    with store.read() as session:
-        (run,) = store_runs.list_runs(session)
-    assert run.status == "interrupted" and run.pid is None
-    leftovers = list((workspace.runs_dir / str(run.id)).glob("*")) if run.artifact_dir else []
-    assert leftovers == []
 
 
 def test_runs_closes_a_run_whose_process_died(cli: CliRunner, store: Store, version1: Path) -> None:
