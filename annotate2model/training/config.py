@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from annotate2model.errors import InputError
+from annotate2model.settings import SPLITS as SPLITS  # the one split order
 
 
 class Choice(str, enum.Enum):
@@ -66,8 +67,6 @@ PRECISIONS = Precision.values()
 # Device requests: these, or an indexed accelerator such as cuda:1.
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
-# The one order in which splits are read, extracted, judged and reported.
-SPLITS = ("train", "val", "test")
 
 
 def auto_workers(cpu_count: int | None = None) -> int:
