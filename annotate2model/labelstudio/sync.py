@@ -115,14 +115,19 @@ def sync_project(
     if policy not in POLICIES:
         raise LabelStudioError(f"unknown policy {policy!r}; use latest, majority or ground-truth.")
     progress = progress or NullProgress()
-    project = client.project(project_id)
+    # The project (for its labeling config), the id listing and the stored rows do not depend on
+    # each other: both Label Studio calls are under way while the store is read.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        asked = pool.submit(client.project, project_id)
+        listing = pool.submit(list_tasks, client, project_id, progress)
+        with store.read() as session:
+            stored = load_tasks(session, project_id)
+            state = load_sync_state(session, project_id)
+        project = asked.result()
+        remote = listing.result()
     config = parse_label_config(project.label_config, project_id)
-    with store.read() as session:
-        stored = load_tasks(session, project_id)
-        state = load_sync_state(session, project_id)
     relabel_all = state is None or state.labels != list(config.labels) or state.policy != policy
 
-    remote = list_tasks(client, project_id, progress)
     wanted = find_changes(remote, stored, relabel_all=relabel_all)
     fetched = fetch_changed_tasks(client, project_id, wanted, len(remote), progress)
     live = {tid: updated for tid, updated in remote.items() if tid not in fetched.gone}
