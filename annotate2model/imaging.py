@@ -9,6 +9,9 @@ Decompression bombs: Pillow refuses to open an image of more than twice `PIL.Ima
 pixels and warns above it. That setting is process-wide and other code in the process (a web
 server) relies on it, so this module never changes it; our own limit (`max_pixels`, the workspace's
 [images] max_pixels) is applied to each image as it is opened, on top of Pillow's.
+
+Pillow is imported when an image is first opened, not with this module: a command that opens
+none (a no-change `a2m sync`) does not load it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image, ImageOps, UnidentifiedImageError
+from typing import TYPE_CHECKING
 
 from annotate2model.errors import InvalidImage
 from annotate2model.settings import DEFAULT_MAX_IMAGE_PIXELS
@@ -27,9 +29,14 @@ from annotate2model.settings import DEFAULT_MAX_IMAGE_PIXELS
 # Twice Pillow's default MAX_IMAGE_PIXELS: the size at which Pillow itself refuses an image.
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 
 def pillow_pixel_limit() -> int | None:
     """The most pixels Pillow opens in this process (None when its guard is switched off)."""
+    from PIL import Image
+
     limit = Image.MAX_IMAGE_PIXELS
     return None if limit is None else 2 * limit
 
@@ -40,6 +47,8 @@ def allow_pixels_process_wide(max_pixels: int) -> None:
     Only for the owner of the process (the command-line tool, configured to accept larger images
     than Pillow's default); the library never calls it.
     """
+    from PIL import Image
+
     current = Image.MAX_IMAGE_PIXELS
     if current is not None and max_pixels > 2 * current:
         Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
@@ -90,6 +99,8 @@ def _looks_like_html(source: bytes | Path) -> bool:
 
 def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
     """Open (lazily: only the header is read) and refuse images over `max_pixels` pixels."""
+    from PIL import Image, UnidentifiedImageError
+
     if isinstance(source, bytes):
         if not source:
             raise InvalidImage("empty file (0 bytes)")
@@ -131,6 +142,8 @@ def _oriented_size(img: Image.Image) -> tuple[int, int]:
 
 def probe_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Identify and fully decode the image (catching truncation); InvalidImage says why not."""
+    from PIL import Image
+
     img = _open(source, max_pixels)
     try:
         fmt = img.format or "unknown"
@@ -161,6 +174,8 @@ def decode_rgb(
     `draft_size` lets JPEG decoding scale down by powers of two while staying at least that size
     (much faster when the model only needs 224 px).
     """
+    from PIL import Image, ImageOps
+
     img = _open(source, max_pixels)
     try:
         if draft_size is not None and img.format == "JPEG":
@@ -175,6 +190,8 @@ def decode_rgb(
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB, scaling 16-bit data instead of clipping it."""
+    from PIL import Image
+
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
