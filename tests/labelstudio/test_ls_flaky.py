@@ -8,9 +8,11 @@ from __future__ import annotations
 import http.server
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -36,6 +38,8 @@ class Faults:
         self.delay = 0.0  # seconds added before each answer
         self.seen = 0
         self.failed = 0
+        # "METHOD /path" -> how many times it arrived (the query left out).
+        self.requests: Counter[str] = Counter()
         self.lock = threading.Lock()
 
 
@@ -51,6 +55,7 @@ def flaky_proxy(ls_server: LiveServer) -> Iterator[tuple[str, Faults]]:
         def _forward(self) -> None:
             with faults.lock:
                 faults.seen += 1
+                faults.requests[f"{self.command} {urlsplit(self.path).path}"] += 1
                 fail = faults.fail_all or (
                     faults.fail_every > 0 and faults.seen % faults.fail_every == 0
                 )
@@ -139,7 +144,10 @@ def test_a_server_that_keeps_failing_gives_a_clear_error_and_writes_nothing(
         sync_project(store, client, project)
     message = str(info.value)
     assert "503" in message and LEGACY_TOKEN not in message
-    assert faults.seen == 3  # bounded: exactly `attempts` tries, then the error
+    # Bounded: each request of the sync's first step (the project, the task listing; they may
+    # run side by side) is tried exactly `attempts` times, then the error.
+    assert set(faults.requests) <= {f"GET /api/projects/{project}", "GET /api/tasks"}
+    assert faults.requests and all(n == 3 for n in faults.requests.values()), faults.requests
     with store.read() as session:
         assert latest_version(session) is None
     # The server recovers: the next sync completes.
