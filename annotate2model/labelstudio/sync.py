@@ -25,27 +25,23 @@ the same version.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
-from annotate2model.errors import InvalidImage, LabelStudioError, StoreError
+from annotate2model.errors import LabelStudioError, StoreError
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.config import LabelingConfig, parse_label_config
+from annotate2model.labelstudio.downloads import IMAGE_PROBLEM, TaskImages, download_images
 from annotate2model.labelstudio.policies import POLICIES, Answer, Policy, resolve_label
 from annotate2model.labelstudio.results import ParsedAnnotation, parse_annotation
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.settings import SplitFractions
-from annotate2model.store.blobs import BlobStore
 from annotate2model.store.db import Store
-from annotate2model.store.images import StagedImage, known_images, record_images, stage_image
+from annotate2model.store.images import StagedImage, known_images, record_images
 from annotate2model.store.records import NewVersion, VersionItemRecord
 from annotate2model.store.tasks import (
     AnnotationRecord,
@@ -65,6 +61,7 @@ __all__ = [
     "POLICIES",
     "Policy",
     "SyncResult",
+    "TaskImages",
     "commit",
     "download_images",
     "fetch_changed_tasks",
@@ -74,7 +71,6 @@ __all__ = [
     "sync_project",
 ]
 
-IMAGE_PROBLEM = "image: "
 CONFLICT_PROBLEM = "conflict:"
 
 
@@ -264,131 +260,7 @@ def fetch_changed_tasks(
     return FetchedTasks(fetched, frozenset(gone))
 
 
-# -- 4. download images -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaskImages:
-    """Where each fetched task's image stands after the download step."""
-
-    # Task id -> the image URL in its data (None: the task has no image field).
-    urls: dict[int, str | None]
-    # Task id -> the stored image's SHA-256 (None: no usable image).
-    shas: dict[int, str | None]
-    # Task id -> why its image is unusable ("image: ..."), for tasks without one.
-    problems: dict[int, str]
-    # Images newly written to the blob store; their rows are written by `commit`.
-    staged: list[StagedImage]
-
-
-def download_images(
-    blobs: BlobStore,
-    client: LabelStudioClient,
-    tasks: Mapping[int, Mapping[str, Any]],
-    stored: Mapping[int, TaskRecord],
-    config: LabelingConfig,
-    *,
-    max_pixels: int,
-    progress: Progress,
-    workers: int = 8,
-) -> TaskImages:
-    """Read, validate and store the images of the fetched tasks whose URL is new or changed.
-
-    An image that cannot be read or is not a usable image is a per-task problem and the rest
-    proceeds; Label Studio itself failing (its own /data/ URLs) raises LabelStudioError, and
-    the downloads not yet started are dropped so the error comes promptly.
-    """
-    urls = {tid: _image_url(task, config) for tid, task in tasks.items()}
-    shas: dict[int, str | None] = {}
-    problems: dict[int, str] = {}
-    to_download: dict[str, list[int]] = {}
-    for tid, url in urls.items():
-        old = stored.get(tid)
-        if url is None:
-            problems[tid] = f"{IMAGE_PROBLEM}the task has no {config.image_field!r} field"
-            shas[tid] = None
-        elif old is not None and old.image_url == url and old.image_sha256:
-            shas[tid] = old.image_sha256
-        else:
-            to_download.setdefault(url, []).append(tid)
-    staged: list[StagedImage] = []
-    if not to_download:
-        return TaskImages(urls, shas, problems, staged)
-
-    failed = threading.Event()
-
-    def fetch(url: str) -> tuple[StagedImage | None, str | None]:
-        if failed.is_set():
-            return None, None  # the sync is failing; do not start another download
-        try:
-            data = _read_image(client, url)
-            return stage_image(blobs, data, url[:500], max_pixels), None
-        except (_ImageUnavailable, InvalidImage) as exc:
-            return None, str(exc)
-        except BaseException:
-            failed.set()
-            raise
-
-    progress.begin("Downloading images", total=len(to_download))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures: dict[Future[tuple[StagedImage | None, str | None]], str] = {
-            pool.submit(fetch, url): url for url in to_download
-        }
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    image, error = future.result()  # Label Studio's own failure raises here
-                    for tid in to_download[futures[future]]:
-                        if image is None:
-                            shas[tid] = None
-                            problems[tid] = f"{IMAGE_PROBLEM}{error}"
-                        else:
-                            shas[tid] = image.sha256
-                    if image is not None:
-                        staged.append(image)
-                    progress.advance()
-        except BaseException:
-            failed.set()
-            for future in pending:
-                future.cancel()
-            raise
-    progress.end()
-    staged.sort(key=lambda s: s.sha256)
-    return TaskImages(urls, shas, problems, staged)
-
-
-def _image_url(task: Mapping[str, Any], config: LabelingConfig) -> str | None:
-    value = (task.get("data") or {}).get(config.image_field)
-    return str(value) if value else None
-
-
-class _ImageUnavailable(Exception):
-    """One image could not be read; recorded against its task, the sync goes on."""
-
-
-def _read_image(client: LabelStudioClient, url: str) -> bytes:
-    if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        try:
-            if header.endswith(";base64"):
-                return base64.b64decode(payload, validate=False)
-            return unquote_to_bytes(payload)
-        except (binascii.Error, ValueError):
-            raise _ImageUnavailable("the data: URL is not valid base64") from None
-    if url.startswith("/"):
-        # Served by Label Studio itself: an unreachable server aborts the sync (no partial read).
-        response = client.request("GET", url)
-        if response.status_code >= 400:
-            raise _ImageUnavailable(f"Label Studio answered HTTP {response.status_code} for {url}")
-        return response.content
-    if url.startswith(("http://", "https://")):
-        try:
-            return client.get_external(url)
-        except LabelStudioError as exc:
-            raise _ImageUnavailable(str(exc)) from None
-    raise _ImageUnavailable(f"unsupported image URL {url[:80]!r}")
+# -- 4. download images: `downloads.download_images` -------------------------------------------
 
 
 # -- 5. resolve labels --------------------------------------------------------------------------
