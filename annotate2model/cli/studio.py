@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,12 +13,11 @@ from rich.table import Table
 
 from annotate2model.cli.context import state
 from annotate2model.cli.render import RichProgress, console, print_json
-from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio import connection
 from annotate2model.labelstudio.collect import LabelsAs, collect_folder
 from annotate2model.labelstudio.connection import NotConnected
 from annotate2model.labelstudio.server import DEFAULT_PORT
-from annotate2model.labelstudio.sync import POLICIES, Policy, sync_project
+from annotate2model.labelstudio.sync import Policy, sync_project
 from annotate2model.store.tasks import project_image_hashes
 
 app = typer.Typer()
@@ -25,6 +25,34 @@ studio_app = typer.Typer(help="Run a local Label Studio for this workspace.", no
 app.add_typer(studio_app, name="studio")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+class PolicyChoice(str, Enum):
+    """How sync picks a task's label among its annotations (`--help` lists the choices)."""
+
+    latest = "latest"
+    majority = "majority"
+    ground_truth = "ground-truth"
+
+
+POLICY: dict[PolicyChoice, Policy] = {
+    PolicyChoice.latest: "latest",
+    PolicyChoice.majority: "majority",
+    PolicyChoice.ground_truth: "ground-truth",
+}
+
+
+class LabelsAsChoice(str, Enum):
+    """What collect makes of folder labels (`--help` lists the choices)."""
+
+    annotations = "annotations"
+    predictions = "predictions"
+
+
+LABELS_AS: dict[LabelsAsChoice, LabelsAs] = {
+    LabelsAsChoice.annotations: "annotations",
+    LabelsAsChoice.predictions: "predictions",
+}
 
 # How to fix a missing piece of the connection with this tool.
 _CONNECT_HINTS = {
@@ -164,9 +192,15 @@ def connect_cmd(
     Example: [bold]a2m connect http://localhost:8080 --token $TOKEN --project 3[/]
     """
     if (project is None) == (create is None):
-        raise LabelStudioError("give either --project ID or --create TITLE --labels a,b.")
+        raise typer.BadParameter(
+            "give one of them: --project ID, or --create TITLE --labels a,b.",
+            ctx,
+            param_hint="'--project' / '--create'",
+        )
     if create is not None and not labels:
-        raise LabelStudioError("--create needs --labels, e.g. --labels cat,dog.")
+        raise typer.BadParameter(
+            "needed with --create, e.g. --labels cat,dog.", ctx, param_hint="'--labels'"
+        )
     settings = state(ctx).settings(labelstudio_url=url, labelstudio_token=token)
     with _connection_hints():
         made = connection.connect(
@@ -193,16 +227,19 @@ def collect_cmd(
         ),
     ] = False,
     labels_as: Annotated[
-        str, typer.Option("--as", help="annotations or predictions (with --labels-from-folders).")
-    ] = "annotations",
+        LabelsAsChoice,
+        typer.Option(
+            "--as",
+            help="With --labels-from-folders: import the folder labels as annotations, or as "
+            "predictions (suggestions an annotator confirms).",
+        ),
+    ] = LabelsAsChoice.annotations,
     as_json: JsonFlag = False,
 ) -> None:
     """Put a folder of images into the project as tasks, skipping images it already holds.
 
     Example: [bold]a2m collect ~/photos/new --labels-from-folders --as predictions[/]
     """
-    if labels_as not in ("annotations", "predictions"):
-        raise typer.BadParameter("must be annotations or predictions", param_hint="--as")
     st = state(ctx)
     settings = st.settings()
     store = st.store()
@@ -212,7 +249,6 @@ def collect_cmd(
     with store.read() as session:
         known = project_image_hashes(session, project_id)
     local = connection.local_files(settings)
-    as_kind: LabelsAs = "predictions" if labels_as == "predictions" else "annotations"
     with client:
         result = collect_folder(
             client,
@@ -220,7 +256,7 @@ def collect_cmd(
             folder,
             known_hashes=known,
             labels_from_folders=labels_from_folders,
-            labels_as=as_kind,
+            labels_as=LABELS_AS[labels_as],
             files_root=local.root,
             max_pixels=settings.max_image_pixels,
             progress=RichProgress(),
@@ -245,23 +281,20 @@ def collect_cmd(
 def sync_cmd(
     ctx: typer.Context,
     policy: Annotated[
-        str,
+        PolicyChoice,
         typer.Option(
             help="How to pick among several annotations of a task: latest, majority (ties go "
             "to the latest), or ground-truth (the latest ground-truth annotation, else the latest; "
             "Label Studio marks annotations imported with tasks as ground truth unless the import "
             'says "ground_truth": false).'
         ),
-    ] = "latest",
+    ] = PolicyChoice.latest,
     as_json: JsonFlag = False,
 ) -> None:
     """Bring the project into the store; a new dataset version when anything changed.
 
     Example: [bold]a2m sync --policy majority[/]
     """
-    if policy not in POLICIES:
-        raise typer.BadParameter("must be latest, majority or ground-truth", param_hint="--policy")
-    chosen: Policy = policy
     st = state(ctx)
     settings = st.settings()
     store = st.store()
@@ -270,7 +303,11 @@ def sync_cmd(
         client = connection.open_client(settings)
     with client:
         result = sync_project(
-            store, client, project_id, policy=chosen, progress=None if as_json else RichProgress()
+            store,
+            client,
+            project_id,
+            policy=POLICY[policy],
+            progress=None if as_json else RichProgress(),
         )
     if as_json:
         print_json(
