@@ -10,14 +10,12 @@ import typer
 from rich.table import Table
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import RichProgress, console, print_json, when
+from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json, when
 from annotate2model.settings import SPLITS
 from annotate2model.store import versions as store_versions
 from annotate2model.store.imports import SplitSource, import_folder
 
 app = typer.Typer()
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 class SplitChoice(str, Enum):

@@ -7,8 +7,9 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -24,6 +25,11 @@ from rich.progress import (
 
 console = Console()
 err_console = Console(stderr=True)
+
+# The one `--json` flag of every listing: machine-readable output on stdout, nothing else on it.
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print JSON (on stdout, nothing else) instead of text.")
+]
 
 
 def to_jsonable(value: Any) -> Any:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import RichProgress, console, print_json
+from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json
 from annotate2model.labelstudio import connection
 from annotate2model.labelstudio.collect import LabelsAs, collect_folder
 from annotate2model.labelstudio.connection import NotConnected
@@ -23,8 +23,6 @@ from annotate2model.store.tasks import project_image_hashes
 app = typer.Typer()
 studio_app = typer.Typer(help="Run a local Label Studio for this workspace.", no_args_is_help=True)
 app.add_typer(studio_app, name="studio")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
 class PolicyChoice(str, Enum):

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import RichProgress, console, print_json, when
+from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json, when
 from annotate2model.store import runs as store_runs
 from annotate2model.training.config import (
     DEVICES,
@@ -34,7 +34,6 @@ from annotate2model.training.config import (
 
 app = typer.Typer()
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DeviceFlag = Annotated[
     str | None,
     typer.Option(

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import console, print_json
+from annotate2model.cli.render import JsonFlag, console, print_json
 from annotate2model.doctor import run_checks
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
@@ -50,7 +50,7 @@ def init(
 @app.command()
 def doctor(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Check the environment: Python, torch and its devices, the store, Label Studio, weights.
 
