@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +45,9 @@ class ProjectInfo:
     title: str
     label_config: str
     task_count: int
+    # The server's clock when it answered (its Date header; ISO 8601 UTC as Label Studio writes
+    # `updated_at`); None when it sent none.
+    server_time: str | None = None
 
 
 class LabelStudioClient:
@@ -216,6 +221,7 @@ class LabelStudioClient:
             title=str(data.get("title") or ""),
             label_config=str(data.get("label_config") or ""),
             task_count=int(data.get("task_number") or 0),
+            server_time=_server_time(response),
         )
 
     def create_project(self, title: str, label_config: str) -> ProjectInfo:
@@ -392,6 +398,14 @@ def _detail(response: httpx.Response) -> str:
         detail = body.get("detail") or errors or ""
         return str(detail)[:300]
     return ""
+
+
+def _server_time(response: httpx.Response) -> str | None:
+    try:
+        when = parsedate_to_datetime(response.headers.get("date", ""))
+    except (TypeError, ValueError):
+        return None
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _host(url: str) -> str:

@@ -2,7 +2,8 @@
 
 `sync_project` chains named steps, each a function with typed inputs and outputs:
 
-1. `list_tasks`: a cheap listing of (task id, updated_at) for the whole project.
+1. `list_tasks`: a cheap listing of (task id, updated_at): of the tasks changed since the last
+   sync when the project's task count shows that none was deleted, else of the whole project.
 2. `find_changes`: which tasks are new, changed, gone, or worth retrying (pure).
 3. `fetch_changed_tasks`: only those, in full: by id (the Data Manager's `selectedItems`), or
    with one plain listing when they are most of the project.
@@ -13,10 +14,14 @@
 6. `commit`: image rows, task rows, annotation revisions, the watermark and the new version in one
    write transaction.
 
-Comparing each task's own `updated_at` with the stored one needs no clock arithmetic. (An earlier
-version filtered on `updated_at > watermark - 2 s`, so every task touched in the 2 s before the
-last sync, e.g. a bulk import, came back in full on every later sync.) The watermark, the newest
-`updated_at` seen, is still recorded for reference.
+Which tasks changed is decided by comparing each task's own `updated_at` with the stored one.
+The watermark is the server's clock (its Date header) when the last sync read the project: every
+change committed after that has a later `updated_at`, so a sync lists only the tasks updated
+after the watermark minus a margin (a handful, or none: 0.05 s where listing 2,000 ids takes over
+a second). A deletion shows in no such filter, so the project's task count must equal the stored
+live tasks plus the new ones, else the whole project is listed. (An earlier version fetched in
+full every task updated after `newest updated_at - 2 s`, so a bulk import came back on every sync;
+now those are only listed, and only until a sync more than the margin later.)
 
 Blobs are written first and everything else commits in one transaction: a failure (or a kill)
 before that commit leaves the store as it was, and the next sync redoes the same work and reaches
@@ -30,6 +35,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from annotate2model.errors import LabelStudioError, StoreError
@@ -111,18 +117,31 @@ def sync_project(
     if policy not in POLICIES:
         raise LabelStudioError(f"unknown policy {policy!r}; use latest, majority or ground-truth.")
     progress = progress or NullProgress()
-    # The project (for its labeling config), the id listing and the stored rows do not depend on
-    # each other: both Label Studio calls are under way while the store is read.
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # The project (its labeling config and task count) is on its way while the store is read
+    # and the tasks changed since the last sync are listed.
+    with ThreadPoolExecutor(max_workers=1) as pool:
         asked = pool.submit(client.project, project_id)
-        listing = pool.submit(list_tasks, client, project_id, progress)
         with store.read() as session:
             stored = load_tasks(session, project_id)
             state = load_sync_state(session, project_id)
+        since = changes_since(state.watermark if state else None)
+        changed: dict[int, str] | None = None
+        failure: LabelStudioError | None = None
+        if since is not None and state is not None and state.policy == policy:
+            try:
+                changed = list_tasks(client, project_id, progress, updated_after=since)
+            except LabelStudioError as exc:
+                failure = exc  # reported after the project's own error, if it has one
         project = asked.result()
-        remote = listing.result()
+        if failure is not None:
+            raise failure
     config = parse_label_config(project.label_config, project_id)
     relabel_all = state is None or state.labels != list(config.labels) or state.policy != policy
+    remote = None
+    if changed is not None and not relabel_all:
+        remote = with_changes(stored, changed, project.task_count)
+    if remote is None:
+        remote = list_tasks(client, project_id, progress)
 
     wanted = find_changes(remote, stored, relabel_all=relabel_all)
     fetched = fetch_changed_tasks(client, project_id, wanted, len(remote), progress)
@@ -147,6 +166,8 @@ def sync_project(
         split=store.settings.split,
         watermark=state.watermark if state else None,
     )
+    if project.server_time is not None:
+        plan = replace(plan, watermark=project.server_time)
     outcome = commit(store, project_id, plan, images.staged, config, policy)
 
     result = SyncResult(
@@ -170,16 +191,54 @@ def sync_project(
 # -- 1. list ------------------------------------------------------------------------------------
 
 
-def list_tasks(client: LabelStudioClient, project_id: int, progress: Progress) -> dict[int, str]:
-    """Every task of the project now: task id -> its `updated_at` (ids and times only)."""
+# A change committed after the last sync read the project has an `updated_at` later than the
+# watermark minus this: the Date header's whole seconds, writes still committing as it read.
+CHANGES_MARGIN_S = 5.0
+
+
+def list_tasks(
+    client: LabelStudioClient,
+    project_id: int,
+    progress: Progress,
+    *,
+    updated_after: str | None = None,
+) -> dict[int, str]:
+    """Task id -> `updated_at` (ids and times only) of every task, or of those updated after."""
     progress.begin("Listing tasks")
     remote: dict[int, str] = {}
-    for _total, page in client.task_pages(project_id, ids_only=True):
+    for _total, page in client.task_pages(project_id, ids_only=True, updated_after=updated_after):
         for task in page:
             remote[int(task["id"])] = str(task.get("updated_at") or "")
         progress.advance(len(page))
     progress.end()
     return remote
+
+
+def changes_since(watermark: str | None) -> str | None:
+    """The `updated_after` that finds every change since the sync that set `watermark`."""
+    if not watermark:
+        return None
+    try:
+        mark = datetime.fromisoformat(watermark.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if mark.tzinfo is None:
+        mark = mark.replace(tzinfo=timezone.utc)
+    since = mark.astimezone(timezone.utc) - timedelta(seconds=CHANGES_MARGIN_S)
+    return since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def with_changes(
+    stored: Mapping[int, TaskRecord], changed: Mapping[int, str], task_count: int
+) -> dict[int, str] | None:
+    """Every task now (id -> updated_at) from the stored live ones and those changed since;
+    None when the project's task count says that some stored task is gone (or the count moved
+    while we read): deletions show in no filter, only a whole listing finds them."""
+    live = {tid: rec.remote_updated_at or "" for tid, rec in stored.items() if not rec.deleted}
+    new = sum(1 for tid in changed if tid not in live)
+    if len(live) + new != task_count:
+        return None
+    return {**live, **changed}
 
 
 # -- 2. find changes ----------------------------------------------------------------------------
