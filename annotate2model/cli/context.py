@@ -7,14 +7,17 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from annotate2model.errors import WorkspaceError
 from annotate2model.settings import DEFAULT_MAX_IMAGE_PIXELS, Settings, load_settings
-from annotate2model.store import Store
 from annotate2model.workspace import Workspace, find_workspace
+
+if TYPE_CHECKING:
+    # SQLAlchemy loads with the store, when a command first asks for it (not for --help).
+    from annotate2model.store import Store
 
 
 @dataclass
@@ -48,6 +51,8 @@ class AppState:
 
     def store(self, **overrides: Any) -> Store:
         if self._store is None or overrides:
+            from annotate2model.store import Store
+
             self.close()
             self._store = Store.open(self.settings(**overrides))
         return self._store
