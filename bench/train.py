@@ -166,6 +166,7 @@ def from_folder(
     ex = run["metrics"]["timing"]["extraction"] or {}
     row = {
         "seconds": init_s + import_s + train_s,
+        "load": os.getloadavg()[0],
         "init_seconds": init_s,
         "import_seconds": import_s,
         "train_seconds": train_s,
@@ -246,6 +247,7 @@ def main() -> None:
                 rows.append(
                     {
                         "seconds": seconds,
+                        "load": os.getloadavg()[0],
                         "val_accuracy": b["val_accuracy"],
                         "in_process_seconds": b["seconds"],
                     }
@@ -274,6 +276,7 @@ def main() -> None:
             cached_rows.append(
                 {
                     "seconds": seconds,
+                    "load": os.getloadavg()[0],
                     "val_accuracy": run["metrics"]["val_accuracy"],
                     "breakdown": breakdown(run, seconds),
                 }
@@ -293,6 +296,7 @@ def main() -> None:
             grown_rows.append(
                 {
                     "seconds": import_s + train_s,
+                    "load": os.getloadavg()[0],
                     "import_seconds": import_s,
                     "train_seconds": train_s,
                     "val_accuracy": run["metrics"]["val_accuracy"],
@@ -355,8 +359,13 @@ def report(
         ("a2m fp32 cold: init + import + train", "fp32"),
         ("a2m half: init + import + train", "half"),
     ]
-    print(f"\n{args.data.name}, {os.cpu_count()} cores; every step a whole process")
-    header = f"{'step':42} {'val acc':>7} {'wall s':>7} {'speed-up':>9} {'target':>7}  runs"
+    print(
+        f"\n{args.data.name}, {os.cpu_count()} cores; every step a whole process; load: the "
+        "1-minute load average when the step ended (a busy machine makes every figure noisy)"
+    )
+    header = (
+        f"{'step':42} {'val acc':>7} {'wall s':>7} {'speed-up':>9} {'target':>7} {'load':>5}  runs"
+    )
     print(header)
     verdicts = []
     for title, key in rows:
@@ -374,7 +383,8 @@ def report(
             met = "met" if ratio >= TARGETS[key] else "NOT met"
             verdicts.append(f"{key}: {ratio:.1f}x against a target of {TARGETS[key]:.0f}x: {met}")
         acc = float(r["val_accuracy"])
-        print(f"{title:42} {acc:7.3f} {seconds:7.2f} {speed:>9} {target:>7}  {_times(r)}")
+        load = f"{float(r['load']):.1f}" if "load" in r else "-"
+        print(f"{title:42} {acc:7.3f} {seconds:7.2f} {speed:>9} {target:>7} {load:>5}  {_times(r)}")
     for line in verdicts:
         print(line)
     if base:
