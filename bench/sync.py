@@ -90,11 +90,17 @@ def _write_photo(job: tuple[int, str]) -> int:
 
 
 def write_photos(folder: Path, count: int, first_seed: int) -> list[int]:
-    """`count` photos named 0.jpg... in `folder` (seeds first_seed...); their sizes in bytes."""
+    """`count` photos named 0.jpg... in `folder` (seeds first_seed...); their sizes in bytes.
+
+    Photos already there from an earlier run (same seeds, so the same bytes) are kept.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(first_seed + i, str(folder / f"{i}.jpg")) for i in range(count)]
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(_write_photo, jobs, chunksize=16))
+    todo = [job for job in jobs if not Path(job[1]).is_file()]
+    if todo:
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(_write_photo, todo, chunksize=16))
+    return [Path(path).stat().st_size for _, path in jobs]
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -269,6 +275,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="no-change re-syncs per project")
     parser.add_argument("--relabel", type=int, default=100, help="tasks relabeled before a sync")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "a2m-bench-sync-photos",
+        help="where the generated photos are kept between runs (Label Studio's files root)",
+    )
     args = parser.parse_args()
 
     from annotate2model.labelstudio.client import LabelStudioClient
@@ -278,7 +290,7 @@ def main() -> None:
     from annotate2model.workspace import init_workspace
 
     tmp = Path(tempfile.mkdtemp(prefix="a2m-bench-sync-"))
-    files_root = tmp / "files"
+    files_root = args.photos.resolve()
     t = time.perf_counter()
     sizes: list[int] = []
     projects = [ProjectFigures(args.small), ProjectFigures(args.large)]
@@ -301,6 +313,7 @@ def main() -> None:
     )
     print(f"Label Studio started in {time.perf_counter() - t:.0f} s at {started.url}", flush=True)
     interpreter = 0.0
+    serving = [0.0, 0.0]
     try:
         with LabelStudioClient(started.url, Secret(TOKEN)) as client:
             ids: list[list[int]] = []
@@ -322,6 +335,7 @@ def main() -> None:
                     ids[-1] += client.import_tasks(project.id, tasks[start : start + 1000])
 
             interpreter = bare_interpreter(args.repeats)
+            serving = [serving_rate(client, min(projects[0].tasks, 60), w) for w in (1, 8)]
             for i, p in enumerate(projects):
                 ws, _ = init_workspace(tmp / f"ws{i}")
                 connect = ("connect", started.url, "--token", TOKEN, "--project")
@@ -373,7 +387,22 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-    report(projects, args.relabel, interpreter, len(os.sched_getaffinity(0)))
+    report(projects, args.relabel, interpreter, serving, len(os.sched_getaffinity(0)))
+
+
+def serving_rate(client: Any, count: int, workers: int) -> float:
+    """Images/s at which Label Studio serves the small project's photos to `workers` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(n: int) -> int:
+        response = client.request("GET", f"/data/local-files/?d=p0/{n}.jpg")
+        assert response.status_code == 200, response.status_code
+        return len(response.content)
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(get, range(count)))
+    return count / (time.perf_counter() - t)
 
 
 def _choice(label: str) -> dict[str, Any]:
@@ -387,12 +416,22 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def report(projects: list[ProjectFigures], relabel: int, interpreter: float, cpus: int) -> None:
+def report(
+    projects: list[ProjectFigures],
+    relabel: int,
+    interpreter: float,
+    serving: list[float],
+    cpus: int,
+) -> None:
     small, large = projects[0], projects[-1]
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print()
     print(
         f"`a2m sync` as whole processes (launch to exit), photo-sized JPEGs served by Label "
-        f"Studio (Local Files), {cpus} CPUs; `python -c pass` takes {interpreter:.2f} s here."
+        f"Studio (Local Files), {cpus} CPUs, load average {load}; `python -c pass` takes "
+        f"{interpreter:.2f} s here. Label Studio itself serves these photos at "
+        f"{serving[0]:.0f} images/s one at a time, {serving[1]:.0f} images/s 8 at a time (as "
+        "a2m reads them): the ceiling of a first sync."
     )
     print()
     print("| measure | value | target |")

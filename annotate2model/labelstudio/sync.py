@@ -3,7 +3,8 @@
 `sync_project` chains named steps, each a function with typed inputs and outputs:
 
 1. `list_tasks`: a cheap listing of (task id, updated_at): of the tasks changed since the last
-   sync when the project's task count shows that none was deleted, else of the whole project.
+   sync when the project's task count shows that none was deleted, else of the whole project
+   (a first sync, which wants every task, reads them in full at once: `read_all_tasks`).
 2. `find_changes`: which tasks are new, changed, gone, or worth retrying (pure).
 3. `fetch_changed_tasks`: only those, in full: by id (the Data Manager's `selectedItems`), or
    with one plain listing when they are most of the project.
@@ -138,13 +139,20 @@ def sync_project(
     config = parse_label_config(project.label_config, project_id)
     relabel_all = state is None or state.labels != list(config.labels) or state.policy != policy
     remote = None
+    fetched: FetchedTasks | None = None
     if changed is not None and not relabel_all:
         remote = with_changes(stored, changed, project.task_count)
+    if remote is None and not stored:
+        # Nothing stored for this project yet: every task is wanted, and reading them all in
+        # full also says which exist, without a listing of ids first.
+        fetched = read_all_tasks(client, project_id, progress)
+        remote = {tid: str(task.get("updated_at") or "") for tid, task in fetched.tasks.items()}
     if remote is None:
         remote = list_tasks(client, project_id, progress)
 
     wanted = find_changes(remote, stored, relabel_all=relabel_all)
-    fetched = fetch_changed_tasks(client, project_id, wanted, len(remote), progress)
+    if fetched is None:
+        fetched = fetch_changed_tasks(client, project_id, wanted, len(remote), progress)
     live = {tid: updated for tid, updated in remote.items() if tid not in fetched.gone}
     images = download_images(
         store.blobs,
@@ -277,6 +285,18 @@ class FetchedTasks:
     tasks: dict[int, dict[str, Any]]
     # Wanted ids that were deleted between the listing and the fetch.
     gone: frozenset[int] = frozenset()
+
+
+def read_all_tasks(client: LabelStudioClient, project_id: int, progress: Progress) -> FetchedTasks:
+    """Every task of the project in full (annotations included), for a first sync."""
+    tasks: dict[int, dict[str, Any]] = {}
+    progress.begin("Reading changed tasks")
+    for _total, page in client.task_pages(project_id):
+        for task in page:
+            tasks.setdefault(int(task["id"]), task)
+        progress.advance(len(page))
+    progress.end()
+    return FetchedTasks(tasks)
 
 
 def fetch_changed_tasks(

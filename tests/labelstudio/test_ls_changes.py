@@ -18,13 +18,18 @@ pytestmark = pytest.mark.labelstudio
 
 
 def listings(client: LabelStudioClient) -> list[str]:
-    """Records each task listing the client sends: "changed" (updated_at filter) or "all"."""
+    """Records each task listing the client sends: ids of the "changed" tasks (updated_at
+    filter), ids of "all" tasks, or "full" tasks of the whole project."""
     seen: list[str] = []
 
     def record(request: httpx.Request) -> None:
-        if request.url.path == "/api/tasks" and "include" in request.url.params:
-            query = request.url.params.get("query") or ""
+        if request.url.path != "/api/tasks":
+            return
+        query = request.url.params.get("query") or ""
+        if "include" in request.url.params:
             seen.append("changed" if "filter:tasks:updated_at" in query else "all")
+        elif "selectedItems" not in query:
+            seen.append("full")
 
     client._http.event_hooks["request"].append(record)
     return seen
@@ -48,7 +53,7 @@ def test_resync_lists_changed_tasks_and_counts_find_deletions(
         seen = listings(c)
         first = sync_project(store, c, project)
         assert first.version is not None and first.tasks_total == 12
-        assert seen == ["all"]  # nothing stored yet: the whole project
+        assert seen == ["full"]  # nothing stored yet: every task in full, no id listing first
 
         seen.clear()
         again = sync_project(store, c, project)
