@@ -1,10 +1,13 @@
 """Benchmark `a2m sync` as a user waits for it: the whole process, against a local Label Studio.
 
     .venv/bin/python bench/sync.py [--small 150] [--large 2000] [--repeats 5] [--relabel 100]
+                                   [--source local-files|http]
 
 Two projects (150 and 2,000 tasks by default) of photo-sized JPEGs (500x375, 50-150 kB, seeded
-noise and shapes) served by Label Studio itself from Local Files (what `a2m studio up
---files-root` and `a2m collect` give), one label each, each synced into its own workspace. Every
+noise and shapes), one label each, each synced into its own workspace. The images are served by
+Label Studio itself from Local Files (`--source local-files`, the default: what `a2m studio up
+--files-root` and `a2m collect` give), or by a plain static HTTP server on loopback
+(`--source http`: images hosted outside Label Studio, as with cloud storage URLs). Every
 timed step is a fresh `python -m annotate2model sync` process (interpreter start, imports, store
 open, HTTP, rendering: the `a2m` script does the same), timed from launch to exit:
 
@@ -281,6 +284,12 @@ def main() -> None:
         default=Path(tempfile.gettempdir()) / "a2m-bench-sync-photos",
         help="where the generated photos are kept between runs (Label Studio's files root)",
     )
+    parser.add_argument(
+        "--source",
+        choices=("local-files", "http"),
+        default="local-files",
+        help="who serves the images: Label Studio (Local Files) or a static HTTP server",
+    )
     args = parser.parse_args()
 
     from annotate2model.labelstudio.client import LabelStudioClient
@@ -302,6 +311,13 @@ def main() -> None:
         flush=True,
     )
 
+    static = _static_server(files_root) if args.source == "http" else None
+
+    def image_url(project: int, n: int) -> str:
+        if static is not None:
+            return f"http://127.0.0.1:{static.server_address[1]}/p{project}/{n}.jpg"
+        return f"/data/local-files/?d=p{project}/{n}.jpg"
+
     server = LocalServer(tmp / "labelstudio")
     t = time.perf_counter()
     started = server.start(
@@ -321,11 +337,13 @@ def main() -> None:
             for i, p in enumerate(projects):
                 project = client.create_project(f"bench {p.tasks}", build_label_config(LABELS))
                 project_ids.append(project.id)
-                if not client.add_local_storage(project.id, str(files_root / f"p{i}")):
+                if static is None and not client.add_local_storage(
+                    project.id, str(files_root / f"p{i}")
+                ):
                     raise SystemExit("Label Studio refused the Local Files storage")
                 tasks = [
                     {
-                        "data": {"image": f"/data/local-files/?d=p{i}/{n}.jpg"},
+                        "data": {"image": image_url(i, n)},
                         "annotations": [_choice(LABELS[n % 2])],
                     }
                     for n in range(p.tasks)
@@ -335,7 +353,8 @@ def main() -> None:
                     ids[-1] += client.import_tasks(project.id, tasks[start : start + 1000])
 
             interpreter = bare_interpreter(args.repeats)
-            serving = [serving_rate(client, min(projects[0].tasks, 60), w) for w in (1, 8)]
+            urls = [image_url(0, n) for n in range(min(projects[0].tasks, 60))]
+            serving = [serving_rate(client, urls, w) for w in (1, 8)]
             for i, p in enumerate(projects):
                 ws, _ = init_workspace(tmp / f"ws{i}")
                 connect = ("connect", started.url, "--token", TOKEN, "--project")
@@ -383,26 +402,48 @@ def main() -> None:
                     p.export.append(time.perf_counter() - t)
     finally:
         server.stop()
+        if static is not None:
+            static.shutdown()
         if not args.keep:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-    report(projects, args.relabel, interpreter, serving, len(os.sched_getaffinity(0)))
+    where = "Label Studio (Local Files)" if static is None else "a static HTTP server on loopback"
+    report(projects, args.relabel, interpreter, serving, where, len(os.sched_getaffinity(0)))
 
 
-def serving_rate(client: Any, count: int, workers: int) -> float:
-    """Images/s at which Label Studio serves the small project's photos to `workers` threads."""
+def serving_rate(client: Any, urls: list[str], workers: int) -> float:
+    """Images/s at which these photos are served to `workers` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def get(n: int) -> int:
-        response = client.request("GET", f"/data/local-files/?d=p0/{n}.jpg")
+    def get(url: str) -> int:
+        if url.startswith("http"):
+            return len(client.get_external(url))
+        response = client.request("GET", url)
         assert response.status_code == 200, response.status_code
         return len(response.content)
 
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(get, range(count)))
-    return count / (time.perf_counter() - t)
+        list(pool.map(get, urls))
+    return len(urls) / (time.perf_counter() - t)
+
+
+def _static_server(folder: Path) -> Any:
+    """A threaded static HTTP server for `folder` on a free loopback port (already serving)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
 
 
 def _choice(label: str) -> dict[str, Any]:
@@ -421,17 +462,17 @@ def report(
     relabel: int,
     interpreter: float,
     serving: list[float],
+    where: str,
     cpus: int,
 ) -> None:
     small, large = projects[0], projects[-1]
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print()
     print(
-        f"`a2m sync` as whole processes (launch to exit), photo-sized JPEGs served by Label "
-        f"Studio (Local Files), {cpus} CPUs, load average {load}; `python -c pass` takes "
-        f"{interpreter:.2f} s here. Label Studio itself serves these photos at "
-        f"{serving[0]:.0f} images/s one at a time, {serving[1]:.0f} images/s 8 at a time (as "
-        "a2m reads them): the ceiling of a first sync."
+        f"`a2m sync` as whole processes (launch to exit), photo-sized JPEGs served by {where}, "
+        f"{cpus} CPUs, load average {load}; `python -c pass` takes {interpreter:.2f} s here. "
+        f"The photos are served at {serving[0]:.0f} images/s one at a time, "
+        f"{serving[1]:.0f} images/s 8 at a time (as a2m reads them): a first sync's ceiling."
     )
     print()
     print("| measure | value | target |")
