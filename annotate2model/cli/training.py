@@ -6,7 +6,6 @@ torch is imported only inside the commands that need it, so `a2m --help` stays f
 from __future__ import annotations
 
 import atexit
-import gc
 import os
 import signal
 import sys
@@ -17,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from annotate2model.cli.context import state
+from annotate2model.cli.context import skip_final_collection, state
 from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json, when
 from annotate2model.store import runs as store_runs
 from annotate2model.training.config import (
@@ -47,21 +46,10 @@ def _pct(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "-"
 
 
-def _skip_final_collection() -> None:
-    """At exit, leave the objects of torch & co. to the OS instead of a last cyclic collection.
-
-    Interpreter shutdown after `import torch` spends 0.4-1.2 s in garbage collection freeing
-    memory the OS reclaims anyway; freezing the heap first skips that work. Plain reference
-    counting still closes files and connections. Not when triton is loaded: its bindings then
-    report the objects as leaked on stderr.
-    """
-    if "triton" not in sys.modules:
-        gc.freeze()
-
-
 def _fast_exit() -> None:
-    atexit.unregister(_skip_final_collection)
-    atexit.register(_skip_final_collection)
+    # Once, and first among the exit handlers (the last registered runs first).
+    atexit.unregister(skip_final_collection)
+    atexit.register(skip_final_collection)
 
 
 class Stopped(KeyboardInterrupt):
