@@ -299,6 +299,7 @@ def sync_cmd(
     with _connection_hints():
         project_id = connection.project_id(settings)
         client = connection.open_client(settings)
+    local = connection.local_files(settings)
     with client:
         result = sync_project(
             store,
@@ -306,6 +307,7 @@ def sync_cmd(
             project_id,
             policy=POLICY[policy],
             progress=None if as_json else RichProgress(),
+            local=local,
         )
     if as_json:
         print_json(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio.client import LabelStudioClient, token_kind
@@ -214,20 +214,47 @@ def connect(
 
 @dataclass(frozen=True)
 class LocalFiles:
-    """Whether the configured server is this workspace's own, and the root it reads files from."""
+    """Whether the configured server is this workspace's own, and where it keeps image files."""
 
     same_server: bool
     # None: the server cannot read this machine's files in place (collect uploads).
     root: Path | None
+    # The server's media folder (uploads live in its `upload/`), when it is this workspace's.
+    media_root: Path | None = None
+
+    def path_of(self, url: str) -> Path | None:
+        """The file on this machine that the server would send for its own `/data/...` URL:
+        `/data/local-files/?d=REL` under the files root, `/data/upload/REL` under the media
+        folder. None for any other URL, another server, or a path leaving its folder."""
+        if not self.same_server or not url.startswith("/data/"):
+            return None
+        parts = urlsplit(url)
+        if parts.path == "/data/local-files/" and self.root is not None:
+            rel = parse_qs(parts.query).get("d", [""])[0]
+            base = self.root
+        elif parts.path.startswith("/data/upload/") and self.media_root is not None:
+            rel = unquote(parts.path[len("/data/upload/") :])
+            base = self.media_root / "upload"
+        else:
+            return None
+        if not rel:
+            return None
+        base = base.resolve()
+        path = (base / rel).resolve()
+        return path if path.is_relative_to(base) and path.is_file() else None
 
 
 def local_files(settings: Settings) -> LocalFiles:
-    """For collect: the files root of the workspace's running server, when it is the configured
-    one (a remote server cannot read this machine's files)."""
-    status = local_server(settings.workspace).status()
+    """The files root of the workspace's running server, when it is the configured one (a remote
+    server cannot read this machine's files): collect leaves files there in place, and sync reads
+    the server's own images from disk instead of through its single-threaded web server."""
+    server = local_server(settings.workspace)
+    status = server.status()
     same = status.running and status.url is not None and _same(status.url, settings.labelstudio.url)
     return LocalFiles(
-        same_server=same, root=Path(status.files_root) if same and status.files_root else None
+        same_server=same,
+        root=Path(status.files_root) if same and status.files_root else None,
+        media_root=server.data_dir / "media" if same else None,
     )
 
 

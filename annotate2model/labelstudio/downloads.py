@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from annotate2model.errors import InvalidImage, LabelStudioError
@@ -24,6 +24,9 @@ from annotate2model.progress import Progress
 from annotate2model.store.blobs import BlobStore
 from annotate2model.store.images import StagedImage, stage_image
 from annotate2model.store.tasks import TaskRecord
+
+if TYPE_CHECKING:
+    from annotate2model.labelstudio.connection import LocalFiles
 
 # Every image problem starts so; a task with one is retried by the next sync.
 IMAGE_PROBLEM = "image: "
@@ -53,8 +56,13 @@ def download_images(
     max_pixels: int,
     progress: Progress,
     workers: int = 8,
+    local: LocalFiles | None = None,
 ) -> TaskImages:
     """Read, validate and store the images of the fetched tasks whose URL is new or changed.
+
+    `local`: the workspace's own server, whose `/data/` images are read from its folders on
+    this disk (the same bytes it would send, without its web server's one-at-a-time pace);
+    any image not found there goes through HTTP as usual.
 
     An image that cannot be read or is not a usable image is a per-task problem and the rest
     proceeds; Label Studio itself failing (its own /data/ URLs) raises LabelStudioError, and
@@ -83,7 +91,9 @@ def download_images(
         if failed.is_set():
             return None, None  # the sync is failing; do not start another download
         try:
-            data = _read_image(client, url)
+            data = _read_local(local, url) if local is not None else None
+            if data is None:
+                data = _read_image(client, url)
             return stage_image(blobs, data, url[:500], max_pixels), None
         except (_ImageUnavailable, InvalidImage) as exc:
             return None, str(exc)
@@ -124,6 +134,16 @@ def download_images(
 def _image_url(task: Mapping[str, Any], config: LabelingConfig) -> str | None:
     value = (task.get("data") or {}).get(config.image_field)
     return str(value) if value else None
+
+
+def _read_local(local: LocalFiles, url: str) -> bytes | None:
+    path = local.path_of(url)
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None  # let the server answer for it
 
 
 class _ImageUnavailable(Exception):

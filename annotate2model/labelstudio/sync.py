@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from annotate2model.errors import LabelStudioError, StoreError
 from annotate2model.labelstudio.client import LabelStudioClient
@@ -63,6 +63,9 @@ from annotate2model.store.versions import (
     latest_version,
     split_for,
 )
+
+if TYPE_CHECKING:
+    from annotate2model.labelstudio.connection import LocalFiles
 
 __all__ = [
     "POLICIES",
@@ -112,6 +115,7 @@ def sync_project(
     policy: Policy = "latest",
     progress: Progress | None = None,
     workers: int = 8,
+    local: LocalFiles | None = None,
 ) -> SyncResult:
     """Sync one project; raises LabelStudioError (writing nothing) when the server fails us."""
     started = time.monotonic()
@@ -163,6 +167,7 @@ def sync_project(
         max_pixels=store.settings.max_image_pixels,
         progress=progress,
         workers=workers,
+        local=local,
     )
     plan = resolve_labels(
         fetched.tasks,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -14,6 +15,8 @@ from typer.testing import CliRunner
 
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.settings import load_settings
+from annotate2model.store import Store
+from annotate2model.store.versions import version_items
 from annotate2model.workspace import Workspace
 from tests.conftest import image_bytes, make_image_folder, run_cli
 from tests.labelstudio.conftest import LEGACY_TOKEN, PASSWORD, copy_server
@@ -62,7 +65,11 @@ def test_studio_lifecycle(
 
 
 def test_studio_files_root(
-    cli: CliRunner, workspace: Workspace, ls_template: tuple[Path, str], tmp_path: Path
+    cli: CliRunner,
+    workspace: Workspace,
+    store: Store,
+    ls_template: tuple[Path, str],
+    tmp_path: Path,
 ) -> None:
     copy_server(ls_template, workspace.data_dir / "labelstudio")
     workspace.write_secret("labelstudio_local_token", LEGACY_TOKEN)
@@ -89,9 +96,20 @@ def test_studio_files_root(
         code, out, err = run_cli(cli, "collect", str(outside), "--labels-from-folders", "--json")
         assert code == 0, err
         assert json.loads(out)["mode"] == "upload" and json.loads(out)["tasks_created"] == 1
+        log = workspace.data_dir / "labelstudio" / "server.log"
+        served_before = log.read_text(errors="replace").count("/data/")
         code, out, err = run_cli(cli, "sync", "--json")
         assert code == 0, err
         assert json.loads(out)["added"] == 4 and json.loads(out)["skipped"] == []
+        # The workspace's own server: its images (Local Files and the upload) were read from its
+        # folders on disk, none through its web server (which logs every request it answers),
+        # and they are exactly the collected files.
+        text = log.read_text(errors="replace")
+        assert "/api/projects/" in text and text.count("/data/") == served_before
+        files = [*inside.rglob("*.png"), *outside.rglob("*.png")]
+        with store.read() as session:
+            stored = {i.image_sha256 for i in version_items(session, 1)}
+        assert stored == {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
         # Label Studio itself refuses a storage outside the root, or at the root itself: the
         # root folder is collected by upload.
         settings = load_settings(workspace, env={})
