@@ -4,10 +4,12 @@
                                    [--source local-files|http]
 
 Two projects (150 and 2,000 tasks by default) of photo-sized JPEGs (500x375, 50-150 kB, seeded
-noise and shapes), one label each, each synced into its own workspace. The images are served by
-Label Studio itself from Local Files (`--source local-files`, the default: what `a2m studio up
---files-root` and `a2m collect` give), or by a plain static HTTP server on loopback
-(`--source http`: images hosted outside Label Studio, as with cloud storage URLs). Every
+noise and shapes), one label each, each synced into its own workspace. The images are Label
+Studio Local Files of each workspace's own server (`--source own`, the default: what `a2m studio
+up --files-root` and `a2m collect` give; a2m reads its own server's images from disk), Local
+Files of a server that is not the workspace's (`--source local-files`: read over HTTP, as from a
+team's remote Label Studio), or served by a plain static HTTP server on loopback (`--source
+http`: images hosted outside Label Studio, as with cloud storage URLs). Every
 timed step is a fresh `python -m annotate2model sync` process (interpreter start, imports, store
 open, HTTP, rendering: the `a2m` script does the same), timed from launch to exit:
 
@@ -286,9 +288,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--source",
-        choices=("local-files", "http"),
-        default="local-files",
-        help="who serves the images: Label Studio (Local Files) or a static HTTP server",
+        choices=("own", "local-files", "http"),
+        default="own",
+        help="who serves the images: each workspace's own Label Studio (Local Files, read from "
+        "disk by a2m), another Label Studio (Local Files over HTTP) or a static HTTP server",
     )
     args = parser.parse_args()
 
@@ -318,97 +321,121 @@ def main() -> None:
             return f"http://127.0.0.1:{static.server_address[1]}/p{project}/{n}.jpg"
         return f"/data/local-files/?d=p{project}/{n}.jpg"
 
-    server = LocalServer(tmp / "labelstudio")
-    t = time.perf_counter()
-    started = server.start(
-        username="admin@a2m.local",
-        password="bench-pass-1",
-        token=TOKEN,
-        port=free_port(),
-        files_root=files_root,
-    )
-    print(f"Label Studio started in {time.perf_counter() - t:.0f} s at {started.url}", flush=True)
+    own = args.source == "own"
+    workspaces = [init_workspace(tmp / f"ws{i}")[0] for i in range(len(projects))]
+    # `own`: each workspace runs its own server, as `a2m studio up --files-root` does; otherwise
+    # one server outside the workspaces (as a team's remote Label Studio is to a2m).
+    roots = [ws.data_dir / "labelstudio" for ws in workspaces] if own else [tmp / "labelstudio"]
+    servers = [LocalServer(root) for root in roots]
+    urls_of: list[str] = []
+    for server in servers:
+        t = time.perf_counter()
+        started = server.start(
+            username="admin@a2m.local",
+            password="bench-pass-1",
+            token=TOKEN,
+            port=free_port(),
+            files_root=files_root,
+        )
+        urls_of.append(started.url)
+        print(
+            f"Label Studio started in {time.perf_counter() - t:.0f} s at {started.url}", flush=True
+        )
     interpreter = 0.0
     serving = [0.0, 0.0]
+    clients = [LabelStudioClient(url, Secret(TOKEN)) for url in urls_of]
+
+    def client_of(i: int) -> Any:
+        return clients[i] if own else clients[0]
+
+    def url_of(i: int) -> str:
+        return urls_of[i] if own else urls_of[0]
+
     try:
-        with LabelStudioClient(started.url, Secret(TOKEN)) as client:
-            ids: list[list[int]] = []
-            project_ids: list[int] = []
-            for i, p in enumerate(projects):
-                project = client.create_project(f"bench {p.tasks}", build_label_config(LABELS))
-                project_ids.append(project.id)
-                if static is None and not client.add_local_storage(
-                    project.id, str(files_root / f"p{i}")
-                ):
-                    raise SystemExit("Label Studio refused the Local Files storage")
-                tasks = [
-                    {
-                        "data": {"image": image_url(i, n)},
-                        "annotations": [_choice(LABELS[n % 2])],
-                    }
-                    for n in range(p.tasks)
-                ]
-                ids.append([])
-                for start in range(0, len(tasks), 1000):
-                    ids[-1] += client.import_tasks(project.id, tasks[start : start + 1000])
+        ids: list[list[int]] = []
+        project_ids: list[int] = []
+        for i, p in enumerate(projects):
+            client = client_of(i)
+            project = client.create_project(f"bench {p.tasks}", build_label_config(LABELS))
+            project_ids.append(project.id)
+            if static is None and not client.add_local_storage(
+                project.id, str(files_root / f"p{i}")
+            ):
+                raise SystemExit("Label Studio refused the Local Files storage")
+            tasks = [
+                {
+                    "data": {"image": image_url(i, n)},
+                    "annotations": [_choice(LABELS[n % 2])],
+                }
+                for n in range(p.tasks)
+            ]
+            ids.append([])
+            for start in range(0, len(tasks), 1000):
+                ids[-1] += client.import_tasks(project.id, tasks[start : start + 1000])
 
-            interpreter = bare_interpreter(args.repeats)
-            urls = [image_url(0, n) for n in range(min(projects[0].tasks, 60))]
-            serving = [serving_rate(client, urls, w) for w in (1, 8)]
-            for i, p in enumerate(projects):
-                ws, _ = init_workspace(tmp / f"ws{i}")
-                connect = ("connect", started.url, "--token", TOKEN, "--project")
-                a2m(ws.root, *connect, str(project_ids[i]))
-                first = a2m(ws.root, "sync")
-                p.first = first.seconds
-                versions = a2m_json(ws.root, "versions")
-                assert [v["item_count"] for v in versions] == [p.tasks], versions
-                for _ in range(args.repeats):
-                    again = a2m(ws.root, "sync")
-                    assert "Nothing changed" in again.stdout, again.stdout
-                    p.nochange.append(again.seconds)
-                print(
-                    f"{p.tasks} tasks: first sync {p.first:.2f} s, no-change "
-                    + ", ".join(f"{s:.2f}" for s in p.nochange),
-                    flush=True,
+        interpreter = bare_interpreter(args.repeats)
+        urls = [image_url(0, n) for n in range(min(projects[0].tasks, 60))]
+        serving = [serving_rate(client_of(0), urls, w) for w in (1, 8)]
+        for i, p in enumerate(projects):
+            ws = workspaces[i]
+            connect = ("connect", url_of(i), "--token", TOKEN, "--project")
+            a2m(ws.root, *connect, str(project_ids[i]))
+            first = a2m(ws.root, "sync")
+            p.first = first.seconds
+            versions = a2m_json(ws.root, "versions")
+            assert [v["item_count"] for v in versions] == [p.tasks], versions
+            for _ in range(args.repeats):
+                again = a2m(ws.root, "sync")
+                assert "Nothing changed" in again.stdout, again.stdout
+                p.nochange.append(again.seconds)
+            print(
+                f"{p.tasks} tasks: first sync {p.first:.2f} s, no-change "
+                + ", ".join(f"{s:.2f}" for s in p.nochange),
+                flush=True,
+            )
+            p.breakdown = breakdown(ws.root, p.tasks, tmp, 3)
+
+        client = client_of(len(projects) - 1)
+        large = projects[-1]
+        relabeled = ids[-1][: args.relabel]
+        for tid in relabeled:
+            task = client.json("GET", f"/api/tasks/{tid}", "read task")
+            ann = task["annotations"][0]
+            label = ann["result"][0]["value"]["choices"][0]
+            other = LABELS[1] if label == LABELS[0] else LABELS[0]
+            client.json("PATCH", f"/api/annotations/{ann['id']}/", "relabel", json=_choice(other))
+        ws_large = tmp / f"ws{len(projects) - 1}"
+        large.relabeled = a2m(ws_large, "sync").seconds
+        diff = a2m_json(ws_large, "diff", "1", "2")
+        assert diff["counts"]["relabeled"] == len(relabeled), diff["counts"]
+
+        for i, (p, project_id) in enumerate(zip(projects, project_ids, strict=True)):
+            for _ in range(3):
+                t = time.perf_counter()
+                response = client_of(i).request(
+                    "GET",
+                    f"/api/projects/{project_id}/export",
+                    params={"exportType": "JSON"},
+                    timeout=600,
                 )
-                p.breakdown = breakdown(ws.root, p.tasks, tmp, 3)
-
-            large = projects[-1]
-            relabeled = ids[-1][: args.relabel]
-            for tid in relabeled:
-                task = client.json("GET", f"/api/tasks/{tid}", "read task")
-                ann = task["annotations"][0]
-                label = ann["result"][0]["value"]["choices"][0]
-                other = LABELS[1] if label == LABELS[0] else LABELS[0]
-                client.json(
-                    "PATCH", f"/api/annotations/{ann['id']}/", "relabel", json=_choice(other)
-                )
-            ws_large = tmp / f"ws{len(projects) - 1}"
-            large.relabeled = a2m(ws_large, "sync").seconds
-            diff = a2m_json(ws_large, "diff", "1", "2")
-            assert diff["counts"]["relabeled"] == len(relabeled), diff["counts"]
-
-            for p, project_id in zip(projects, project_ids, strict=True):
-                for _ in range(3):
-                    t = time.perf_counter()
-                    response = client.request(
-                        "GET",
-                        f"/api/projects/{project_id}/export",
-                        params={"exportType": "JSON"},
-                        timeout=600,
-                    )
-                    assert response.status_code == 200 and len(response.json()) == p.tasks
-                    p.export.append(time.perf_counter() - t)
+                assert response.status_code == 200 and len(response.json()) == p.tasks
+                p.export.append(time.perf_counter() - t)
     finally:
-        server.stop()
+        for c in clients:
+            c.close()
+        for server in servers:
+            server.stop()
         if static is not None:
             static.shutdown()
         if not args.keep:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-    where = "Label Studio (Local Files)" if static is None else "a static HTTP server on loopback"
+    where = {
+        "own": "the workspace's own Label Studio (Local Files; a2m reads them from disk)",
+        "local-files": "a Label Studio that is not the workspace's (Local Files, over HTTP)",
+        "http": "a static HTTP server on loopback",
+    }[args.source]
     report(projects, args.relabel, interpreter, serving, where, len(os.sched_getaffinity(0)))
 
 
@@ -471,8 +498,8 @@ def report(
     print(
         f"`a2m sync` as whole processes (launch to exit), photo-sized JPEGs served by {where}, "
         f"{cpus} CPUs, load average {load}; `python -c pass` takes {interpreter:.2f} s here. "
-        f"The photos are served at {serving[0]:.0f} images/s one at a time, "
-        f"{serving[1]:.0f} images/s 8 at a time (as a2m reads them): a first sync's ceiling."
+        f"Label Studio serves the photos at {serving[0]:.0f} images/s one at a time, "
+        f"{serving[1]:.0f} images/s 8 at a time: the ceiling of a sync that reads them over HTTP."
     )
     print()
     print("| measure | value | target |")
