@@ -276,7 +276,8 @@ class LocalServer:
             if process.poll() is not None:
                 raise LabelStudioError(
                     f"Label Studio exited during start-up (code {process.returncode}); "
-                    f"see {self.log_path} (or `a2m studio logs`)."
+                    f"its log is {self.log_path}.",
+                    hint="`a2m studio logs` shows the end of it.",
                 )
             if actual is None:
                 match = _LISTENING.search(self._log_since(offset))
