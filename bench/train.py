@@ -174,6 +174,7 @@ def from_folder(
         "extracted": ex.get("computed"),
         "cached": ex.get("cached"),
         "embed_images_per_second": run["images_per_second"],
+        "precision": run["config"].get("effective_precision", "?"),
         "breakdown": breakdown(run, train_s),
     }
     return home, row
@@ -424,10 +425,11 @@ def report(
     cold = results["cold"]
     acc_bf16 = float(cold["val_accuracy"])
     acc_fp32 = float(results["fp32"]["val_accuracy"])
+    auto = cold.get("precision", "?")
     print(
-        f"\nprobe val accuracy from bf16 features {acc_bf16:.3f} vs fp32 features {acc_fp32:.3f} "
-        f"(difference {100 * (acc_bf16 - acc_fp32):+.1f} points); cold extraction "
-        f"{float(cold['embed_images_per_second']):.0f} img/s (bf16), "
+        f"\nprecision auto chose {auto} on this machine; probe val accuracy {acc_bf16:.3f} "
+        f"(auto) vs fp32 features {acc_fp32:.3f} (difference {100 * (acc_bf16 - acc_fp32):+.1f} "
+        f"points); cold extraction {float(cold['embed_images_per_second']):.0f} img/s ({auto}), "
         f"{float(results['fp32']['embed_images_per_second']):.0f} img/s (fp32)"
     )
     if t:

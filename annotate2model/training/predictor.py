@@ -63,7 +63,19 @@ class Predictions:
         return [(self.labels[i], float(p[i])) for i in order]
 
 
-class Predictor:
+class _RunModel:
+    """What both kinds of predictor know of the run they were loaded from."""
+
+    card: dict[str, Any]
+    labels: list[str]
+
+    @property
+    def run_id(self) -> int | None:
+        run = self.card.get("run")
+        return int(run) if run is not None else None
+
+
+class Predictor(_RunModel):
     """One trained classifier (a probe or a fine-tuned run), loaded once."""
 
     def __init__(
@@ -116,11 +128,6 @@ class Predictor:
         if card.get("kind") != "classifier":
             raise TrainingError(f"{run_dir} holds a {card.get('kind')}, not a classifier.")
         return Predictor(run_dir, card, dev, cache, max_pixels, workers)
-
-    @property
-    def run_id(self) -> int | None:
-        run = self.card.get("run")
-        return int(run) if run is not None else None
 
     @property
     def batch_size(self) -> int:
@@ -208,7 +215,7 @@ class Predictor:
         return Predictions(self.labels, probs, errors)
 
 
-class EnsemblePredictor:
+class EnsemblePredictor(_RunModel):
     """Members' probabilities averaged; an image is usable only if every member could read it."""
 
     def __init__(
@@ -224,11 +231,6 @@ class EnsemblePredictor:
         self.members = list(members)
         self.labels: list[str] = list(members[0].labels)
         self.card = card or {"kind": "ensemble", "labels": self.labels}
-
-    @property
-    def run_id(self) -> int | None:
-        run = self.card.get("run")
-        return int(run) if run is not None else None
 
     def predict(
         self,

@@ -26,7 +26,7 @@ from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import PredictionRecord, RunRecord
 from annotate2model.training import artifacts
 from annotate2model.training.backbones import HEADS, resolve_weights
-from annotate2model.training.config import SPLITS, RunConfig
+from annotate2model.training.config import SPLITS, RunConfig, resolve_workers
 from annotate2model.training.config import auto_workers as default_workers
 from annotate2model.training.context import RunContext
 from annotate2model.training.data import Preprocessing, VersionData, check_trainable
@@ -119,7 +119,13 @@ def _train(
     bf16 = use_bf16(device, config.precision)
     prep = Preprocessing(config.resize_size, config.image_size)
     ledger = Ledger(store)
-    ledger_config = {**asdict(config), "weights_identity": source.identity}
+    # What `precision: auto` and `workers: -1` became on this machine, recorded with the run.
+    ledger_config = {
+        **asdict(config),
+        "weights_identity": source.identity,
+        "effective_precision": "bf16" if bf16 else "fp32",
+        "effective_workers": resolve_workers(config.workers),
+    }
     with ledger.running(data.version.number, "train", ledger_config, device_name(device)) as run:
         started = time.perf_counter()
         job = TrainJob(

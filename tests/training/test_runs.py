@@ -17,9 +17,11 @@ from annotate2model.store.imports import import_folder
 from annotate2model.training import artifacts, runner, trainer
 from annotate2model.training.config import OPTIMIZERS, SCHEDULES, RunConfig
 from annotate2model.training.data import Preprocessing, load_image, to_input
+from annotate2model.training.device import use_bf16
 from tests.training.conftest import make_split_folder, small_config
 
 pytestmark = pytest.mark.training
+CPU = torch.device("cpu")
 
 
 def test_probe_default_records_everything(store: Store, version1: Path, weights: Path) -> None:
@@ -28,6 +30,10 @@ def test_probe_default_records_everything(store: Store, version1: Path, weights:
     assert run.status == "succeeded" and run.kind == "train" and run.version == 1
     assert run.config["mode"] == "probe" and run.config["backbone"] == "resnet18"
     assert run.config["weights_identity"].startswith("sha256:")
+    # What "auto" became on this machine is kept with the run.
+    assert run.config["precision"] == "auto"
+    assert run.config["effective_precision"] == ("bf16" if use_bf16(CPU, "auto") else "fp32")
+    assert run.config["effective_workers"] >= 1
     assert run.wall_seconds is not None and run.images_per_second and run.device
     assert [row["epoch"] for row in run.history] == [1, 2, 3]
     assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "seconds"} <= set(
