@@ -43,18 +43,24 @@ def train_probe(job: TrainJob, early: EarlyDecode | None = None) -> TrainResult:
     trunk_file = cache.trunk_path(job.source.identity, config.backbone)
     script_file = cache.script_path(config.backbone, job.source.identity, prep.crop)
 
+    on_cpu = job.device.type == "cpu"
+
     def trunk() -> nn.Module:
-        # A warm workspace loads its TorchScript copy: no torchvision, no weights file to read.
-        cached = cache.load_script(script_file)
-        if cached is not None:
-            if not trunk_file.is_file():
-                cache.save_trunk(trunk_file, dict(cached.state_dict()))
-            return cached
+        # On the CPU, a warm workspace loads its frozen TorchScript copy: no torchvision, no
+        # weights file to read, and faster forward passes.
+        if on_cpu:
+            cached = cache.load_script(script_file)
+            if cached is not None:
+                if not trunk_file.is_file():
+                    _trunk_state(
+                        config, job.source, build_trunk(config.backbone), trunk_file, cache
+                    )
+                return cached
         model = build_trunk(config.backbone)
         state = _trunk_state(config, job.source, model, trunk_file, cache)
         model.load_state_dict(state, strict=True)
-        cache.save_script(script_file, model, prep.crop)
-        return model
+        frozen = cache.save_script(script_file, model, prep.crop) if on_cpu else None
+        return frozen if frozen is not None else model
 
     jobs = [
         ExtractJob(item.image_sha256, job.blob(item), view)

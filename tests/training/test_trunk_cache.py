@@ -1,5 +1,6 @@
-"""The TorchScript copy of a frozen trunk: same features as torchvision, rebuilt when damaged,
-and a warm workspace that extracts new images without importing torchvision."""
+"""The frozen TorchScript copy of a trunk: the features of torchvision's network (batch norm
+folded into the convolutions changes only the last bits of a float), rebuilt when damaged, and a
+warm workspace that extracts new images without importing torchvision."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def _torchvision_trunk(weights: Path) -> torch.nn.Module:
     return trunk.eval()
 
 
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """Equal but for float rounding: within `rtol` of the larger output's scale."""
+    return a.shape == b.shape and torch.allclose(
+        a.float(), b.float(), rtol=rtol, atol=rtol * float(b.abs().max())
+    )
+
+
 def _scripts(cache: EmbeddingCache) -> list[Path]:
     return sorted((cache.root / "trunks").glob("*.torchscript"))
 
@@ -47,17 +55,18 @@ def test_script_gives_the_torchvision_features(tmp_path: Path, weights: Path) ->
     cache = EmbeddingCache(tmp_path / "cache")
     model = _torchvision_trunk(weights)
     path = cache.script_path("resnet18", "id", 64)
-    assert cache.save_script(path, model, 64)
+    assert cache.save_script(path, model, 64) is not None
     loaded = cache.load_script(path)
-    assert loaded is not None and not loaded.training
+    assert loaded is not None
     x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        assert torch.equal(loaded(x), model(x))
-        # bf16 autocast applies inside TorchScript on the CPU exactly as in eager mode.
+        assert _close(loaded(x), model(x))
+        assert _close(loaded(x.contiguous()), model(x))  # any memory format in
+        # bf16 autocast applies inside the frozen graph on the CPU as in eager mode.
         with autocast(torch.device("cpu"), True):
             eager, scripted = model(x), loaded(x)
-    assert scripted.dtype == eager.dtype
-    assert torch.allclose(scripted.float(), eager.float(), rtol=0, atol=0)
+    assert scripted.dtype == eager.dtype == torch.bfloat16
+    assert _close(scripted, eager, rtol=3e-2)
     # Other weights, input size or torch version: another file.
     assert path != cache.script_path("resnet18", "other", 64)
     assert path != cache.script_path("resnet18", "id", 224)
@@ -98,7 +107,7 @@ def test_damaged_script_is_rebuilt(
 def test_features_from_the_script_equal_torchvision_ones(
     store: Store, version1: Path, weights: Path, tmp_path: Path
 ) -> None:
-    """A warm run (script) stores the same vectors as a fresh build through torchvision."""
+    """A warm run (script) stores the vectors of a fresh build through torchvision."""
     runner.train(store, small_config(weights, precision="fp32"))
     cache = runner.embedding_cache(store)
     assert _scripts(cache)
@@ -119,7 +128,8 @@ def test_features_from_the_script_equal_torchvision_ones(
             results[name, bf16], _ = extract(other, "k", "d", jobs, make, prep, cpu, bf16)
             other.close()
         for key, vec in results["torchvision", bf16].items():
-            assert (results["script", bf16][key] == vec).all()
+            got = torch.from_numpy(results["script", bf16][key])
+            assert _close(got, torch.from_numpy(vec), rtol=3e-2 if bf16 else 1e-4)
     cache.close()
 
 
@@ -165,10 +175,10 @@ def test_other_backbones_trace_to_the_same_features(tmp_path: Path, backbone: st
     model = build_trunk(backbone).eval()
     cache = EmbeddingCache(tmp_path / "cache")
     path = cache.script_path(backbone, "none-seed0", 64)
-    assert cache.save_script(path, model, 64)
+    assert cache.save_script(path, model, 64) is not None
     loaded = cache.load_script(path)
     assert loaded is not None
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
-        assert torch.equal(loaded(x), model(x))
+        assert _close(loaded(x), model(x))
     cache.close()
