@@ -68,7 +68,6 @@ PRECISIONS = Precision.values()
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-
 def auto_workers(cpu_count: int | None = None) -> int:
     """Decoding workers for `workers = -1`: one core is left to the model, at most 4."""
     return max(1, min(4, (cpu_count or os.cpu_count() or 2) - 1))
