@@ -1,7 +1,7 @@
 """parse_label_config reads configs as the SDK's LabelInterface does, without importing the SDK.
 
-The reference below is the earlier implementation, on `LabelInterface` itself: every config must
-give the same LabelingConfig, or fail with the same message.
+The reference below reads each config with `LabelInterface` itself and applies the same rules to
+what it found: every config must give the same LabelingConfig, or fail with the same message.
 """
 
 from __future__ import annotations
@@ -14,50 +14,32 @@ import pytest
 from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio.config import (
     LabelingConfig,
+    _classifier_config,
+    _Interface,
+    _Tag,
     build_label_config,
     parse_label_config,
 )
 
 
 def reference(xml: str, project_id: int | None = None) -> LabelingConfig:
-    """The SDK-based reading this module replaced (label-studio-sdk's LabelInterface)."""
+    """The same reading on the SDK's own `LabelInterface`: its controls, objects and labels put
+    into our interface record and checked by the same rules."""
     from label_studio_sdk.label_interface.interface import LabelInterface
 
     where = f"project {project_id}'s labeling config" if project_id else "the labeling config"
     try:
-        interface = LabelInterface(xml)
+        sdk = LabelInterface(xml)
     except Exception as exc:
         raise LabelStudioError(f"{where} cannot be parsed: {exc}.") from None
-    images = [o for o in interface.objects if o.tag == "Image"]
-    choices = [
-        c
-        for c in interface.controls
-        if c.tag == "Choices" and any(t in c.to_name for t in [o.name for o in images])
-    ]
-    if not images or not choices:
-        raise LabelStudioError(
-            f"{where} needs an <Image> and a <Choices> control on it (image classification); "
-            f"it has {', '.join(sorted({c.tag for c in interface.controls})) or 'no controls'}."
-        )
-    if len(choices) > 1:
-        names = ", ".join(c.name for c in choices)
-        raise LabelStudioError(f"{where} has several Choices controls ({names}); keep one.")
-    control = choices[0]
-    if str(control.attr.get("choice", "single")).lower() not in ("single", "single-radio"):
-        raise LabelStudioError(
-            f'{where} lets annotators pick several choices in "{control.name}"; '
-            'a classifier needs choice="single".'
-        )
-    image = next(o for o in images if o.name in control.to_name)
-    value = str(image.value or "")
-    if not value.startswith("$") or len(value) < 2:
-        raise LabelStudioError(f'{where}: the Image "{image.name}" has no $field value.')
-    labels = tuple(str(label) for label in control.labels)
-    if not labels:
-        raise LabelStudioError(f'{where}: the Choices "{control.name}" lists no choices.')
-    return LabelingConfig(
-        image_field=value[1:], from_name=control.name, to_name=image.name, labels=labels
+    interface = _Interface(
+        controls={
+            c.name: _Tag(c.tag, c.name, dict(c.attr), to_name=list(c.to_name)) for c in sdk.controls
+        },
+        objects={o.name: _Tag(o.tag, o.name, dict(o.attr), value=o.value) for o in sdk.objects},
+        labels={c.name: dict.fromkeys(str(label) for label in c.labels) for c in sdk.controls},
     )
+    return _classifier_config(interface, where)
 
 
 CONFIGS = {

@@ -99,6 +99,11 @@ def parse_label_config(xml: str, project_id: int | None = None) -> LabelingConfi
         interface = _Interface.parse(xml)
     except (ElementTree.ParseError, ValueError) as exc:
         raise LabelStudioError(f"{where} cannot be parsed: {exc}.") from None
+    return _classifier_config(interface, where)
+
+
+def _classifier_config(interface: _Interface, where: str) -> LabelingConfig:
+    """The one Image and its one single-choice Choices, or why the config has none."""
     images = [o for o in interface.objects.values() if o.tag == "Image"]
     choices = [
         c
