@@ -77,16 +77,23 @@ class Ledger:
     ) -> Iterator[OpenRun]:
         """Create the run row; close it as interrupted or failed if the body does not finish it
         (a typed error's message, or the exception's type and text, is kept as the reason)."""
-        with signals_held(), self.store.write() as session:
-            run = OpenRun(store_runs.create_run(session, version, kind, config, device))
+        created: list[OpenRun] = []
         try:
-            yield run
+            # A signal held during the creating write is delivered as it ends: the row exists
+            # by then, and is closed below like any other interrupted run.
+            with signals_held(), self.store.write() as session:
+                created.append(
+                    OpenRun(store_runs.create_run(session, version, kind, config, device))
+                )
+            yield created[0]
         except KeyboardInterrupt as exc:
-            self._close(run, "interrupted", str(exc) or INTERRUPTED)
+            if created:
+                self._close(created[0], "interrupted", str(exc) or INTERRUPTED)
             raise
         except BaseException as exc:
-            reason = str(exc) if isinstance(exc, A2MError) else f"{type(exc).__name__}: {exc}"
-            self._close(run, "failed", reason)
+            if created:
+                reason = str(exc) if isinstance(exc, A2MError) else f"{type(exc).__name__}: {exc}"
+                self._close(created[0], "failed", reason)
             raise
 
     def _close(self, run: OpenRun, status: str, reason: str) -> None:

@@ -177,3 +177,19 @@ def test_sigint_inside_a_ledger_write_is_acted_on_after_it(
     # And nothing holds the write lock afterwards.
     with store.write() as session:
         real(session, run.id, run.history)
+
+
+def test_sigint_while_the_run_row_is_created_closes_it(
+    store: Store, version1: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store_runs.create_run
+
+    def signal_mid_create(*args: object, **kwargs: object) -> store_runs.RunRecord:
+        os.kill(os.getpid(), signal.SIGINT)  # inside the creating transaction
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_runs, "create_run", signal_mid_create)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train(store, small_config(weights, epochs=1))
+    (run,) = _runs(store)
+    assert run.status == "interrupted" and run.pid is None and run.history == []
