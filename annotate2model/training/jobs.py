@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from annotate2model.progress import Progress
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.training.backbones import WeightsSource
-from annotate2model.training.config import SPLITS, RunConfig
+from annotate2model.training.config import SPLITS, RunConfig, resolve_workers
 from annotate2model.training.context import RunContext
 from annotate2model.training.data import Preprocessing, VersionData
 from annotate2model.training.embeddings import ExtractionStats
@@ -43,8 +43,6 @@ class TrainJob:
 
     @property
     def workers(self) -> int:
-        from annotate2model.training.config import resolve_workers
-
         return resolve_workers(self.config.workers)
 
     @property
