@@ -142,3 +142,38 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("A2M_") or name.startswith("LABEL_STUDIO_"):
             monkeypatch.delenv(name, raising=False)
+
+
+# A folder where tests leave what a person may want to look at afterwards (screenshots).
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def chromium_path() -> str:
+    """Debian's chromium (tests/run.sh installs it); Playwright never downloads a browser here."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        # Not a skip: the pages are features, and the test command installs the browser.
+        pytest.fail("chromium is missing: `bash tests/run.sh` installs Debian's package", False)
+    return found
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """One headless Chromium for the session (a playwright.sync_api.Browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """test-artifacts/ at the project root (ignored by git), for screenshots."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
