@@ -16,7 +16,9 @@ from annotate2model.store.models import Base
 EXPECTED_TABLES = {
     "alembic_version",
     "annotations",
+    "curves",
     "dataset_versions",
+    "evaluations",
     "flags",
     "images",
     "predictions",

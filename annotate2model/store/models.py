@@ -225,3 +225,43 @@ class Flag(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # relabeled / confirmed / withdrawn.
     resolution: Mapped[str | None] = mapped_column(String(32))
+
+
+class Evaluation(Base):
+    """A run judged on a set of images (`a2m evaluate`, `a2m compare`), kept for the ledger."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    # The version whose images were judged.
+    version: Mapped[int] = mapped_column(ForeignKey("dataset_versions.number"))
+    # train / val / test, or "common" for a comparison's shared test images.
+    split: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(Integer)
+    # SHA-256 over the sorted image hashes judged: equal hashes, the same images.
+    images_hash: Mapped[str] = mapped_column(String(64))
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    macro_f1: Mapped[float | None] = mapped_column(Float)
+    # The whole SplitMetrics as JSON text.
+    metrics_json: Mapped[str] = mapped_column(Text)
+    # What judged it: "evaluate" or "compare".
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Curve(Base):
+    """A learning curve of one version: accuracy on fixed test images against training size."""
+
+    __tablename__ = "curves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(ForeignKey("dataset_versions.number"), index=True)
+    # The run configuration trained at every point, as JSON text.
+    config_json: Mapped[str] = mapped_column(Text)
+    test_n: Mapped[int] = mapped_column(Integer)
+    images_hash: Mapped[str] = mapped_column(String(64))
+    # One object per (fraction, repeat): train count, accuracy, macro F1, as JSON text.
+    points_json: Mapped[str] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
