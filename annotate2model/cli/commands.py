@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "training",
     "predict": "training",
     "ensemble": "training",
+    "report": "report",
     "connect": "studio",
     "collect": "studio",
     "sync": "studio",

@@ -1,0 +1,623 @@
+"""One self-contained HTML file per run or comparison, with its PNG plots written beside it.
+
+The page opens offline: no script, no stylesheet or font from elsewhere, plots and image thumbnails
+inline as base64 data URIs, and a Content-Security-Policy that forbids loading anything else.
+Every string taken from data (labels, file names, notes, warnings) is HTML-escaped: labels and
+file names are user input.
+
+Reads the run from the ledger and image bytes from the blobs; never imports torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from annotate2model.errors import InputError, InvalidImage, NotFoundError, TrainingError
+from annotate2model.fsutil import atomic_write_bytes
+from annotate2model.judging import plots
+
+if TYPE_CHECKING:
+    from annotate2model.judging.records import (
+        CompareRow,
+        Comparison,
+        ImageChange,
+        LearningCurve,
+        PairTest,
+    )
+    from annotate2model.store import Store
+    from annotate2model.store.runs import PredictionRecord, RunRecord
+    from annotate2model.training.context import RunContext
+
+REPORT_FILE = "report.html"
+# Thumbnails: the longer side in pixels, JPEG quality. Small: a gallery of 60 stays under 1 MB.
+THUMB_SIZE = 128
+THUMB_QUALITY = 80
+# At most this many images per gallery; the page says how many more there are.
+GALLERY_LIMIT = 60
+# Splits whose mistakes the gallery shows (the training split's say little about the model).
+JUDGED_SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What a report wrote: the HTML page and its plots (name -> PNG path, beside the page)."""
+
+    html: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+# Building blocks of the page.
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em;
+       color: #222; }
+h1 { margin-bottom: 0.2em; }
+.lead { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+thead th { background: #f0f3f7; }
+table.confusion td.diag { background: #e3f1e3; font-weight: bold; }
+table.confusion td.off { background: #fbe9e7; }
+.plot { display: block; max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.5em 0; }
+.warnings { border: 2px solid #d9822b; background: #fff4e5; padding: 0.6em 1em; margin: 1em 0; }
+.warnings h2 { margin: 0 0 0.3em; font-size: 1.1em; color: #a35200; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; }
+.gallery figure { margin: 0; width: 150px; border: 1px solid #ddd; padding: 5px;
+                  font-size: 0.8em; background: #fafafa; }
+.gallery img { display: block; margin: 0 auto 4px; max-width: 140px; max-height: 140px; }
+.gallery .name { overflow-wrap: anywhere; color: #555; }
+.gallery .missing { height: 90px; display: flex; align-items: center; justify-content: center;
+                    color: #999; }
+.wrong { color: #b00020; }
+.right { color: #1b7a1b; }
+.more { color: #555; font-style: italic; }
+"""
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _page(title: str, body: Iterable[str]) -> str:
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            # Nothing but this file and its inline images: the page works offline and cannot
+            # reach out even if a label smuggled markup past the escaping.
+            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+            "img-src data:; style-src 'unsafe-inline'\">",
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title>",
+            f"<style>{_STYLE}</style>",
+            "</head>",
+            "<body>",
+            *body,
+            f'<p class="more">Written by annotate2model on '
+            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>",
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    id: str | None = None,
+    numeric: Sequence[int] = (),
+    cls: str | None = None,
+) -> str:
+    """A table of already-escaped cells; `numeric`: column indexes aligned right."""
+    attrs = (f' id="{_e(id)}"' if id else "") + (f' class="{_e(cls)}"' if cls else "")
+    head = "".join(
+        f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>"
+        for i, h in enumerate(headers)
+    )
+    body = [
+        "<tr>"
+        + "".join(
+            f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+            for i, c in enumerate(cells)
+        )
+        + "</tr>"
+        for cells in rows
+    ]
+    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _png(path: Path, alt: str, id: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<img class="plot" id="{_e(id)}" alt="{_e(alt)}" width="{plots.WIDTH}" '
+        f'height="{plots.HEIGHT}" src="data:image/png;base64,{data}">'
+    )
+
+
+def thumbnail_uri(path: Path, max_pixels: int, size: int = THUMB_SIZE) -> str | None:
+    """A small JPEG of the image as a data URI, or None when the image cannot be read."""
+    from annotate2model.imaging import decode_rgb
+
+    try:
+        # JPEGs decode at a power-of-two fraction of their size (draft mode): much faster.
+        img = decode_rgb(path, max_pixels, draft_size=(size, size))
+        img.thumbnail((size, size))
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=THUMB_QUALITY)
+    except (InvalidImage, OSError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def _figure(thumb: str | None, name: str, lines: Sequence[str]) -> str:
+    """One gallery card: thumbnail, the name a person knows the image by, then escaped lines."""
+    picture = (
+        f'<img src="{thumb}" alt="{_e(name)}">'
+        if thumb
+        else '<div class="missing">image unavailable</div>'
+    )
+    caption = "".join(f"<div>{line}</div>" for line in lines)
+    return (
+        f'<figure>{picture}<figcaption><div class="name">{_e(name)}</div>{caption}'
+        "</figcaption></figure>"
+    )
+
+
+def _more(shown: int, total: int, what: str) -> str:
+    if total <= shown:
+        return ""
+    return f'<p class="more">{total - shown} more {_e(what)} not shown.</p>'
+
+
+def _plot_path(out: Path, name: str) -> Path:
+    """A plot's file beside the page: `history.png` beside report.html, else `<page>-history.png`
+    (two reports written to one folder keep their own plots)."""
+    prefix = "" if out.name == REPORT_FILE else f"{out.stem}-"
+    return out.with_name(f"{prefix}{name}.png")
+
+
+def _write(out: Path, html: str) -> Path:
+    atomic_write_bytes(out, html.encode("utf-8"), mode=0o644)
+    return out
+
+
+# The report of one run.
+
+
+@dataclass(frozen=True)
+class _RunData:
+    run: RunRecord
+    predictions: list[PredictionRecord]
+    names: dict[str, str]
+
+
+def _read_run(store: Store, run_id: int | str, ctx: RunContext) -> _RunData:
+    from annotate2model.store import runs as store_runs
+
+    with store.read() as session:
+        run = store_runs.get_run(session, run_id)
+        if run.status != "succeeded":
+            why = f": {run.error}" if run.error else ""
+            raise TrainingError(
+                f"run {run.id} is {run.status}{why}; only a succeeded run has a report.",
+                hint="`a2m runs` lists the runs and their status.",
+            )
+        predictions = [
+            p
+            for p in store_runs.read_predictions(session, run.id, run.version)
+            if p.split in JUDGED_SPLITS
+        ]
+    if not predictions:
+        raise NotFoundError(
+            f"run {run.id} has no predictions recorded on the validation or test images of "
+            f"version {run.version}: there is nothing to show.",
+            hint=f"`a2m evaluate {run.id} --split val` judges it and records them.",
+        )
+    wrong = [p.image_sha256 for p in predictions if p.predicted != p.label]
+    return _RunData(run=run, predictions=predictions, names=ctx.image_names(wrong))
+
+
+def _split_metrics(run: RunRecord) -> dict[str, dict[str, Any]]:
+    splits = run.metrics.get("splits") or {}
+    return {
+        name: m
+        for name in ("train", "val", "test")
+        if isinstance(m := splits.get(name), dict) and m.get("n")
+    }
+
+
+def _labels(run: RunRecord, predictions: Sequence[PredictionRecord]) -> list[str]:
+    for m in _split_metrics(run).values():
+        if m.get("per_class"):
+            return list(m["per_class"])
+    return sorted({p.label for p in predictions} | {p.predicted for p in predictions})
+
+
+def _config_rows(run: RunRecord) -> list[tuple[str, str]]:
+    m = run.metrics
+    rows = [
+        ("run", str(run.id)),
+        ("kind", run.kind),
+        ("dataset version", str(run.version)),
+        ("status", run.status),
+        ("device", run.device or "-"),
+        ("started", run.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("wall time (s)", _num(run.wall_seconds, 1)),
+        ("images/s", _num(run.images_per_second, 0)),
+        ("val accuracy", _num(m.get("val_accuracy"))),
+        ("test accuracy", _num(m.get("test_accuracy"))),
+    ]
+    rows += [(key, _config_value(value)) for key, value in sorted(run.config.items())]
+    return rows
+
+
+def _config_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _history_table(history: Sequence[dict[str, Any]]) -> str:
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+    rows = [
+        [_e(row.get("epoch", i + 1))]
+        + [_num(row.get(k), 6 if k == "lr" else (2 if k == "seconds" else 3)) for k in keys]
+        for i, row in enumerate(history)
+    ]
+    headers = ["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"]
+    return _table(headers, rows, id="history-table", numeric=range(7))
+
+
+def _per_class_table(split: str, m: dict[str, Any]) -> str:
+    rows = [
+        [_e(label), _num(c.get("precision")), _num(c.get("recall")), _num(c.get("f1")),
+         _e(c.get("support", "-"))]
+        for label, c in (m.get("per_class") or {}).items()
+    ]  # fmt: skip
+    return _table(
+        ["label", "precision", "recall (accuracy)", "F1", "images"],
+        rows,
+        id=f"per-class-{split}",
+        numeric=(1, 2, 3, 4),
+    )
+
+
+def _confusion_table(split: str, labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> str:
+    rows = []
+    for i, (label, row) in enumerate(zip(labels, matrix, strict=False)):
+        cells = [f"<th>{_e(label)}</th>"]
+        for j, value in enumerate(row):
+            cls = "diag" if i == j else ("off" if value else "")
+            cells.append(f'<td class="num {cls}">{int(value)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "<th>true \\ predicted</th>" + "".join(f"<th>{_e(label)}</th>" for label in labels)
+    return (
+        f'<table class="confusion" id="confusion-{_e(split)}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+_SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}
+
+
+def _split_section(split: str, m: dict[str, Any], labels: Sequence[str]) -> str:
+    macro = m.get("macro") or {}
+    top = ", ".join(f"{k} {_num(v)}" for k, v in (m.get("top_k") or {}).items())
+    summary = (
+        f"{_e(m.get('n'))} images: accuracy <b>{_num(m.get('accuracy'))}</b>, macro F1 "
+        f"{_num(macro.get('f1'))}, loss {_num(m.get('loss'))}" + (f", {_e(top)}" if top else "")
+    )
+    matrix = m.get("confusion") or []
+    return "\n".join(
+        [
+            f'<section id="split-{_e(split)}">',
+            f"<h2>{_SPLIT_NAMES[split]} split</h2>",
+            f"<p>{summary}.</p>",
+            "<h3>Per class</h3>",
+            _per_class_table(split, m),
+            "<h3>Confusion matrix (rows: true label, columns: predicted)</h3>",
+            _confusion_table(split, labels, matrix),
+            "</section>",
+        ]
+    )
+
+
+def _gallery(
+    data: _RunData, labels: Sequence[str], ctx: RunContext, limit: int = GALLERY_LIMIT
+) -> str:
+    wrong = [p for p in data.predictions if p.predicted != p.label]
+    # Worst first: the most confident mistakes.
+    wrong.sort(key=lambda p: (-p.confidence, p.split, p.image_sha256))
+    index = {label: i for i, label in enumerate(labels)}
+    cards = []
+    for p in wrong[:limit]:
+        i = index.get(p.label)
+        true_p = p.probs[i] if i is not None and i < len(p.probs) else None
+        lines = [
+            f"true: <b>{_e(p.label)}</b>" + (f" ({_num(true_p, 2)})" if true_p is not None else ""),
+            f'predicted: <b class="wrong">{_e(p.predicted)}</b> ({_num(p.confidence, 2)})',
+            f"{_e(_SPLIT_NAMES[p.split].lower())} split",
+        ]
+        name = data.names.get(p.image_sha256, f"image {p.image_sha256[:12]}")
+        cards.append(
+            _figure(thumbnail_uri(ctx.blob_path(p.image_sha256), ctx.max_pixels), name, lines)
+        )
+    judged = len(data.predictions)
+    heading = (
+        f"<h2>Misclassified images ({len(wrong)} of {judged} validation and test images)</h2>"
+        '<p class="lead">Worst first: the most confident mistakes. Probabilities in brackets.</p>'
+    )
+    if not wrong:
+        return f'<section id="gallery">{heading}<p>None: every image was right.</p></section>'
+    return (
+        f'<section id="gallery">{heading}<div class="gallery">{"".join(cards)}</div>'
+        f"{_more(min(limit, len(wrong)), len(wrong), 'misclassified images')}</section>"
+    )
+
+
+def run_report(
+    store: Store,
+    run_id: int | str,
+    out: Path | None = None,
+    context: RunContext | None = None,
+    *,
+    gallery_limit: int = GALLERY_LIMIT,
+) -> ReportFiles:
+    """Write the report of one succeeded run (default: report.html in the run's folder) and its
+    plots (history, confusion) beside it."""
+    from annotate2model.training.context import RunContext
+
+    ctx = context or RunContext.from_store(store)
+    data = _read_run(store, run_id, ctx)
+    run = data.run
+    out = out if out is not None else ctx.run_dir(run.id) / REPORT_FILE
+    splits = _split_metrics(run)
+    labels = _labels(run, data.predictions)
+    # The confusion plot shows the test split where there is one (validation picks the model).
+    judged = "test" if "test" in splits else ("val" if "val" in splits else None)
+    written: dict[str, Path] = {
+        "history": plots.history_plot(run.history, _plot_path(out, "history"))
+    }
+    if judged is not None:
+        matrix = splits[judged].get("confusion") or []
+        written["confusion"] = plots.confusion_plot(labels, matrix, _plot_path(out, "confusion"))
+
+    title = f"Run {run.id} on version {run.version}"
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="lead">{_e(run.kind)} run of {_e(run.config.get("backbone", "-"))} '
+        f"({_e(run.config.get('mode', '-'))}) on {len(labels)} classes: "
+        f"{', '.join(_e(label) for label in labels)}.</p>",
+        '<section id="configuration"><h2>Configuration</h2>',
+        _table(
+            ["setting", "value"],
+            ([_e(k), _e(v)] for k, v in _config_rows(run)),
+            id="config",
+        ),
+        "</section>",
+        '<section id="history"><h2>Loss and accuracy per epoch</h2>',
+        _png(written["history"], "loss and accuracy per epoch", "history-plot"),
+        _history_table(run.history) if run.history else "<p>No epochs recorded.</p>",
+        "</section>",
+    ]
+    if judged is not None:
+        body.append(
+            f'<section id="confusion"><h2>Confusion matrix, '
+            f"{_SPLIT_NAMES[judged].lower()} split</h2>"
+            + _png(
+                written["confusion"], f"confusion matrix of the {judged} split", "confusion-plot"
+            )
+            + "</section>"
+        )
+    body += [_split_section(s, splits[s], labels) for s in ("test", "val", "train") if s in splits]
+    body.append(_gallery(data, labels, ctx, gallery_limit))
+    return ReportFiles(html=_write(out, _page(title, body)), plots=written)
+
+
+# The report of a comparison.
+
+
+def _interval(row: CompareRow) -> str:
+    return f"{_num(row.accuracy)} [{_num(row.interval.low)}, {_num(row.interval.high)}]"
+
+
+def _compare_table(comparison: Comparison) -> str:
+    rows = []
+    for r in comparison.rows:
+        balance = ", ".join(f"{_e(k)} {v}" for k, v in r.balance.items())
+        rows.append(
+            [
+                str(r.run),
+                str(r.version),
+                "/".join(str(r.counts.get(s, 0)) for s in ("train", "val", "test")),
+                balance,
+                _e(f"{r.backbone} {r.mode}"),
+                _e(r.weights),
+                _num(r.val_accuracy),
+                _interval(r),
+                _num(r.macro_f1),
+                _num(r.wall_seconds, 1),
+                _num(r.images_per_second, 0),
+                _e(r.device or "-"),
+            ]
+        )
+    level = round(comparison.rows[0].interval.level * 100) if comparison.rows else 95
+    headers = [
+        "run",
+        "version",
+        "train/val/test",
+        "training images per class",
+        "model",
+        "weights",
+        "own val accuracy",
+        f"accuracy on common test [{level}% interval]",
+        "macro F1",
+        "wall time (s)",
+        "images/s",
+        "device",
+    ]
+    return _table(headers, rows, id="comparison", numeric=(0, 1, 6, 7, 8, 9, 10))
+
+
+def _direction(delta: float) -> str:
+    return "right" if delta > 0 else ("wrong" if delta < 0 else "")
+
+
+def _delta_table(pair: PairTest, index: int) -> str:
+    rows = [
+        [_e(label), f'<span class="{_direction(d)}">{d:+.3f}</span>']
+        for label, d in pair.per_class_delta.items()
+    ]
+    return _table(
+        ["label", f"accuracy change, run {pair.after} − run {pair.before}"],
+        rows,
+        id=f"per-class-delta-{index}",
+        numeric=(1,),
+    )
+
+
+def _changes(
+    changes: Sequence[ImageChange], ctx: RunContext | None, limit: int, what: str, id: str
+) -> str:
+    if not changes:
+        return ""
+    cards = []
+    for c in changes[:limit]:
+        thumb = thumbnail_uri(ctx.blob_path(c.image_sha256), ctx.max_pixels) if ctx else None
+        lines = [
+            f"true: <b>{_e(c.label)}</b>",
+            f'before: <b class="{"right" if c.before == c.label else "wrong"}">{_e(c.before)}</b>',
+            f'after: <b class="{"right" if c.after == c.label else "wrong"}">{_e(c.after)}</b>',
+        ]
+        cards.append(_figure(thumb, c.name, lines))
+    return (
+        f'<h4>{_e(what.capitalize())} ({len(changes)})</h4><div class="gallery" id="{_e(id)}">'
+        f"{''.join(cards)}</div>{_more(min(limit, len(changes)), len(changes), what)}"
+    )
+
+
+def _pair_section(pair: PairTest, index: int, ctx: RunContext | None, limit: int) -> str:
+    fixed = [c for c in pair.changes if c.after == c.label]
+    broken = [c for c in pair.changes if c.after != c.label]
+    return "\n".join(
+        [
+            f'<section class="pair" id="pair-{index}">',
+            f"<h3>Run {pair.before} → run {pair.after}</h3>",
+            f'<p class="sentence">{_e(pair.sentence)}</p>',
+            _delta_table(pair, index),
+            _changes(fixed, ctx, limit, "images fixed (wrong to right)", f"fixed-{index}"),
+            _changes(broken, ctx, limit, "images broken (right to wrong)", f"broken-{index}"),
+            "</section>",
+        ]
+    )
+
+
+def _curve_section(curve: LearningCurve, plot: Path) -> str:
+    rows = [
+        [_num(s.fraction, 2), str(s.train_images), _num(s.mean), _num(s.std), _num(s.low),
+         _num(s.high)]
+        for s in sorted(curve.summary, key=lambda s: s.fraction)
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            '<section id="learning-curve">',
+            f"<h2>Learning curve of version {curve.version}</h2>",
+            f'<p class="lead">On {_e(curve.test_description)}.</p>',
+            f'<p class="sentence" id="curve-verdict"><b>{_e(curve.verdict)}</b></p>',
+            _png(plot, f"learning curve of version {curve.version}", "learning-curve-plot"),
+            _table(
+                ["fraction", "training images", "mean accuracy", "std", "low", "high"],
+                rows,
+                id="curve-table",
+                numeric=range(6),
+            ),
+            "</section>",
+        ]
+    )
+
+
+def compare_report(
+    comparison: Comparison,
+    curve: LearningCurve | None,
+    out: Path,
+    context: RunContext | None = None,
+    *,
+    gallery_limit: int = GALLERY_LIMIT,
+) -> ReportFiles:
+    """Write the report of a comparison (and the learning curve, when there is one) to `out`, with
+    its plots beside it. `context` finds the images for thumbnails (without it: names only)."""
+    if not comparison.rows:
+        raise InputError("the comparison has no runs to report.")
+    written = {
+        "accuracy_vs_images": plots.accuracy_vs_images_plot(
+            comparison, _plot_path(out, "accuracy_vs_images")
+        ),
+        "accuracy_vs_time": plots.accuracy_vs_time_plot(
+            comparison, _plot_path(out, "accuracy_vs_time")
+        ),
+    }
+    if curve is not None:
+        written["learning_curve"] = plots.learning_curve_plot(
+            curve, _plot_path(out, "learning_curve")
+        )
+    runs = ", ".join(f"{r.run} (v{r.version})" for r in comparison.rows)
+    title = f"Comparison of runs {runs}"
+    test = comparison.test_set
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="lead" id="test-set">Judged on {_e(test.description)}; labels of version '
+        f"{test.version}.</p>",
+    ]
+    if comparison.warnings:
+        items = "".join(f"<li>{_e(w)}</li>" for w in comparison.warnings)
+        body.append(
+            f'<div class="warnings" id="warnings" role="alert"><h2>Warnings</h2><ul>{items}</ul>'
+            "</div>"
+        )
+    body += [
+        '<section id="table"><h2>Runs</h2>',
+        _compare_table(comparison),
+        "</section>",
+    ]
+    if comparison.pairs:
+        body.append('<section id="pairs"><h2>Is the difference real?</h2>')
+        body.append(
+            "<ul>"
+            + "".join(f'<li class="sentence">{_e(p.sentence)}</li>' for p in comparison.pairs)
+            + "</ul>"
+        )
+        body += [
+            _pair_section(p, i, context, gallery_limit) for i, p in enumerate(comparison.pairs)
+        ]
+        body.append("</section>")
+    body += [
+        '<section id="plots"><h2>Accuracy against training images and time</h2>',
+        _png(written["accuracy_vs_images"], "accuracy against training images", "acc-images"),
+        _png(written["accuracy_vs_time"], "accuracy against training time", "acc-time"),
+        "</section>",
+    ]
+    if curve is not None:
+        body.append(_curve_section(curve, written["learning_curve"]))
+    return ReportFiles(html=_write(out, _page(title, body)), plots=written)
