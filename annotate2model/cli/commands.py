@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "training",
     "predict": "training",
     "ensemble": "training",
+    "compare": "judging",
+    "curve": "judging",
     "report": "report",
     "connect": "studio",
     "collect": "studio",

@@ -84,6 +84,8 @@ class CommonTestSet:
     images: list[str]
     labels: list[str]
     names: list[str]
+    # "test", or "val" where the compared versions have no test split.
+    split: str = "test"
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from annotate2model.errors import InputError, NotFoundError
-from annotate2model.store.models import Prediction, Run
+from annotate2model.store.models import Evaluation, Prediction, Run
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")
 
@@ -210,6 +211,39 @@ def write_predictions(
         )
 
 
+def add_predictions(
+    session: Session, run_id: int, version: int, rows: Sequence[PredictionRecord]
+) -> None:
+    """Insert or replace the run's predictions of these images only (a comparison's images are a
+    subset of a split: the split's other rows stay)."""
+    shas = [r.image_sha256 for r in rows]
+    for start in range(0, len(shas), 500):
+        session.execute(
+            delete(Prediction).where(
+                Prediction.run_id == run_id,
+                Prediction.version == version,
+                Prediction.image_sha256.in_(shas[start : start + 500]),
+            )
+        )
+    if rows:
+        session.execute(
+            insert(Prediction),
+            [
+                {
+                    "run_id": run_id,
+                    "version": version,
+                    "image_sha256": r.image_sha256,
+                    "split": r.split,
+                    "label": r.label,
+                    "predicted": r.predicted,
+                    "confidence": r.confidence,
+                    "probs_json": json.dumps([round(p, 6) for p in r.probs]),
+                }
+                for r in rows
+            ],
+        )
+
+
 def read_predictions(
     session: Session, run_id: int, version: int | None = None, split: str | None = None
 ) -> list[PredictionRecord]:
@@ -229,3 +263,80 @@ def read_predictions(
         )
         for p in session.scalars(query.order_by(Prediction.split, Prediction.image_sha256))
     ]
+
+
+# Evaluations: a run judged on a named set of images, kept so that judgements can be compared.
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    id: int
+    run_id: int
+    version: int
+    split: str
+    n: int
+    images_hash: str
+    accuracy: float | None
+    macro_f1: float | None
+    metrics: dict[str, Any]
+    source: str
+    created_at: datetime
+
+
+def images_hash(shas: Iterable[str]) -> str:
+    """SHA-256 over the sorted image hashes: two judgements on equal hashes saw the same images."""
+    digest = hashlib.sha256()
+    for sha in sorted(set(shas)):
+        digest.update(sha.encode("ascii"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def record_evaluation(
+    session: Session,
+    run_id: int,
+    version: int,
+    split: str,
+    shas: Sequence[str],
+    metrics: dict[str, Any],
+    source: str,
+) -> EvaluationRecord:
+    _row(session, run_id)
+    row = Evaluation(
+        run_id=run_id,
+        version=version,
+        split=split,
+        n=len(shas),
+        images_hash=images_hash(shas),
+        accuracy=metrics.get("accuracy"),
+        macro_f1=metrics.get("macro_f1"),
+        metrics_json=json.dumps(metrics),
+        source=source,
+        created_at=datetime.now(timezone.utc),
+    )
+    session.add(row)
+    session.flush()
+    return _evaluation(row)
+
+
+def _evaluation(row: Evaluation) -> EvaluationRecord:
+    return EvaluationRecord(
+        id=row.id,
+        run_id=row.run_id,
+        version=row.version,
+        split=row.split,
+        n=row.n,
+        images_hash=row.images_hash,
+        accuracy=row.accuracy,
+        macro_f1=row.macro_f1,
+        metrics=json.loads(row.metrics_json),
+        source=row.source,
+        created_at=row.created_at,
+    )
+
+
+def list_evaluations(session: Session, run_id: int | None = None) -> list[EvaluationRecord]:
+    query = select(Evaluation).order_by(Evaluation.id)
+    if run_id is not None:
+        query = query.where(Evaluation.run_id == run_id)
+    return [_evaluation(r) for r in session.scalars(query)]

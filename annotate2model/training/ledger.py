@@ -22,7 +22,7 @@ from annotate2model.errors import A2MError
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.records import VersionItemRecord
-from annotate2model.store.runs import PredictionRecord, RunRecord
+from annotate2model.store.runs import EvaluationRecord, PredictionRecord, RunRecord
 from annotate2model.training.metrics import RunMetrics
 
 INTERRUPTED = "interrupted by the user (Ctrl-C)"
@@ -134,6 +134,28 @@ class Ledger:
         """A finished run judged again (on another version or split): its rows replace the old."""
         with signals_held(), self.store.write() as session:
             store_runs.write_predictions(session, run_id, version, predictions)
+
+    def add_predictions(
+        self, run_id: int, version: int, predictions: Sequence[PredictionRecord]
+    ) -> None:
+        """Rows for some images of a version (a comparison's common test images); others stay."""
+        with signals_held(), self.store.write() as session:
+            store_runs.add_predictions(session, run_id, version, predictions)
+
+    def record_evaluation(
+        self,
+        run_id: int,
+        version: int,
+        split: str,
+        shas: Sequence[str],
+        metrics: dict[str, Any],
+        source: str,
+    ) -> EvaluationRecord:
+        """Keep a judgement: which run, on which images (by hash), with what result, when."""
+        with signals_held(), self.store.write() as session:
+            return store_runs.record_evaluation(
+                session, run_id, version, split, shas, metrics, source
+            )
 
     def close_dead_runs(self) -> list[int]:
         """Close `running` rows whose process is gone; pid-based, so only for a local store."""

@@ -50,6 +50,7 @@ __all__ = [
     "evaluate_run",
     "predict_files",
     "train",
+    "train_subset",
 ]
 
 
@@ -186,6 +187,47 @@ def _train(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def train_subset(
+    store: Store,
+    config: RunConfig,
+    version: int,
+    train_items: Sequence[VersionItemRecord],
+    val_items: Sequence[VersionItemRecord],
+    judged: Sequence[VersionItemRecord],
+    context: RunContext | None = None,
+) -> tuple[list[str], list[str]]:
+    """Train a configuration on chosen rows of a version and judge it on `judged`, with no run
+    in the ledger and nothing saved (the points of a learning curve).
+
+    Returns (true labels, predicted labels) of the judged images that could be read.
+    """
+    ctx = context or RunContext.from_store(store)
+    full = load_version_data(store, version)
+    data = full.with_splits(
+        {"train": list(train_items), "val": list(val_items), "test": list(judged)}
+    )
+    check_trainable(data)
+    device = pick_device(ctx.device)
+    job = TrainJob(
+        config=config,
+        data=data,
+        context=ctx,
+        source=resolve_weights(config.backbone, config.weights, config.seed),
+        prep=Preprocessing(config.resize_size, config.image_size),
+        device=device,
+        bf16=use_bf16(device, config.precision),
+        progress=NullProgress(),
+        on_epoch=lambda _history: None,
+    )
+    result = train_probe(job) if config.mode == "probe" else train_finetune(job)
+    kept = result.kept.get("test", [])
+    probs = result.probs.get("test")
+    if probs is None or not kept:
+        raise TrainingError(f"none of the {len(judged)} images to judge on could be read.")
+    predicted = [full.labels[int(k)] for k in np.argmax(probs, axis=1)]
+    return [i.label for i in kept], predicted
+
+
 def _relative(store: Store, run_dir: Path) -> str:
     root = store.settings.workspace.root
     return str(run_dir.relative_to(root)) if run_dir.is_relative_to(root) else str(run_dir)
@@ -293,8 +335,17 @@ def evaluate_run(
     probs = result.probs[ok]
     targets = np.array([index[i.label] for i in kept])
     metrics = SplitMetrics.from_dict(classification_metrics(targets, probs, predictor.labels))
-    Ledger(store).write_predictions(
+    ledger = Ledger(store)
+    ledger.write_predictions(
         run.id, data.version.number, prediction_rows(kept, probs, predictor.labels)
+    )
+    ledger.record_evaluation(
+        run.id,
+        data.version.number,
+        split,
+        [i.image_sha256 for i in kept],
+        {**metrics.summary(), **metrics.to_dict()},
+        source="evaluate",
     )
     return Evaluation(run=run.id, version=data.version.number, split=split, metrics=metrics)
 

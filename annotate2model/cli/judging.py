@@ -1,0 +1,291 @@
+"""Judging commands: `compare` (runs of several versions on common test images) and `curve`.
+
+`compare` reads predictions the ledger already holds, so it usually imports no torch; `curve`
+trains, and imports torch only once it starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from annotate2model.cli.context import state
+from annotate2model.cli.render import JsonFlag, RichProgress, console, err_console, print_json
+from annotate2model.judging.records import Comparison, LearningCurve
+
+app = typer.Typer()
+
+# How many changed images `compare` lists per pair (all of them are in --json).
+SHOWN_CHANGES = 5
+
+
+def _acc(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
+
+
+@app.command("compare")
+def compare_cmd(
+    ctx: typer.Context,
+    versions: Annotated[
+        str | None,
+        typer.Option(help="Versions to compare (the latest succeeded run of each): 3,4,5."),
+    ] = None,
+    runs: Annotated[str | None, typer.Option(help="Exactly these runs: 12,15.")] = None,
+    test_of: Annotated[
+        str | None,
+        typer.Option(
+            "--test-of",
+            help="Judge every run on this version's test split (default: the test images all "
+            "compared versions share).",
+        ),
+    ] = None,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Write accuracy-vs-images/time PNGs.")
+    ] = True,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare runs of dataset versions on the SAME test images: accuracy with a 95% interval,
+    macro F1, size and time, and whether the difference is real (McNemar).
+
+    Without options: the latest succeeded run of every version that has one.
+
+    Example: [bold]a2m compare --versions 3,4[/]
+    """
+    from annotate2model.judging.compare import compare, parse_ids
+
+    if versions is not None and runs is not None:
+        raise typer.BadParameter("give --versions or --runs, not both.")
+    if as_csv and as_json:
+        raise typer.BadParameter("give --csv or --json, not both.")
+    store = state(ctx).store()
+    result = compare(
+        store,
+        versions=parse_ids(versions, "version"),
+        runs=parse_ids(runs, "run"),
+        test_of=test_of,
+        progress=RichProgress(),
+    )
+    written: list[Path] = []
+    if plots:
+        written = _compare_plots(store.settings.workspace.data_dir / "reports", result)
+    if as_json:
+        print_json({**result.to_dict(), "plots": [str(p) for p in written]})
+        return
+    if as_csv:
+        _print_csv(result)
+        return
+    _print_comparison(result)
+    for path in written:
+        console.print(f"Plot: {path}")
+
+
+def _compare_plots(folder: Path, result: Comparison) -> list[Path]:
+    from annotate2model.judging import plots
+
+    out = folder / ("compare-runs-" + "-".join(str(r.run) for r in result.rows))
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        plots.accuracy_vs_images_plot(result, out / "accuracy_vs_images.png"),
+        plots.accuracy_vs_time_plot(result, out / "accuracy_vs_time.png"),
+    ]
+
+
+def _print_csv(result: Comparison) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(
+        [
+            "run",
+            "version",
+            "train",
+            "val",
+            "test",
+            "balance",
+            "backbone",
+            "mode",
+            "val_accuracy",
+            "common_accuracy",
+            "interval_low",
+            "interval_high",
+            "common_macro_f1",
+            "common_n",
+            "wall_seconds",
+            "images_per_second",
+            "device",
+        ]
+    )
+    for r in result.rows:
+        writer.writerow(
+            [
+                r.run,
+                r.version,
+                r.counts.get("train", 0),
+                r.counts.get("val", 0),
+                r.counts.get("test", 0),
+                " ".join(f"{k}:{v}" for k, v in r.balance.items()),
+                r.backbone,
+                r.mode,
+                r.val_accuracy if r.val_accuracy is not None else "",
+                r.accuracy,
+                r.interval.low,
+                r.interval.high,
+                r.macro_f1 if r.macro_f1 is not None else "",
+                len(result.test_set.images),
+                r.wall_seconds if r.wall_seconds is not None else "",
+                r.images_per_second if r.images_per_second is not None else "",
+                r.device or "",
+            ]
+        )
+
+
+def _print_comparison(result: Comparison) -> None:
+    console.print(f"Judged on {escape(result.test_set.description)}.")
+    # What all rows share goes into the title, so the table fits 80 columns.
+    models = sorted(
+        {f"{r.backbone} {r.mode}" if r.kind == "train" else "ensemble" for r in result.rows}
+    )
+    devices = sorted({r.device or "-" for r in result.rows})
+    shared = [m for m in (models, devices) if len(m) == 1]
+    table = Table(
+        title="Comparison" + (f" ({escape(', '.join(m[0] for m in shared))})" if shared else ""),
+        caption="images: train/val/test of the run's version; common: the images above",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("run", justify="right", no_wrap=True)
+    table.add_column("v", justify="right", no_wrap=True)
+    table.add_column("images", justify="right", no_wrap=True)
+    if len(models) > 1:
+        table.add_column("model")
+    table.add_column("val acc", justify="right", no_wrap=True)
+    table.add_column("common (95% CI)", justify="right", no_wrap=True)
+    table.add_column("F1", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("img/s", justify="right", no_wrap=True)
+    if len(devices) > 1:
+        table.add_column("device")
+    for r in result.rows:
+        cells = [
+            str(r.run),
+            str(r.version),
+            f"{r.counts.get('train', 0)}/{r.counts.get('val', 0)}/{r.counts.get('test', 0)}",
+        ]
+        if len(models) > 1:
+            cells.append(escape(f"{r.backbone} {r.mode}" if r.kind == "train" else "ensemble"))
+        cells += [
+            _acc(r.val_accuracy),
+            f"{r.accuracy:.3f} ({r.interval.low:.2f}-{r.interval.high:.2f})",
+            _acc(r.macro_f1),
+            f"{r.wall_seconds:.1f}s" if r.wall_seconds is not None else "-",
+            f"{r.images_per_second:.0f}" if r.images_per_second else "-",
+        ]
+        if len(devices) > 1:
+            cells.append(escape(r.device or "-"))
+        table.add_row(*cells)
+    console.print(table)
+    for pair in result.pairs:
+        console.print(escape(pair.sentence[:1].upper() + pair.sentence[1:]) + ".")
+        deltas = ", ".join(f"{escape(c)} {d * 100:+.1f}" for c, d in pair.per_class_delta.items())
+        console.print(f"  Per-class accuracy change (points): {deltas}")
+        for kind, wanted in (("fixed", True), ("broken", False)):
+            changed = [c for c in pair.changes if (c.after == c.label) == wanted]
+            if not changed:
+                continue
+            shown = ", ".join(
+                escape(
+                    f"{c.name} ({c.label}; was {c.before})"
+                    if wanted
+                    else f"{c.name} ({c.label}; now {c.after})"
+                )
+                for c in changed[:SHOWN_CHANGES]
+            )
+            more = (
+                f" and {len(changed) - SHOWN_CHANGES} more" if len(changed) > SHOWN_CHANGES else ""
+            )
+            console.print(f"  {kind.capitalize()}: {shown}{more}")
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+@app.command("curve")
+def curve_cmd(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Dataset version (number or latest).")] = "latest",
+    fractions: Annotated[
+        str | None,
+        typer.Option(help="Shares of the training split to train on (default 0.1,0.25,0.5,1.0)."),
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option(help="Subsets (and seeds) per fraction, for the spread.")
+    ] = 3,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            help="Train this run's configuration (default: the version's latest succeeded run)."
+        ),
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the curve PNG.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Learning curve: the same configuration on nested, class-stratified subsets of the
+    training split, judged on the same test images. Says whether more labels still pay.
+
+    Example: [bold]a2m curve 4 --fractions 0.25,0.5,1.0 --repeats 3[/]
+    """
+    from annotate2model.cli.training import _passive_omp_threads, _stop_on_signals
+
+    _passive_omp_threads()
+    _stop_on_signals()
+    from annotate2model.judging.curve import learning_curve, parse_fractions
+
+    store = state(ctx).store()
+    curve = learning_curve(
+        store,
+        version,
+        fractions=parse_fractions(fractions),
+        repeats=repeats,
+        run_id=run,
+        progress=RichProgress(),
+    )
+    written: list[Path] = []
+    if plots:
+        from annotate2model.judging import plots as plotting
+
+        folder = store.settings.workspace.data_dir / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        written.append(
+            plotting.learning_curve_plot(curve, folder / f"curve-v{curve.version}-{curve.id}.png")
+        )
+    if as_json:
+        print_json({**curve.to_dict(), "plots": [str(p) for p in written]})
+        return
+    _print_curve(curve)
+    for path in written:
+        console.print(f"Plot: {path}")
+
+
+def _print_curve(curve: LearningCurve) -> None:
+    console.print(
+        f"Learning curve of version {curve.version}, judged on {escape(curve.test_description)}."
+    )
+    table = Table(title="Accuracy against training images")
+    for col in ("fraction", "train images", "mean acc", "std", "min", "max"):
+        table.add_column(col, justify="right")
+    for s in curve.summary:
+        table.add_row(
+            f"{s.fraction:.0%}",
+            str(s.train_images),
+            f"{s.mean:.3f}",
+            f"{s.std:.3f}",
+            f"{s.low:.3f}",
+            f"{s.high:.3f}",
+        )
+    console.print(table)
+    console.print(escape(curve.verdict))
+    console.print(f"{len(curve.points)} models trained in {curve.seconds:.1f} s.")

@@ -1,0 +1,263 @@
+"""`a2m curve`: is more annotation still worth it?
+
+The same configuration is trained on nested, class-stratified subsets of a version's training
+split and every model is judged on the same test images. Subsets are stable: within a repeat,
+each class's images are ordered by a hash of (repeat, image) and a fraction takes the first ones,
+so a smaller subset is always inside a larger one. For a probe the features come from the
+embedding cache, so a curve costs little more than training heads. Nothing enters the run ledger
+(the points are not runs); the curve is kept in its own table for reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from annotate2model.errors import InputError, TrainingError
+from annotate2model.judging import stats
+from annotate2model.judging.records import CurvePoint, CurveSummary, LearningCurve
+from annotate2model.progress import NullProgress, Progress
+from annotate2model.store import Store
+from annotate2model.store import curves as store_curves
+from annotate2model.store import runs as store_runs
+from annotate2model.store import versions as store_versions
+from annotate2model.store.records import VersionItemRecord
+from annotate2model.store.runs import RunRecord
+from annotate2model.training.config import RunConfig
+from annotate2model.training.context import RunContext
+
+DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+DEFAULT_REPEATS = 3
+
+
+def parse_fractions(text: str | None) -> list[float]:
+    if text is None:
+        return list(DEFAULT_FRACTIONS)
+    try:
+        values = sorted({float(p) for p in text.replace(" ", "").split(",") if p})
+    except ValueError:
+        raise InputError(f"fractions must be numbers between 0 and 1, got {text!r}.") from None
+    if not values or values[0] <= 0 or values[-1] > 1:
+        raise InputError(f"fractions must be above 0 and at most 1, got {text!r}.")
+    return values
+
+
+def nested_subsets(
+    items: Sequence[VersionItemRecord], fractions: Sequence[float], repeat: int
+) -> dict[float, list[VersionItemRecord]]:
+    """Class-stratified subsets, nested (each inside the next larger) and stable by hash.
+
+    Every class keeps at least one image, and round(fraction x its count) otherwise.
+    """
+    by_class: dict[str, list[VersionItemRecord]] = {}
+    for item in items:
+        by_class.setdefault(item.label, []).append(item)
+    for members in by_class.values():
+        members.sort(key=lambda i: hashlib.sha256(f"{repeat}:{i.image_sha256}".encode()).digest())
+    out: dict[float, list[VersionItemRecord]] = {}
+    for fraction in sorted(fractions):
+        chosen: list[VersionItemRecord] = []
+        for members in by_class.values():
+            take = max(1, min(len(members), round(fraction * len(members))))
+            chosen.extend(members[:take])
+        out[fraction] = sorted(chosen, key=lambda i: i.image_sha256)
+    return out
+
+
+def curve_config(store: Store, version: int, run_id: int | str | None) -> RunConfig:
+    """The configuration a curve trains: the given run's, else the latest succeeded training run
+    of the version (or of any version), else the defaults."""
+    with store.read() as session:
+        if run_id is not None:
+            run: RunRecord | None = store_runs.get_run(session, run_id)
+        else:
+            runs = [
+                r
+                for r in store_runs.list_runs(session)
+                if r.status == "succeeded" and r.kind == "train"
+            ]
+            own = [r for r in runs if r.version == version]
+            run = max(own or runs, key=lambda r: r.id) if (own or runs) else None
+    if run is None:
+        return RunConfig()
+    if run.kind != "train":
+        raise InputError(f"run {run.id} is an ensemble; a curve trains one configuration.")
+    return RunConfig.from_dict(run.config)
+
+
+def learning_curve(
+    store: Store,
+    version_ref: int | str | None = None,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    repeats: int = DEFAULT_REPEATS,
+    config: RunConfig | None = None,
+    run_id: int | str | None = None,
+    context: RunContext | None = None,
+    progress: Progress | None = None,
+) -> LearningCurve:
+    """Train on nested subsets, judge each model on the version's test split (val when the
+    version has no test split), summarise and keep the curve."""
+    from annotate2model.training.runner import train_subset
+
+    progress = progress or NullProgress()
+    if repeats < 1:
+        raise InputError("repeats must be at least 1.")
+    started = time.perf_counter()
+    with store.read() as session:
+        version = store_versions.get_version(session, version_ref)
+        items = store_versions.version_items(session, version.number)
+    config = config or curve_config(store, version.number, run_id)
+    train = [i for i in items if i.split == "train"]
+    judged_split = "test" if any(i.split == "test" for i in items) else "val"
+    judged = [i for i in items if i.split == judged_split]
+    if not judged:
+        raise TrainingError(
+            f"version {version.number} has neither test nor validation images to judge on."
+        )
+    if len({i.label for i in train}) < 2:
+        raise TrainingError(f"version {version.number} has fewer than two classes to train.")
+    description = f"version {version.number}'s {judged_split} split ({len(judged)} images)"
+    val = [i for i in items if i.split == "val"] if judged_split == "test" else judged
+    ctx = context or RunContext.from_store(store)
+    points: list[CurvePoint] = []
+    total = len(fractions) * repeats
+    progress.begin("Learning curve", total=total)
+    for repeat in range(repeats):
+        for fraction, subset in nested_subsets(train, fractions, repeat).items():
+            progress.advance(
+                0, status=f"{len(subset)} training images ({fraction:.0%}), repeat {repeat + 1}"
+            )
+            truth, predicted = train_subset(
+                store,
+                config.replace(seed=config.seed + repeat),
+                version.number,
+                subset,
+                val,
+                judged,
+                context=ctx,
+            )
+            points.append(
+                CurvePoint(
+                    fraction=fraction,
+                    repeat=repeat,
+                    train_images=len(subset),
+                    accuracy=float(
+                        np.mean([t == p for t, p in zip(truth, predicted, strict=True)])
+                    ),
+                    macro_f1=stats.macro_f1(truth, predicted),
+                )
+            )
+            progress.advance(1)
+    progress.end()
+    summary = summarise(points)
+    verdict, per_point = judge_curve(summary)
+    curve = LearningCurve(
+        id=None,
+        version=version.number,
+        test_description=description,
+        test_n=len(judged),
+        config=asdict(config),
+        points=points,
+        summary=summary,
+        verdict=verdict,
+        images_per_point=per_point,
+        seconds=time.perf_counter() - started,
+    )
+    return _keep(store, curve, [i.image_sha256 for i in judged])
+
+
+def summarise(points: Sequence[CurvePoint]) -> list[CurveSummary]:
+    out = []
+    for fraction in sorted({p.fraction for p in points}):
+        rows = [p for p in points if p.fraction == fraction]
+        acc = np.array([p.accuracy for p in rows])
+        out.append(
+            CurveSummary(
+                fraction=fraction,
+                train_images=round(float(np.mean([p.train_images for p in rows]))),
+                mean=float(acc.mean()),
+                std=float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                low=float(acc.min()),
+                high=float(acc.max()),
+            )
+        )
+    return out
+
+
+def judge_curve(summary: Sequence[CurveSummary]) -> tuple[str, int | None]:
+    """One line on whether the curve has flattened, and roughly how many more labeled images the
+    next point of accuracy would take, read from the last step of the curve: accuracy is taken to
+    grow linearly in log(images), at the rate of that step (points per doubling)."""
+    if len(summary) < 2:
+        return "one point only: no trend to read.", None
+    last, previous = summary[-1], summary[-2]
+    n_last, n_prev = last.train_images, max(previous.train_images, 1)
+    gain = last.mean - previous.mean
+    doublings = math.log2(n_last / n_prev) if n_last > n_prev else 0.0
+    per_doubling = gain / doublings if doublings > 0 else 0.0
+    noise = max(last.std, previous.std)
+    step = f"{n_prev} -> {n_last} training images changed accuracy by {gain * 100:+.1f} points" + (
+        f" (spread {noise * 100:.1f})" if noise > 0 else ""
+    )
+    more: int | None = None
+    if 1.0 - last.mean <= 0.01:
+        tail = f"accuracy is already {last.mean:.1%}: little is left to gain."
+    elif per_doubling <= 0.001:
+        tail = "more images of the same kind may not help; look at the flagged labels instead."
+    else:
+        needed = n_last * 2.0 ** (0.01 / per_doubling)
+        more = max(1, round(needed - n_last))
+        tail = f"the next point of accuracy would take roughly {more} more labeled images."
+    # Flattened: under one point of accuracy per doubling of the training images.
+    head = "The curve has flattened" if per_doubling < 0.01 else "The curve is still rising"
+    return f"{head}: {step}; {tail}", more
+
+
+def _keep(store: Store, curve: LearningCurve, judged: Sequence[str]) -> LearningCurve:
+    from annotate2model.training.ledger import signals_held
+
+    payload = {
+        "test": curve.test_description,
+        "points": [asdict(p) for p in curve.points],
+        "verdict": curve.verdict,
+        "images_per_point": curve.images_per_point,
+    }
+    with signals_held(), store.write() as session:
+        new_id = store_curves.save_curve(
+            session,
+            curve.version,
+            curve.config,
+            curve.test_n,
+            store_runs.images_hash(judged),
+            payload,
+            curve.seconds,
+        )
+    return replace(curve, id=new_id)
+
+
+def latest_curve(store: Store, version: int) -> LearningCurve | None:
+    """The newest curve kept for a version, or None."""
+    with store.read() as session:
+        row = store_curves.latest_curve(session, version)
+    if row is None:
+        return None
+    data = row.payload
+    points = [CurvePoint(**p) for p in data.get("points", [])]
+    return LearningCurve(
+        id=row.id,
+        version=row.version,
+        test_description=str(data.get("test", "")),
+        test_n=row.test_n,
+        config=row.config,
+        points=points,
+        summary=summarise(points),
+        verdict=str(data.get("verdict", "")),
+        images_per_point=data.get("images_per_point"),
+        seconds=row.seconds or 0.0,
+    )
