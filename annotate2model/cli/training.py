@@ -14,10 +14,13 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from annotate2model.cli.context import skip_final_collection, state
 from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json, when
+from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.training.config import (
     DEVICES,
@@ -216,17 +219,23 @@ def train_cmd(
 @app.command("runs")
 def runs_cmd(
     ctx: typer.Context,
+    run: Annotated[
+        str | None, typer.Argument(help="A run id: its configuration, metrics and evaluations.")
+    ] = None,
     version: Annotated[str | None, typer.Option(help="Only runs on this version.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List runs with status, configuration, timing and accuracy, oldest first.
+    """List runs with status, configuration, timing and accuracy, oldest first; or one run whole.
 
-    Example: [bold]a2m runs --json[/]
+    Example: [bold]a2m runs --json[/], [bold]a2m runs 3[/]
     """
     from annotate2model.training.ledger import Ledger
 
     store = state(ctx).store()
     Ledger(store).close_dead_runs()
+    if run is not None:
+        _show_run(store, run, as_json)
+        return
     with store.read() as session:
         number = None
         if version is not None:
@@ -234,6 +243,14 @@ def runs_cmd(
 
             number = get_version(session, version).number
         rows = store_runs.list_runs(session, number)
+        from annotate2model.store.versions import split_hashes
+
+        # The images each listed accuracy was measured on: test, else validation images.
+        judged = [r for r in rows if r.status == "succeeded"]
+        test_sets = set()
+        for split, key in (("test", "test_accuracy"), ("val", "val_accuracy")):
+            on_split = [r.version for r in judged if r.metrics.get(key) is not None]
+            test_sets |= {(split, h) for h in split_hashes(session, on_split, split).values()}
     if as_json:
         print_json(rows)
         return
@@ -265,6 +282,74 @@ def runs_cmd(
             _short(r.error or c.get("note") or ""),
         )
     console.print(table)
+    if len(test_sets) > 1:
+        # Each version has its own val/test images: the accuracies above do not compare.
+        console.print(
+            "[yellow]Note:[/] these runs were judged on different images (each on its own "
+            "version's val/test splits), so their accuracies do not compare. "
+            "[bold]a2m compare[/] judges them on the same images."
+        )
+
+
+def _show_run(store: Store, run_ref: str, as_json: bool) -> None:
+    """One run: configuration, metrics per split, and every later judgement of it."""
+    with store.read() as session:
+        record = store_runs.get_run(session, run_ref)
+        evaluations = store_runs.list_evaluations(session, record.id)
+    if as_json:
+        print_json({"run": record, "evaluations": evaluations})
+        return
+    console.print(
+        f"Run [bold]{record.id}[/] ({record.kind}) on version {record.version}: {record.status}"
+        + (f", {record.wall_seconds:.1f} s" if record.wall_seconds is not None else "")
+        + (f" on {escape(record.device)}" if record.device else "")
+        + "."
+    )
+    if record.error:
+        console.print(f"Reason: {escape(record.error)}")
+    config = Table(title="Configuration", show_header=False)
+    config.add_column("key")
+    config.add_column("value")
+    for key, value in sorted(record.config.items()):
+        config.add_row(key, escape(str(value)))
+    console.print(config)
+    splits = record.metrics.get("splits") or {}
+    if splits:
+        table = Table(title="Metrics on its own version")
+        for col in ("split", "images", "accuracy", "macro F1", "loss"):
+            table.add_column(col, justify="left" if col == "split" else "right")
+        for split, m in splits.items():
+            table.add_row(
+                split,
+                str(m.get("n", "-")),
+                _pct(m.get("accuracy")),
+                _pct((m.get("macro") or {}).get("f1")),
+                _pct(m.get("loss")),
+            )
+        console.print(table)
+    if evaluations:
+        table = Table(title="Evaluations (a2m evaluate, a2m compare)", box=box.SIMPLE_HEAD)
+        for col in ("when", "by", "version", "split", "images", "accuracy", "macro F1", "set"):
+            table.add_column(
+                col, justify="left" if col in ("when", "by", "split") else "right", no_wrap=True
+            )
+        for e in evaluations:
+            table.add_row(
+                when(e.created_at),
+                e.source,
+                str(e.version),
+                e.split,
+                str(e.n),
+                _pct(e.accuracy),
+                _pct(e.macro_f1),
+                e.images_hash[:8],
+            )
+        console.print(table)
+        console.print("Rows with the same [bold]set[/] were judged on the same images.")
+    else:
+        console.print(
+            "Not judged again since training ([bold]a2m evaluate[/], [bold]a2m compare[/])."
+        )
 
 
 def _short(text: str, limit: int = 48) -> str:

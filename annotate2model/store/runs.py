@@ -302,12 +302,27 @@ def record_evaluation(
     source: str,
 ) -> EvaluationRecord:
     _row(session, run_id)
+    digest = images_hash(shas)
+    # The same judgement again (same run, images and result) is not a new fact: keep the first.
+    for earlier in session.scalars(
+        select(Evaluation).where(
+            Evaluation.run_id == run_id,
+            Evaluation.version == version,
+            Evaluation.split == split,
+            Evaluation.images_hash == digest,
+            Evaluation.source == source,
+        )
+    ):
+        if earlier.accuracy == metrics.get("accuracy") and earlier.macro_f1 == metrics.get(
+            "macro_f1"
+        ):
+            return _evaluation(earlier)
     row = Evaluation(
         run_id=run_id,
         version=version,
         split=split,
         n=len(shas),
-        images_hash=images_hash(shas),
+        images_hash=digest,
         accuracy=metrics.get("accuracy"),
         macro_f1=metrics.get("macro_f1"),
         metrics_json=json.dumps(metrics),

@@ -230,3 +230,13 @@ def diff_versions(session: Session, old_ref: int | str, new_ref: int | str) -> V
         removed=[VersionItemRecord(*row) for row in removed],
         relabeled=[RelabeledRow(*row) for row in relabeled],
     )
+
+
+def split_hashes(session: Session, numbers: Iterable[int], split: str = "test") -> dict[int, str]:
+    """Version -> SHA-256 over the image hashes of one split: equal values, the same images."""
+    from annotate2model.store.runs import images_hash
+
+    return {
+        n: images_hash(i.image_sha256 for i in version_items(session, n, split))
+        for n in sorted(set(numbers))
+    }
