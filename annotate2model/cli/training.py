@@ -19,7 +19,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from annotate2model.cli.context import skip_final_collection, state
-from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json, when
+from annotate2model.cli.render import (
+    JsonFlag,
+    RichProgress,
+    console,
+    err_console,
+    print_json,
+    when,
+)
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.training.config import (
@@ -411,14 +418,15 @@ def evaluate_cmd(
 def predict_cmd(
     ctx: typer.Context,
     run: Annotated[str, typer.Argument(help="Run id.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them.")],
     top_k: Annotated[int, typer.Option("--top-k", help="Labels to show per image.")] = 3,
     device: DeviceFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Top-k labels with probabilities for image files.
+    """Top-k labels with probabilities for image files and folders. Every input that cannot be
+    read is reported, the others are still predicted, and the exit code is 1 if any failed.
 
-    Example: [bold]a2m predict 3 photos/*.jpg --top-k 2[/]
+    Example: [bold]a2m predict 3 photos/ extra.jpg --top-k 2[/]
     """
     _passive_omp_threads()
     _stop_on_signals()
@@ -428,19 +436,36 @@ def predict_cmd(
 
     store = state(ctx).store(device=device) if device else state(ctx).store()
     results = predict_files(store, run, images, top_k, progress=RichProgress())
+    failed = sum(1 for r in results if "error" in r)
     if as_json:
         print_json(results)
-        return
-    table = Table(title=f"Predictions of run {run}")
-    table.add_column("image")
-    for k in range(top_k):
-        table.add_column(f"#{k + 1}")
-    for r in results:
-        cells = [f"{t['label']} {t['probability']:.3f}" for t in r["top"]]
-        if "error" in r:
-            cells = [f"[red]{r['error']}[/]"]
-        table.add_row(r["path"], *cells, *([""] * (top_k - len(cells))))
-    console.print(table)
+    else:
+        table = Table(title=f"Predictions of run {run}", box=box.SIMPLE_HEAD)
+        table.add_column("image", overflow="fold", ratio=1)
+        table.add_column("prediction", no_wrap=True)
+        shown = max((len(r["top"]) for r in results), default=0)
+        if shown > 1:
+            table.add_column("then", no_wrap=False)
+        for r in results:
+            name = escape(_display_path(r["path"]))
+            if "error" in r:
+                cells = [f"[red]{escape(r['error'])}[/]"] + ([""] if shown > 1 else [])
+            else:
+                top = [f"{escape(t['label'])} {t['probability']:.3f}" for t in r["top"]]
+                cells = [f"[bold]{top[0]}[/]"] + ([", ".join(top[1:])] if shown > 1 else [])
+            table.add_row(name, *cells)
+        console.print(table)
+    if failed:
+        err_console.print(f"[red]{failed} of {len(results)} input(s) could not be predicted.[/]")
+        raise typer.Exit(1)
+
+
+def _display_path(path: str) -> str:
+    """A path as the user typed it: relative to the current folder when under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
 
 
 @app.command("ensemble")

@@ -8,6 +8,7 @@ artifacts are written atomically, so neither leaves a corrupt file behind.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -358,6 +359,20 @@ def _report(ctx: RunContext, progress: Progress, skipped: dict[str, str]) -> Non
         progress.note(f"{names.get(sha, sha[:12])} skipped: {reason}")
 
 
+def expand_inputs(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, folders as every visible file under them (sorted); missing paths stay, so
+    that each is reported as a failed input rather than stopping the others."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                out.extend(Path(dirpath) / n for n in sorted(filenames) if not n.startswith("."))
+        else:
+            out.append(path)
+    return out
+
+
 def predict_files(
     store: Store,
     run_id: int | str,
@@ -366,22 +381,30 @@ def predict_files(
     progress: Progress | None = None,
     context: RunContext | None = None,
 ) -> list[dict[str, Any]]:
-    """Top-k labels with probabilities for image files; unreadable files say why."""
+    """Top-k labels with probabilities for image files and folders of them: one row per input
+    file; a row with an `error` (and no labels) for each input that is missing or unreadable."""
     progress = progress or NullProgress()
     ctx = context or RunContext.from_store(store)
     run = _usable(_get_run(store, run_id))
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"{path} is not a file.")
+    files = expand_inputs(paths)
+    if not files:
+        raise InputError("no image files to predict: the folders given are empty.")
+    readable = [i for i, f in enumerate(files) if f.is_file()]
     predictor = load_predictor(ctx, run)
-    result = predictor.predict(list(paths), progress=progress)
+    result = predictor.predict([files[i] for i in readable], progress=progress)
     out: list[dict[str, Any]] = []
-    for i, path in enumerate(paths):
-        if i in result.errors:
-            out.append({"path": str(path), "error": result.errors[i], "top": []})
-            continue
-        top = result.top(i, top_k)
-        out.append({"path": str(path), "top": [{"label": lab, "probability": p} for lab, p in top]})
+    where = dict(zip(readable, range(len(readable)), strict=True))
+    for i, path in enumerate(files):
+        row: dict[str, Any] = {"path": str(path)}
+        j = where.get(i)
+        if j is None:
+            row.update(error="no such file" if not path.exists() else "not a file", top=[])
+        elif j in result.errors:
+            row.update(error=result.errors[j], top=[])
+        else:
+            top = result.top(j, min(top_k, len(predictor.labels)))
+            row["top"] = [{"label": lab, "probability": p} for lab, p in top]
+        out.append(row)
     return out
 
 
