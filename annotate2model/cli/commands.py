@@ -35,6 +35,9 @@ COMMANDS: dict[str, str] = {
     "sync": "studio",
     "studio": "studio",
     "demo": "demo",
+    "serve": "serve",
+    "connect-backend": "serve",
+    "export": "serve",
 }
 
 

@@ -1,0 +1,190 @@
+"""Delivery commands: `serve` (page, REST API, ML backend), `export`, `connect-backend`.
+
+torch, FastAPI and uvicorn are imported inside the commands, so `a2m --help` stays fast; `serve
+--onnx` never imports torch at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from annotate2model.cli.context import state
+from annotate2model.cli.render import JsonFlag, RichProgress, console, err_console, print_json
+from annotate2model.errors import NotFoundError, TrainingError
+from annotate2model.settings import Secret
+
+app = typer.Typer()
+
+TOKEN_ENV = "A2M_SERVE_TOKEN"
+DEFAULT_BACKEND_URL = "http://127.0.0.1:9090"
+
+TokenFlag = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Bearer token the server demands (default: ${TOKEN_ENV}; none: no authentication).",
+        show_default=False,
+    ),
+]
+
+
+def _token(ctx: typer.Context, flag: str | None) -> Secret | None:
+    value = flag if flag is not None else state(ctx).env.get(TOKEN_ENV, "")
+    return Secret(value) if value else None
+
+
+def _run_dirs(ctx: typer.Context, runs: list[str]) -> list[Path]:
+    from annotate2model.store import runs as store_runs
+    from annotate2model.training.context import RunContext
+
+    store = state(ctx).store()
+    context = RunContext.from_store(store)
+    dirs: list[Path] = []
+    for ref in runs:
+        with store.read() as session:
+            run = store_runs.get_run(session, ref)
+        if run.status != "succeeded" or run.artifact_dir is None:
+            raise TrainingError(f"run {run.id} is {run.status} and has no model to serve.")
+        dirs.append(context.run_dir(run.id))
+    state(ctx).close()
+    return dirs
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    runs: Annotated[list[str], typer.Argument(help="Run ids; the first is the default.")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 9090,
+    token: TokenFlag = None,
+    onnx: Annotated[
+        bool,
+        typer.Option("--onnx", help="Serve each run's model.onnx on ONNX Runtime (no torch)."),
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda or cuda:N.")
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 20,
+    max_files: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
+    max_batch: Annotated[int, typer.Option(help="Most images in one forward pass.")] = 32,
+) -> None:
+    """Serve runs: a page at /, a REST API (/v1/predict) and a Label Studio ML backend.
+
+    Example: [bold]a2m serve 3 --port 9090 --token $A2M_SERVE_TOKEN[/]
+    """
+    from annotate2model.serve.app import ServeSettings, create_app, exposure_warning
+    from annotate2model.serve.models import OnnxModel, ServedModel, TorchModel
+    from annotate2model.serve.server import run_server
+
+    settings = state(ctx).settings()
+    secret = _token(ctx, token)
+    dirs = _run_dirs(ctx, runs)
+    chosen = device or settings.device
+    models: list[ServedModel] = []
+    with console.status("Loading the model(s)"):
+        for run_dir in dirs:
+            if onnx:
+                path = run_dir / "model.onnx"
+                if not path.is_file():
+                    raise NotFoundError(
+                        f"run {run_dir.name} has no ONNX export ({path} is missing).",
+                        hint=f"run `a2m export {run_dir.name} --format onnx` first.",
+                    )
+                models.append(OnnxModel.load(path, chosen))
+            else:
+                # Idle OpenMP threads sleep, leaving the cores to the decoding threads.
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+                models.append(TorchModel.load(run_dir, chosen))
+    from annotate2model.labelstudio.backend import task_images
+
+    reader = task_images(settings)
+    limits = ServeSettings(
+        token=secret,
+        max_upload_bytes=int(max_upload_mb * (1 << 20)),
+        max_files=max_files,
+        max_batch=max_batch,
+        max_pixels=settings.max_image_pixels,
+    )
+    warning = exposure_warning(host, secret)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {warning} Pass --token to require one.")
+    shown = "[::1]" if host == "::1" else host
+    served = ", ".join(f"{m.run_id} ({m.engine} on {m.device})" for m in models)
+    err_console.print(f"Serving run {served} at http://{shown}:{port}/ (Ctrl-C stops).")
+    try:
+        run_server(create_app(models, limits, reader), host, port)
+    finally:
+        reader.close()
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="File to write (default: model.onnx / model.torchscript.pt in the run)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write a run as one network file and check it against the torch model.
+
+    Example: [bold]a2m export 3 --format onnx[/]
+    """
+    if format not in ("onnx", "torchscript"):
+        raise typer.BadParameter("choose onnx or torchscript.", ctx, param_hint="'--format'")
+    from annotate2model.training.export import export_run
+
+    (run_dir,) = _run_dirs(ctx, [run])
+    result = export_run(run_dir, format, output, progress=RichProgress())
+    if as_json:
+        print_json(result)
+        return
+    console.print(
+        f"Wrote {result.path} ({result.format}, run {result.run}, labels "
+        f"{', '.join(result.labels)})."
+    )
+    console.print(
+        f"Parity with the torch model on {result.samples} sample images: max abs difference "
+        f"{result.max_abs_diff:.2e} in probabilities."
+    )
+
+
+@app.command("connect-backend")
+def connect_backend_cmd(
+    ctx: typer.Context,
+    url: Annotated[
+        str, typer.Argument(help="The a2m server's URL as Label Studio reaches it.")
+    ] = DEFAULT_BACKEND_URL,
+    run: Annotated[
+        str | None, typer.Option(help="Run to predict with (default: the server's first).")
+    ] = None,
+    token: TokenFlag = None,
+    title: Annotated[str, typer.Option(help="Name shown in Label Studio.")] = "annotate2model",
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a running `a2m serve` as the connected project's ML backend.
+
+    Example: [bold]a2m connect-backend http://127.0.0.1:9090 --token $A2M_SERVE_TOKEN[/]
+    """
+    from annotate2model.cli.studio import _connection_hints
+    from annotate2model.labelstudio.backend import connect_backend
+
+    target = url.rstrip("/") + (f"/runs/{run.lstrip('#')}" if run else "")
+    settings = state(ctx).settings()
+    with _connection_hints():
+        backend = connect_backend(settings, target, title=title, token=_token(ctx, token))
+    if as_json:
+        print_json(backend)
+        return
+    verb = "Registered" if backend.created else "Updated"
+    console.print(
+        f"{verb} ML backend {backend.id} “{backend.title}” at {backend.url} for project "
+        f"{backend.project} ({backend.state or 'state unknown'})."
+    )

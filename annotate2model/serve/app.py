@@ -1,0 +1,484 @@
+"""The web application: the page, the REST API and the Label Studio ML-backend protocol.
+
+`create_app` takes models that are already loaded and the settings; it reads no environment and
+prints nothing. Routes:
+
+- `GET /`: the page (drop or pick an image, see the top-5 classes as bars);
+- `GET /health`: `{"status": "UP", ...}` for our clients, container healthchecks and Label Studio;
+- `GET /v1/models`, `GET /v1/model?run=ID`: the run(s), labels, dataset version, metrics;
+- `POST /v1/predict?run=ID&top_k=5`: images as multipart fields named `file` (or one image as the
+  raw body), top-k labels with probabilities for each;
+- the ML backend (`/setup`, `/predict`, `/versions`, `/webhook`, `/health`), at the root for the
+  first run and under `/runs/ID/` for any other.
+
+Limits: a request body over `max_upload_bytes` or with more than `max_files` images answers 413,
+an image over the pixel limit (decompression bomb) 413, anything that is not an image 415 with the
+reason; no response ever carries a traceback. With a token, every route but `/` and `/health`
+wants `Authorization: Bearer TOKEN`, or Basic auth with the token as password (Label Studio can
+only send Basic auth to a backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from numpy.typing import NDArray
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from annotate2model.errors import A2MError, InvalidImage
+from annotate2model.imaging import DEFAULT_MAX_PIXELS
+from annotate2model.labelstudio.config import LabelingConfig, parse_label_config
+from annotate2model.labelstudio.results import prediction
+from annotate2model.serve.batching import Batcher
+from annotate2model.serve.models import DEFAULT_MAX_BATCH, ServedModel
+from annotate2model.serve.page import page_html
+from annotate2model.settings import Secret
+from annotate2model.training.images import load_image
+
+log = logging.getLogger("annotate2model.serve")
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 << 20
+DEFAULT_MAX_FILES = 16
+DEFAULT_TOP_K = 5
+# The Basic-auth user name connect-backend registers (Label Studio wants one; any is accepted).
+BASIC_USER = "a2m"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the server behaves; built by the caller (the CLI reads flags and environment)."""
+
+    # None: no authentication (the CLI binds to loopback unless told otherwise).
+    token: Secret | None = None
+    # Largest request body; larger ones answer 413 before they are read.
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    # Most images in one request (413 beyond).
+    max_files: int = DEFAULT_MAX_FILES
+    # Most images in one forward pass (requests arriving together are batched up to it).
+    max_batch: int = DEFAULT_MAX_BATCH
+    # Decompression-bomb guard: images with more pixels answer 413.
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+class TaskImageReader(Protocol):
+    """Reads the image of a Label Studio task from its URL (labelstudio/backend.py has one)."""
+
+    def read(self, url: str) -> bytes:
+        """The bytes, or an A2MError saying why they cannot be had."""
+        ...
+
+
+class _NoTaskImages:
+    def read(self, url: str) -> bytes:
+        raise A2MError("this server has no Label Studio connection to read task images with.")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes answers 413 (by its Content-Length
+    before anything is read, or as soon as a streamed body passes the limit)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _too_large(self.limit)(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def limited() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracked)
+        except _TooLarge:
+            if not started:
+                await _too_large(self.limit)(scope, receive, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"the request is larger than this server's limit of {_size(limit)}."},
+        status_code=413,
+        headers={"Connection": "close"},
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n:,} bytes"
+
+
+def _authorized(header: str | None, token: Secret) -> bool:
+    if not header:
+        return False
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    given = ""
+    if scheme == "bearer":
+        given = value.strip()
+    elif scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        given = decoded.partition(":")[2]
+    return bool(given) and hmac.compare_digest(given.encode(), token.reveal().encode())
+
+
+@lru_cache(maxsize=32)
+def _label_config(xml: str) -> LabelingConfig:
+    return parse_label_config(xml)
+
+
+class _Server:
+    """The state behind the routes: the models by run, their batchers, the limits."""
+
+    def __init__(
+        self, models: Sequence[ServedModel], settings: ServeSettings, reader: TaskImageReader
+    ) -> None:
+        if not models:
+            raise A2MError("nothing to serve: give at least one model.")
+        self.settings = settings
+        self.reader = reader
+        self.models: dict[int | None, ServedModel] = {}
+        for m in models:
+            if m.run_id in self.models:
+                raise A2MError(f"run {m.run_id} is given twice.")
+            self.models[m.run_id] = m
+        self.default = models[0]
+        self.batchers = {m.run_id: Batcher(m, settings.max_batch) for m in models}
+
+    def model(self, run: str | int | None) -> ServedModel:
+        if run is None or run == "":
+            return self.default
+        try:
+            number = int(str(run).lstrip("#"))
+        except ValueError:
+            raise HTTPException(400, f"{run!r} is not a run id (a number).") from None
+        found = self.models.get(number)
+        if found is None:
+            served = ", ".join(str(k) for k in self.models)
+            raise HTTPException(404, f"run {number} is not served here (served: {served}).")
+        return found
+
+    async def decode(self, model: ServedModel, data: bytes, name: str) -> NDArray[np.uint8]:
+        try:
+            array: NDArray[np.uint8] = await run_in_threadpool(
+                load_image, data, model.prep, None, 10.0, self.settings.max_pixels
+            )
+            return array
+        except InvalidImage as exc:
+            # imaging.py words every pixel-limit refusal with "decompression-bomb guard".
+            bomb = "decompression-bomb" in str(exc)
+            raise HTTPException(413 if bomb else 415, f"{name}: {exc}") from None
+
+    async def probabilities(
+        self, model: ServedModel, images: Sequence[NDArray[np.uint8]]
+    ) -> NDArray[np.float32]:
+        future = self.batchers[model.run_id].submit(np.stack(images))
+        return await asyncio.wrap_future(future)
+
+
+def create_app(
+    models: Sequence[ServedModel],
+    settings: ServeSettings | None = None,
+    task_images: TaskImageReader | None = None,
+) -> FastAPI:
+    """The application serving `models` (the first is the default run)."""
+    settings = settings or ServeSettings()
+    server = _Server(models, settings, task_images or _NoTaskImages())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for batcher in server.batchers.values():
+            batcher.start()
+        try:
+            yield
+        finally:
+            for batcher in server.batchers.values():
+                await run_in_threadpool(batcher.stop)
+
+    app = FastAPI(
+        title="annotate2model",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    open_paths = {"/", "/health"}
+
+    @app.middleware("http")
+    async def authenticate(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        path = request.url.path
+        is_open = path in open_paths or (path.startswith("/runs/") and path.endswith("/health"))
+        token = settings.token
+        if (
+            token is not None
+            and not is_open
+            and not _authorized(request.headers.get("authorization"), token)
+        ):
+            return JSONResponse(
+                {"detail": "a token is needed: send Authorization: Bearer TOKEN."},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer, Basic realm="a2m"'},
+            )
+        return await call_next(request)
+
+    @app.exception_handler(A2MError)
+    async def a2m_error(_request: Request, exc: A2MError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the server's log, never into a response.
+        log.error("unexpected error", exc_info=exc)
+        return JSONResponse(
+            {"detail": "internal error; the server's log has the details."}, status_code=500
+        )
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(page_html(), headers={"Cache-Control": "no-store"})
+
+    def health() -> dict[str, Any]:
+        return {
+            "status": "UP",
+            "model_class": "annotate2model",
+            "runs": [m.run_id for m in models],
+            "engine": server.default.engine,
+        }
+
+    app.get("/health")(health)
+    app.get("/runs/{run}/health")(health)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {
+            "default": server.default.run_id,
+            "models": [m.describe() for m in models],
+        }
+
+    @app.get("/v1/model")
+    async def describe(run: str | None = None) -> dict[str, Any]:
+        model = server.model(run)
+        batcher = server.batchers[model.run_id]
+        return {
+            **model.describe(),
+            "limits": {
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_files": settings.max_files,
+                "max_batch": batcher.max_batch,
+                "max_pixels": settings.max_pixels,
+            },
+            "batches": vars(batcher.stats).copy(),
+        }
+
+    @app.post("/v1/predict")
+    async def predict(
+        request: Request, run: str | None = None, top_k: int = DEFAULT_TOP_K
+    ) -> dict[str, Any]:
+        model = server.model(run)
+        if top_k < 1:
+            raise HTTPException(422, "top_k must be at least 1.")
+        uploads = await _uploads(request, settings.max_files)
+        images = [await server.decode(model, data, name) for name, data in uploads]
+        probs = await server.probabilities(model, images)
+        k = min(top_k, len(model.labels))
+        return {
+            "run": model.run_id,
+            "model_version": model.model_version,
+            "engine": model.engine,
+            "predictions": [
+                {"file": name, "top": _top(model.labels, row, k)}
+                for (name, _), row in zip(uploads, probs, strict=True)
+            ],
+        }
+
+    async def setup(request: Request, run: str | None = None) -> dict[str, Any]:
+        model = server.model(run)
+        body = await _json(request)
+        schema = body.get("schema") or body.get("label_config")
+        if schema:
+            _usable_labels(model, _label_config(str(schema)))
+        return {"model_version": model.model_version}
+
+    async def ls_predict(request: Request, run: str | None = None) -> dict[str, Any]:
+        model = server.model(run)
+        body = await _json(request)
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise HTTPException(422, "the body has no list of tasks.")
+        if len(tasks) > settings.max_files * 64:
+            raise HTTPException(413, f"at most {settings.max_files * 64} tasks per request.")
+        config = _label_config(str(body.get("label_config") or ""))
+        usable = _usable_labels(model, config)
+
+        async def one(task: Any) -> NDArray[np.uint8] | None:
+            url = (
+                (task.get("data") or {}).get(config.image_field) if isinstance(task, dict) else None
+            )
+            if not url:
+                return None
+            try:
+                raw = await run_in_threadpool(server.reader.read, str(url))
+                return await server.decode(model, raw, f"task {task.get('id')}")
+            except (A2MError, HTTPException) as exc:
+                log.warning("task %s: %s", task.get("id"), getattr(exc, "detail", exc))
+                return None
+
+        images = await asyncio.gather(*(one(t) for t in tasks))
+        good = [i for i, img in enumerate(images) if img is not None]
+        probs = (
+            await server.probabilities(model, [images[i] for i in good])  # type: ignore[misc]
+            if good
+            else np.empty((0, len(model.labels)), dtype=np.float32)
+        )
+        rows = dict(zip(good, probs, strict=True))
+        results: list[dict[str, Any]] = []
+        for i in range(len(tasks)):
+            if i not in rows:
+                # Label Studio pairs results with tasks by position: an empty one keeps the place.
+                results.append({"result": [], "score": 0.0, "model_version": model.model_version})
+                continue
+            label, score = max(((lab, float(rows[i][j])) for j, lab in usable), key=_by_score)
+            results.append(
+                prediction(config, label, model_version=model.model_version, score=score)
+            )
+        return {"results": results, "model_version": model.model_version}
+
+    async def versions(run: str | None = None) -> dict[str, Any]:
+        return {"versions": [server.model(run).model_version]}
+
+    async def webhook() -> dict[str, Any]:
+        # Label Studio's training events: this server does not train in a request.
+        return {"status": "ignored"}
+
+    for prefix in ("", "/runs/{run}"):
+        app.post(f"{prefix}/setup")(setup)
+        app.post(f"{prefix}/predict")(ls_predict)
+        app.get(f"{prefix}/versions")(versions)
+        app.post(f"{prefix}/webhook")(webhook)
+
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    return app
+
+
+def _by_score(pair: tuple[str, float]) -> float:
+    return pair[1]
+
+
+def _top(labels: Sequence[str], row: NDArray[np.float32], k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-row, kind="stable")[:k]
+    return [{"label": labels[i], "probability": round(float(row[i]), 6)} for i in order]
+
+
+def _usable_labels(model: ServedModel, config: LabelingConfig) -> list[tuple[int, str]]:
+    """(column, label) of the model's labels that the project offers; 400 when none is."""
+    offered = set(config.labels)
+    usable = [(j, lab) for j, lab in enumerate(model.labels) if lab in offered]
+    if not usable:
+        raise HTTPException(
+            400,
+            f"the project's choices ({', '.join(config.labels)}) share no label with run "
+            f"{model.run_id} ({', '.join(model.labels)}).",
+        )
+    return usable
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(400, "the body is not JSON.") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the body is not a JSON object.")
+    return body
+
+
+async def _uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each uploaded image: multipart fields named `file`, or a raw image body."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        return [("body", await request.body())]
+    if kind != "multipart/form-data":
+        raise HTTPException(
+            415,
+            f"send images as multipart/form-data fields named file (got {kind or 'no type'}).",
+        )
+    # The body is already capped by size; the count is checked below, to answer 413 for it.
+    form = await request.form(max_files=10_000, max_fields=10_000)
+    files: list[tuple[str, bytes]] = []
+    for name, value in form.multi_items():
+        if name != "file":
+            continue
+        if not isinstance(value, UploadFile):
+            raise HTTPException(415, "the file field holds text, not an uploaded image.")
+        files.append((value.filename or f"file {len(files) + 1}", await value.read()))
+    await form.close()
+    if not files:
+        raise HTTPException(422, "no image: send one or several multipart fields named file.")
+    if len(files) > max_files:
+        raise HTTPException(413, f"at most {max_files} images per request.")
+    return files
+
+
+def exposure_warning(host: str, token: Secret | None) -> str | None:
+    """What to warn about when a server without a token listens beyond this machine."""
+    if token is not None or host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (
+        f"the server listens on {host} without a token: anyone who can reach it can use the "
+        "model and see its metrics."
+    )
