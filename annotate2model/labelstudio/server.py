@@ -110,6 +110,9 @@ def server_environment(
         "LABEL_STUDIO_USER_TOKEN": token,
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         **serving,
+        # The workspace's model server (`a2m serve`) is an ML backend on this machine's loopback,
+        # which Label Studio refuses by default (its guard against requests to local addresses).
+        "ML_BLOCK_LOCAL_IP": "false",
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",
         "SENTRY_DSN": "",
