@@ -1,0 +1,206 @@
+"""Ranking doubts: which images a run got wrong, which labels are probably wrong, which unlabeled
+images the run is least sure of. Pure: arrays and records in, `Doubt` records out; no store, no
+HTTP, no torch.
+
+Every doubt carries a score in [0, 1], higher meaning more doubt, so that one ordering (and one
+`min_score`) serves all three reasons:
+
+- misclassified: 1 - p(given label) of a held-out (val/test) prediction that chose another label;
+- label-issue: 1 - p(given label) under out-of-fold probabilities (k-fold logistic regression on
+  the images' features), for the images that cleanlab's confident learning finds;
+- uncertain: 1 - margin (top-1 minus top-2 probability), or the normalised entropy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from annotate2model.errors import InputError
+
+REASONS = ("misclassified", "label-issue", "uncertain")
+Reason = Literal["misclassified", "label-issue", "uncertain"]
+UncertaintyMethod = Literal["margin", "entropy"]
+
+# Inverse L2 strength of the out-of-fold logistic regression on standardised features: chosen on
+# scenes_1200 (bench/flag_quality.py), where weaker regularisation over-fits the flipped labels.
+OOF_C = 0.03
+# cleanlab's "both": prune by noise rate AND confident-learning off-diagonals (fewer false alarms
+# than the default, measured in bench/flag_quality.py).
+FILTER_BY = "both"
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """One image the run doubts, and why."""
+
+    image_sha256: str
+    reason: Reason
+    # 0..1, higher means more doubt.
+    score: float
+    # The label the image has now (None for an unlabeled one).
+    current_label: str | None
+    # The label the run would give it.
+    suggested_label: str | None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One image with its probabilities (in `labels` order) and its given label, if any."""
+
+    image_sha256: str
+    label: str | None
+    probs: Sequence[float]
+
+
+def misclassified(rows: Iterable[Scored], labels: Sequence[str]) -> list[Doubt]:
+    """Held-out images whose prediction is not their label, worst (most confidently wrong) first."""
+    index = {name: i for i, name in enumerate(labels)}
+    out: list[Doubt] = []
+    for row in rows:
+        if row.label is None or row.label not in index or len(row.probs) != len(labels):
+            continue
+        p = np.asarray(row.probs, dtype=np.float64)
+        best = int(np.argmax(p))
+        if best == index[row.label]:
+            continue
+        out.append(
+            Doubt(
+                image_sha256=row.image_sha256,
+                reason="misclassified",
+                score=_unit(1.0 - p[index[row.label]]),
+                current_label=row.label,
+                suggested_label=labels[best],
+            )
+        )
+    return ranked(out)
+
+
+def uncertain(
+    rows: Iterable[Scored], labels: Sequence[str], method: UncertaintyMethod = "margin"
+) -> list[Doubt]:
+    """Every (unlabeled) image, least sure first: the order in which annotating helps most."""
+    out: list[Doubt] = []
+    k = len(labels)
+    for row in rows:
+        if len(row.probs) != k or k == 0:
+            continue
+        p = np.asarray(row.probs, dtype=np.float64)
+        if not np.isfinite(p).all():
+            continue
+        top = np.sort(p)[::-1]
+        if method == "margin":
+            score = 1.0 - (top[0] - (top[1] if k > 1 else 0.0))
+        else:
+            q = np.clip(p, 1e-12, 1.0)
+            score = float(-(q * np.log(q)).sum() / np.log(k)) if k > 1 else 0.0
+        out.append(
+            Doubt(
+                image_sha256=row.image_sha256,
+                reason="uncertain",
+                score=_unit(score),
+                current_label=row.label,
+                suggested_label=labels[int(np.argmax(p))],
+            )
+        )
+    return ranked(out)
+
+
+def out_of_fold_probs(
+    features: NDArray[Any],
+    targets: NDArray[np.int_],
+    n_classes: int,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+) -> NDArray[np.float64]:
+    """Each image's class probabilities from a logistic regression that never saw it (k-fold).
+
+    Features are standardised on each training fold. A class with fewer members than folds still
+    gets its column (zero where a fold held none of it, before the rows are renormalised).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    x = np.asarray(features, dtype=np.float32)
+    y = np.asarray(targets, dtype=np.int64)
+    n = len(y)
+    if x.ndim != 2 or x.shape[0] != n:
+        raise InputError("give one feature vector per image.")
+    counts = np.bincount(y, minlength=n_classes)
+    present = counts[counts > 0]
+    k = int(min(folds, present.min())) if len(present) else 0
+    if n < 4 or len(present) < 2 or k < 2:
+        raise InputError(
+            "finding label issues needs at least two classes with two labeled images each."
+        )
+    probs = np.zeros((n, n_classes), dtype=np.float64)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    # One BLAS thread: these products are small, and on a shared machine more threads only wait.
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence notices: 200 iterations are plenty here
+        for train, held in splitter.split(x, y):
+            mean = x[train].mean(axis=0)
+            std = x[train].std(axis=0) + 1e-6
+            model = LogisticRegression(C=OOF_C, max_iter=200)
+            model.fit((x[train] - mean) / std, y[train])
+            part = model.predict_proba((x[held] - mean) / std)
+            probs[np.ix_(held, model.classes_)] = part
+    probs /= np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+    return probs
+
+
+def label_issues(
+    shas: Sequence[str],
+    given: Sequence[str],
+    probs: NDArray[Any],
+    labels: Sequence[str],
+    *,
+    eligible: Iterable[str] | None = None,
+) -> list[Doubt]:
+    """Images whose given label is probably wrong, by cleanlab's confident learning on
+    out-of-fold `probs`; most doubtful first. `eligible`: only these images may be flagged (all
+    of `shas` still inform the per-class thresholds)."""
+    from cleanlab.filter import find_label_issues
+
+    index = {name: i for i, name in enumerate(labels)}
+    targets = np.array([index[g] for g in given], dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cleanlab warns about classes with few examples
+        found = find_label_issues(targets, p, filter_by=FILTER_BY)
+    allowed = set(eligible) if eligible is not None else None
+    out: list[Doubt] = []
+    for i in np.flatnonzero(found):
+        sha = shas[i]
+        if allowed is not None and sha not in allowed:
+            continue
+        out.append(
+            Doubt(
+                image_sha256=sha,
+                reason="label-issue",
+                score=_unit(1.0 - p[i, targets[i]]),
+                current_label=given[i],
+                suggested_label=labels[int(np.argmax(p[i]))],
+            )
+        )
+    return ranked(out)
+
+
+def ranked(
+    doubts: Iterable[Doubt], *, max_count: int | None = None, min_score: float = 0.0
+) -> list[Doubt]:
+    """Most doubtful first (ties by image hash, so the order is stable), cut to `max_count`."""
+    kept = [d for d in doubts if d.score >= min_score]
+    kept.sort(key=lambda d: (-d.score, d.image_sha256))
+    return kept[:max_count] if max_count is not None else kept
+
+
+def _unit(value: float) -> float:
+    return float(min(1.0, max(0.0, round(float(value), 6))))
