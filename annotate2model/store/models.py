@@ -210,12 +210,14 @@ class Flag(Base):
     """A task sent back to Label Studio for review, and what became of it."""
 
     __tablename__ = "flags"
+    # One flag per task per run: flagging a run again updates its flags instead of adding any.
+    __table_args__ = (UniqueConstraint("run_id", "task_row_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
     task_row_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), index=True)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
-    # misclassified / likely_label_error / uncertain.
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    # misclassified / label-issue / uncertain.
     reason: Mapped[str] = mapped_column(String(32))
     score: Mapped[float] = mapped_column(Float)
     current_label: Mapped[str | None] = mapped_column(String(200))
@@ -223,8 +225,18 @@ class Flag(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     pushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # relabeled / confirmed / withdrawn.
+    # relabeled / confirmed / labeled (an uncertain task got its first label) / withdrawn.
     resolution: Mapped[str | None] = mapped_column(String(32))
+    # The task's annotation revisions when it was flagged, as JSON [[annotation id, updated_at]]:
+    # any other (not skipped) answer seen later means someone looked at the task again.
+    answers_json: Mapped[str | None] = mapped_column(Text)
+    # The task data key that holds the review note in Label Studio.
+    review_field: Mapped[str | None] = mapped_column(String(64))
+    # The Data Manager tab (view) listing the run's flagged tasks.
+    view_id: Mapped[int | None] = mapped_column(Integer)
+    # Requeued: the annotation turned into a draft, and that draft.
+    requeued_annotation_id: Mapped[int | None] = mapped_column(Integer)
+    draft_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class Evaluation(Base):

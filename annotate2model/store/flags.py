@@ -1,0 +1,294 @@
+"""Flags in the store: tasks a run sent back for review, what was pushed, and how each ended.
+
+A flag is one (run, task): flagging a run again updates its open flags and adds none twice. It is
+pending until a sync shows the task answered again after it was flagged: `relabeled` when its
+label changed, `confirmed` when the same label came back, `labeled` for an uncertain (unlabeled)
+task that got its first label. Unflagging withdraws the flags still pending; resolved ones stay
+as they ended, so a run's flag precision (the share of its resolved flags that changed the label)
+keeps counting them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from annotate2model.store.models import Annotation, Flag, Task
+
+RELABELED = "relabeled"
+CONFIRMED = "confirmed"
+LABELED = "labeled"
+WITHDRAWN = "withdrawn"
+# Outcomes that say whether the doubt was right (precision counts these).
+JUDGED = (RELABELED, CONFIRMED)
+
+
+@dataclass(frozen=True)
+class NewFlag:
+    """A doubt placed on one task, as the review step hands it to the store."""
+
+    task_row_id: int
+    image_sha256: str
+    reason: str
+    score: float
+    current_label: str | None
+    suggested_label: str | None
+
+
+@dataclass(frozen=True)
+class FlagRecord:
+    id: int
+    run_id: int | None
+    project_id: int | None
+    # Label Studio's task id.
+    task_id: int | None
+    image_sha256: str
+    reason: str
+    score: float
+    current_label: str | None
+    suggested_label: str | None
+    # The task's label as of the last sync.
+    label_now: str | None
+    created_at: datetime
+    pushed_at: datetime | None
+    resolved_at: datetime | None
+    resolution: str | None
+    review_field: str | None
+    view_id: int | None
+    requeued_annotation_id: int | None
+    draft_id: int | None
+
+    @property
+    def outcome(self) -> str:
+        """relabeled / confirmed / labeled / withdrawn, pending once pushed, else not pushed."""
+        if self.resolution:
+            return self.resolution
+        return "pending" if self.pushed_at else "not pushed"
+
+
+def record_flags(session: Session, run_id: int, flags: Sequence[NewFlag]) -> list[FlagRecord]:
+    """Add the run's new flags and refresh its open ones (score, labels); a withdrawn flag opens
+    again. Resolved flags are left as they ended and not returned. Returns the open flags of
+    `flags`, in their order."""
+    now = datetime.now(timezone.utc)
+    existing = {
+        row.task_row_id: row
+        for row in session.scalars(
+            select(Flag).where(
+                Flag.run_id == run_id, Flag.task_row_id.in_([f.task_row_id for f in flags])
+            )
+        )
+    }
+    answers = _answers(session, [f.task_row_id for f in flags])
+    rows: list[Flag] = []
+    for f in flags:
+        row = existing.get(f.task_row_id)
+        if row is not None and row.resolution in (RELABELED, CONFIRMED, LABELED):
+            continue
+        if row is None:
+            row = Flag(run_id=run_id, task_row_id=f.task_row_id, created_at=now)
+            session.add(row)
+        elif row.resolution == WITHDRAWN:
+            row.resolution = None
+            row.resolved_at = None
+            row.pushed_at = None
+            row.created_at = now
+        if row.pushed_at is None:
+            # What counts as "answered again" is measured from when the flag (re)opened.
+            row.answers_json = json.dumps(answers.get(f.task_row_id, []))
+        row.image_sha256 = f.image_sha256
+        row.reason = f.reason
+        row.score = f.score
+        row.current_label = f.current_label
+        row.suggested_label = f.suggested_label
+        rows.append(row)
+    session.flush()
+    return _records(session, [r.id for r in rows])
+
+
+def mark_pushed(
+    session: Session,
+    flag_ids: Iterable[int],
+    *,
+    review_field: str,
+    view_id: int | None,
+    requeued: dict[int, tuple[int, int]] | None = None,
+) -> None:
+    """The flags are in Label Studio now; `requeued`: flag id -> (annotation id, draft id)."""
+    now = datetime.now(timezone.utc)
+    requeued = requeued or {}
+    for row in _rows(session, flag_ids):
+        if row.pushed_at is None:
+            row.pushed_at = now
+        row.review_field = review_field
+        row.view_id = view_id
+        if row.id in requeued:
+            row.requeued_annotation_id, row.draft_id = requeued[row.id]
+    session.flush()
+
+
+def withdraw(session: Session, run_id: int) -> list[FlagRecord]:
+    """Close the run's pending flags as withdrawn (unflag); returns every flag of the run that
+    was pushed, withdrawn now or resolved before, for the caller to take out of Label Studio."""
+    now = datetime.now(timezone.utc)
+    rows = list(session.scalars(select(Flag).where(Flag.run_id == run_id)))
+    for row in rows:
+        if row.resolution is None:
+            row.resolution = WITHDRAWN
+            row.resolved_at = now
+    session.flush()
+    return _records(session, [r.id for r in rows])
+
+
+def clear_requeue(session: Session, flag_ids: Iterable[int]) -> None:
+    """The draft went back to being an annotation (unflag): nothing is requeued any more."""
+    for row in _rows(session, flag_ids):
+        row.requeued_annotation_id = None
+        row.draft_id = None
+    session.flush()
+
+
+def list_flags(
+    session: Session, run_id: int | None = None, project_id: int | None = None
+) -> list[FlagRecord]:
+    """Flags of one run (or all), most doubtful first within each run."""
+    query = select(Flag.id)
+    if run_id is not None:
+        query = query.where(Flag.run_id == run_id)
+    if project_id is not None:
+        query = query.join(Task, Task.id == Flag.task_row_id).where(Task.project_id == project_id)
+    ids = list(session.scalars(query.order_by(Flag.run_id, Flag.score.desc(), Flag.id)))
+    return _records(session, ids)
+
+
+def resolve_flags(session: Session, project_id: int) -> dict[str, int]:
+    """Settle the project's pending pushed flags from the task rows and answers the sync just
+    wrote (same transaction); returns how many ended each way."""
+    now = datetime.now(timezone.utc)
+    pending = list(
+        session.scalars(
+            select(Flag)
+            .join(Task, Task.id == Flag.task_row_id)
+            .where(
+                Task.project_id == project_id,
+                Flag.resolution.is_(None),
+                Flag.pushed_at.is_not(None),
+            )
+        )
+    )
+    counts: dict[str, int] = {}
+    if not pending:
+        return counts
+    task_rows = [f.task_row_id for f in pending if f.task_row_id is not None]
+    labels = dict(session.execute(select(Task.id, Task.label).where(Task.id.in_(task_rows))).all())
+    answers = _answers(session, task_rows, live_answers_only=True)
+    for flag in pending:
+        assert flag.task_row_id is not None
+        label = labels.get(flag.task_row_id)
+        before = {tuple(a) for a in json.loads(flag.answers_json or "[]")}
+        answered_again = any(tuple(a) not in before for a in answers.get(flag.task_row_id, []))
+        outcome = _outcome(flag, label, answered_again)
+        if outcome is None:
+            continue
+        flag.resolution = outcome
+        flag.resolved_at = now
+        counts[outcome] = counts.get(outcome, 0) + 1
+    session.flush()
+    return counts
+
+
+def _outcome(flag: Flag, label: str | None, answered_again: bool) -> str | None:
+    if label is None:
+        return None  # requeued and not answered yet, or skipped
+    if flag.current_label is None:
+        return LABELED
+    if label != flag.current_label:
+        return RELABELED
+    return CONFIRMED if answered_again else None
+
+
+def flag_precision(session: Session, run_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """Run id -> (resolved, relabeled): flags judged by a later answer, and those that changed
+    the label. Runs without any judged flag are absent."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Flag.run_id, Flag.resolution, func.count())
+        .where(Flag.run_id.in_(ids), Flag.resolution.in_(JUDGED))
+        .group_by(Flag.run_id, Flag.resolution)
+    )
+    out: dict[int, tuple[int, int]] = {}
+    for run_id, resolution, count in rows:
+        if run_id is None:
+            continue
+        resolved, relabeled = out.get(run_id, (0, 0))
+        out[run_id] = (resolved + count, relabeled + (count if resolution == RELABELED else 0))
+    return out
+
+
+def _answers(
+    session: Session, task_rows: Sequence[int], *, live_answers_only: bool = False
+) -> dict[int, list[list[object]]]:
+    """Task row -> its annotation revisions as [annotation id, updated_at] (skips left out when
+    `live_answers_only`: a skipped task was not looked at again in the sense that matters)."""
+    out: dict[int, list[list[object]]] = {}
+    for start in range(0, len(task_rows), 500):
+        chunk = list(task_rows[start : start + 500])
+        query = select(
+            Annotation.task_row_id, Annotation.annotation_id, Annotation.remote_updated_at
+        ).where(Annotation.task_row_id.in_(chunk))
+        if live_answers_only:
+            query = query.where(
+                Annotation.deleted_at.is_(None), Annotation.was_cancelled.is_(False)
+            )
+        for task_row, annotation_id, updated in session.execute(query):
+            out.setdefault(task_row, []).append([annotation_id, updated])
+    return out
+
+
+def _rows(session: Session, flag_ids: Iterable[int]) -> list[Flag]:
+    ids = list(flag_ids)
+    rows: list[Flag] = []
+    for start in range(0, len(ids), 500):
+        rows.extend(session.scalars(select(Flag).where(Flag.id.in_(ids[start : start + 500]))))
+    return rows
+
+
+def _records(session: Session, flag_ids: Sequence[int]) -> list[FlagRecord]:
+    """Records in the order of `flag_ids`, with each task's ids and current label."""
+    found: dict[int, FlagRecord] = {}
+    for start in range(0, len(flag_ids), 500):
+        chunk = list(flag_ids[start : start + 500])
+        rows = session.execute(
+            select(Flag, Task.project_id, Task.task_id, Task.label)
+            .outerjoin(Task, Task.id == Flag.task_row_id)
+            .where(Flag.id.in_(chunk))
+        )
+        for flag, project, task, label in rows:
+            found[flag.id] = FlagRecord(
+                id=flag.id,
+                run_id=flag.run_id,
+                project_id=project,
+                task_id=task,
+                image_sha256=flag.image_sha256,
+                reason=flag.reason,
+                score=flag.score,
+                current_label=flag.current_label,
+                suggested_label=flag.suggested_label,
+                label_now=label,
+                created_at=flag.created_at,
+                pushed_at=flag.pushed_at,
+                resolved_at=flag.resolved_at,
+                resolution=flag.resolution,
+                review_field=flag.review_field,
+                view_id=flag.view_id,
+                requeued_annotation_id=flag.requeued_annotation_id,
+                draft_id=flag.draft_id,
+            )
+    return [found[i] for i in flag_ids if i in found]
