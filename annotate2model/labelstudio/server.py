@@ -112,7 +112,9 @@ def server_environment(
         **serving,
         # The workspace's model server (`a2m serve`) is an ML backend on this machine's loopback,
         # which Label Studio refuses by default (its guard against requests to local addresses).
+        # Registering a backend also makes a webhook to it, checked by the general guard: both go.
         "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",
         "SENTRY_DSN": "",

@@ -22,7 +22,7 @@ PAGE = """<!doctype html>
           background: #fff; display: flex; align-items: center; justify-content: center;
           text-align: center; cursor: pointer; position: relative; overflow: hidden; }
   #drop.over { border-color: #2f6fde; background: #eef4ff; }
-  #drop img { width: 100%; height: 100%; max-height: 420px; object-fit: contain; display: block; }
+  #drop img { width: 100%; height: auto; max-height: 420px; object-fit: contain; display: block; }
   #hint { color: #56606b; padding: 24px; }
   #result { flex: 1 1 360px; }
   .bar-row { margin: 0 0 10px; }
