@@ -15,16 +15,21 @@ import pytest
 
 from annotate2model.training import Predictor
 from tests.conftest import image_bytes
-from tests.labelstudio.conftest import LiveServer, ls_server, ls_template  # noqa: F401
+from tests.labelstudio import conftest as ls_fixtures
+from tests.labelstudio.conftest import LiveServer
 from tests.serve.conftest import LABELS, TOKEN, Trained, a2m, serving
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.training, pytest.mark.slow]
+
+# A real Label Studio for this module (the fixtures of tests/labelstudio/).
+ls_template = ls_fixtures.ls_template
+ls_server = ls_fixtures.ls_server
 
 
 def test_label_studio_stores_the_backends_predictions(
     trained: Trained,
     ls_server: LiveServer,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     root = tmp_path / "ws"
     shutil.copytree(trained.root, root)
