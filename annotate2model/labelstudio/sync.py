@@ -48,6 +48,7 @@ from annotate2model.labelstudio.results import ParsedAnnotation, parse_annotatio
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.settings import SplitFractions
 from annotate2model.store.db import Store
+from annotate2model.store.flags import resolve_flags
 from annotate2model.store.images import StagedImage, known_images, record_images
 from annotate2model.store.records import NewVersion, VersionItemRecord
 from annotate2model.store.tasks import (
@@ -97,6 +98,8 @@ class SyncResult:
     labeled: int = 0
     unlabeled: int = 0
     deleted_tasks: int = 0
+    # Flags this sync settled, by outcome (relabeled / confirmed / labeled).
+    flags_resolved: dict[str, int] = field(default_factory=dict)
     # (task id, reason) for every live task that gives no row in the version.
     skipped: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -195,6 +198,7 @@ def sync_project(
         labeled=plan.labeled,
         unlabeled=plan.unlabeled,
         deleted_tasks=len(plan.deleted),
+        flags_resolved=outcome.flags_resolved,
         skipped=plan.skipped,
     )
     result.seconds = time.monotonic() - started
@@ -502,6 +506,7 @@ class CommitOutcome:
     added: int = 0
     removed: int = 0
     relabeled: int = 0
+    flags_resolved: dict[str, int] = field(default_factory=dict)
 
 
 def commit(
@@ -557,4 +562,12 @@ def commit(
             policy=policy,
             version=outcome.version.number if outcome else None,
         )
-    return CommitOutcome(version=outcome, added=added, removed=removed, relabeled=relabeled)
+        # Flags pushed to these tasks are settled by the answers just written (a2m flag).
+        resolved = resolve_flags(session, project_id)
+    return CommitOutcome(
+        version=outcome,
+        added=added,
+        removed=removed,
+        relabeled=relabeled,
+        flags_resolved=resolved,
+    )

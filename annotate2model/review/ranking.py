@@ -174,7 +174,8 @@ def label_issues(
     p = np.asarray(probs, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cleanlab warns about classes with few examples
-        found = find_label_issues(targets, p, filter_by=FILTER_BY)
+        # n_jobs=1: its multiprocessing pool forks, which hangs in a process running threads.
+        found = find_label_issues(targets, p, filter_by=FILTER_BY, n_jobs=1)
     allowed = set(eligible) if eligible is not None else None
     out: list[Doubt] = []
     for i in np.flatnonzero(found):
