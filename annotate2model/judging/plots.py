@@ -151,6 +151,8 @@ def _accuracy_against(comparison: Comparison, axis: str, path: Path) -> Path:
         below = [max(0.0, r.accuracy - r.interval.low) for _, r in points]
         above = [max(0.0, r.interval.high - r.accuracy) for _, r in points]
         ax.errorbar(xs, ys, yerr=[below, above], fmt="o-", capsize=5, color=TRAIN_COLOR)
+        # Room for the run names written right of the last point.
+        ax.margins(x=0.12)
         for x, r in points:
             ax.annotate(
                 _run_label(r.run, r.version),

@@ -525,7 +525,7 @@ def _pair_section(pair: PairTest, index: int, ctx: RunContext | None, limit: int
         [
             f'<section class="pair" id="pair-{index}">',
             f"<h3>Run {pair.before} → run {pair.after}</h3>",
-            f'<p class="sentence">{_e(pair.sentence)}</p>',
+            f'<p class="sentence"><b>{_e(pair.sentence)}</b></p>',
             _delta_table(pair, index),
             _changes(fixed, ctx, limit, "images fixed (wrong to right)", f"fixed-{index}"),
             _changes(broken, ctx, limit, "images broken (right to wrong)", f"broken-{index}"),
@@ -587,8 +587,7 @@ def compare_report(
     test = comparison.test_set
     body = [
         f"<h1>{_e(title)}</h1>",
-        f'<p class="lead" id="test-set">Judged on {_e(test.description)}; labels of version '
-        f"{test.version}.</p>",
+        f'<p class="lead" id="test-set">Every run judged on {_e(test.description)}.</p>',
     ]
     if comparison.warnings:
         items = "".join(f"<li>{_e(w)}</li>" for w in comparison.warnings)
@@ -603,11 +602,6 @@ def compare_report(
     ]
     if comparison.pairs:
         body.append('<section id="pairs"><h2>Is the difference real?</h2>')
-        body.append(
-            "<ul>"
-            + "".join(f'<li class="sentence">{_e(p.sentence)}</li>' for p in comparison.pairs)
-            + "</ul>"
-        )
         body += [
             _pair_section(p, i, context, gallery_limit) for i, p in enumerate(comparison.pairs)
         ]
