@@ -17,6 +17,7 @@ from annotate2model.fsutil import atomic_write
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     from annotate2model.judging.records import Comparison, LearningCurve
 
@@ -48,6 +49,13 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _integer_ticks() -> MaxNLocator:
+    """Ticks on whole numbers only (epochs, image counts)."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """(epochs, values) of the epochs that have `key` (a run without val images has no val_loss)."""
     xs: list[float] = []
@@ -66,8 +74,6 @@ def _no_data(ax: Axes, text: str) -> None:
 
 def history_plot(history: Sequence[dict[str, Any]], path: Path) -> Path:
     """Loss (left) and accuracy (right) per epoch, train and val."""
-    from matplotlib.ticker import MaxNLocator
-
     fig, (loss_ax, acc_ax) = _figure(2)
     for ax, metric, title in ((loss_ax, "loss", "Loss"), (acc_ax, "accuracy", "Accuracy")):
         drawn = False
@@ -78,7 +84,7 @@ def history_plot(history: Sequence[dict[str, Any]], path: Path) -> Path:
                 drawn = True
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_integer_ticks())
         ax.grid(alpha=0.3)
         if drawn:
             ax.legend()
@@ -150,7 +156,9 @@ def _accuracy_against(comparison: Comparison, axis: str, path: Path) -> Path:
         ys = [r.accuracy for _, r in points]
         below = [max(0.0, r.accuracy - r.interval.low) for _, r in points]
         above = [max(0.0, r.interval.high - r.accuracy) for _, r in points]
-        ax.errorbar(xs, ys, yerr=[below, above], fmt="o-", capsize=5, color=TRAIN_COLOR)
+        # Versions grow in images, so a line reads as a trend; in time, runs are just points.
+        fmt = "o-" if axis == "images" else "o"
+        ax.errorbar(xs, ys, yerr=[below, above], fmt=fmt, capsize=5, color=TRAIN_COLOR)
         # Room for the run names written right of the last point.
         ax.margins(x=0.12)
         for x, r in points:
@@ -164,6 +172,8 @@ def _accuracy_against(comparison: Comparison, axis: str, path: Path) -> Path:
         level = round(points[0][1].interval.level * 100)
         ax.set_ylabel(f"accuracy ({level}% interval)")
     ax.set_xlabel("training images" if axis == "images" else "training wall time (s)")
+    if axis == "images":
+        ax.xaxis.set_major_locator(_integer_ticks())
     test = comparison.test_set
     ax.set_title(f"Accuracy on the common test set ({len(test.images)} images)")
     ax.set_ylim(-0.02, 1.02)
@@ -210,6 +220,7 @@ def learning_curve_plot(curve: LearningCurve, path: Path) -> Path:
             )
         ax.legend(loc="lower right")
     ax.set_xlabel("training images")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("accuracy")
     ax.set_title(_plain(f"Learning curve of version {curve.version} on {curve.test_description}"))
     ax.set_ylim(-0.02, 1.02)

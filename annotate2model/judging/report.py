@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         PairTest,
     )
     from annotate2model.store import Store
-    from annotate2model.store.runs import PredictionRecord, RunRecord
+    from annotate2model.store.runs import EvaluationRecord, PredictionRecord, RunRecord
     from annotate2model.training.context import RunContext
 
 REPORT_FILE = "report.html"
@@ -207,6 +207,8 @@ class _RunData:
     run: RunRecord
     predictions: list[PredictionRecord]
     names: dict[str, str]
+    # The run judged since (evaluate, compare), as the ledger keeps it.
+    evaluations: list[EvaluationRecord]
 
 
 def _read_run(store: Store, run_id: int | str, ctx: RunContext) -> _RunData:
@@ -225,6 +227,7 @@ def _read_run(store: Store, run_id: int | str, ctx: RunContext) -> _RunData:
             for p in store_runs.read_predictions(session, run.id, run.version)
             if p.split in JUDGED_SPLITS
         ]
+        evaluations = store_runs.list_evaluations(session, run.id)
     if not predictions:
         raise NotFoundError(
             f"run {run.id} has no predictions recorded on the validation or test images of "
@@ -232,7 +235,9 @@ def _read_run(store: Store, run_id: int | str, ctx: RunContext) -> _RunData:
             hint=f"`a2m evaluate {run.id} --split val` judges it and records them.",
         )
     wrong = [p.image_sha256 for p in predictions if p.predicted != p.label]
-    return _RunData(run=run, predictions=predictions, names=ctx.image_names(wrong))
+    return _RunData(
+        run=run, predictions=predictions, names=ctx.image_names(wrong), evaluations=evaluations
+    )
 
 
 def _split_metrics(run: RunRecord) -> dict[str, dict[str, Any]]:
@@ -344,6 +349,28 @@ def _split_section(split: str, m: dict[str, Any], labels: Sequence[str]) -> str:
     )
 
 
+def _evaluations_section(evaluations: Sequence[EvaluationRecord]) -> str:
+    if not evaluations:
+        return ""
+    rows = [
+        [_e(e.created_at.strftime("%Y-%m-%d %H:%M")), str(e.version), _e(e.split), str(e.n),
+         _num(e.accuracy), _num(e.macro_f1), _e(e.source)]
+        for e in evaluations
+    ]  # fmt: skip
+    return (
+        '<section id="evaluations"><h2>Judged since</h2>'
+        '<p class="lead">The run judged on other images (a2m evaluate, a2m compare), as the '
+        "ledger keeps it; accuracies on different images are not comparable.</p>"
+        + _table(
+            ["when (UTC)", "version", "images", "n", "accuracy", "macro F1", "by"],
+            rows,
+            id="evaluations-table",
+            numeric=(1, 3, 4, 5),
+        )
+        + "</section>"
+    )
+
+
 def _gallery(
     data: _RunData, labels: Sequence[str], ctx: RunContext, limit: int = GALLERY_LIMIT
 ) -> str:
@@ -432,6 +459,7 @@ def run_report(
             + "</section>"
         )
     body += [_split_section(s, splits[s], labels) for s in ("test", "val", "train") if s in splits]
+    body.append(_evaluations_section(data.evaluations))
     body.append(_gallery(data, labels, ctx, gallery_limit))
     return ReportFiles(html=_write(out, _page(title, body)), plots=written)
 

@@ -301,8 +301,15 @@ def test_compare_report_without_curve_or_images(tmp_path: Path) -> None:
 
 @pytest.mark.training
 @pytest.mark.browser
-def test_compare_report_of_two_versions(trained: Trained, browser: Any, artifacts: Path) -> None:
-    """`a2m report --compare`: both versions' runs judged on the test images they share."""
+def test_compare_report_of_two_versions(
+    trained: Trained, browser: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """`a2m report --compare`: both versions' runs judged on the test images they share, and the
+    learning curve of the newer version (a real `a2m curve`)."""
+    code, _, err = run_cli(
+        trained.cli(), "curve", "2", "--fractions", "0.5,1.0", "--repeats", "1", "--no-plots"
+    )
+    assert code == 0, err
     code, out, err = run_cli(trained.cli(), "report", "--compare", "--versions", "1,2", "--json")
     assert code == 0, err
     import json
@@ -310,7 +317,10 @@ def test_compare_report_of_two_versions(trained: Trained, browser: Any, artifact
     written = json.loads(out)
     html = Path(written["html"])
     assert html.parent.parent == trained.root / ".a2m" / "reports"
-    assert {"accuracy_vs_images", "accuracy_vs_time"} <= set(written["plots"])
+    assert set(written["plots"]) == {"accuracy_vs_images", "accuracy_vs_time", "learning_curve"}
+    for path in written["plots"].values():
+        assert Path(path).parent == html.parent
+        assert_png(Path(path))
     _html_checks(html)
     page, requests, dialogs = _open(browser, html)
     try:
@@ -329,10 +339,28 @@ def test_compare_report_of_two_versions(trained: Trained, browser: Any, artifact
         assert page.locator("#pairs .sentence").all_inner_texts() == [
             p.sentence for p in expected.pairs
         ]
-        for plot in ("#acc-images", "#acc-time"):
+        for plot in ("#acc-images", "#acc-time", "#learning-curve-plot"):
             assert _loaded(page, plot) == [SIZE[0]]
+        from annotate2model.judging.curve import latest_curve
+
+        curve = latest_curve(trained.store, 2)
+        assert curve is not None
+        assert page.locator("#curve-verdict").inner_text() == curve.verdict
+        assert [r[1] for r in _cells(page, "#curve-table")] == [
+            str(s.train_images) for s in sorted(curve.summary, key=lambda s: s.fraction)
+        ]
         assert dialogs == []
         assert all(url.startswith(("file:", "data:")) for url in requests), requests
         page.screenshot(path=str(artifacts / "report-compare.png"), full_page=True)
+    finally:
+        page.close()
+
+    # The comparison's judgement is kept in the ledger, and the run's own page shows it.
+    files = run_report(trained.store, trained.run, out=tmp_path / "run.html")
+    page, _, _ = _open(browser, files.html)
+    try:
+        judged = [r for r in _cells(page, "#evaluations-table") if r[6] == "compare"]
+        assert judged and judged[-1][3] == "16"
+        assert judged[-1][4] == f"{expected.rows[0].accuracy:.3f}"
     finally:
         page.close()
