@@ -230,16 +230,34 @@ def runs_cmd(
         str | None, typer.Argument(help="A run id: its configuration, metrics and evaluations.")
     ] = None,
     version: Annotated[str | None, typer.Option(help="Only runs on this version.")] = None,
+    hide_failed: Annotated[
+        bool, typer.Option("--hide-failed", help="Leave out failed and interrupted runs.")
+    ] = False,
+    delete_failed: Annotated[
+        bool,
+        typer.Option(
+            "--delete-failed", help="Delete failed and interrupted runs (they have no model)."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """List runs with status, configuration, timing and accuracy, oldest first; or one run whole.
 
-    Example: [bold]a2m runs --json[/], [bold]a2m runs 3[/]
+    Example: [bold]a2m runs --hide-failed[/], [bold]a2m runs 3[/]
     """
     from annotate2model.training.ledger import Ledger
 
     store = state(ctx).store()
-    Ledger(store).close_dead_runs()
+    ledger = Ledger(store)
+    ledger.close_dead_runs()
+    if delete_failed:
+        deleted = ledger.delete_unfinished(store.settings.workspace.runs_dir)
+        message = (
+            f"Deleted {len(deleted)} failed or interrupted run(s): {', '.join(map(str, deleted))}."
+            if deleted
+            else "No failed or interrupted run to delete."
+        )
+        err_console.print(message)
     if run is not None:
         _show_run(store, run, as_json)
         return
@@ -250,6 +268,8 @@ def runs_cmd(
 
             number = get_version(session, version).number
         rows = store_runs.list_runs(session, number)
+        if hide_failed:
+            rows = [r for r in rows if r.status not in ("failed", "interrupted")]
         from annotate2model.store.versions import split_hashes
 
         # The images each listed accuracy was measured on: test, else validation images.

@@ -179,6 +179,25 @@ def list_runs(session: Session, version: int | None = None) -> list[RunRecord]:
     return [_record(r) for r in session.scalars(query)]
 
 
+def delete_unfinished(
+    session: Session, statuses: Sequence[str] = ("failed", "interrupted")
+) -> list[RunRecord]:
+    """Delete runs that ended without a model (failed, interrupted) and their rows; the records
+    of what was deleted are returned (the caller removes any folder they left)."""
+    from annotate2model.store.models import Flag
+
+    wanted = [s for s in statuses if s in ("failed", "interrupted")]
+    rows = list(session.scalars(select(Run).where(Run.status.in_(wanted)).order_by(Run.id)))
+    flagged = set(session.scalars(select(Flag.run_id).where(Flag.run_id.in_([r.id for r in rows]))))
+    gone = [r for r in rows if r.id not in flagged]
+    ids = [r.id for r in gone]
+    if ids:
+        session.execute(delete(Prediction).where(Prediction.run_id.in_(ids)))
+        session.execute(delete(Evaluation).where(Evaluation.run_id.in_(ids)))
+        session.execute(delete(Run).where(Run.id.in_(ids)))
+    return [_record(r) for r in gone]
+
+
 def write_predictions(
     session: Session, run_id: int, version: int, rows: Sequence[PredictionRecord]
 ) -> None:

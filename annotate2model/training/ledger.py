@@ -8,10 +8,12 @@ held back until the write's transaction has finished, then acted on.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -156,6 +158,16 @@ class Ledger:
             return store_runs.record_evaluation(
                 session, run_id, version, split, shas, metrics, source
             )
+
+    def delete_unfinished(self, runs_dir: Path) -> list[int]:
+        """Delete failed and interrupted runs, their rows and whatever folder they left."""
+        with signals_held(), self.store.write() as session:
+            gone = store_runs.delete_unfinished(session)
+        for run in gone:
+            folder = runs_dir / str(run.id)
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+        return [run.id for run in gone]
 
     def close_dead_runs(self) -> list[int]:
         """Close `running` rows whose process is gone; pid-based, so only for a local store."""

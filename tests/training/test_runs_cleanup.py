@@ -1,0 +1,40 @@
+"""`a2m runs --hide-failed` and `--delete-failed`: runs without a model can be hidden or removed,
+and nothing else goes with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from annotate2model.store import Store
+from annotate2model.store import runs as store_runs
+from tests.conftest import run_cli
+
+
+def test_failed_runs_can_be_hidden_and_deleted(
+    cli: CliRunner, store: Store, version1: Path
+) -> None:
+    with store.write() as session:
+        ok = store_runs.create_run(session, 1, "train", {"backbone": "resnet18"}, "cpu")
+        store_runs.finish_run(session, ok.id, "succeeded", artifact_dir=".a2m/runs/1")
+        bad = store_runs.create_run(session, 1, "train", {"backbone": "resnet18"}, "cpu")
+        store_runs.finish_run(session, bad.id, "failed", error="KeyError: 101")
+        stopped = store_runs.create_run(session, 1, "train", {"backbone": "resnet18"}, "cpu")
+        store_runs.finish_run(session, stopped.id, "interrupted", error="Ctrl-C")
+    leftover = store.settings.workspace.runs_dir / str(bad.id)
+    leftover.mkdir(parents=True)
+    (leftover / "history.csv").write_text("epoch\n")
+
+    code, out, _ = run_cli(cli, "runs", "--hide-failed", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [ok.id]
+    code, out, _ = run_cli(cli, "runs", "--json")
+    assert [r["id"] for r in json.loads(out)] == [ok.id, bad.id, stopped.id]
+
+    code, out, err = run_cli(cli, "runs", "--delete-failed", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [ok.id]
+    assert f"Deleted 2 failed or interrupted run(s): {bad.id}, {stopped.id}" in err
+    assert not leftover.exists()
+    code, _, err = run_cli(cli, "runs", "--delete-failed")
+    assert code == 0 and "No failed or interrupted run to delete" in err
