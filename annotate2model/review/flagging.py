@@ -1,0 +1,406 @@
+"""`a2m flag` and `a2m unflag`: a run's doubts found, recorded as flags and handed to Label Studio.
+
+`find_doubts` gathers what the ranking needs from the store and the run (held-out predictions,
+features of every labeled image, predictions for unlabeled tasks) and returns ranked `Doubt`s;
+`flag_run` maps them to the project's tasks, records them (store/flags.py) and has
+labelstudio/flags.py push them; `unflag_run` takes them back. Nothing here talks HTTP itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from annotate2model.errors import InputError, TrainingError
+from annotate2model.labelstudio.client import LabelStudioClient
+from annotate2model.labelstudio.flags import (
+    PushItem,
+    PushResult,
+    UnflagItem,
+    push_flags,
+    tab_title,
+    unflag_tasks,
+)
+from annotate2model.progress import NullProgress, Progress
+from annotate2model.review.ranking import (
+    REASONS,
+    Doubt,
+    Scored,
+    label_issues,
+    misclassified,
+    out_of_fold_probs,
+    ranked,
+    uncertain,
+)
+from annotate2model.store import Store
+from annotate2model.store import flags as store_flags
+from annotate2model.store.runs import RunRecord, get_run, read_predictions
+from annotate2model.store.tasks import load_tasks
+from annotate2model.store.versions import version_items
+
+if TYPE_CHECKING:
+    from annotate2model.training.context import RunContext
+
+HELD_OUT = ("val", "test")
+# Which reason wins when one task is doubted for two (a task carries one flag per run).
+PRIORITY = {"misclassified": 0, "label-issue": 1, "uncertain": 2}
+
+
+def parse_reasons(text: str) -> list[str]:
+    """ "misclassified,label-issue" -> the reasons, checked (InputError names the known ones)."""
+    reasons = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in reasons if r not in REASONS]
+    if unknown or not reasons:
+        raise InputError(
+            f"unknown flag reason {', '.join(repr(r) for r in unknown) or '(none)'}; "
+            f"choose from {', '.join(REASONS)}."
+        )
+    return list(dict.fromkeys(reasons))
+
+
+def _run(store: Store, run_ref: int | str) -> RunRecord:
+    with store.read() as session:
+        run = get_run(session, run_ref)
+    if run.status != "succeeded" or run.artifact_dir is None:
+        raise TrainingError(f"run {run.id} is {run.status} and has no model to judge with.")
+    return run
+
+
+def find_doubts(
+    store: Store,
+    run_ref: int | str,
+    reasons: Sequence[str] = REASONS,
+    *,
+    project_id: int | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    progress: Progress | None = None,
+    context: RunContext | None = None,
+) -> list[Doubt]:
+    """Every doubt of the run for the given reasons, most doubtful first. `project_id`: where
+    the unlabeled tasks are (needed for `uncertain`)."""
+    from annotate2model.training import artifacts
+    from annotate2model.training.context import RunContext
+
+    progress = progress or NullProgress()
+    ctx = context or RunContext.from_store(store)
+    run = _run(store, run_ref)
+    card = artifacts.read_card(ctx.run_dir(run.id))
+    labels: list[str] = list(card["labels"])
+    doubts: list[Doubt] = []
+    if "misclassified" in reasons:
+        with store.read() as session:
+            rows = [
+                Scored(p.image_sha256, p.label, p.probs)
+                for p in read_predictions(session, run.id, run.version)
+                if p.split in HELD_OUT
+            ]
+        doubts += misclassified(rows, labels)
+    if "label-issue" in reasons:
+        doubts += _label_issues(store, ctx, run, card, labels, folds, seed, progress)
+    if "uncertain" in reasons:
+        if project_id is None:
+            raise InputError("finding uncertain tasks needs a Label Studio project.")
+        doubts += _uncertain(store, ctx, run, labels, project_id, progress)
+    return ranked(doubts)
+
+
+def _label_issues(
+    store: Store,
+    ctx: RunContext,
+    run: RunRecord,
+    card: dict[str, Any],
+    labels: list[str],
+    folds: int,
+    seed: int,
+    progress: Progress,
+) -> list[Doubt]:
+    """k-fold probabilities on the run's own features of every labeled image of its version;
+    the training images among them may be flagged."""
+    if card.get("kind") != "classifier":
+        raise TrainingError(
+            f"run {run.id} is an ensemble: label issues need the features of one network; "
+            "flag one of its members."
+        )
+    with store.read() as session:
+        items = [i for i in version_items(session, run.version) if i.label in labels]
+    shas = [i.image_sha256 for i in items]
+    features = run_features(ctx, run, card, shas, progress)
+    kept = [i for i in items if i.image_sha256 in features]
+    if not kept:
+        return []
+    index = {name: n for n, name in enumerate(labels)}
+    x = np.stack([features[i.image_sha256] for i in kept])
+    y = np.array([index[i.label] for i in kept], dtype=np.int64)
+    progress.begin("Finding label issues")
+    probs = out_of_fold_probs(x, y, len(labels), folds=folds, seed=seed)
+    found = label_issues(
+        [i.image_sha256 for i in kept],
+        [i.label for i in kept],
+        probs,
+        labels,
+        eligible={i.image_sha256 for i in kept if i.split == "train"},
+    )
+    progress.end()
+    return found
+
+
+def run_features(
+    ctx: RunContext,
+    run: RunRecord,
+    card: dict[str, Any],
+    shas: Sequence[str],
+    progress: Progress,
+) -> dict[str, Any]:
+    """sha -> the run's trunk features (view 0): a probe's from the embedding cache, computing
+    only what is missing; a fine-tuned run's through its own trunk, cached under its own key."""
+    import torch
+
+    from annotate2model.training import artifacts
+    from annotate2model.training.config import eval_batch_size, resolve_workers
+    from annotate2model.training.data import Preprocessing
+    from annotate2model.training.device import pick_device, use_bf16
+    from annotate2model.training.embeddings import ExtractJob, extract, model_key
+
+    device = pick_device(ctx.device)
+    prep = Preprocessing(card["preprocessing"]["resize"], card["preprocessing"]["crop"])
+    bf16 = card.get("precision") == "bf16" and use_bf16(device, "auto")
+    key = card.get("embedding_key")
+    if not key or (card.get("precision") == "bf16" and not bf16):
+        identity = card["config"].get("weights_identity", "")
+        own = identity if key else f"{identity}+run-{run.id}"
+        key = model_key(card["architecture"], own, prep, bf16)
+
+    def trunk() -> torch.nn.Module:
+        model, _ = artifacts.load_classifier(ctx.run_dir(run.id))
+        module: torch.nn.Module = model.trunk  # type: ignore[assignment]
+        return module
+
+    cache = ctx.embedding_cache()
+    try:
+        found, stats = extract(
+            cache,
+            key,
+            f"run {run.id} trunk ({card['architecture']})",
+            [ExtractJob(sha, ctx.blob_path(sha), 0) for sha in shas],
+            trunk,
+            prep,
+            device,
+            bf16,
+            batch_size=eval_batch_size(device.type),
+            workers=resolve_workers(-1),
+            progress=progress,
+            max_pixels=ctx.max_pixels,
+        )
+    finally:
+        cache.close()
+    for sha, reason in stats.skipped:
+        progress.note(f"image {sha[:12]} left out: {reason}")
+    return {sha: vec for (sha, _view), vec in found.items()}
+
+
+def _uncertain(
+    store: Store,
+    ctx: RunContext,
+    run: RunRecord,
+    labels: list[str],
+    project_id: int,
+    progress: Progress,
+) -> list[Doubt]:
+    from annotate2model.training.runner import load_predictor
+
+    with store.read() as session:
+        tasks = load_tasks(session, project_id)
+    shas = sorted(
+        {
+            t.image_sha256
+            for t in tasks.values()
+            if t.image_sha256 and t.label is None and not t.deleted and not t.problem
+        }
+    )
+    if not shas:
+        return []
+    cache = ctx.embedding_cache()
+    try:
+        predictor = load_predictor(ctx, run, cache)
+        result = predictor.predict([ctx.blob_path(s) for s in shas], keys=shas, progress=progress)
+    finally:
+        cache.close()
+    rows = [
+        Scored(sha, None, [float(v) for v in result.probs[i]])
+        for i, sha in enumerate(shas)
+        if i not in result.errors
+    ]
+    return uncertain(rows, labels)
+
+
+@dataclass
+class FlagOutcome:
+    """What `flag_run` did."""
+
+    run: int
+    project: int
+    # Flags found per reason (after the cut), and those placed on tasks.
+    found: dict[str, int]
+    flagged: int
+    # Doubted images with no live task in the project (imported from a folder, or deleted).
+    without_task: int
+    push: PushResult = field(default_factory=PushResult)
+    tab: str = ""
+    url: str = ""
+
+
+def flag_run(
+    store: Store,
+    client: LabelStudioClient,
+    project_id: int,
+    run_ref: int | str,
+    *,
+    reasons: Sequence[str] = ("misclassified", "label-issue"),
+    max_count: int | None = None,
+    min_score: float = 0.0,
+    requeue: bool = False,
+    progress: Progress | None = None,
+    context: RunContext | None = None,
+) -> FlagOutcome:
+    """Find the run's doubts, record them as flags on the project's tasks and push them."""
+    progress = progress or NullProgress()
+    run = _run(store, run_ref)
+    doubts = find_doubts(
+        store, run.id, reasons, project_id=project_id, progress=progress, context=context
+    )
+    doubts = ranked(doubts, max_count=None, min_score=min_score)
+    placed = _on_tasks(store, project_id, doubts)
+    without_task = len({d.image_sha256 for d in doubts}) - len({f.image_sha256 for f in placed})
+    new = placed[:max_count] if max_count is not None else placed
+    found: dict[str, int] = {}
+    for f in new:
+        found[f.reason] = found.get(f.reason, 0) + 1
+    with store.write() as session:
+        records = store_flags.record_flags(session, run.id, new)
+    items = [
+        PushItem(r.id, r.task_id, r.reason, r.score, r.suggested_label)
+        for r in records
+        if r.task_id is not None
+    ]
+    result = PushResult()
+    # Known requeues of an earlier push are not requeued twice.
+    requeued_before = {r.id for r in records if r.draft_id is not None}
+    try:
+        push_flags(
+            client,
+            project_id,
+            run.id,
+            items,
+            requeue=requeue,
+            result=result,
+            progress=progress,
+        )
+    finally:
+        # Whatever reached Label Studio is recorded, also when the push failed halfway.
+        with store.write() as session:
+            if result.requeued:
+                fresh = {k: v for k, v in result.requeued.items() if k not in requeued_before}
+                store_flags.mark_requeued(session, fresh)
+            if result.done:
+                store_flags.mark_pushed(
+                    session, result.done, review_field=_field(run.id), view_id=result.view_id
+                )
+    return FlagOutcome(
+        run=run.id,
+        project=project_id,
+        found=found,
+        flagged=len(items),
+        without_task=without_task,
+        push=result,
+        tab=tab_title(run.id),
+        url=f"{client.url}/projects/{project_id}/data?tab={result.view_id}"
+        if result.view_id
+        else "",
+    )
+
+
+def _field(run_id: int) -> str:
+    from annotate2model.labelstudio.flags import review_field
+
+    return review_field(run_id)
+
+
+def _on_tasks(store: Store, project_id: int, doubts: Sequence[Doubt]) -> list[store_flags.NewFlag]:
+    """Each doubt on the live tasks of the project that show its image with the label doubted
+    (a task relabeled since the run was trained is not flagged); one flag per task, the reason
+    of highest priority winning."""
+    from sqlalchemy import select
+
+    from annotate2model.store.models import Task
+
+    with store.read() as session:
+        rows = session.execute(
+            select(Task.id, Task.image_sha256, Task.label).where(
+                Task.project_id == project_id,
+                Task.deleted_at.is_(None),
+                Task.image_sha256.is_not(None),
+            )
+        ).all()
+    by_sha: dict[str, list[tuple[int, str | None]]] = {}
+    for row_id, sha, label in rows:
+        if sha:
+            by_sha.setdefault(sha, []).append((row_id, label))
+    chosen: dict[int, store_flags.NewFlag] = {}
+    for d in doubts:
+        for row_id, label in by_sha.get(d.image_sha256, []):
+            if label != d.current_label:
+                continue
+            old = chosen.get(row_id)
+            if old is not None and PRIORITY[old.reason] <= PRIORITY[d.reason]:
+                continue
+            chosen[row_id] = store_flags.NewFlag(
+                task_row_id=row_id,
+                image_sha256=d.image_sha256,
+                reason=d.reason,
+                score=d.score,
+                current_label=d.current_label,
+                suggested_label=d.suggested_label,
+            )
+    return sorted(chosen.values(), key=lambda f: (-f.score, f.task_row_id))
+
+
+@dataclass
+class UnflagOutcome:
+    run: int
+    withdrawn: int
+    predictions_removed: int
+    fields_removed: int
+    drafts_restored: int
+    tab_removed: bool
+
+
+def unflag_run(
+    store: Store,
+    client: LabelStudioClient,
+    project_id: int,
+    run_ref: int | str,
+    *,
+    progress: Progress | None = None,
+) -> UnflagOutcome:
+    """Take the run's flags out of Label Studio; pending flags become withdrawn."""
+    with store.read() as session:
+        run = get_run(session, run_ref)
+        records = store_flags.list_flags(session, run.id, project_id)
+    pending = sum(1 for r in records if r.resolution is None)
+    items = [UnflagItem(r.id, r.task_id, r.draft_id) for r in records if r.task_id is not None]
+    result = unflag_tasks(client, project_id, run.id, items, progress=progress)
+    with store.write() as session:
+        store_flags.withdraw(session, run.id)
+        store_flags.clear_requeue(session, result.restored)
+    return UnflagOutcome(
+        run=run.id,
+        withdrawn=pending,
+        predictions_removed=result.predictions_removed,
+        fields_removed=result.fields_removed,
+        drafts_restored=result.drafts_restored,
+        tab_removed=result.tab_removed,
+    )
