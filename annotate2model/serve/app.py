@@ -26,6 +26,7 @@ import binascii
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -327,14 +328,27 @@ def create_app(
 
     @app.post("/v1/predict")
     async def predict(
-        request: Request, run: str | None = None, top_k: int = DEFAULT_TOP_K
+        request: Request, response: Response, run: str | None = None, top_k: int = DEFAULT_TOP_K
     ) -> dict[str, Any]:
         model = server.model(run)
         if top_k < 1:
             raise HTTPException(422, "top_k must be at least 1.")
+        started = time.perf_counter()
         uploads = await _uploads(request, settings.max_files)
-        images = [await server.decode(model, data, name) for name, data in uploads]
+        read = time.perf_counter()
+        images = await asyncio.gather(*(server.decode(model, d, name) for name, d in uploads))
+        decoded = time.perf_counter()
         probs = await server.probabilities(model, images)
+        done = time.perf_counter()
+        # Where the time went (browsers' developer tools show it; so does bench/serve.py).
+        response.headers["Server-Timing"] = ", ".join(
+            f"{name};dur={1000 * (b - a):.2f}"
+            for name, a, b in (
+                ("read", started, read),
+                ("decode", read, decoded),
+                ("model", decoded, done),
+            )
+        )
         k = min(top_k, len(model.labels))
         return {
             "run": model.run_id,

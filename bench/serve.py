@@ -1,0 +1,312 @@
+"""Serving speed: `a2m serve` over loopback at 1, 4 and 16 concurrent clients, torch and ONNX
+Runtime, next to bare forward passes of the same model measured in the same run (issue 11).
+
+Setup (in a temporary workspace, or --keep DIR): a ResNet-18 probe at 224 px (`--weights none`:
+the weights do not change the speed) trained on generated images, exported to ONNX. Requests are
+real photos (hymenoptera's validation JPEGs from ../shared when present, else generated JPEGs of
+the same size), one image per request, sent as multipart uploads by client threads, each with its
+own keep-alive connection. For each engine, a whole `a2m serve` process is started and warmed up.
+
+Reported per engine and client count: p50 and p99 latency, requests/s. Beside them, bare forward
+passes of the served model on already decoded images (no HTTP, no decoding): one image (p50) and
+the best images/s over batch sizes. Targets: p99 at one client within 1.5x of one bare forward
+pass; requests/s at 16 clients at least 80% of the best bare batched forward.
+
+    .venv/bin/python bench/serve.py [--quick] [--keep DIR] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from _shared import HYMENOPTERA
+
+A2M = [sys.executable, "-m", "annotate2model"]
+CLIENTS = (1, 4, 16)
+P99_TARGET = 1.5
+THROUGHPUT_TARGET = 0.8
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+def run(cmd: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def photos(count: int) -> list[bytes]:
+    """Real JPEG photos from ../shared, or generated JPEGs of a photo's size (500x375)."""
+    if HYMENOPTERA.exists():
+        files = sorted((HYMENOPTERA / "val").glob("*/*.jpg"))[:count]
+        if files:
+            return [f.read_bytes() for f in files]
+    from PIL import Image
+
+    out = []
+    rng = random.Random(0)
+    for _ in range(count):
+        noise = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 256, (375, 500, 3))
+        buf = io.BytesIO()
+        Image.fromarray(noise.astype(np.uint8), "RGB").save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def setup(base: Path, env: dict[str, str]) -> Path:
+    """A workspace with run 1 (ResNet-18 probe at 224 px) and its model.onnx."""
+    from PIL import Image
+
+    ws = base / "ws"
+    if (ws / ".a2m" / "runs" / "1" / "model.onnx").exists():
+        return ws
+    images = base / "images"
+    rng = np.random.default_rng(1)
+    for label in ("ants", "bees"):
+        (images / label).mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (240, 320, 3)).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(images / label / f"{i}.jpg", quality=85)
+    env = {**env, "A2M_HOME": str(ws)}
+    run([*A2M, "init", str(ws)], env)
+    run([*A2M, "import-folder", str(images)], env)
+    run([*A2M, "train", "--weights", "none", "--image-size", "224", "--epochs", "1"], env)
+    run([*A2M, "export", "1", "--format", "onnx"], env)
+    return ws
+
+
+@dataclass
+class Bare:
+    one_p50_ms: float
+    one_p99_ms: float
+    best_images_per_s: float
+    best_batch: int
+
+
+def bare_forward(ws: Path, engine: str, device: str, repeats: int) -> Bare:
+    """The served model's own forward pass on decoded images, in this process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from annotate2model.serve.models import OnnxModel, ServedModel, TorchModel
+    from annotate2model.training.images import load_image
+
+    run_dir = ws / ".a2m" / "runs" / "1"
+    model: ServedModel = (
+        TorchModel.load(run_dir, device)
+        if engine == "torch"
+        else OnnxModel.load(run_dir / "model.onnx", device)
+    )
+    decoded = np.stack([load_image(p, model.prep) for p in photos(32)])
+    for _ in range(3):
+        model.forward(decoded[:1])
+    times = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        model.forward(decoded[i % 32 : i % 32 + 1])
+        times.append(time.perf_counter() - started)
+    best, best_batch = 0.0, 1
+    for batch in BATCHES:
+        model.forward(decoded[:batch])
+        rounds = max(2, repeats // (4 * batch))
+        started = time.perf_counter()
+        for _ in range(rounds):
+            model.forward(decoded[:batch])
+        rate = batch * rounds / (time.perf_counter() - started)
+        if rate > best:
+            best, best_batch = rate, batch
+    del model
+    return Bare(
+        one_p50_ms=1000 * statistics.median(times),
+        one_p99_ms=1000 * float(np.percentile(times, 99)),
+        best_images_per_s=best,
+        best_batch=best_batch,
+    )
+
+
+@dataclass
+class Load:
+    clients: int
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    per_second: float
+    # Median server-side milliseconds per step (its Server-Timing header): read, decode, model.
+    steps: dict[str, float]
+
+
+def load(url: str, clients: int, per_client: int, images: list[bytes]) -> Load:
+    """`clients` threads, each sending `per_client` one-image requests back to back."""
+    latencies: list[float] = []
+    steps: dict[str, list[float]] = {}
+    lock = threading.Lock()
+    failures: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def client(k: int) -> None:
+        mine: list[float] = []
+        with httpx.Client(base_url=url, timeout=120) as http:
+            http.get("/health")
+            barrier.wait()
+            for i in range(per_client):
+                data = images[(k * per_client + i) % len(images)]
+                started = time.perf_counter()
+                response = http.post("/v1/predict", files=[("file", ("photo.jpg", data))])
+                mine.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    failures.append(response.text[:200])
+                timing = response.headers.get("server-timing", "")
+                with lock:
+                    for part in filter(None, timing.split(", ")):
+                        name, _, dur = part.partition(";dur=")
+                        steps.setdefault(name, []).append(float(dur))
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if failures:
+        sys.exit(f"requests failed: {failures[:3]}")
+    return Load(
+        clients=clients,
+        requests=len(latencies),
+        p50_ms=1000 * statistics.median(latencies),
+        p99_ms=1000 * float(np.percentile(latencies, 99)),
+        per_second=len(latencies) / wall,
+        steps={name: statistics.median(values) for name, values in steps.items()},
+    )
+
+
+def serve(
+    ws: Path, env: dict[str, str], engine: str, device: str, log: Path
+) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    args = [*A2M, "serve", "1", "--port", str(port), "--device", device]
+    if engine == "onnxruntime":
+        args.append("--onnx")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            args, env={**env, "A2M_HOME": str(ws)}, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"a2m serve exited:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    sys.exit(f"a2m serve did not start:\n{log.read_text()}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Few requests (while developing).")
+    parser.add_argument("--keep", type=Path, help="Build the workspace here and keep it.")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda when one is lent.")
+    args = parser.parse_args()
+    per_client = {1: 15, 4: 8, 16: 4} if args.quick else {1: 120, 4: 60, 16: 25}
+    repeats = 20 if args.quick else 100
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("A2M_")}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    base = args.keep or Path(tempfile.mkdtemp(prefix="a2m-bench-serve-"))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"Setting up in {base}: ResNet-18 probe at 224 px, exported to ONNX.")
+        ws = setup(base, env)
+        images = photos(32)
+        source = "hymenoptera val JPEGs" if HYMENOPTERA.exists() else "generated 500x375 JPEGs"
+        size = np.mean([len(i) for i in images]) / 1024
+        print(f"Requests: one image each ({source}, {size:.0f} KiB mean).")
+        rows: list[tuple[str, Bare, list[Load]]] = []
+        for engine in ("torch", "onnxruntime"):
+            bare = bare_forward(ws, engine, args.device, repeats)
+            url, proc = serve(ws, env, engine, args.device, base / f"{engine}.log")
+            try:
+                load(url, 2, 4, images)  # warm-up: the first requests pay for lazy set-up
+                loads = [load(url, c, per_client[c], images) for c in CLIENTS]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            rows.append((engine, bare, loads))
+            print(f"  {engine}: done")
+        print()
+        print(
+            f"{'engine':<12}{'clients':>8}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}"
+            f"   baseline (same run, bare forward)"
+        )
+        verdicts = []
+        for engine, bare, loads in rows:
+            for r in loads:
+                note = ""
+                if r.clients == 1:
+                    ratio = r.p99_ms / bare.one_p50_ms
+                    ok = ratio <= P99_TARGET
+                    note = (
+                        f"1 image: p50 {bare.one_p50_ms:.1f} ms (p99 {bare.one_p99_ms:.1f}); "
+                        f"p99/bare {ratio:.2f}x, target <= {P99_TARGET}x {'ok' if ok else 'MISSED'}"
+                    )
+                    verdicts.append(ok)
+                elif r.clients == max(CLIENTS):
+                    share = r.per_second / bare.best_images_per_s
+                    ok = share >= THROUGHPUT_TARGET
+                    note = (
+                        f"best batched {bare.best_images_per_s:.1f} img/s "
+                        f"(batch {bare.best_batch}); "
+                        f"{100 * share:.0f}%, target >= {100 * THROUGHPUT_TARGET:.0f}% "
+                        f"{'ok' if ok else 'MISSED'}"
+                    )
+                    verdicts.append(ok)
+                print(
+                    f"{engine:<12}{r.clients:>8}{r.requests:>9}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
+                    f"{r.per_second:>8.1f}   {note}"
+                )
+        print("\nWhere one client's time goes (server-side medians, ms):")
+        for engine, _, loads in rows:
+            steps = ", ".join(f"{k} {v:.1f}" for k, v in loads[0].steps.items())
+            print(f"  {engine}: {steps}; the rest is HTTP and the client")
+        load1, load5, load15 = os.getloadavg()
+        print(
+            f"\ndevice {args.device}, {os.cpu_count()} cores; "
+            f"load average {load1:.2f} {load5:.2f} {load15:.2f}"
+        )
+        print(f"targets met: {sum(verdicts)}/{len(verdicts)}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
