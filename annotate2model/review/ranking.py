@@ -6,8 +6,8 @@ Every doubt carries a score in [0, 1], higher meaning more doubt, so that one or
 `min_score`) serves all three reasons:
 
 - misclassified: 1 - p(given label) of a held-out (val/test) prediction that chose another label;
-- label-issue: 1 - p(given label) under out-of-fold probabilities (k-fold logistic regression on
-  the images' features), for the images that cleanlab's confident learning finds;
+- label-issue: 1 - p(given label) under out-of-fold probabilities (k-fold linear discriminant
+  analysis on the images' features), for the images that cleanlab's confident learning finds;
 - uncertain: 1 - margin (top-1 minus top-2 probability), or the normalised entropy.
 """
 
@@ -27,12 +27,11 @@ REASONS = ("misclassified", "label-issue", "uncertain")
 Reason = Literal["misclassified", "label-issue", "uncertain"]
 UncertaintyMethod = Literal["margin", "entropy"]
 
-# Inverse L2 strength of the out-of-fold logistic regression on standardised features: chosen on
-# scenes_1200 (bench/flag_quality.py), where weaker regularisation over-fits the flipped labels.
-OOF_C = 0.03
-# cleanlab's "both": prune by noise rate AND confident-learning off-diagonals (fewer false alarms
-# than the default, measured in bench/flag_quality.py).
-FILTER_BY = "both"
+# cleanlab's filter: the examples of lowest self-confidence (probability of the given label), as
+# many as its confident joint estimates to be mislabeled. On scenes_1200 with 10% flips it keeps
+# precision above 0.7 where its default (prune by noise rate) lands near 0.6
+# (bench/flag_quality.py).
+FILTER_BY = "low_self_confidence"
 
 
 @dataclass(frozen=True)
@@ -119,16 +118,19 @@ def out_of_fold_probs(
     folds: int = 5,
     seed: int = 0,
 ) -> NDArray[np.float64]:
-    """Each image's class probabilities from a logistic regression that never saw it (k-fold).
+    """Each image's class probabilities from a classifier that never saw it (k-fold).
 
-    Features are standardised on each training fold. A class with fewer members than folds still
-    gets its column (zero where a fold held none of it, before the rows are renormalised).
+    The classifier is linear discriminant analysis with Ledoit-Wolf shrinkage: closed form, so
+    10,000 embeddings take about a second where a logistic regression takes ten, and it ranks
+    flipped labels at least as well. Its probabilities are over-confident, so one temperature,
+    fitted on the out-of-fold answers, softens them before cleanlab counts the likely errors.
+    A class with fewer members than folds still gets its column.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
 
-    x = np.asarray(features, dtype=np.float32)
+    x = np.asarray(features, dtype=np.float64)
     y = np.asarray(targets, dtype=np.int64)
     n = len(y)
     if x.ndim != 2 or x.shape[0] != n:
@@ -140,20 +142,39 @@ def out_of_fold_probs(
         raise InputError(
             "finding label issues needs at least two classes with two labeled images each."
         )
-    probs = np.zeros((n, n_classes), dtype=np.float64)
+    # Log-probabilities; a class a fold never saw stays impossible for its held-out images.
+    logp = np.full((n, n_classes), -1e9, dtype=np.float64)
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     # One BLAS thread: these products are small, and on a shared machine more threads only wait.
     with threadpool_limits(limits=1), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence notices: 200 iterations are plenty here
+        warnings.simplefilter("ignore")  # collinear features, classes with few members
         for train, held in splitter.split(x, y):
-            mean = x[train].mean(axis=0)
-            std = x[train].std(axis=0) + 1e-6
-            model = LogisticRegression(C=OOF_C, max_iter=200)
-            model.fit((x[train] - mean) / std, y[train])
-            part = model.predict_proba((x[held] - mean) / std)
-            probs[np.ix_(held, model.classes_)] = part
-    probs /= np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
-    return probs
+            model = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+            model.fit(x[train], y[train])
+            scores = model.decision_function(x[held])
+            if scores.ndim == 1:  # two classes: one score, for the second
+                scores = np.stack([-scores / 2, scores / 2], axis=1)
+            logp[np.ix_(held, model.classes_)] = _log_softmax(scores)
+    return _softmax(logp / _temperature(logp, y))
+
+
+def _log_softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    z = z - z.max(axis=1, keepdims=True)
+    out: NDArray[np.float64] = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return out
+
+
+def _softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = np.exp(_log_softmax(z))
+    return out
+
+
+def _temperature(logp: NDArray[np.float64], y: NDArray[np.int64]) -> float:
+    """The temperature (0.05-20, on a log grid) that best explains the given labels."""
+    rows = np.arange(len(y))
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+    losses = [-float(_log_softmax(logp / t)[rows, y].mean()) for t in grid]
+    return float(grid[int(np.argmin(losses))])
 
 
 def label_issues(
