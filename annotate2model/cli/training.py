@@ -25,6 +25,7 @@ from annotate2model.cli.render import (
     console,
     err_console,
     print_json,
+    to_jsonable,
     when,
 )
 from annotate2model.store import Store
@@ -278,36 +279,72 @@ def runs_cmd(
         for split, key in (("test", "test_accuracy"), ("val", "val_accuracy")):
             on_split = [r.version for r in judged if r.metrics.get(key) is not None]
             test_sets |= {(split, h) for h in split_hashes(session, on_split, split).values()}
+        from annotate2model.store.flags import flag_precision
+
+        precision = flag_precision(session, [r.id for r in rows])
     if as_json:
-        print_json(rows)
+        print_json(
+            [
+                {
+                    **to_jsonable(r),
+                    "flags_resolved": precision.get(r.id, (0, 0))[0],
+                    "flags_relabeled": precision.get(r.id, (0, 0))[1],
+                }
+                for r in rows
+            ]
+        )
         return
     if not rows:
         console.print("No runs yet: try [bold]a2m train[/].")
         return
-    table = Table(title="Runs")
-    numeric = ("run", "version", "seconds", "img/s", "val acc", "test acc")
-    for col in ("run", "version", "status", "model", "started", *numeric[2:], "note"):
-        table.add_column(col, justify="right" if col in numeric else "left")
+    # Fits 80 columns: short cells never wrap, the model wraps; below 110 columns the start
+    # time and the note are left out (`a2m runs RUN` and --json have everything).
+    wide = console.width >= 110
+    table = Table(
+        title="Runs", box=box.SIMPLE_HEAD, caption="flags: relabeled/resolved", padding=(0, 1)
+    )
+    numeric = ("run", "v", "secs", "img/s", "val", "test")
+    columns = ["run", "v", "status", "model", *(["started"] if wide else []), *numeric[2:]]
+    columns += ["flags", *(["note"] if wide else [])]
+    for col in columns:
+        table.add_column(
+            col,
+            justify="right" if col in (*numeric, "flags") else "left",
+            no_wrap=col not in ("model", "note"),
+            # The longest backbone name (mobilenet_v3_large) stays on one line.
+            min_width=18 if col == "model" else None,
+        )
     for r in rows:
         c = r.config
         model = (
             f"ensemble of {', '.join(str(m) for m in c.get('members', []))}"
             if r.kind == "ensemble"
-            else f"{c.get('backbone')} {c.get('mode')} {c.get('optimizer')}/{c.get('schedule')} "
-            f"lr {c.get('lr')}"
+            else " ".join(
+                str(part)
+                for part in (
+                    c.get("backbone"),
+                    c.get("mode"),
+                    c.get("optimizer"),
+                    f"lr {c['lr']}" if c.get("lr") else None,
+                )
+                if part
+            )
         )
-        table.add_row(
-            str(r.id),
-            str(r.version),
-            r.status,
-            model,
-            when(r.started_at),
-            f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
-            f"{r.images_per_second:.0f}" if r.images_per_second else "-",
-            _pct(r.metrics.get("val_accuracy")),
-            _pct(r.metrics.get("test_accuracy")),
-            _short(r.error or c.get("note") or ""),
-        )
+        resolved, relabeled = precision.get(r.id, (0, 0))
+        cells = {
+            "run": str(r.id),
+            "v": str(r.version),
+            "status": r.status,
+            "model": escape(model),
+            "started": r.started_at.astimezone().strftime("%m-%d %H:%M"),
+            "secs": f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
+            "img/s": f"{r.images_per_second:.0f}" if r.images_per_second else "-",
+            "val": _pct(r.metrics.get("val_accuracy")),
+            "test": _pct(r.metrics.get("test_accuracy")),
+            "flags": f"{relabeled}/{resolved}" if resolved else "-",
+            "note": escape(_short(r.error or c.get("note") or "", 32)),
+        }
+        table.add_row(*(cells[col] for col in columns))
     console.print(table)
     if len(test_sets) > 1:
         # Each version has its own val/test images: the accuracies above do not compare.

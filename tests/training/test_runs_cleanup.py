@@ -38,3 +38,30 @@ def test_failed_runs_can_be_hidden_and_deleted(
     assert not leftover.exists()
     code, _, err = run_cli(cli, "runs", "--delete-failed")
     assert code == 0 and "No failed or interrupted run to delete" in err
+
+
+def test_runs_table_reads_at_80_columns(cli: CliRunner, store: Store, version1: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with store.write() as session:
+        ok = store_runs.create_run(
+            session, 1, "train", {"backbone": "mobilenet_v3_large", "mode": "finetune"}, "cpu"
+        )
+        store_runs.finish_run(session, ok.id, "succeeded", metrics={"val_accuracy": 0.8125})
+        bad = store_runs.create_run(session, 1, "train", {"backbone": "resnet18"}, "cpu")
+        store_runs.finish_run(session, bad.id, "interrupted", error="Ctrl-C")
+    env = {**os.environ, "A2M_HOME": str(store.settings.workspace.root), "COLUMNS": "80"}
+    out = subprocess.run(
+        [sys.executable, "-m", "annotate2model", "runs"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    # Nothing a reader needs is cut: statuses, the model and the accuracy are whole.
+    for word in ("succeeded", "interrupted", "mobilenet_v3_large", "0.812"):
+        assert word in out
+    assert "…" not in out
