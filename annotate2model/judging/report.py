@@ -274,6 +274,14 @@ def _config_rows(run: RunRecord) -> list[tuple[str, str]]:
     return rows
 
 
+def _model(run: RunRecord) -> str:
+    c = run.config
+    if run.kind == "ensemble":
+        members = ", ".join(str(m) for m in c.get("members", []))
+        return f"An ensemble of runs {members} (their probabilities averaged)"
+    return f"A {c.get('backbone', '-')} {c.get('mode', '-')} run"
+
+
 def _config_value(value: Any) -> str:
     if value is None:
         return "-"
@@ -424,9 +432,12 @@ def run_report(
     labels = _labels(run, data.predictions)
     # The confusion plot shows the test split where there is one (validation picks the model).
     judged = "test" if "test" in splits else ("val" if "val" in splits else None)
-    written: dict[str, Path] = {
-        "history": plots.history_plot(run.history, _plot_path(out, "history"))
-    }
+    written: dict[str, Path] = {}
+    if run.history:
+        written["history"] = plots.history_plot(run.history, _plot_path(out, "history"))
+    else:
+        # An ensemble trains nothing itself: no epochs, and no plot left from an earlier page.
+        _plot_path(out, "history").unlink(missing_ok=True)
     if judged is not None:
         matrix = splits[judged].get("confusion") or []
         written["confusion"] = plots.confusion_plot(labels, matrix, _plot_path(out, "confusion"))
@@ -434,8 +445,7 @@ def run_report(
     title = f"Run {run.id} on version {run.version}"
     body = [
         f"<h1>{_e(title)}</h1>",
-        f'<p class="lead">{_e(run.kind)} run of {_e(run.config.get("backbone", "-"))} '
-        f"({_e(run.config.get('mode', '-'))}) on {len(labels)} classes: "
+        f'<p class="lead">{_e(_model(run))} on {len(labels)} classes: '
         f"{', '.join(_e(label) for label in labels)}.</p>",
         '<section id="configuration"><h2>Configuration</h2>',
         _table(
@@ -444,11 +454,14 @@ def run_report(
             id="config",
         ),
         "</section>",
-        '<section id="history"><h2>Loss and accuracy per epoch</h2>',
-        _png(written["history"], "loss and accuracy per epoch", "history-plot"),
-        _history_table(run.history) if run.history else "<p>No epochs recorded.</p>",
-        "</section>",
     ]
+    if "history" in written:
+        body += [
+            '<section id="history"><h2>Loss and accuracy per epoch</h2>',
+            _png(written["history"], "loss and accuracy per epoch", "history-plot"),
+            _history_table(run.history),
+            "</section>",
+        ]
     if judged is not None:
         body.append(
             f'<section id="confusion"><h2>Confusion matrix, '

@@ -25,6 +25,7 @@ from annotate2model.store.imports import import_folder
 from annotate2model.training.context import RunContext
 from tests.conftest import make_image_folder, run_cli
 from tests.judging.test_plots import SIZE, assert_png, sample_comparison, sample_curve
+from tests.test_startup import loaded_of, run_a2m
 from tests.training.conftest import make_split_folder
 
 # A label that is markup, shown as typed, never run (labels and file names are user input).
@@ -212,6 +213,36 @@ def test_gallery_is_capped_and_plots_follow_the_page_name(trained: Trained, tmp_
     assert f"{wrong - 1} more misclassified images not shown." in text
 
 
+@pytest.mark.training
+def test_a_run_report_loads_no_torch(trained: Trained, tmp_path: Path) -> None:
+    """Whole `a2m report RUN` process: matplotlib and Pillow, never torch (start-up is most of
+    what the user waits for)."""
+    modules, proc = run_a2m(
+        tmp_path, "report", str(trained.run), env={"A2M_HOME": str(trained.root)}
+    )
+    assert "report.html" in proc.stdout
+    assert "matplotlib" in modules and "PIL" in modules
+    assert loaded_of(modules, ["torch", "torchvision", "annotate2model.training.runner"]) == []
+
+
+@pytest.mark.training
+def test_ensemble_report(trained: Trained, tmp_path: Path) -> None:
+    """An ensemble has no epochs: no history plot or table (and none left from before), the rest
+    as for any run."""
+    from annotate2model.training.runner import ensemble
+
+    run = ensemble(trained.store, [str(trained.run), str(trained.run2)], "1")
+    out = tmp_path / "report.html"
+    (tmp_path / "history.png").write_bytes(b"an earlier page's plot")
+    files = run_report(trained.store, run.id, out=out)
+    assert set(files.plots) == {"confusion"}
+    assert not (tmp_path / "history.png").exists()
+    text = _html_checks(out)
+    assert f"An ensemble of runs {trained.run}, {trained.run2}" in text
+    assert 'id="history"' not in text
+    assert 'id="confusion-test"' in text
+
+
 def test_report_errors(cli: CliRunner, store: Store, tmp_path: Path) -> None:
     import_folder(store, make_image_folder(tmp_path / "data", {"ants": 3, "bees": 3}))
     with store.write() as session:
@@ -310,7 +341,8 @@ def test_compare_report_of_two_versions(
         trained.cli(), "curve", "2", "--fractions", "0.5,1.0", "--repeats", "1", "--no-plots"
     )
     assert code == 0, err
-    code, out, err = run_cli(trained.cli(), "report", "--compare", "--versions", "1,2", "--json")
+    runs = f"{trained.run},{trained.run2}"
+    code, out, err = run_cli(trained.cli(), "report", "--compare", "--runs", runs, "--json")
     assert code == 0, err
     import json
 
@@ -332,7 +364,7 @@ def test_compare_report_of_two_versions(
         # The figures are compare()'s (recorded judgements reused, nothing recomputed here).
         from annotate2model.judging.compare import compare
 
-        expected = compare(trained.store, versions=[1, 2], record=False)
+        expected = compare(trained.store, runs=[trained.run, trained.run2], record=False)
         assert [r[7] for r in rows] == [
             f"{r.accuracy:.3f} [{r.interval.low:.3f}, {r.interval.high:.3f}]" for r in expected.rows
         ]
