@@ -121,14 +121,23 @@ def mark_pushed(
 ) -> None:
     """The flags are in Label Studio now; `requeued`: flag id -> (annotation id, draft id)."""
     now = datetime.now(timezone.utc)
-    requeued = requeued or {}
     for row in _rows(session, flag_ids):
         if row.pushed_at is None:
             row.pushed_at = now
         row.review_field = review_field
         row.view_id = view_id
-        if row.id in requeued:
-            row.requeued_annotation_id, row.draft_id = requeued[row.id]
+    if requeued:
+        mark_requeued(session, requeued)
+    session.flush()
+
+
+def mark_requeued(session: Session, requeued: dict[int, tuple[int, int]]) -> None:
+    """Flag id -> (annotation id, draft id): the task's annotation was turned into that draft
+    (annotation id 0 when a push cut short did it and only the draft is known)."""
+    for row in _rows(session, requeued):
+        annotation_id, draft_id = requeued[row.id]
+        row.requeued_annotation_id = annotation_id or row.requeued_annotation_id
+        row.draft_id = draft_id
     session.flush()
 
 
