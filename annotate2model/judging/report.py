@@ -522,6 +522,21 @@ def _compare_table(comparison: Comparison) -> str:
     return _table(headers, rows, id="comparison", numeric=(0, 1, 6, 7, 8, 9, 10))
 
 
+def _per_class_runs(comparison: Comparison) -> str:
+    """Accuracy per true class on the common test images, one column per run."""
+    labels = list(dict.fromkeys(label for r in comparison.rows for label in r.per_class))
+    support: dict[str, int] = {}
+    for label in comparison.test_set.labels:
+        support[label] = support.get(label, 0) + 1
+    rows = [
+        [_e(label), str(support.get(label, 0))]
+        + [_num(r.per_class.get(label)) for r in comparison.rows]
+        for label in labels
+    ]
+    headers = ["label", "images", *(f"run {r.run} (v{r.version})" for r in comparison.rows)]
+    return _table(headers, rows, id="per-class", numeric=range(1, len(headers)))
+
+
 def _direction(delta: float) -> str:
     return "right" if delta > 0 else ("wrong" if delta < 0 else "")
 
@@ -639,6 +654,8 @@ def compare_report(
     body += [
         '<section id="table"><h2>Runs</h2>',
         _compare_table(comparison),
+        "<h3>Accuracy per class on the common test images</h3>",
+        _per_class_runs(comparison),
         "</section>",
     ]
     if comparison.pairs:

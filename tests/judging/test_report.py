@@ -303,6 +303,10 @@ def test_compare_report_escapes_and_shows_everything(
         ]
         assert rows[1][7] == "0.815 [0.715, 0.895]"
         assert "<b>x</b> 98" in rows[1][3]
+        assert _cells(page, "#per-class") == [
+            ["<b>x</b>", "8", "0.775", "0.815"],
+            ["$5 bill", "8", "0.775", "0.815"],
+        ]
         assert page.locator("#pairs .sentence").inner_text().startswith("no evidence")
         assert _cells(page, "#per-class-delta-0") == [["<b>x</b>", "+0.050"], ["$5 bill", "-0.050"]]
         assert _loaded(page, "#fixed-0 img") != [] and all(_loaded(page, "#fixed-0 img"))
@@ -367,6 +371,12 @@ def test_compare_report_of_two_versions(
         expected = compare(trained.store, runs=[trained.run, trained.run2], record=False)
         assert [r[7] for r in rows] == [
             f"{r.accuracy:.3f} [{r.interval.low:.3f}, {r.interval.high:.3f}]" for r in expected.rows
+        ]
+        per_class = _cells(page, "#per-class")
+        assert [row[0] for row in per_class] == list(expected.rows[0].per_class)
+        assert [row[2:] for row in per_class] == [
+            [f"{r.per_class[label]:.3f}" for r in expected.rows]
+            for label in expected.rows[0].per_class
         ]
         assert page.locator("#pairs .sentence").all_inner_texts() == [
             p.sentence for p in expected.pairs
