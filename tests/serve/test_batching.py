@@ -35,7 +35,7 @@ def test_requests_waiting_together_run_as_one_pass(trained: Trained) -> None:
     assert (batcher.stats.batches, batcher.stats.images, batcher.stats.largest) == (1, 7, 7)
     for images, probs in zip(requests, got, strict=True):
         assert probs.shape == (len(images), 2)
-        assert np.allclose(probs, model.forward(images), atol=1e-5)
+        assert np.allclose(probs, model.forward(images), atol=1e-4)
 
 
 def test_full_batches_are_split_between_whole_requests_and_large_ones_sliced(
@@ -54,7 +54,7 @@ def test_full_batches_are_split_between_whole_requests_and_large_ones_sliced(
     # 3 | 3 | 9 sliced 4+4+1: five passes, none over four images.
     assert batcher.stats.batches == 5 and batcher.stats.largest == 4
     for images, probs in zip(requests, got, strict=True):
-        assert np.allclose(probs, model.forward(images), atol=1e-5)
+        assert np.allclose(probs, model.forward(images), atol=1e-4)
 
 
 def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on(trained: Trained) -> None:

@@ -62,14 +62,14 @@ def test_predict_gives_the_predictors_probabilities_for_the_run_asked(
         assert body["run"] == 1 and body["model_version"] == "a2m-run-1"
         assert [p["file"] for p in body["predictions"]] == ["a.png", "b.jpg"]
         got = np.array([_as_row(p["top"]) for p in body["predictions"]])
-        assert np.allclose(got, _probs(trained, 1, images), atol=1e-5)
+        assert np.allclose(got, _probs(trained, 1, images), atol=1e-4)
         # top_k=1: the likelier label only; run 2 chosen by id gives run 2's probabilities.
         one = http.post("/v1/predict?run=2&top_k=1", files=files[:1]).json()
         assert one["run"] == 2 and len(one["predictions"][0]["top"]) == 1
         best = one["predictions"][0]["top"][0]
         run2 = _probs(trained, 2, images[:1])[0]
         assert best["label"] == LABELS[int(np.argmax(run2))]
-        assert best["probability"] == pytest.approx(float(run2.max()), abs=1e-5)
+        assert best["probability"] == pytest.approx(float(run2.max()), abs=1e-4)
         # A raw image body works too.
         raw = http.post("/v1/predict", content=images[0], headers={"Content-Type": "image/png"})
         assert np.allclose(_as_row(raw.json()["predictions"][0]["top"]), got[0], atol=1e-6)
@@ -104,7 +104,7 @@ def test_concurrent_requests_are_answered_each_with_its_own_result(
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         got = np.array(list(pool.map(one, range(12))))
-    assert np.allclose(got, expected, atol=1e-5)
+    assert np.allclose(got, expected, atol=1e-4)
 
 
 def test_limits_answer_413_and_415_with_the_reason(torch_server: Served) -> None:
