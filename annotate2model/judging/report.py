@@ -61,6 +61,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; 
 h1 { margin-bottom: 0.2em; }
 .lead { color: #555; margin-top: 0; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+.scroll { overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 thead th { background: #f0f3f7; }
@@ -141,7 +142,10 @@ def _table(
         + "</tr>"
         for cells in rows
     ]
-    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (
+        f'<div class="scroll"><table{attrs}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _png(path: Path, alt: str, id: str) -> str:
@@ -484,6 +488,12 @@ def _interval(row: CompareRow) -> str:
     return f"{_num(row.accuracy)} [{_num(row.interval.low)}, {_num(row.interval.high)}]"
 
 
+def _weights(weights: str) -> str:
+    """A weights file by its name (the whole path on hover), imagenet or none as they are."""
+    name = weights.replace("\\", "/").rsplit("/", 1)[-1]
+    return f'<span title="{_e(weights)}">{_e(name)}</span>' if name != weights else _e(weights)
+
+
 def _compare_table(comparison: Comparison) -> str:
     rows = []
     for r in comparison.rows:
@@ -495,7 +505,7 @@ def _compare_table(comparison: Comparison) -> str:
                 "/".join(str(r.counts.get(s, 0)) for s in ("train", "val", "test")),
                 balance,
                 _e(f"{r.backbone} {r.mode}"),
-                _e(r.weights),
+                _weights(r.weights),
                 _num(r.val_accuracy),
                 _interval(r),
                 _num(r.macro_f1),
