@@ -1,8 +1,8 @@
 """Judging speed: `a2m compare`, `a2m curve` and `a2m report` as whole processes (issue 8).
 
-On hymenoptera_data (../shared) with cached embeddings: version 1 is every other training image
-plus all validation images, version 2 the whole set, both with hash splits (so that the versions
-have test images in common); one probe run each with the shared ResNet-18 weights. Then each
+On hymenoptera_data (../shared) with cached embeddings: version 1 is every other image of each
+class (train and val folders pooled), version 2 all of them, both with hash splits (so that the
+versions have test images in common); one probe run each with the shared ResNet-18 weights. Then each
 command runs several times and the median wall time is printed next to its target, beside the way
 a user answers the same question without it:
   - compare: one `a2m evaluate` process per run on the newer version's test split (the judging a
@@ -44,19 +44,18 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def half_folder(data: Path, target: Path) -> Path:
-    """Every other training image and all validation images (symlinks), as class folders."""
+def class_folders(data: Path, target: Path, every: int) -> Path:
+    """target/<class>/ holding every `every`-th image of each class, train and val alike
+    (symlinks), so that import-folder --splits hash splits them by hash as it does any folder."""
     for split in ("train", "val"):
         for label_dir in sorted((data / split).iterdir()):
             if not label_dir.is_dir():
                 continue
-            files = sorted(p for p in label_dir.iterdir() if p.is_file())
-            if split == "train":
-                files = files[::2]
-            out = target / split / label_dir.name
+            files = sorted(p for p in label_dir.iterdir() if p.is_file())[::every]
+            out = target / label_dir.name
             out.mkdir(parents=True, exist_ok=True)
             for f in files:
-                (out / f.name).symlink_to(f)
+                (out / f"{split}-{f.name}").symlink_to(f)
     return target
 
 
@@ -79,9 +78,10 @@ def main() -> None:
     env.update({"A2M_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "120"})
     try:
         print(f"Setting up in {base}: two versions of hymenoptera, one probe run each.")
-        half = half_folder(data, base / "half")
+        half = class_folders(data, base / "half", every=2)
+        whole = class_folders(data, base / "whole", every=1)
         timed([*A2M, "init", str(home)], env)
-        for folder in (half, data):
+        for folder in (half, whole):
             timed([*A2M, "import-folder", str(folder), "--splits", "hash"], env)
         runs = []
         for version in (1, 2):
