@@ -2,9 +2,9 @@
 
 On hymenoptera_data (../shared) with cached embeddings: version 1 is every other image of each
 class (train and val folders pooled), version 2 all of them, both with hash splits (so that the
-versions have test images in common); one probe run each with the shared ResNet-18 weights. Then each
-command runs several times and the median wall time is printed next to its target, beside the way
-a user answers the same question without it:
+versions have test images in common); one probe run each with the shared ResNet-18 weights.
+Then each command runs several times and the median wall time is printed next to its target,
+beside the way a user answers the same question without it:
   - compare: one `a2m evaluate` process per run on the newer version's test split (the judging a
     user did by hand, without the table, the intervals or the paired test);
   - curve: one `a2m train` process on the cached version, times the number of points (a curve by
