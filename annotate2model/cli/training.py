@@ -117,7 +117,11 @@ def train_cmd(
         ),
     ] = None,
     unfreeze: Annotated[
-        str | None, typer.Option(help="Fine-tuning: the last N blocks train, or all.")
+        str | None,
+        typer.Option(
+            help="Fine-tuning: the last N blocks train, or all (resnet: 1 = layer4, 2 = layer3 "
+            "and layer4; every backbone in docs/finetune.md)."
+        ),
     ] = None,
     optimizer: Annotated[
         OptimizerName | None, typer.Option(help="sgd (with momentum; default) or adamw.")

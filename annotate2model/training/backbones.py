@@ -35,7 +35,7 @@ HEADS: dict[str, tuple[str, int]] = {
 class Classifier(nn.Module):
     """Trunk (features) then a linear head: what every run trains and every artifact holds."""
 
-    def __init__(self, trunk: nn.Module, head: nn.Linear) -> None:
+    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.trunk = trunk
         self.head = head
@@ -206,7 +206,22 @@ def build_classifier(
 
 
 def blocks(backbone: str, trunk: nn.Module) -> list[nn.Module]:
-    """The trunk's blocks in forward order; fine-tuning unfreezes the last N of them."""
+    """The trunk's blocks in forward order; fine-tuning (`--unfreeze N`) trains the last N.
+
+    - resnet18, resnet50: the stem (conv1 + bn1), layer1, layer2, layer3, layer4 (5 blocks;
+      1 = layer4, 2 = layer3 and layer4).
+    - mobilenet_v2: the 19 stages of `features` (the stem, 17 inverted-residual blocks, the last
+      1x1 convolution; 1 = that convolution, 3 = it and the last two residual blocks).
+    - mobilenet_v3_large: the 17 stages of `features`, then the hidden Linear of the classifier
+      (18 blocks; 1 = the hidden Linear).
+    - efficientnet_b0: the 9 stages of `features` (the stem, 7 MBConv stages, the last 1x1
+      convolution; 2 = the last MBConv stage and that convolution).
+    - vgg16: the 13 convolutions, then the 2 hidden Linears of the classifier (15 blocks; 1 = the
+      second hidden Linear, 2 = both, 3 = the last convolution too).
+
+    A block's normalisation layers train with it (their statistics stay frozen when fine-tuning
+    starts from pretrained weights).
+    """
 
     def sub(name: str) -> nn.Module:
         return trunk.get_submodule(name)
@@ -221,6 +236,39 @@ def blocks(backbone: str, trunk: nn.Module) -> list[nn.Module]:
         return [*convs, *linears]
     # MobileNet V2/V3 and EfficientNet: the stages of `features`, then any hidden classifier layer.
     return [*features, *linears]
+
+
+def stages(backbone: str, trunk: nn.Module) -> list[nn.Module]:
+    """The trunk as a flat list of modules that, run in order, compute `trunk(x)` (each
+    torchvision forward() is such a chain, with a flatten before the classifier)."""
+
+    def sub(name: str) -> nn.Module:
+        return trunk.get_submodule(name)
+
+    if backbone.startswith("resnet"):
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        return [*(sub(n) for n in names), sub("avgpool"), nn.Flatten(1), sub("fc")]
+    pool = nn.AdaptiveAvgPool2d(1) if backbone == "mobilenet_v2" else sub("avgpool")
+    return [*sub("features").children(), pool, nn.Flatten(1), *sub("classifier").children()]
+
+
+def split_trunk(
+    backbone: str, trunk: nn.Module, unfreeze: str
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """(frozen prefix, trainable rest) of the trunk for `unfreeze` blocks: the rest applied to
+    the prefix's output is `trunk(x)`, and the prefix holds no block that trains. The prefix is
+    empty (nn.Sequential()) when every block trains."""
+    parts = blocks(backbone, trunk)
+    n = len(parts) if unfreeze == "all" else int(unfreeze)
+    chain = stages(backbone, trunk)
+    if n == 0:
+        at = len(chain)
+    else:
+        first = parts[len(parts) - n]
+        # The stem block of a ResNet is a ModuleList of its conv1 and bn1: it starts at conv1.
+        first = first[0] if isinstance(first, nn.ModuleList) else first
+        at = next(i for i, m in enumerate(chain) if m is first)
+    return nn.Sequential(*chain[:at]), nn.Sequential(*chain[at:])
 
 
 def set_trainable(model: Classifier, backbone: str, mode: str, unfreeze: str) -> int:
@@ -242,6 +290,14 @@ def set_trainable(model: Classifier, backbone: str, mode: str, unfreeze: str) ->
                 part.requires_grad_(True)
     model.head.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every normalisation layer in eval mode: running statistics are used and kept as they
+    are (a few hundred images estimate them worse than the pretraining did)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def freeze_batchnorm_of_frozen(model: nn.Module) -> None:

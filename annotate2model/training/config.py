@@ -87,6 +87,48 @@ def eval_batch_size(device_type: str, requested: int = 0) -> int:
     return 32 if device_type == "cpu" else 128
 
 
+HEAD_INITS = ("probe", "random")
+
+# What unset fields become in each mode. Probe: the hand-made recipe on cached features (SGD,
+# triangular2 cyclic LR, 10 epochs). Fine-tuning (after a probe stage that starts the head, see
+# docs/finetune.md): AdamW at a gentle rate, a warm-up epoch then cosine decay, the blocks at a
+# tenth of the head's rate, few epochs with early stopping (the best epoch is kept, and the probe's
+# solution when none beats it), and random flips of the frozen blocks' outputs.
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "probe": {
+        "optimizer": "sgd",
+        "schedule": "cyclic",
+        "epochs": 10,
+        "lr": 1e-2,
+        "weight_decay": 0.0,
+        "early_stopping": 0,
+        "warmup_epochs": 0.0,
+        "augment": False,
+    },
+    "finetune": {
+        "optimizer": "adamw",
+        "schedule": "cosine",
+        "epochs": 5,
+        "lr": 1e-4,
+        "weight_decay": 0.05,
+        "early_stopping": 2,
+        "warmup_epochs": 1.0,
+        "augment": True,
+    },
+}
+# The value that means "unset" for each field with a per-mode default.
+UNSET: dict[str, Any] = {
+    "optimizer": "",
+    "schedule": "",
+    "epochs": 0,
+    "lr": 0.0,
+    "weight_decay": -1.0,
+    "early_stopping": -1,
+    "warmup_epochs": -1.0,
+    "augment": None,
+}
+
+
 @dataclass
 class RunConfig:
     """Everything that decides what a run computes; saved beside its outputs and in the ledger."""
@@ -100,37 +142,49 @@ class RunConfig:
     mode: str = "probe"
     # Fine-tuning only: how many of the backbone's last blocks train, as a number or "all".
     unfreeze: str = "1"
-    # "sgd" (with `momentum`) or "adamw".
-    optimizer: str = "sgd"
-    # Learning-rate schedule over the whole run: cyclic (triangular2), cosine, onecycle, constant.
-    schedule: str = "cyclic"
-    # Passes over the training split.
-    epochs: int = 10
+    # "sgd" (with `momentum`) or "adamw"; unset (""): the mode's default (MODE_DEFAULTS).
+    optimizer: str = ""
+    # Learning-rate schedule over the whole run: cyclic (triangular2), cosine, onecycle, constant;
+    # unset (""): the mode's default.
+    schedule: str = ""
+    # Passes over the training split (fine-tuning: after the probe stage); 0: the mode's default.
+    epochs: int = 0
     # Images (or cached feature rows) per optimiser step.
     batch_size: int = 32
-    # Peak learning rate (cyclic: the top of the cycle; its bottom is lr * 1e-4).
-    lr: float = 1e-2
+    # Peak learning rate (cyclic: the top of the cycle; its bottom is lr * 1e-4); fine-tuning: the
+    # head's, the unfrozen blocks get lr * block_lr_scale. 0: the mode's default.
+    lr: float = 0.0
     # SGD momentum (ignored by AdamW).
     momentum: float = 0.9
-    # L2 penalty (SGD) or decoupled weight decay (AdamW).
-    weight_decay: float = 0.0
+    # L2 penalty (SGD) or decoupled weight decay (AdamW); -1: the mode's default.
+    weight_decay: float = -1.0
     # Cross-entropy label smoothing in [0, 1).
     label_smoothing: float = 0.0
     # Weight the loss by inverse class frequency, for imbalanced data.
     class_weights: bool = False
     # Stop after this many epochs without a better validation loss (0: never); the best epoch's
-    # weights are kept.
-    early_stopping: int = 0
+    # weights are kept. -1: the mode's default.
+    early_stopping: int = -1
+    # Fine-tuning only: the unfrozen blocks' learning rate as a share of the head's `lr`.
+    block_lr_scale: float = 0.1
+    # Epochs of linear learning-rate warm-up before the schedule; -1: the mode's default.
+    warmup_epochs: float = -1.0
+    # Fine-tuning only: "probe" starts the head from the linear probe's solution (trained first on
+    # the cached features, and kept when no fine-tuned epoch beats it on validation); "random"
+    # starts from a random head and keeps the best fine-tuned epoch.
+    head_init: str = "probe"
     # Seeds shuffling, augmentation and random initialisation.
     seed: int = 0
     # Square input size in pixels; images are resized to size * 8 / 7 and centre-cropped.
     image_size: int = 224
-    # Training-time augmentation (random resized crop, flips, small rotations); None means on for
-    # fine-tuning and off for probes.
+    # Training-time augmentation (random resized crop, flips, small rotations); None: the mode's
+    # default (on for fine-tuning, off for probes); always a bool once the config is made.
     augment: bool | None = None
     # Maximum rotation of augmentation, in degrees.
     rotation: float = 10.0
-    # Probe only: cached views per training image (1: the clean view; more add augmented views).
+    # Views per training image computed once and reused across epochs: the clean view, then seeded
+    # augmented ones (probes: cached features; fine-tuning: the frozen blocks' outputs, one view
+    # drawn per image and epoch, and flipped at random when `augment` is on).
     views: int = 1
     # Arithmetic on the device: "auto" uses bf16 autocast where the device supports it.
     precision: str = "auto"
@@ -153,11 +207,25 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, Choice):
                 setattr(self, name, value.value)
+        # Unset fields take the mode's default, so that the saved config says what ran.
+        for name, value in MODE_DEFAULTS.get(self.mode, {}).items():
+            if getattr(self, name) == UNSET[name]:
+                setattr(self, name, value)
         self.validate()
 
     @property
     def augment_enabled(self) -> bool:
-        return self.augment if self.augment is not None else self.mode == "finetune"
+        return bool(self.augment)
+
+    def probe_stage(self) -> RunConfig:
+        """Fine-tuning's first stage: the linear probe with the probe's own defaults, sharing
+        what decides the data and the loss (backbone, weights, seed, size, batch, loss)."""
+        return dataclasses.replace(
+            self,
+            mode="probe",
+            **{name: UNSET[name] for name in MODE_DEFAULTS["probe"]},
+            views=1,
+        )
 
     def eval_batch_for(self, device_type: str) -> int:
         return eval_batch_size(device_type, self.eval_batch_size)
@@ -197,10 +265,16 @@ class RunConfig:
             raise InputError(f"learning rate must be positive, got {self.lr}.")
         if not 0 <= self.label_smoothing < 1:
             raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if self.weight_decay < 0 or self.early_stopping < 0:
-            raise InputError("weight decay and early stopping cannot be negative.")
-        if self.views > 1 and self.mode != "probe":
-            raise InputError("views apply to probes; fine-tuning augments on the fly.")
+        if self.weight_decay < 0 or self.early_stopping < 0 or self.warmup_epochs < 0:
+            raise InputError("weight decay, early stopping and warm-up cannot be negative.")
+        if self.views > 1 and self.mode == "finetune" and not self.augment:
+            raise InputError("fine-tuning views beyond the clean one are augmented views.")
+        if self.block_lr_scale <= 0:
+            raise InputError(f"block lr scale must be positive, got {self.block_lr_scale}.")
+        if self.head_init not in HEAD_INITS:
+            raise InputError(
+                f"unknown head init {self.head_init!r}; choose one of {', '.join(HEAD_INITS)}."
+            )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from annotate2model.store.records import VersionItemRecord
 from annotate2model.training.backbones import (
     HEADS,
     WeightsSource,
@@ -96,6 +99,41 @@ def train_probe(job: TrainJob, early: EarlyDecode | None = None) -> TrainResult:
     kept = kept_items(data, skipped)
     check_trainable(data.with_splits(kept))
 
+    head = fit_probe_head(job, features, kept)
+    return TrainResult(
+        probs=head.probs,
+        kept=kept,
+        history=head.history,
+        trunk=trunk_file,
+        head={"weight": head.weight, "bias": head.bias},
+        images_per_second=stats.images_per_second or None,
+        skipped=skipped,
+        extraction=stats,
+        embedding_key=key,
+    )
+
+
+@dataclass
+class ProbeHead:
+    """A linear head trained on a frozen trunk's features (weight and bias on raw features),
+    the statistics it standardised them with, its history and its probabilities per split."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    history: list[dict[str, Any]]
+    probs: dict[str, NDArray[np.float32]]
+
+
+def fit_probe_head(
+    job: TrainJob,
+    features: dict[tuple[str, int], NDArray[Any]],
+    kept: dict[str, list[VersionItemRecord]],
+) -> ProbeHead:
+    """The probe's head on (image sha256, view) features of the `kept` images."""
+    config, data = job.config, job.data
+
     def matrix(split: str, views: int) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         index = {label: i for i, label in enumerate(data.labels)}
@@ -146,16 +184,8 @@ def train_probe(job: TrainJob, early: EarlyDecode | None = None) -> TrainResult:
         x, _ = matrix(split, 1)
         with torch.no_grad():
             probs[split] = torch.softmax(x @ weight.T + bias, dim=1).numpy()
-    return TrainResult(
-        probs=dict(probs),
-        kept=kept,
-        history=history,
-        trunk=trunk_file,
-        head={"weight": weight.detach().clone(), "bias": bias.detach().clone()},
-        images_per_second=stats.images_per_second or None,
-        skipped=skipped,
-        extraction=stats,
-        embedding_key=key,
+    return ProbeHead(
+        weight.detach().clone(), bias.detach().clone(), mean, std, history, dict(probs)
     )
 
 

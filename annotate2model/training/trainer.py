@@ -31,28 +31,49 @@ class Optimizer(Protocol):
     def step(self, lr: float) -> None: ...
 
 
-class TorchOptimizer:
-    """torch.optim's SGD or AdamW, driven by the schedule through its learning rate."""
+# Parameters with the share of the schedule's learning rate they train at.
+ParamGroups = list[tuple[list[nn.Parameter], float]]
 
-    def __init__(self, params: Iterable[nn.Parameter], config: RunConfig) -> None:
-        trainable = [p for p in params if p.requires_grad]
+
+class TorchOptimizer:
+    """torch.optim's SGD or AdamW, driven by the schedule through its learning rate; each
+    parameter group steps at its own share of that rate (fine-tuning: blocks slower than the
+    head)."""
+
+    def __init__(self, params: Iterable[nn.Parameter] | ParamGroups, config: RunConfig) -> None:
+        groups = as_groups(params)
+        self.scales = [scale for _, scale in groups]
+        torch_groups = [{"params": ps, "lr": config.lr * scale} for ps, scale in groups]
         self.inner: torch.optim.Optimizer
         if config.optimizer == "adamw":
             self.inner = torch.optim.AdamW(
-                trainable, lr=config.lr, weight_decay=config.weight_decay
+                torch_groups, lr=config.lr, weight_decay=config.weight_decay
             )
         else:
             self.inner = torch.optim.SGD(
-                trainable, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+                torch_groups,
+                lr=config.lr,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
             )
 
     def zero_grad(self) -> None:
         self.inner.zero_grad(set_to_none=True)
 
     def step(self, lr: float) -> None:
-        for group in self.inner.param_groups:
-            group["lr"] = lr
+        for group, scale in zip(self.inner.param_groups, self.scales, strict=True):
+            group["lr"] = lr * scale
         self.inner.step()
+
+
+def as_groups(params: Iterable[nn.Parameter] | ParamGroups) -> ParamGroups:
+    """Trainable parameters as groups (one group at the full rate for a plain iterable)."""
+    items = list(params)
+    if items and isinstance(items[0], tuple):
+        groups: ParamGroups = [([p for p in ps if p.requires_grad], scale) for ps, scale in items]
+    else:
+        groups = [([p for p in items if isinstance(p, nn.Parameter) and p.requires_grad], 1.0)]
+    return [(ps, scale) for ps, scale in groups if ps]
 
 
 class PlainOptimizer:
@@ -104,14 +125,25 @@ class PlainOptimizer:
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter], config: RunConfig, plain: bool = False
+    params: Iterable[nn.Parameter] | ParamGroups, config: RunConfig, plain: bool = False
 ) -> Optimizer:
-    return PlainOptimizer(params, config) if plain else TorchOptimizer(params, config)
+    if plain:
+        (trainable, _), *rest = as_groups(params)
+        if rest:
+            raise ValueError("the plain optimiser steps one group at one rate")
+        return PlainOptimizer(trainable, config)
+    return TorchOptimizer(params, config)
 
 
 def lr_at(step: int, config: RunConfig, steps_per_epoch: int) -> float:
-    """The learning rate of optimiser step `step` (0-based) under the run's schedule."""
-    total = max(1, steps_per_epoch * config.epochs)
+    """The learning rate of optimiser step `step` (0-based): a linear warm-up over
+    `warmup_epochs`, then the run's schedule over the remaining steps."""
+    warm = min(round(config.warmup_epochs * steps_per_epoch), steps_per_epoch * config.epochs - 1)
+    if warm > 0:
+        if step < warm:
+            return config.lr * (step + 1) / (warm + 1)
+        step -= warm
+    total = max(1, steps_per_epoch * config.epochs - max(0, warm))
     peak = config.lr
     if config.schedule == "cyclic":
         # triangular2 (as torch's CyclicLR): half-cycles of two epochs between lr * 1e-4 and lr,
@@ -256,13 +288,23 @@ def fit(
     prepare: Callable[[nn.Module], None] | None = None,
     per_epoch_bars: bool = True,
     plain_optimizer: bool = False,
+    params: ParamGroups | None = None,
+    start: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Train for `config.epochs` (or until early stopping); the best val-loss weights are kept.
+
+    `params`: parameter groups with their share of the learning rate (default: every trainable
+    parameter at the full rate). `start`: the validation loss and accuracy of the weights as
+    given (a probe's solution); then they are a candidate too, as epoch 0, and the kept weights
+    are those of the epoch that `beats` all others, the starting weights when no epoch beats
+    them; the kept row says `"kept": true`.
 
     Returns the per-epoch history; `on_epoch` sees it after every epoch (to record it).
     """
     progress = progress or NullProgress()
-    optimizer = make_optimizer(model.parameters(), config, plain=plain_optimizer)
+    optimizer = make_optimizer(
+        params if params is not None else model.parameters(), config, plain=plain_optimizer
+    )
     step = 0
 
     def next_lr() -> float:
@@ -275,6 +317,18 @@ def fit(
     history: list[dict[str, Any]] = []
     best_loss = math.inf
     best_state: dict[str, torch.Tensor] | None = None
+    best_row: dict[str, Any] | None = None
+    keep_best = bool(config.early_stopping) or start is not None
+    if start is not None:
+        best_row = {
+            "epoch": 0,
+            "stage": "start",
+            "val_loss": start["val_loss"],
+            "val_accuracy": start["val_accuracy"],
+        }
+        history.append(best_row)
+        best_loss = start["val_loss"]
+        best_state = copy.deepcopy(model.state_dict())
     stale = 0
     if not per_epoch_bars:
         progress.begin("Training the head", total=config.epochs)
@@ -313,11 +367,13 @@ def fit(
             progress.advance(1, status=status)
         if on_epoch is not None:
             on_epoch(history)
+        better = beats(row, best_row) if start is not None else val["loss"] < best_loss - 1e-6
+        if better and keep_best:
+            best_row = row
+            best_state = copy.deepcopy(model.state_dict())
         if val["loss"] < best_loss - 1e-6:
             best_loss = val["loss"]
             stale = 0
-            if config.early_stopping:
-                best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
             if config.early_stopping and stale >= config.early_stopping:
@@ -327,4 +383,18 @@ def fit(
         progress.end()
     if best_state is not None:
         model.load_state_dict(best_state)
+        if best_row is not None:
+            best_row["kept"] = True
+            if on_epoch is not None:
+                on_epoch(history)
     return history
+
+
+def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether an epoch is better than the best so far on validation: more accurate, or as
+    accurate with a lower loss (accuracy is what users judge; the loss breaks ties)."""
+    if best is None:
+        return True
+    if row["val_accuracy"] != best["val_accuracy"]:
+        return bool(row["val_accuracy"] > best["val_accuracy"])
+    return bool(row["val_loss"] < best["val_loss"] - 1e-6)

@@ -72,7 +72,10 @@ def test_grown_version_extracts_only_new_images(
 
 
 def test_finetune_last_block_only(store: Store, version1: Path, weights: Path) -> None:
-    config = small_config(weights, mode="finetune", unfreeze="1", epochs=2, workers=0)
+    # A new head (no probe stage): the fine-tuned epochs are kept, not the probe's solution.
+    config = small_config(
+        weights, mode="finetune", unfreeze="1", epochs=2, workers=0, head_init="random"
+    )
     run = runner.train(store, config).run
     assert run.status == "succeeded" and len(run.history) == 2
     run_dir = store.settings.workspace.root / str(run.artifact_dir)
@@ -90,7 +93,13 @@ def test_finetune_last_block_only(store: Store, version1: Path, weights: Path) -
 
 def test_finetune_all_with_augmentation(store: Store, version1: Path, weights: Path) -> None:
     config = small_config(
-        weights, mode="finetune", unfreeze="all", epochs=1, workers=0, batch_size=8
+        weights,
+        mode="finetune",
+        unfreeze="all",
+        epochs=1,
+        workers=0,
+        batch_size=8,
+        head_init="random",
     )
     assert config.augment_enabled
     run = runner.train(store, config).run

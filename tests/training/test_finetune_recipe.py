@@ -1,0 +1,242 @@
+"""The fine-tuning recipe: probe first, frozen blocks run once, blocks slower than the head,
+frozen batch-norm statistics, the best validation epoch kept (the probe's solution when no epoch
+beats it), and what the run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from annotate2model.errors import InputError
+from annotate2model.store import Store
+from annotate2model.store.imports import import_folder
+from annotate2model.training import artifacts, runner, trainer
+from annotate2model.training.backbones import (
+    HEADS,
+    blocks,
+    build_trunk,
+    freeze_batchnorm,
+    split_trunk,
+)
+from annotate2model.training.config import MODE_DEFAULTS, UNSET, RunConfig
+from annotate2model.training.device import bf16_fast
+from annotate2model.training.finetune import StandardisedHead
+from annotate2model.training.predictor import Predictor
+from tests.conftest import image_bytes
+from tests.training.conftest import small_config
+
+pytestmark = pytest.mark.training
+
+
+def colour_folder(root: Path, per_class: int, val: int) -> Path:
+    """Reddish and bluish photos in train/ and val/: any working feature extractor tells them
+    apart."""
+    for split, count, offset in (("train", per_class, 0), ("val", val, 10_000)):
+        for label, colour in (("red", "#c83c28"), ("blue", "#2846c8")):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                seed = offset + i + (0 if label == "red" else 50_000)
+                data = image_bytes(seed, size=(48, 40), color=colour)
+                (folder / f"{label}_{i}.png").write_bytes(data)
+    return root
+
+
+def run_dir(store: Store, run_id: int) -> Path:
+    run = runner._get_run(store, run_id)
+    return store.settings.workspace.root / str(run.artifact_dir)
+
+
+def test_finetune_defaults_are_recorded_and_the_probe_keeps_its_own() -> None:
+    probe = RunConfig()
+    assert (probe.optimizer, probe.schedule, probe.lr, probe.epochs) == ("sgd", "cyclic", 1e-2, 10)
+    assert probe.augment is False and probe.views == 1 and probe.warmup_epochs == 0
+    tuned = RunConfig(mode="finetune")
+    for name, value in MODE_DEFAULTS["finetune"].items():
+        assert getattr(tuned, name) == value
+    assert tuned.views == 1 and tuned.head_init == "probe"
+    # Nothing is left to "null" in the saved form: it says what ran.
+    saved = json.loads(tuned.to_json())
+    assert saved["augment"] is True
+    assert all(saved[name] is not None and saved[name] != UNSET[name] for name in UNSET)
+    # A value given by the user wins over the mode's default; no augmentation means one view.
+    assert RunConfig(mode="finetune", lr=0.01, optimizer="sgd").lr == 0.01
+    with pytest.raises(InputError, match="augmented views"):
+        RunConfig(mode="finetune", augment=False, views=2)
+    # The probe stage of a fine-tuning run is a probe with the probe's defaults.
+    stage = RunConfig(mode="finetune", seed=3, label_smoothing=0.1, views=3).probe_stage()
+    assert stage.mode == "probe" and stage.lr == 1e-2 and stage.optimizer == "sgd"
+    assert stage.seed == 3 and stage.label_smoothing == 0.1 and stage.views == 1
+
+
+def test_parameter_groups_and_their_learning_rates() -> None:
+    config = RunConfig(mode="finetune", lr=1e-3, block_lr_scale=0.1, epochs=4, warmup_epochs=1)
+    block, head = nn.Linear(3, 3), nn.Linear(3, 2)
+    opt = trainer.make_optimizer(
+        [(list(block.parameters()), config.block_lr_scale), (list(head.parameters()), 1.0)],
+        config,
+    )
+    assert isinstance(opt, trainer.TorchOptimizer)
+    head(block(torch.randn(4, 3))).sum().backward()
+    opt.step(1e-3)
+    rates = [group["lr"] for group in opt.inner.param_groups]
+    assert rates == pytest.approx([1e-4, 1e-3])
+    assert isinstance(opt.inner, torch.optim.AdamW)
+    # A warm-up epoch rises linearly to the peak, then cosine decay to zero.
+    steps = 10
+    lrs = [trainer.lr_at(s, config, steps) for s in range(4 * steps)]
+    assert lrs[:steps] == sorted(lrs[:steps]) and lrs[0] < 0.2e-3
+    assert max(lrs) == pytest.approx(1e-3, rel=0.01)
+    assert lrs[steps:] == sorted(lrs[steps:], reverse=True) and lrs[-1] < 1e-5
+    # The probe's schedule is unchanged by the warm-up machinery (none by default).
+    probe = RunConfig()
+    assert trainer.lr_at(0, probe, steps) == pytest.approx(1e-6)
+
+
+@pytest.mark.parametrize(
+    "backbone", ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"]
+)
+def test_frozen_prefix_then_the_rest_is_the_trunk(backbone: str) -> None:
+    torch.manual_seed(0)
+    trunk = build_trunk(backbone).eval()
+    x = torch.randn(2, 3, 64, 64)
+    n = len(blocks(backbone, trunk))
+    with torch.no_grad():
+        expected = trunk(x)
+        for unfreeze in ("0", "1", "2", "all"):
+            prefix, rest = split_trunk(backbone, trunk, unfreeze)
+            assert torch.allclose(rest(prefix(x)), expected, atol=1e-5), unfreeze
+            trained = blocks(backbone, trunk)[n - (n if unfreeze == "all" else int(unfreeze)) :]
+            # No block that trains runs in the prefix.
+            inside = {id(m) for m in prefix.modules()}
+            assert not any(id(m) in inside for block in trained for m in block.modules())
+    assert rest(prefix(x)).shape[1] == HEADS[backbone][1]
+
+
+def test_standardised_head_is_the_probe_head_and_folds_back() -> None:
+    torch.manual_seed(0)
+    raw = {"weight": torch.randn(3, 8), "bias": torch.randn(3)}
+    mean, std = torch.randn(8), torch.rand(8) + 0.5
+    head = StandardisedHead.from_raw(raw, mean, std)
+    x = torch.randn(5, 8)
+    assert torch.allclose(head(x), x @ raw["weight"].T + raw["bias"], atol=1e-5)
+    folded = head.folded()
+    assert torch.allclose(folded["weight"], raw["weight"], atol=1e-6)
+    assert torch.allclose(folded["bias"], raw["bias"], atol=1e-5)
+
+
+def test_frozen_layers_and_batchnorm_statistics_stay(
+    store: Store, tmp_path: Path, weights: Path
+) -> None:
+    import_folder(store, colour_folder(tmp_path / "photos", 12, 4))
+    config = small_config(
+        weights, mode="finetune", unfreeze="1", epochs=2, head_init="random", workers=0
+    )
+    run = runner.train(store, config).run
+    trained = artifacts.read_tensors(run_dir(store, run.id) / "trunk.safetensors")
+    original = torch.load(weights, weights_only=True)
+    for name, value in trained.items():
+        statistic = "running_" in name or "num_batches_tracked" in name
+        if name.startswith("layer4.") and not statistic:
+            continue
+        # Frozen blocks' weights, and every running statistic (layer4's too), as loaded.
+        assert torch.equal(value, original[name]), name
+    assert not torch.equal(trained["layer4.1.conv2.weight"], original["layer4.1.conv2.weight"])
+    assert run.config["augment"] is True and run.config["views"] == 1
+
+
+def test_batchnorm_in_eval_mode_keeps_statistics() -> None:
+    bn = nn.BatchNorm2d(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), bn)
+    model.train()
+    freeze_batchnorm(model)
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 8, 8) + 5)
+    assert torch.equal(bn.running_mean, before) and model[0].training
+
+
+def test_head_starts_from_the_probe_and_the_probe_is_kept_when_nothing_beats_it(
+    store: Store, tmp_path: Path, weights: Path
+) -> None:
+    folder = colour_folder(tmp_path / "photos", 12, 4)
+    import_folder(store, folder)
+    probe = runner.train(store, small_config(weights, epochs=10)).run
+    assert probe.metrics["val_accuracy"] == 1.0
+    # A learning rate that wrecks the blocks: no fine-tuned epoch beats the probe.
+    config = small_config(
+        weights, mode="finetune", epochs=2, lr=5.0, block_lr_scale=1.0, early_stopping=0
+    )
+    run = runner.train(store, config).run
+    start = run.history[0]
+    assert start["epoch"] == 0 and start["stage"] == "probe" and start["probe_epochs"] == 10
+    # The start is the probe's own solution: the probe run's validation figures.
+    assert start["val_accuracy"] == pytest.approx(probe.metrics["val_accuracy"])
+    assert start["kept"] is True and not any(row.get("kept") for row in run.history[1:])
+    assert run.metrics["val_accuracy"] == pytest.approx(probe.metrics["val_accuracy"])
+    ours = artifacts.read_tensors(run_dir(store, run.id) / "head.safetensors")
+    theirs = artifacts.read_tensors(run_dir(store, probe.id) / "head.safetensors")
+    assert all(torch.allclose(ours[k], theirs[k]) for k in ("weight", "bias"))
+    # The kept run still loads and predicts as it was judged.
+    predictor = Predictor.load(run_dir(store, run.id), "cpu")
+    images = [next((folder / "val" / label).iterdir()) for label in ("red", "blue")]
+    result = predictor.predict(images)
+    assert result.ok.all() and result.probs.shape == (2, 2)
+
+
+def test_finetuning_beats_a_wrong_frozen_feature_extractor(
+    store: Store, tmp_path: Path, weights: Path
+) -> None:
+    """layer4's convolutions zeroed: the probe's features carry nothing (chance), while
+    fine-tuning layer4 on layer3's outputs (through its shortcut convolution) learns the colours.
+    The head starts at random: the probe's head on constant features is no start."""
+    state = torch.load(weights, weights_only=True)
+    for name in state:
+        if name.startswith("layer4.") and name.endswith(".weight") and state[name].dim() == 4:
+            state[name] = torch.zeros_like(state[name])
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    folder = colour_folder(tmp_path / "photos", 16, 8)
+    import_folder(store, folder)
+    probe = runner.train(store, small_config(broken, image_size=64)).run
+    assert probe.metrics["val_accuracy"] <= 0.6
+    config = small_config(
+        broken,
+        mode="finetune",
+        image_size=64,
+        epochs=6,
+        batch_size=8,
+        lr=1e-2,
+        block_lr_scale=1.0,
+        head_init="random",
+    )
+    run = runner.train(store, config).run
+    assert run.metrics["val_accuracy"] >= 0.9
+    kept = [row["epoch"] for row in run.history if row.get("kept")]
+    assert kept and kept[0] > 0
+    # The fine-tuned network predicts from its files as the run judged it.
+    predictor = Predictor.load(run_dir(store, run.id), "cpu")
+    reds = sorted((folder / "val" / "red").iterdir())
+    result = predictor.predict(reds)
+    assert [predictor.labels[i] for i in result.probs.argmax(1)].count("red") >= 7
+
+
+@pytest.mark.skipif(
+    not bf16_fast(torch.device("cpu")),
+    reason="this CPU has no native bf16 (AVX512-BF16 or AMX): emulated bf16 is slower than "
+    "fp32, so precision auto keeps fp32 here",
+)
+def test_bf16_on_a_cpu_that_has_it(store: Store, version1: Path, weights: Path) -> None:
+    run = runner.train(store, small_config(weights, mode="finetune", epochs=1)).run
+    assert run.config["effective_precision"] == "bf16"
+    assert artifacts.read_card(run_dir(store, run.id))["precision"] == "bf16"
+
+
+def test_fp32_where_the_cpu_lacks_native_bf16(store: Store, version1: Path, weights: Path) -> None:
+    if bf16_fast(torch.device("cpu")):
+        pytest.skip("this CPU has native bf16; test_bf16_on_a_cpu_that_has_it covers it")
+    run = runner.train(store, small_config(weights, mode="finetune", epochs=1)).run
+    assert run.config["effective_precision"] == "fp32"
