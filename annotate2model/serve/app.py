@@ -138,6 +138,39 @@ class BodyLimit:
                 await _too_large(self.limit)(scope, receive, send)
 
 
+class TokenGuard:
+    """ASGI middleware: every route but the page and the health checks wants the token (401)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], token: Secret) -> None:
+        self.app = app
+        self.token = token
+
+    @staticmethod
+    def is_open(path: str) -> bool:
+        return path in ("/", "/health") or (path.startswith("/runs/") and path.endswith("/health"))
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "http" and not self.is_open(scope.get("path", "")):
+            header = next(
+                (v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"),
+                None,
+            )
+            if not _authorized(header, self.token):
+                refusal = JSONResponse(
+                    {"detail": "a token is needed: send Authorization: Bearer TOKEN."},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer, Basic realm="a2m"'},
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _too_large(limit: int) -> JSONResponse:
     return JSONResponse(
         {"detail": f"the request is larger than this server's limit of {_size(limit)}."},
@@ -248,26 +281,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.server = server
-    open_paths = {"/", "/health"}
-
-    @app.middleware("http")
-    async def authenticate(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        path = request.url.path
-        is_open = path in open_paths or (path.startswith("/runs/") and path.endswith("/health"))
-        token = settings.token
-        if (
-            token is not None
-            and not is_open
-            and not _authorized(request.headers.get("authorization"), token)
-        ):
-            return JSONResponse(
-                {"detail": "a token is needed: send Authorization: Bearer TOKEN."},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer, Basic realm="a2m"'},
-            )
-        return await call_next(request)
 
     @app.exception_handler(A2MError)
     async def a2m_error(_request: Request, exc: A2MError) -> JSONResponse:
@@ -425,6 +438,8 @@ def create_app(
         app.get(f"{prefix}/versions")(versions)
         app.post(f"{prefix}/webhook")(webhook)
 
+    if settings.token is not None:
+        app.add_middleware(TokenGuard, token=settings.token)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     return app
 
