@@ -192,3 +192,21 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_serving_beyond_loopback_without_a_token_is_warned_about() -> None:
+    from annotate2model.serve.app import exposure_warning
+    from annotate2model.settings import Secret
+
+    assert exposure_warning("127.0.0.1", None) is None
+    assert exposure_warning("0.0.0.0", Secret("t")) is None
+    warning = exposure_warning("0.0.0.0", None)
+    assert warning is not None and "without a token" in warning
+
+
+def test_serving_onnx_without_an_export_says_how_to_make_one(trained: Trained) -> None:
+    from tests.serve.conftest import a2m
+
+    proc = a2m(trained.root, "serve", "2", "--onnx", check=False)
+    assert proc.returncode == 1
+    assert "no ONNX export" in proc.stderr and "a2m export 2 --format onnx" in proc.stderr
