@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "flag": "review",
     "unflag": "review",
     "flags": "review",
+    "loop": "loop",
     "studio": "studio",
     "demo": "demo",
     "serve": "serve",

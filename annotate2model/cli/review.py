@@ -95,7 +95,10 @@ def flag_cmd(
         + "."
     )
     if outcome.without_task:
-        console.print(f"  {outcome.without_task} doubted image(s) have no task in the project.")
+        console.print(
+            f"  {outcome.without_task} doubted image(s) have no task in the project that still "
+            "carries the label the run saw."
+        )
     if push.missing:
         console.print(f"  {len(push.missing)} task(s) no longer exist in Label Studio.")
     if outcome.url:

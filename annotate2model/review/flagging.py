@@ -246,7 +246,8 @@ class FlagOutcome:
     # Flags found per reason (after the cut), and those placed on tasks.
     found: dict[str, int]
     flagged: int
-    # Doubted images with no live task in the project (imported from a folder, or deleted).
+    # Doubted images with no live task in the project that still carries the doubted label
+    # (imported from a folder, deleted, or relabeled since the run).
     without_task: int
     push: PushResult = field(default_factory=PushResult)
     tab: str = ""
@@ -289,6 +290,10 @@ def flag_run(
     result = PushResult()
     # Known requeues of an earlier push are not requeued twice.
     requeued_before = {r.id for r in records if r.draft_id is not None}
+    if not items:  # nothing to push: no empty tab either
+        return FlagOutcome(
+            run=run.id, project=project_id, found=found, flagged=0, without_task=without_task
+        )
     try:
         push_flags(
             client,

@@ -88,7 +88,7 @@ def test_push_shows_exactly_the_flags_twice_pushed_once_and_unflag_takes_it_all_
         first = push_flags(c, project, RUN, items, requeue=True)
         again = push_flags(c, project, RUN, items, requeue=True)
     assert first.predictions_added == 3 and first.fields_written == 3
-    assert again.predictions_added == 0 and again.fields_written == 0
+    assert again.predictions_added == 0  # the field is set again, to the same note
     assert again.view_id == first.view_id
     assert sorted(first.done) == [10, 11, 12]
     # Requeued once: the second push finds the drafts it made and converts nothing more.
@@ -118,6 +118,9 @@ def test_push_shows_exactly_the_flags_twice_pushed_once_and_unflag_takes_it_all_
     nxt = ls_server.api("GET", f"/api/projects/{project}/next")
     assert nxt["id"] in flagged
 
+    # Another model's prediction on a flagged task is not ours to remove.
+    other = {"task": flagged[0], **choice("ant"), "model_version": "someone-else", "score": 0.5}
+    ls_server.api("POST", f"/api/projects/{project}/import/predictions", json=[other])
     undo = [UnflagItem(10 + n, t, first.requeued[10 + n][1]) for n, t in enumerate(flagged)]
     with ls_server.client() as c:
         removed = unflag_tasks(c, project, RUN, undo)
@@ -128,6 +131,8 @@ def test_push_shows_exactly_the_flags_twice_pushed_once_and_unflag_takes_it_all_
     for task_id in flagged:
         task = _task(ls_server, task_id)
         assert _ours(task) == [] and review_field(RUN) not in task["data"]
+        kept = [p["model_version"] for p in task["predictions"]]
+        assert kept == (["someone-else"] if task_id == flagged[0] else [])
         (annotation,) = task["annotations"]
         assert annotation["result"][0]["value"]["choices"] == ["ant"]
         assert task["drafts"] == []
@@ -195,25 +200,27 @@ def test_label_studio_dying_mid_push_is_a_clear_error_and_a_rerun_finishes_witho
     project, ids = _project(ls_server, 12, "dying")
     items = [PushItem(i, t, "misclassified", 0.8, "bee") for i, t in enumerate(ids)]
     base, state = dying_proxy
-    # Enough for the project, the task read and the bulk predictions; it dies among the fields.
-    state.budget = 8
+    # The project, the task ids, the predictions (listed, added), the field, the tab (listed,
+    # made) and the tasks in full: 8 requests; it dies after 5 of the 12 requeues.
+    state.budget = 8 + 5
     partial = PushResult()
     with (
         LabelStudioClient(base, Secret(LEGACY_TOKEN), attempts=2, backoff=0.05) as c,
         pytest.raises(LabelStudioError, match=r"did not answer .* after 2 attempts"),
     ):
-        push_flags(c, project, RUN, items, result=partial, workers=2)
-    assert partial.predictions_added == 12
-    assert 0 < partial.fields_written < 12 and partial.done == []
+        push_flags(c, project, RUN, items, requeue=True, result=partial, workers=2)
+    assert partial.predictions_added == 12 and partial.view_id is not None
+    assert 0 < len(partial.requeued) < 12 and partial.done == []
     state.budget = 10**6
     with LabelStudioClient(base, Secret(LEGACY_TOKEN)) as c:
-        rerun = push_flags(c, project, RUN, items)
-    assert rerun.predictions_added == 0
-    assert rerun.fields_written == 12 - partial.fields_written
+        rerun = push_flags(c, project, RUN, items, requeue=True)
+    assert rerun.predictions_added == 0 and rerun.view_id == partial.view_id
+    assert sorted(rerun.requeued) == list(range(12))
     assert _tab_tasks(ls_server, project) == set(ids)
     for task_id in ids:
         task = _task(ls_server, task_id)
         assert len(_ours(task)) == 1 and review_field(RUN) in task["data"]
+        assert task["annotations"] == [] and len(task["drafts"]) == 1
 
 
 # -- the whole path through the command line, on generated images and the shared weights -------
@@ -324,3 +331,64 @@ def test_flag_answer_sync_resolves_flags_through_the_cli(
     assert code == 0, err
     views = ls_server.api("GET", "/api/dm/views", params={"project": project})
     assert tab_title(run) not in [v["data"]["title"] for v in views]
+
+
+@pytest.mark.training
+def test_loop_syncs_trains_compares_and_flags_end_to_end(
+    cli: CliRunner, ls_server: LiveServer, workspace: Workspace, scenes_weights: Path
+) -> None:
+    colours = {"ant": "#c03020", "bee": "#2040c0"}
+    project = ls_server.create_project(list(colours), "loop command")
+    truth: dict[int, str] = {}
+    tasks = []
+    for n in range(40):
+        label = "ant" if n % 2 else "bee"
+        png = image_bytes(5000 + n, size=(48, 48), color=colours[label])
+        given = ("bee" if label == "ant" else "ant") if n < 5 else label
+        tasks.append({"data": {"image": _data_url(png)}, "annotations": [choice(given)]})
+    with ls_server.client() as c:
+        ids = c.import_tasks(project, tasks)
+    truth = {t: ("ant" if n % 2 else "bee") for n, t in enumerate(ids)}
+    code, _, err = run_cli(
+        cli, "connect", ls_server.url, "--token", ls_server.legacy, "--project", str(project)
+    )
+    assert code == 0, err
+    training = ("--weights", str(scenes_weights), "--image-size", "32", "--epochs", "3")
+    code, out, err = run_cli(cli, "loop", *training, "--requeue", "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["version"] == 1 and first["run"]["version"] == 1
+    assert first["comparison"] is None and "first" in first["comparison_note"]
+    flagged = first["flags"]["flagged"]
+    assert flagged >= 1 and first["flags"]["push"]["view_id"]
+
+    # The annotator (an oracle) answers every flagged task with its true label.
+    code, out, _ = run_cli(cli, "flags", str(first["run"]["id"]), "--json")
+    listed = json.loads(out)["flags"]
+    for f in listed:
+        task = _task(ls_server, f["task"])
+        body = choice(truth[f["task"]])
+        if task["drafts"]:
+            body["draft_id"] = task["drafts"][0]["id"]
+        ls_server.api("POST", f"/api/tasks/{f['task']}/annotations", json=body)
+    wrong_before = sum(1 for f in listed if f["current_label"] != truth[f["task"]])
+
+    # No training options: the last configuration (weights, 32 px, 3 epochs) is used again.
+    code, out, err = run_cli(cli, "loop", "--json")
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["version"] == 2 and second["run"]["version"] == 2
+    assert second["run"]["config"]["image_size"] == 32
+    assert second["run"]["config"]["weights"] == str(scenes_weights)
+    resolved = second["sync"]["flags_resolved"]
+    assert resolved.get("relabeled", 0) == wrong_before
+    assert sum(resolved.values()) == len(listed)
+    rows = second["comparison"]["rows"]
+    assert [r["run"] for r in rows] == [first["run"]["id"], second["run"]["id"]]
+    assert second["flags"]["run"] == second["run"]["id"]
+
+    # Nothing changed since: no new version, no new run.
+    code, out, err = run_cli(cli, "loop", "--json")
+    assert code == 0, err
+    third = json.loads(out)
+    assert third["version"] == 2 and third["run"] is None
