@@ -391,10 +391,14 @@ def fit(
 
 
 def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Whether an epoch is better than the best so far on validation: more accurate, or as
-    accurate with a lower loss (accuracy is what users judge; the loss breaks ties)."""
+    """Whether an epoch is better than the best so far on validation: no less accurate, no
+    higher loss, and better in one of them. A higher accuracy bought with a higher loss is not
+    taken: on a small validation set it is as often luck as a better model, and the weights it
+    would replace (first of all the probe's) are kept instead."""
     if best is None:
         return True
-    if row["val_accuracy"] != best["val_accuracy"]:
-        return bool(row["val_accuracy"] > best["val_accuracy"])
-    return bool(row["val_loss"] < best["val_loss"] - 1e-6)
+    acc, best_acc = row["val_accuracy"], best["val_accuracy"]
+    loss, best_loss = row["val_loss"], best["val_loss"]
+    if acc < best_acc or loss > best_loss:
+        return False
+    return bool(acc > best_acc or loss < best_loss - 1e-6)

@@ -240,3 +240,17 @@ def test_fp32_where_the_cpu_lacks_native_bf16(store: Store, version1: Path, weig
         pytest.skip("this CPU has native bf16; test_bf16_on_a_cpu_that_has_it covers it")
     run = runner.train(store, small_config(weights, mode="finetune", epochs=1)).run
     assert run.config["effective_precision"] == "fp32"
+
+
+def test_an_epoch_replaces_the_kept_weights_only_when_it_is_better_on_both_counts() -> None:
+    probe = {"val_accuracy": 0.84, "val_loss": 0.56}
+
+    def row(accuracy: float, loss: float) -> dict[str, float]:
+        return {"val_accuracy": accuracy, "val_loss": loss}
+
+    assert trainer.beats(row(0.86, 0.55), probe)
+    assert trainer.beats(row(0.84, 0.50), probe)
+    # More accurate on a few images but less sure of them: the probe stays.
+    assert not trainer.beats(row(0.86, 0.57), probe)
+    assert not trainer.beats(row(0.83, 0.40), probe)
+    assert not trainer.beats(row(0.84, 0.56), probe)
