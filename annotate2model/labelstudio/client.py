@@ -24,6 +24,12 @@ from annotate2model.settings import Secret
 
 # Errors worth another attempt: the server restarting, slow, or answering 5xx / 429.
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# A request that may change something (POST, PATCH) is sent again only when the server surely did
+# not act on it: the connection was refused, or it answered "too many requests" / "unavailable".
+# After a timeout, a dropped connection or a 500 it may have acted (a retried import after
+# "database is locked" made duplicate annotations), so the caller decides what to do next.
+SAFE_RETRY_STATUS = frozenset({429, 503})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DEFAULT_ATTEMPTS = 6
 DEFAULT_BACKOFF = 0.5
 PAGE_SIZE = 500
@@ -98,7 +104,10 @@ class LabelStudioClient:
             stale = time.monotonic() - self._access_at > ACCESS_TOKEN_SECONDS
             if self._access is None or stale or force_refresh:
                 response = self._send(
-                    "POST", "/api/token/refresh/", json={"refresh": self._token.reveal()}
+                    "POST",
+                    "/api/token/refresh/",
+                    idempotent=True,
+                    json={"refresh": self._token.reveal()},
                 )
                 if response.status_code in (400, 401, 403):
                     raise LabelStudioError(
@@ -114,12 +123,21 @@ class LabelStudioClient:
     # -- transport ---------------------------------------------------------------------------
 
     def _send(
-        self, method: str, path: str, *, attempts: int | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        attempts: int | None = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
-        """One request with bounded retries on connection errors, timeouts and 5xx."""
+        """One request with bounded retries on connection errors, timeouts and 5xx; a request
+        that is not `idempotent` (default: POST and PATCH are not) only where it cannot have
+        been acted on."""
         target = path if path.startswith("http") else f"{self.url}{path}"
         last = ""
         attempts = attempts or self._attempts
+        safe = method.upper() in IDEMPOTENT if idempotent is None else idempotent
         for attempt in range(attempts):
             if attempt:
                 time.sleep(min(self._backoff * 2 ** (attempt - 1), 8.0))
@@ -128,23 +146,35 @@ class LabelStudioClient:
             except httpx.ConnectError:
                 last = "connection refused"
                 continue
-            except httpx.TimeoutException:
+            except httpx.TimeoutException as exc:
                 last = "timed out"
-                continue
+                if safe or isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                    continue
+                raise self._maybe_applied(method, target, last) from None
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
                 last = f"connection dropped ({type(exc).__name__})"
-                continue
+                if safe:
+                    continue
+                raise self._maybe_applied(method, target, last) from None
             except httpx.HTTPError as exc:
                 raise LabelStudioError(
                     f"cannot reach Label Studio at {self.url}: {type(exc).__name__}."
                 ) from None
-            if response.status_code in RETRY_STATUS:
+            if response.status_code in (RETRY_STATUS if safe else SAFE_RETRY_STATUS):
                 last = f"HTTP {response.status_code}"
                 continue
             return response
         raise LabelStudioError(
             f"Label Studio at {self.url} did not answer {method} {urlsplit(target).path} after "
             f"{attempts} attempts (last: {last}); check that it is running and retry."
+        )
+
+    def _maybe_applied(self, method: str, target: str, why: str) -> LabelStudioError:
+        return LabelStudioError(
+            f"Label Studio at {self.url} did not finish answering {method} "
+            f"{urlsplit(target).path} ({why}); it may or may not have applied it, so it was not "
+            "sent again. Run the command again once the server answers: it reads what is there "
+            "before writing."
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
