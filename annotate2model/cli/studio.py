@@ -326,6 +326,7 @@ def sync_cmd(
                 "deleted_tasks": result.deleted_tasks,
                 "skipped": [{"task": t, "reason": r} for t, r in result.skipped],
                 "skipped_by_reason": result.skipped_by_reason,
+                "flags_resolved": result.flags_resolved,
                 "seconds": round(result.seconds, 3),
             }
         )
@@ -362,3 +363,6 @@ def sync_cmd(
         console.print(f"  [yellow]task {task_id}[/]: {reason}", highlight=False)
     if len(result.skipped) > 20:
         console.print(f"  ... and {len(result.skipped) - 20} more (see --json).")
+    if result.flags_resolved:
+        settled = ", ".join(f"{n} {kind}" for kind, n in sorted(result.flags_resolved.items()))
+        console.print(f"Flags settled by this sync: {settled} ([bold]a2m flags[/] lists them).")

@@ -314,8 +314,10 @@ def test_flag_answer_sync_resolves_flags_through_the_cli(
         if task["drafts"]:
             body["draft_id"] = task["drafts"][0]["id"]
         ls_server.api("POST", f"/api/tasks/{f['task']}/annotations", json=body)
-    code, _, err = run_cli(cli, "sync")
+    code, out, err = run_cli(cli, "sync")
     assert code == 0, err
+    # The sync says what it settled.
+    assert "Flags settled by this sync:" in out and "1 relabeled" in out, out
     code, out, _ = run_cli(cli, "flags", str(run), "--json")
     after = json.loads(out)
     outcomes = {f["task"]: f["outcome"] for f in after["flags"]}
