@@ -189,6 +189,13 @@ def _print_comparison(result: Comparison) -> None:
             cells.append(escape(r.device or "-"))
         table.add_row(*cells)
     console.print(table)
+    console.print(
+        "Training images per class: "
+        + "; ".join(
+            f"run {r.run} " + ", ".join(f"{escape(k)} {v}" for k, v in r.balance.items())
+            for r in result.rows
+        )
+    )
     for pair in result.pairs:
         console.print(escape(pair.sentence[:1].upper() + pair.sentence[1:]) + ".")
         deltas = ", ".join(f"{escape(c)} {d * 100:+.1f}" for c, d in pair.per_class_delta.items())

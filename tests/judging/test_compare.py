@@ -203,6 +203,7 @@ def test_cli_compare_table_json_csv(ws: Workspace2) -> None:
     code, out, _ = run_cli(runner, "compare", "--runs", f"{ws.run1},{ws.run2}", "--no-plots")
     assert code == 0
     assert "Judged on the test images all 2 versions share" in out
+    assert "Training images per class: run" in out and "other " in out and "red " in out
     assert f"run {ws.run2} (v2)" in out or "no evidence of a difference" in out.lower()
     code, _, err = run_cli(runner, "compare", "--runs", "1,2", "--versions", "1,2")
     assert code == 2 and "not both" in err
