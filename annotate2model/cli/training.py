@@ -32,6 +32,7 @@ from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.training.config import (
     DEVICES,
+    MODE_DEFAULTS,
     PRESETS,
     Backbone,
     Mode,
@@ -51,6 +52,11 @@ DeviceFlag = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _per_mode(field: str) -> str:
+    """A field's default in each mode, for --help: "10 (probe), 8 (finetune)"."""
+    return ", ".join(f"{values[field]} ({mode})" for mode, values in MODE_DEFAULTS.items())
 
 
 def _pct(value: Any) -> str:
@@ -124,23 +130,65 @@ def train_cmd(
         ),
     ] = None,
     optimizer: Annotated[
-        OptimizerName | None, typer.Option(help="sgd (with momentum; default) or adamw.")
+        OptimizerName | None,
+        typer.Option(help=f"sgd (with momentum) or adamw. Default: {_per_mode('optimizer')}."),
     ] = None,
     schedule: Annotated[
-        Schedule | None, typer.Option(help="Learning-rate schedule; cyclic is triangular2.")
+        Schedule | None,
+        typer.Option(
+            help=f"Learning-rate schedule; cyclic is triangular2. Default: {_per_mode('schedule')}."
+        ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training split.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help=f"Passes over the training split. Default: {_per_mode('epochs')}."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"Images per step. Default: {RunConfig.batch_size}.")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Peak learning rate (fine-tuning: the head's). Default: {_per_mode('lr')}."
+        ),
+    ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(help=f"SGD momentum. Default: {RunConfig.momentum}.")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help=f"Weight decay. Default: {_per_mode('weight_decay')}.")
+    ] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
     class_weights: Annotated[
         bool | None,
         typer.Option("--class-weights/--no-class-weights", help="Weight classes by rarity."),
     ] = None,
     early_stopping: Annotated[
-        int | None, typer.Option(help="Stop after N epochs without better val loss (0: off).")
+        int | None,
+        typer.Option(
+            help="Stop after N epochs without better val loss (0: off). "
+            f"Default: {_per_mode('early_stopping')}."
+        ),
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Epochs of linear learning-rate warm-up. Default: {_per_mode('warmup_epochs')}."
+        ),
+    ] = None,
+    block_lr_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Fine-tuning: the unfrozen blocks' learning rate as a share of the head's. "
+            f"Default: {RunConfig.block_lr_scale}."
+        ),
+    ] = None,
+    head_init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tuning: probe (start the head from the linear probe, and keep the probe "
+            "when no epoch beats it; default) or random."
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
@@ -181,6 +229,9 @@ def train_cmd(
         "label_smoothing": label_smoothing,
         "class_weights": class_weights,
         "early_stopping": early_stopping,
+        "warmup_epochs": warmup_epochs,
+        "block_lr_scale": block_lr_scale,
+        "head_init": head_init,
         "seed": seed,
         "image_size": image_size,
         "augment": augment,
