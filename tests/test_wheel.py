@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from annotate2model.store.db import SCHEMA_HEAD
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
@@ -36,7 +38,9 @@ def test_wheel_installs_and_initialises(tmp_path: Path) -> None:
     (wheel,) = dist.glob("annotate2model-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "annotate2model/_migrations/env.py" in names
-    assert any(n.startswith("annotate2model/_migrations/versions/0001") for n in names)
+    # Every migration ships, up to the head the code expects.
+    for revision in ("0001", SCHEMA_HEAD):
+        assert any(n.startswith(f"annotate2model/_migrations/versions/{revision}") for n in names)
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
@@ -66,5 +70,5 @@ def test_wheel_installs_and_initialises(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert "store schema 0001" in result.stdout
+    assert f"store schema {SCHEMA_HEAD}" in result.stdout
     assert (ws / ".a2m" / "store.db").is_file()
