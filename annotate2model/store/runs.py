@@ -211,6 +211,12 @@ def write_predictions(
                 Prediction.split.in_(splits),
             )
         )
+    _insert_predictions(session, run_id, version, rows)
+
+
+def _insert_predictions(
+    session: Session, run_id: int, version: int, rows: Sequence[PredictionRecord]
+) -> None:
     if rows:
         session.execute(
             insert(Prediction),
@@ -244,23 +250,7 @@ def add_predictions(
                 Prediction.image_sha256.in_(shas[start : start + 500]),
             )
         )
-    if rows:
-        session.execute(
-            insert(Prediction),
-            [
-                {
-                    "run_id": run_id,
-                    "version": version,
-                    "image_sha256": r.image_sha256,
-                    "split": r.split,
-                    "label": r.label,
-                    "predicted": r.predicted,
-                    "confidence": r.confidence,
-                    "probs_json": json.dumps([round(p, 6) for p in r.probs]),
-                }
-                for r in rows
-            ],
-        )
+    _insert_predictions(session, run_id, version, rows)
 
 
 def read_predictions(
