@@ -289,9 +289,7 @@ def _predict(
     progress: Progress,
 ) -> dict[str, _Answer]:
     """Predict images a run has never judged (through the Predictor); kept in the ledger."""
-    import numpy as np
-
-    from annotate2model.training.ledger import Ledger
+    from annotate2model.training.ledger import Ledger, prediction_rows
     from annotate2model.training.runner import load_predictor
 
     cache = ctx.embedding_cache()
@@ -302,29 +300,13 @@ def _predict(
         progress.end()
     finally:
         cache.close()
-    out: dict[str, _Answer] = {}
-    rows: list[PredictionRecord] = []
-    for i, sha in enumerate(shas):
-        if i in result.errors:
-            continue
-        p = result.probs[i]
-        best = int(np.argmax(p))
-        answer = _Answer(predictor.labels[best], float(p[best]))
-        out[sha] = answer
-        item = truth_items.get(sha)
-        rows.append(
-            PredictionRecord(
-                image_sha256=sha,
-                split=item.split if item else "test",
-                label=item.label if item else "",
-                predicted=answer.predicted,
-                confidence=answer.confidence,
-                probs=[float(v) for v in p],
-            )
-        )
+    # Every common image is a row of the truth version: its rows are the ledger's rows.
+    ok = result.ok
+    read = [truth_items[sha] for sha, good in zip(shas, ok, strict=True) if good]
+    rows = prediction_rows(read, result.probs[ok], predictor.labels)
     if rows:
         Ledger(store).add_predictions(run.id, truth_version, rows)
-    return out
+    return {r.image_sha256: _Answer(r.predicted, r.confidence) for r in rows}
 
 
 def _row(
