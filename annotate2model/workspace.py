@@ -73,6 +73,11 @@ class Workspace:
         return self.data_dir / "cache"
 
     @property
+    def reports_dir(self) -> Path:
+        """Comparison pages, their plots and learning-curve plots."""
+        return self.data_dir / "reports"
+
+    @property
     def secrets_path(self) -> Path:
         return self.data_dir / "secrets.toml"
 

@@ -75,7 +75,7 @@ def compare_cmd(
     )
     written: list[Path] = []
     if plots:
-        written = _compare_plots(store.settings.workspace.data_dir / "reports", result)
+        written = _compare_plots(store.settings.workspace.reports_dir / result.name, result)
     if as_json:
         print_json({**result.to_dict(), "plots": [str(p) for p in written]})
         return
@@ -87,10 +87,9 @@ def compare_cmd(
         console.print(f"Plot: {path}")
 
 
-def _compare_plots(folder: Path, result: Comparison) -> list[Path]:
+def _compare_plots(out: Path, result: Comparison) -> list[Path]:
     from annotate2model.judging import plots
 
-    out = folder / ("compare-runs-" + "-".join(str(r.run) for r in result.rows))
     out.mkdir(parents=True, exist_ok=True)
     return [
         plots.accuracy_vs_images_plot(result, out / "accuracy_vs_images.png"),
@@ -264,7 +263,7 @@ def curve_cmd(
     if plots:
         from annotate2model.judging import plots as plotting
 
-        folder = store.settings.workspace.data_dir / "reports"
+        folder = store.settings.workspace.reports_dir
         folder.mkdir(parents=True, exist_ok=True)
         written.append(
             plotting.learning_curve_plot(curve, folder / f"curve-v{curve.version}-{curve.id}.png")

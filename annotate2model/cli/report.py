@@ -106,8 +106,7 @@ def _compare_report(
         progress=RichProgress(),
     )
     if out is None:
-        name = "compare-runs-" + "-".join(str(r.run) for r in comparison.rows)
-        out = store.settings.workspace.data_dir / "reports" / name / "report.html"
+        out = store.settings.workspace.reports_dir / comparison.name / "report.html"
     return compare_report(comparison, _curve(store, comparison), out, context)
 
 

@@ -104,6 +104,11 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def name(self) -> str:
+        """The folder name of its page and plots: "compare-runs-3-5"."""
+        return "compare-runs-" + "-".join(str(r.run) for r in self.rows)
+
 
 @dataclass(frozen=True)
 class CurvePoint:
