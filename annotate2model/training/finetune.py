@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +207,39 @@ class _Stage:
             return None
         metrics = evaluate(net, val, nn.CrossEntropyLoss(), self.job.device, self.job.bf16)
         return {"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"]}
+
+    def fit(
+        self,
+        net: nn.Module,
+        train_batches: Callable[[int], Batches],
+        val_batches: Callable[[], Batches],
+        steps: int,
+        loss_fn: nn.Module,
+    ) -> tuple[nn.Module, History, float]:
+        """Train `net` on the device from the probe's mark (when there is one); the network,
+        its history and the seconds its epochs took."""
+        job = self.job
+        net = net.to(job.device)
+        if job.device.type != "mps":
+            net = net.to(memory_format=torch.channels_last)
+        start = self.start(net, val_batches())
+        history = fit(
+            net,
+            train_batches,
+            val_batches,
+            steps,
+            self.config,
+            loss_fn,
+            job.device,
+            job.bf16,
+            job.progress,
+            job.on_epoch,
+            prepare=self.prepare(),
+            params=self.groups(),
+            start=start,
+        )
+        seconds = sum(float(row.get("seconds", 0.0)) for row in history if row.get("epoch"))
+        return net, history, seconds
 
     def finish(
         self,
@@ -462,29 +495,16 @@ class _Stage:
             for at in range(0, index.shape[0], job.eval_batch):
                 yield to_device(index[at : at + job.eval_batch]), y[at : at + job.eval_batch]
 
-        net = nn.Sequential(self.rest, self.head).to(device)
-        if device.type != "mps":
-            net = net.to(memory_format=torch.channels_last)
         loss_fn = make_loss(config, y_train.tolist(), len(job.data.labels), device)
         steps = math.ceil(train_rows.shape[0] / config.batch_size)
-        start = self.start(net, batches("val"))
-        history = fit(
-            net,
+        net, history, seconds = self.fit(
+            nn.Sequential(self.rest, self.head),
             train_batches,
             lambda: batches("val"),
             steps,
-            config,
             loss_fn,
-            device,
-            job.bf16,
-            job.progress,
-            job.on_epoch,
-            prepare=self.prepare(),
-            params=self.groups(),
-            start=start,
         )
-        seconds = sum(float(row.get("seconds", 0.0)) for row in history if row.get("epoch"))
-        if start is not None:
+        if self.probe is not None:
             history[0]["frozen_blocks_seconds"] = prefix.seconds
         return self.finish(history, net, batches, seconds)
 
@@ -503,9 +523,6 @@ class _Stage:
             self.skipped = dict(self.probe.skipped)
             self.kept = kept_items(job.data, self.skipped)
         self.set_head(_start_head(job, self.probe))
-        model = self.model.to(device)
-        if device.type != "mps":
-            model = model.to(memory_format=torch.channels_last)
         reported: set[str] = set()
         loss_fn = make_loss(
             config,
@@ -530,23 +547,13 @@ class _Stage:
             )
             job.report_skipped(self.skipped, reported)
 
-        start = self.start(model, batches("val"))
-        history = fit(
-            model,
+        model, history, seconds = self.fit(
+            self.model,
             lambda epoch: batches("train", config.augment_enabled, True, epoch),
             lambda: batches("val"),
             steps,
-            config,
             loss_fn,
-            device,
-            job.bf16,
-            job.progress,
-            job.on_epoch,
-            prepare=self.prepare(),
-            params=self.groups(),
-            start=start,
         )
-        seconds = sum(float(row.get("seconds", 0.0)) for row in history if row.get("epoch"))
         return self.finish(history, model, batches, seconds)
 
 
