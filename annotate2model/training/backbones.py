@@ -8,7 +8,6 @@ when a network is built; the cached-probe path never needs it.
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,9 @@ from torch import nn
 
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.training.config import BACKBONES
+from annotate2model.training.weights import WeightsStatus as WeightsStatus
+from annotate2model.training.weights import imagenet_checkpoint_path
+from annotate2model.training.weights import imagenet_weights_status as imagenet_weights_status
 
 # Per architecture: the state-dict prefix of the classifier's last Linear (the part replaced),
 # and the feature width that enters it.
@@ -103,8 +105,7 @@ def default_weights_enum(backbone: str) -> Any:
 
 def hub_checkpoint_path(backbone: str) -> Path:
     """Where torch hub keeps (or would keep) the default weights file of `backbone`."""
-    url = str(default_weights_enum(backbone).url)
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return imagenet_checkpoint_path(backbone)
 
 
 def load_state_dict(backbone: str, source: WeightsSource) -> dict[str, torch.Tensor] | None:
