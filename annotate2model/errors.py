@@ -16,7 +16,8 @@ and it exits with
   outside an option's choices): click's and typer's convention for usage errors, kept so that
   scripts can tell "you called it wrong" from "it could not be done";
 - 130 after Ctrl-C (typer's convention, 128 + SIGINT).
-Unexpected exceptions keep their traceback.
+An unexpected exception (a bug, a full disk, a locked database) prints one `error:` line naming it
+and exits with 1; A2M_TRACEBACK=1 shows its traceback instead. Ctrl-C prints `interrupted.`
 """
 
 from __future__ import annotations

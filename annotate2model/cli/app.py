@@ -6,18 +6,54 @@ import atexit
 import importlib
 import os
 import sys
-from pathlib import Path
 from types import ModuleType
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 from rich.markup import escape
 
 from annotate2model import __version__
-from annotate2model.cli.commands import LazyGroup
-from annotate2model.cli.context import skip_final_collection, state
+from annotate2model.cli.commands import COMMANDS, LazyGroup
+from annotate2model.cli.context import (
+    WITHOUT_WORKSPACE,
+    WorkspaceOption,
+    add_workspace_option,
+    skip_final_collection,
+)
 from annotate2model.cli.render import err_console
 from annotate2model.errors import USAGE_EXIT_CODE, A2MError
+
+# Printed after an unexpected failure, in place of the traceback.
+TRACEBACK_HINT = "run with A2M_TRACEBACK=1 for the traceback"
+
+
+def _flag_type(option: typer.core.TyperOption, ctx: Any) -> str | None:
+    """No `<bool>` after a flag in help: `--json` takes no value, so none is shown.
+
+    typer's Rich help prints every option's type, flags included; its plain help (and click's)
+    leave flags bare, as this does.
+    """
+    if option.is_flag or option.count:
+        return None
+    return _typed_option_type(option, ctx)
+
+
+# typer has no setting for this, so the method is replaced on its option class (tested by
+# tests/test_cli_polish.py against every command's help).
+_typed_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign,assignment]
+
+
+class RootGroup(LazyGroup):
+    """`a2m` itself: each command, loaded on demand, also takes -w after its name."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and cmd_name not in WITHOUT_WORKSPACE:
+            add_workspace_option(command)
+        return command
+
 
 app = typer.Typer(
     name="a2m",
@@ -28,7 +64,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
     # Each command's module (cli/workspace, data, training, studio, demo) loads when named.
-    cls=LazyGroup,
+    cls=RootGroup,
 )
 
 
@@ -40,23 +76,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    ctx: typer.Context,
-    workspace_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--workspace",
-            "-w",
-            help="Workspace folder (default: A2M_HOME, else the nearest a2m.toml upwards).",
-            show_default=False,
-        ),
-    ] = None,
+    workspace: WorkspaceOption = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     """annotate2model: sync labels from Label Studio, version datasets, train classifiers."""
-    state(ctx).workspace_flag = workspace_path
+    # WorkspaceOption's callback has kept -w; each command also takes it after its name.
 
 
 def _fail(message: str, hint: str | None, exit_code: int) -> NoReturn:
@@ -80,16 +107,31 @@ def _click_exceptions() -> ModuleType:
         return importlib.import_module("click.exceptions")
 
 
+def _command_name(args: list[str]) -> str:
+    """`a2m versions` for messages: the first argument that names a command."""
+    name = next((a for a in args if a in COMMANDS), None)
+    return f"a2m {name}" if name else "a2m"
+
+
+def _unexpected(exc: BaseException) -> NoReturn:
+    """A failure nobody foresaw (a bug, a full disk, a locked database): one line, no traceback."""
+    # SQLAlchemy and some OSErrors carry several lines (the SQL, a link): the first says it.
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    what = type(exc).__name__ + (f": {detail}" if detail else "")
+    _fail(f"{_command_name(sys.argv[1:])} failed: {what} ({TRACEBACK_HINT}).", None, 1)
+
+
 def main() -> None:
     """Console entry point; failures are reported by the rule in `annotate2model.errors`."""
     atexit.unregister(skip_final_collection)
     atexit.register(skip_final_collection)
     clicks = _click_exceptions()
+    traceback_asked = bool(os.environ.get("A2M_TRACEBACK"))
     try:
         # standalone_mode=False: click hands usage errors to us instead of drawing its own panel.
         result = app(standalone_mode=False)
     except A2MError as exc:
-        if os.environ.get("A2M_TRACEBACK"):
+        if traceback_asked:
             raise
         _fail(exc.message, exc.hint, exc.exit_code)
     except getattr(clicks, "NoArgsIsHelpError", ()) as exc:
@@ -104,5 +146,23 @@ def main() -> None:
         _fail(_sentence_case(exc.format_message()), None, exc.exit_code)
     except typer.Abort:
         _fail("aborted.", None, 1)
-    # A typer.Exit (or Ctrl-C, which typer turns into exit status 130) comes back as a number.
+    except KeyboardInterrupt:
+        # Ctrl-C outside the command itself (typer turns one inside it into 130, below).
+        _interrupted()
+    except Exception as exc:
+        if traceback_asked:
+            raise
+        _unexpected(exc)
+    if result == INTERRUPTED_EXIT_CODE:
+        _interrupted()
+    # A typer.Exit comes back as a number.
     sys.exit(result if isinstance(result, int) else 0)
+
+
+# Exit status after Ctrl-C: 128 + SIGINT, typer's and the shells' convention.
+INTERRUPTED_EXIT_CODE = 130
+
+
+def _interrupted() -> NoReturn:
+    err_console.print("interrupted.", highlight=False)
+    sys.exit(INTERRUPTED_EXIT_CODE)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.main
 
 from annotate2model.errors import WorkspaceError
 from annotate2model.settings import DEFAULT_MAX_IMAGE_PIXELS, Settings, load_settings
@@ -70,6 +72,52 @@ def state(ctx: typer.Context) -> AppState:
         root.obj = AppState()
         root.call_on_close(root.obj.close)
     return root.obj
+
+
+def _remember_workspace(ctx: typer.Context, value: Path | None) -> None:
+    if value is not None:
+        state(ctx).workspace_flag = value
+
+
+# `-w/--workspace`, taken before the command (`a2m -w DIR versions`) or after it (`a2m versions
+# -w DIR`); given twice, the later one counts. Read at parse time into AppState, never passed on.
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--workspace",
+        "-w",
+        help="Workspace folder (default: A2M_HOME, else the nearest a2m.toml upwards).",
+        show_default=False,
+        callback=_remember_workspace,
+    ),
+]
+
+# Commands that make their own workspace and read no -w.
+WITHOUT_WORKSPACE = frozenset({"demo"})
+
+
+@functools.cache
+def _workspace_parameter() -> Any:
+    """WorkspaceOption as a click parameter, built by typer as any command's options are."""
+    probe = typer.Typer(add_completion=False)
+
+    @probe.command()
+    def probe_command(workspace: WorkspaceOption = None) -> None:
+        """Never run: only its parameter is taken."""
+
+    (parameter,) = typer.main.get_command(probe).params
+    # The callback keeps the value; commands have no `workspace` argument to receive it.
+    parameter.expose_value = False
+    return parameter
+
+
+def add_workspace_option(command: Any) -> Any:
+    """Give `command` (and, for a group such as `studio`, each of its commands) the -w option."""
+    if not any(p.name == "workspace" for p in command.params):
+        command.params.append(_workspace_parameter())
+    for sub in getattr(command, "commands", {}).values():
+        add_workspace_option(sub)
+    return command
 
 
 def skip_final_collection() -> None:

@@ -1,0 +1,159 @@
+"""The command line's manners (issue 12): flags read as flags in help, `-w` on either side of the
+command, images named as a person knows them, tables that read at 80 columns, one `error:` line
+instead of a traceback, shell completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from annotate2model.cli.commands import COMMANDS
+from annotate2model.store import Store
+from annotate2model.store.imports import import_folder
+from annotate2model.workspace import Workspace, init_workspace
+from tests.conftest import make_image_folder, run_cli
+
+# Every command line that has its own help: the commands and the `studio` group's.
+HELP_PAGES = [[name] for name in COMMANDS] + [
+    ["studio", sub] for sub in ("up", "down", "status", "logs")
+]
+
+
+def test_flags_show_no_type_in_help(cli: CliRunner) -> None:
+    """`--json`, not `--json <bool>`: a flag takes no value, and its help must not ask for one."""
+    pages = [[], *HELP_PAGES]
+    for args in pages:
+        code, out, err = run_cli(cli, *args, "--help")
+        assert code == 0, (args, err)
+        assert "<bool>" not in out, f"a2m {' '.join(args)} --help:\n{out}"
+    _, out, _ = run_cli(cli, "versions", "--help")
+    json_line = next(line for line in out.splitlines() if "--json " in line and "│" in line)
+    assert "Print JSON" in json_line and "<" not in json_line
+    # Options that take a value still say what kind.
+    _, out, _ = run_cli(cli, "diff", "--help")
+    assert "<int>" in next(line for line in out.splitlines() if "--limit" in line)
+
+
+def _env_without_a2m() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("A2M_")}
+    env.update(NO_COLOR="1", COLUMNS="200")
+    return env
+
+
+def test_workspace_option_before_or_after_the_command(
+    tmp_path: Path, workspace: Workspace, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`a2m -w DIR versions` and `a2m versions -w DIR` name the same workspace; the later wins."""
+    first = workspace
+    second, _ = init_workspace(tmp_path / "second")
+    import_folder(store, make_image_folder(tmp_path / "d", {"a": 2, "b": 2}), note="only one")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no a2m.toml upwards, no A2M_HOME: only -w finds one
+    runner = CliRunner()
+
+    def notes(*args: str) -> list[str]:
+        code, out, err = run_cli(runner, *args)
+        assert code == 0, (args, err)
+        return [v["note"] for v in json.loads(out)]
+
+    assert notes("-w", str(first.root), "versions", "--json") == ["only one"]
+    assert notes("versions", "-w", str(first.root), "--json") == ["only one"]
+    assert notes("versions", "--json", "--workspace", str(first.root)) == ["only one"]
+    assert notes("-w", str(first.root), "versions", "-w", str(second.root), "--json") == []
+    assert notes("-w", str(second.root), "versions", "-w", str(first.root), "--json") == [
+        "only one"
+    ]
+    # A command of a group (`studio status`) and one with arguments (`show 1`) take it as well.
+    code, out, err = run_cli(runner, "show", "1", "-w", str(first.root), "--json")
+    assert code == 0 and json.loads(out)["version"]["note"] == "only one", err
+    code, out, err = run_cli(runner, "studio", "status", "-w", str(first.root), "--json")
+    assert code == 0, err
+    # Without it the command says there is no workspace (so -w above really did the work).
+    code, _, err = run_cli(runner, "versions")
+    assert code == 1 and "workspace" in err.lower()
+    # Help shows it on the root and on every command that uses a workspace.
+    for args in [[], *HELP_PAGES]:
+        _, out, _ = run_cli(runner, *args, "--help")
+        assert ("--workspace" in out) == (args != ["demo"]), args
+
+
+def test_workspace_option_in_a_real_process(tmp_path: Path, workspace: Workspace) -> None:
+    """The installed entry point (main()) parses -w after the command the same way."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "annotate2model", "versions", "-w", str(workspace.root), "--json"],
+        env=_env_without_a2m(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout) == [], proc.stderr
+
+
+# Runs `a2m versions` through main() in a fresh process, with the store's listing replaced by a
+# function that raises what the first argument names: failures no one foresaw (a bug, a full
+# disk, a database locked by another program, Ctrl-C).
+FAILING_A2M = """
+import sqlite3, sys
+from sqlalchemy.exc import OperationalError
+import annotate2model.store.versions as versions
+
+kind = sys.argv.pop(1)
+
+def fail(*args, **kwargs):
+    if kind == "KeyError":
+        raise KeyError(101)
+    if kind == "OSError":
+        raise OSError(28, "No space left on device")
+    if kind == "sqlite":
+        raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
+    raise KeyboardInterrupt
+
+versions.list_versions = fail
+from annotate2model.cli.app import main
+main()
+"""
+
+
+def _failing_a2m(kind: str, workspace: Workspace, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", FAILING_A2M, kind, "versions"],
+        env={**_env_without_a2m(), "A2M_HOME": str(workspace.root), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        ("KeyError", "KeyError: 101"),
+        ("OSError", "OSError: [Errno 28] No space left on device"),
+        ("sqlite", "OperationalError: (sqlite3.OperationalError) database is locked"),
+    ],
+)
+def test_an_unexpected_failure_is_one_line(kind: str, what: str, workspace: Workspace) -> None:
+    proc = _failing_a2m(kind, workspace)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"error: a2m versions failed: {what} (run with A2M_TRACEBACK=1 for the traceback)."
+    ]
+    asked = _failing_a2m(kind, workspace, A2M_TRACEBACK="1")
+    assert (
+        asked.returncode == 1
+        and "Traceback" in asked.stderr
+        and what.split(":")[0] in (asked.stderr)
+    )
+
+
+def test_ctrl_c_says_interrupted(workspace: Workspace) -> None:
+    proc = _failing_a2m("KeyboardInterrupt", workspace)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted.\n")
