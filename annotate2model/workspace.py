@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
 import tomllib
 
 from annotate2model.errors import WorkspaceError
@@ -103,16 +103,27 @@ class Workspace:
             raise WorkspaceError(f"cannot read {self.config_path}: {exc.strerror}.") from None
 
     def update_config(self, section: str, values: dict[str, Any]) -> None:
-        """Set keys of one [section] in a2m.toml, keeping the other sections (comments are lost)."""
-        config = self.read_config()
-        current = dict(config.get(section, {}))
+        """Set (or with None remove) keys of one [section] in a2m.toml; comments, key order and
+        blank lines elsewhere in the file stay as the person (or `a2m init`) wrote them."""
+        self.read_config()  # the file's own errors (missing, not TOML) in their clear words
+        original = self.config_path.read_text(encoding="utf-8")
+        document = tomlkit.parse(original)
+        table = document.get(section)
+        if table is None:
+            if all(value is None for value in values.values()):
+                return
+            table = tomlkit.table()
+            if original.strip() and not original.endswith("\n\n"):
+                document.add(tomlkit.nl())
+            document.add(section, table)
         for key, value in values.items():
             if value is None:
-                current.pop(key, None)
+                if key in table:
+                    del table[key]
             else:
-                current[key] = value
-        config[section] = current
-        atomic_write_bytes(self.config_path, tomli_w.dumps(config).encode(), mode=0o644)
+                table[key] = value
+        text = tomlkit.dumps(document)
+        atomic_write_bytes(self.config_path, text.encode(), mode=0o644)
 
     def read_secrets(self) -> dict[str, str]:
         """Secrets kept beside the store (never in it): an API token, for instance."""
@@ -132,7 +143,7 @@ class Workspace:
             secrets.pop(key, None)
         else:
             secrets[key] = value
-        atomic_write_bytes(self.secrets_path, tomli_w.dumps(secrets).encode(), mode=0o600)
+        atomic_write_bytes(self.secrets_path, tomlkit.dumps(secrets).encode(), mode=0o600)
 
 
 def init_workspace(root: Path) -> tuple[Workspace, bool]:
