@@ -1,5 +1,6 @@
 """The Label Studio client's retries: reads are retried, writes only where the server cannot have
-acted on them (a retried import after a 500 made duplicate annotations).
+acted on them (a retried import after a 500 made duplicate annotations); a server that never
+answered is reported at once, one that answered before gets the whole back-off.
 
 A real HTTP server on loopback answers as told; no Label Studio is needed for the policy.
 """
@@ -13,7 +14,9 @@ from typing import Any
 import pytest
 
 from annotate2model.errors import LabelStudioError
-from annotate2model.labelstudio.client import LabelStudioClient
+from annotate2model.labelstudio import client as client_module
+from annotate2model.labelstudio.client import LabelStudioClient, ServerUnreachable
+from annotate2model.labelstudio.server import free_port
 from annotate2model.settings import Secret
 from tests.labelstudio.conftest import serve_http
 
@@ -82,3 +85,37 @@ def test_a_write_refused_before_acting_is_retried(client: LabelStudioClient) -> 
     PLAN["POST /api/predictions"] = ["503", "429"]
     assert client.request("POST", "/api/predictions", json={}).status_code == 200
     assert SEEN["POST /api/predictions"] == 3
+
+
+def test_a_server_that_never_answered_is_reported_at_once_with_its_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stopped server used to cost six attempts and ~16 s of back-off before a word was said.
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    url = f"http://127.0.0.1:{free_port()}"
+    with (
+        LabelStudioClient(url, Secret("legacy-token-123")) as c,
+        pytest.raises(ServerUnreachable) as info,
+    ):
+        c.request("GET", "/api/projects/1")
+    assert url in info.value.message and "connection refused" in info.value.message
+    assert info.value.hint is not None and "running" in info.value.hint
+    assert len(slept) <= 1 and sum(slept) <= 2.0
+    # Whoever knows whose server it is says what starts it.
+    with (
+        LabelStudioClient(url, Secret("legacy-token-123"), unreachable_hint="start it") as c,
+        pytest.raises(ServerUnreachable, match="cannot reach") as info,
+    ):
+        c.request("POST", "/api/projects", json={})
+    assert info.value.hint == "start it"
+
+
+def test_a_server_gone_after_answering_keeps_the_whole_back_off() -> None:
+    # Once it answered, a refused connection is a server restarting: every attempt is used.
+    with serve_http(Scripted) as url:
+        c = LabelStudioClient(url, Secret("legacy-token-123"), attempts=4, backoff=0.01)
+        assert c.request("GET", "/api/tasks").status_code == 200
+    with c, pytest.raises(LabelStudioError, match="after 4 attempts") as info:
+        c.request("GET", "/api/tasks")
+    assert not isinstance(info.value, ServerUnreachable)
