@@ -110,6 +110,15 @@ def up_cmd(
     console.print(f"Log in as [bold]{up.admin}[/] with password [bold]{up.password.reveal()}[/].")
     if up.files_root:
         console.print(f"Images under {up.files_root} are read in place; others are uploaded.")
+    if up.project is not None:
+        p = up.project
+        console.print(
+            f"Connected to project [bold]{p.id}[/] “{p.title}” ({p.task_count} tasks). "
+            "Next: [bold]a2m collect DIR[/] or [bold]a2m sync[/]."
+        )
+        return
+    if up.project_not_here is not None:
+        console.print(f"The saved project {up.project_not_here} is not on this server.")
     console.print(
         "Connection saved. Next: [bold]a2m connect --create 'My project' --labels cat,dog[/]."
     )
@@ -178,7 +187,10 @@ def connect_cmd(
             show_default=False,
         ),
     ] = None,
-    project: Annotated[int | None, typer.Option(help="An existing project's id.")] = None,
+    project: Annotated[
+        int | None,
+        typer.Option(help="An existing project's id (default: the saved one).", show_default=False),
+    ] = None,
     create: Annotated[
         str | None, typer.Option(help="Create a project with this title instead.")
     ] = None,
@@ -187,9 +199,12 @@ def connect_cmd(
 ) -> None:
     """Check a server, token and project (or create one), and save the connection.
 
+    URL, token and project default to the saved ones, so a new token alone is `a2m connect
+    --token T`.
+
     Example: [bold]a2m connect http://localhost:8080 --token $TOKEN --project 3[/]
     """
-    if (project is None) == (create is None):
+    if project is not None and create is not None:
         raise typer.BadParameter(
             "give one of them: --project ID, or --create TITLE --labels a,b.",
             ctx,
@@ -287,11 +302,18 @@ def sync_cmd(
             'says "ground_truth": false).'
         ),
     ] = PolicyChoice.latest,
+    note: Annotated[
+        str,
+        typer.Option(
+            help="A note stored with the new version (default: the project and how labels "
+            "were picked)."
+        ),
+    ] = "",
     as_json: JsonFlag = False,
 ) -> None:
     """Bring the project into the store; a new dataset version when anything changed.
 
-    Example: [bold]a2m sync --policy majority[/]
+    Example: [bold]a2m sync --policy majority --note "after the second review round"[/]
     """
     st = state(ctx)
     settings = st.settings()
@@ -306,6 +328,7 @@ def sync_cmd(
             client,
             project_id,
             policy=POLICY[policy],
+            note=note,
             progress=None if as_json else RichProgress(),
             local=local,
         )

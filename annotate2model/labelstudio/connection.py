@@ -17,7 +17,7 @@ from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from annotate2model.errors import LabelStudioError
-from annotate2model.labelstudio.client import LabelStudioClient, token_kind
+from annotate2model.labelstudio.client import LabelStudioClient, ProjectInfo, token_kind
 from annotate2model.labelstudio.config import build_label_config, parse_label_config
 from annotate2model.labelstudio.server import DEFAULT_PORT, LocalServer, check_files_root
 from annotate2model.progress import Progress
@@ -77,6 +77,10 @@ class StudioUp:
     files_root_not_applied: str | None
     # A stale pid file found and cleared before starting, said in words.
     note: str | None
+    # The saved project, read on this server: what is connected (None: no project is saved,
+    # or the saved one is not on this server; then `project_not_here` names it).
+    project: ProjectInfo | None = None
+    project_not_here: int | None = None
 
 
 def studio_up(
@@ -115,6 +119,7 @@ def studio_up(
         SECTION, {"url": started.url, **({FILES_ROOT_KEY: str(root)} if root else {})}
     )
     workspace.write_secret(TOKEN_SECRET, token)
+    project, not_here = _saved_project(workspace, started.url, token)
     wanted = str(root) if root else None
     return StudioUp(
         url=started.url,
@@ -129,10 +134,31 @@ def studio_up(
             wanted if not started.started and wanted != started.files_root else None
         ),
         note=before.note,
+        project=project,
+        project_not_here=not_here,
     )
 
 
+def _saved_project(
+    workspace: Workspace, url: str, token: str
+) -> tuple[ProjectInfo | None, int | None]:
+    """The project saved in a2m.toml as this server sees it: (its info, None), or (None, its id)
+    when the server has no such project; (None, None) when none is saved."""
+    saved = workspace.read_config().get(SECTION, {}).get("project")
+    if not isinstance(saved, int):
+        return None, None
+    with LabelStudioClient(url, Secret(token), timeout=10.0, attempts=2) as client:
+        try:
+            return client.project(saved), None
+        except LabelStudioError:
+            return None, saved
+
+
 # -- connect ------------------------------------------------------------------------------------
+
+
+# What to do when the workspace's own server, stopped, is the configured one.
+LOCAL_DOWN_HINT = "the workspace's own Label Studio is not running; `a2m studio up` starts it."
 
 
 def open_client(settings: Settings) -> LabelStudioClient:
@@ -142,7 +168,21 @@ def open_client(settings: Settings) -> LabelStudioClient:
         raise NotConnected("no Label Studio URL is configured.", "url")
     if ls.token is None:
         raise NotConnected("no Label Studio token is configured.", "token")
-    return LabelStudioClient(ls.url, ls.token)
+    hint = LOCAL_DOWN_HINT if is_local_server(settings) else None
+    return LabelStudioClient(ls.url, ls.token, unreachable_hint=hint)
+
+
+def is_local_server(settings: Settings) -> bool:
+    """Whether the configured server is the workspace's own (`studio up`), running or not: the
+    saved loopback URL (which `studio up` writes), the token it made, its data folder present."""
+    ls = settings.labelstudio
+    ws = settings.workspace
+    saved = ws.read_config().get(SECTION, {}).get("url")
+    if ls.token is None or not isinstance(saved, str) or not _same(saved, ls.url):
+        return False
+    if ws.read_secrets().get(LOCAL_TOKEN_SECRET) != ls.token.reveal():
+        return False
+    return local_server(ws).data_dir.is_dir()
 
 
 def project_id(settings: Settings) -> int:
@@ -177,9 +217,19 @@ def connect(
     labels: Sequence[str] = (),
 ) -> Connection:
     """Check the server, the token and one project (an existing one, or `create` a new one with
-    `labels`), then save the URL and project in a2m.toml and the token in the secrets."""
-    if (project is None) == (create is None):
+    `labels`), then save the URL and project in a2m.toml and the token in the secrets.
+
+    Neither `project` nor `create`: the saved project (to check a new token or URL against it).
+    """
+    if project is not None and create is not None:
         raise LabelStudioError("name either an existing project or a new one to create.")
+    if project is None and create is None:
+        project = settings.labelstudio.project_id
+        if project is None:
+            raise NotConnected(
+                "name either an existing project or a new one to create (none is saved).",
+                "project",
+            )
     config_xml = build_label_config(list(labels)) if create is not None else None
     ls = settings.labelstudio
     with open_client(settings) as client:
@@ -258,7 +308,9 @@ def local_files(settings: Settings) -> LocalFiles:
     )
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost"})
+
+
 def _same(local_url: str, configured: str | None) -> bool:
     a, b = urlsplit(local_url), urlsplit(configured or "")
-    loopback = {"127.0.0.1", "localhost"}
-    return a.port == b.port and (a.hostname in loopback) and (b.hostname in loopback)
+    return a.port == b.port and (a.hostname in LOOPBACK) and (b.hostname in LOOPBACK)

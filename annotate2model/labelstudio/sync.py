@@ -116,11 +116,15 @@ def sync_project(
     project_id: int,
     *,
     policy: Policy = "latest",
+    note: str = "",
     progress: Progress | None = None,
     workers: int = 8,
     local: LocalFiles | None = None,
 ) -> SyncResult:
-    """Sync one project; raises LabelStudioError (writing nothing) when the server fails us."""
+    """Sync one project; raises LabelStudioError (writing nothing) when the server fails us.
+
+    `note` goes with a new version; without one the version says the project and the policy.
+    """
     started = time.monotonic()
     if policy not in POLICIES:
         raise LabelStudioError(f"unknown policy {policy!r}; use latest, majority or ground-truth.")
@@ -184,7 +188,15 @@ def sync_project(
     )
     if project.server_time is not None:
         plan = replace(plan, watermark=project.server_time)
-    outcome = commit(store, project_id, plan, images.staged, config, policy)
+    outcome = commit(
+        store,
+        project_id,
+        plan,
+        images.staged,
+        config,
+        policy,
+        note=note or sync_note(project_id, policy),
+    )
 
     result = SyncResult(
         project_id=project_id,
@@ -499,6 +511,20 @@ def _is_own_problem(problem: str | None) -> bool:
 # -- 6. commit ----------------------------------------------------------------------------------
 
 
+# How each policy picks a task's label, for the version note ("(latest)" read as "the latest
+# version").
+POLICY_WORDS: dict[Policy, str] = {
+    "latest": "latest annotation per task",
+    "majority": "majority of a task's annotations (ties: the latest)",
+    "ground-truth": "ground-truth annotation per task, else the latest",
+}
+
+
+def sync_note(project_id: int, policy: Policy) -> str:
+    """A synced version's default note: where it came from and how its labels were picked."""
+    return f"sync of Label Studio project {project_id}; labels: {POLICY_WORDS[policy]}"
+
+
 @dataclass(frozen=True)
 class CommitOutcome:
     # The version now current (new or unchanged); None: nothing labeled yet on an empty store.
@@ -516,6 +542,8 @@ def commit(
     staged: list[StagedImage],
     config: LabelingConfig,
     policy: Policy,
+    *,
+    note: str,
 ) -> CommitOutcome:
     """Image rows, task rows, annotation revisions, the watermark and the version: one transaction.
 
@@ -540,7 +568,7 @@ def commit(
                 session,
                 plan.items,
                 source="sync",
-                note=f"sync of Label Studio project {project_id} ({policy})",
+                note=note,
                 fractions=settings.split,
             )
             if plan.items or latest_version(session) is not None
