@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import JsonFlag, console, print_json
-from annotate2model.doctor import run_checks
-from annotate2model.settings import load_settings
+from annotate2model.cli.render import JsonFlag, console, listing, print_json, to_jsonable
+from annotate2model.doctor import failed, run_checks
+from annotate2model.errors import A2MError
+from annotate2model.settings import Settings, load_settings
 from annotate2model.store import Store
 from annotate2model.workspace import init_workspace
 
@@ -52,21 +53,35 @@ def doctor(
     ctx: typer.Context,
     as_json: JsonFlag = False,
 ) -> None:
-    """Check the environment: Python, torch and its devices, the store, Label Studio, weights.
+    """Check what this machine and workspace can do, each problem with the command that fixes it:
+    Python, torch and its devices, pretrained weights (cached, downloadable or offline), the
+    workspace and its schema, Label Studio (contacted, token checked), free disk. Exits 1 when a
+    required check fails.
 
     Example: [bold]a2m doctor --json[/]
     """
     st = state(ctx)
-    checks = run_checks(st.settings_or_none())
+    problem: A2MError | None = None
+    try:
+        settings: Settings | None = st.settings()
+    except A2MError as exc:
+        settings, problem = None, exc
+    checks = run_checks(settings, workspace_problem=problem)
     if as_json:
-        print_json(checks)
+        print_json([{**to_jsonable(check), "ok": check.ok} for check in checks])
     else:
-        table = Table(title=f"a2m doctor ({platform.node()})")
-        table.add_column("check")
-        table.add_column("ok")
-        table.add_column("detail")
+        table = listing(f"a2m doctor ({platform.node()})")
+        table.add_column("check", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("detail", overflow="fold")
         for check in checks:
-            table.add_row(check.name, "[green]yes[/]" if check.ok else "[red]no[/]", check.detail)
+            detail = escape(check.detail)
+            if check.fix:
+                detail += f"\n[bold]fix:[/] {escape(check.fix)}"
+            table.add_row(check.name, _STATUS[check.status], detail)
         console.print(table)
-    if not all(c.ok for c in checks if c.required):
+    if failed(checks):
         raise typer.Exit(1)
+
+
+_STATUS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}

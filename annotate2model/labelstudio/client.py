@@ -74,6 +74,11 @@ class ServerUnreachable(LabelStudioError):
         self.url = url
 
 
+class TokenRejected(LabelStudioError):
+    """The server answered, and refused the token (wrong, expired, revoked, or of a kind it has
+    switched off); the message says which kind of token and why."""
+
+
 class LabelStudioClient:
     """One server, one token. Thread-safe: image downloads run on several threads at once."""
 
@@ -134,7 +139,7 @@ class LabelStudioClient:
                     json={"refresh": self._token.reveal()},
                 )
                 if response.status_code in (400, 401, 403):
-                    raise LabelStudioError(
+                    raise TokenRejected(
                         f"Label Studio at {self.url} rejected the personal access token "
                         "(expired, revoked or from another server); create a new one under "
                         "Account & Settings."
@@ -212,7 +217,7 @@ class LabelStudioClient:
             fresh = self._auth_header(force_refresh=True)
             response = self._send(method, path, headers={**headers, **fresh}, **kwargs)
         if response.status_code == 401:
-            raise LabelStudioError(self._rejected_message(response))
+            raise TokenRejected(self._rejected_message(response))
         return response
 
     def _rejected_message(self, response: httpx.Response) -> str:
@@ -247,8 +252,9 @@ class LabelStudioClient:
 
     # -- checks and projects -----------------------------------------------------------------
 
-    def check(self) -> dict[str, Any]:
-        """Reach the server and check the token; returns the user it belongs to."""
+    def health(self) -> None:
+        """Reach the server (no token needed); ServerUnreachable when nothing answers, a
+        LabelStudioError when what answers is no Label Studio."""
         try:
             # Two attempts, not six: a wrong URL should not take 15 s of back-off to report.
             health = self._send("GET", "/health", attempts=2)
@@ -263,8 +269,24 @@ class LabelStudioClient:
                 f"{self.url} does not look like a Label Studio server (/health answered HTTP "
                 f"{health.status_code})."
             )
+
+    def check(self) -> dict[str, Any]:
+        """Reach the server and check the token; returns the user it belongs to (TokenRejected
+        when the server refuses the token)."""
+        self.health()
         user = self.json("GET", "/api/current-user/whoami", "identify the token's user")
         return dict(user)
+
+    def version(self) -> str | None:
+        """The server's release ("1.23.2"), or None when it does not say."""
+        response = self.request("GET", "/api/version/")
+        if response.status_code != 200:
+            return None
+        try:
+            release = response.json().get("release")
+        except (ValueError, AttributeError):
+            return None
+        return str(release) if release else None
 
     def project(self, project_id: int) -> ProjectInfo:
         response = self.request("GET", f"/api/projects/{project_id}")

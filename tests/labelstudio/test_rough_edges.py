@@ -44,6 +44,15 @@ def _versions(cli: CliRunner) -> list[dict[str, object]]:
     return list(json.loads(out))
 
 
+def _doctor_row(cli: CliRunner, expect: int = 0) -> dict[str, object]:
+    """`a2m doctor --json`'s Label Studio row; the exit status must be `expect`."""
+    code, out, err = run_cli(cli, "doctor", "--json")
+    assert code == expect, out + err
+    assert LEGACY_TOKEN not in out
+    (row,) = [r for r in json.loads(out) if r["name"] == "label studio"]
+    return dict(row)
+
+
 @pytest.mark.labelstudio
 @pytest.mark.slow
 def test_local_studio_restart_token_change_stopped_server_and_sync_note(
@@ -84,6 +93,19 @@ def test_local_studio_restart_token_change_stopped_server_and_sync_note(
         )
         assert second["note"] == "second batch" and second["item_count"] == 5
 
+        # The doctor contacts the server and checks the token, and never shows it.
+        url = workspace.read_config()["labelstudio"]["url"]
+        studio = _doctor_row(cli)
+        assert studio["status"] == "ok", studio
+        assert f"at {url} (this workspace's)" in studio["detail"]
+        assert f"project {project} “Rough edges” (5 tasks)" in studio["detail"]
+        wrong = "0" * 40
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", wrong)
+        studio = _doctor_row(cli, expect=1)
+        assert studio["status"] == "fail" and "rejected the legacy API token" in studio["detail"]
+        assert studio["fix"] == f"a2m connect {url} --token T" and wrong not in studio["detail"]
+        monkeypatch.delenv("LABEL_STUDIO_API_KEY")
+
         # After a restart, what is connected is said instead of how to create a project.
         run_cli(cli, "studio", "down")
         code, out, err = run_cli(cli, "studio", "up", "--port", str(free_port()))
@@ -100,6 +122,9 @@ def test_local_studio_restart_token_change_stopped_server_and_sync_note(
         code, out, err = run_cli(cli, "sync")
         assert code == 1
         assert f"cannot reach Label Studio at {url}" in err and "a2m studio up" in err, err
+        studio = _doctor_row(cli, expect=1)
+        assert studio["detail"] == f"not reachable at {url} (connection refused)"
+        assert studio["fix"] == "a2m studio up"
         # Another server (here nobody on a free port) is not ours to start.
         other = f"http://127.0.0.1:{free_port()}"
         monkeypatch.setenv("LABEL_STUDIO_URL", other)
