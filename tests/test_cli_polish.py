@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from annotate2model.cli.commands import COMMANDS
 from annotate2model.store import Store
+from annotate2model.store import versions as store_versions
 from annotate2model.store.imports import import_folder
 from annotate2model.workspace import Workspace, init_workspace
 from tests.conftest import make_image_folder, run_cli
@@ -157,3 +158,108 @@ def test_an_unexpected_failure_is_one_line(kind: str, what: str, workspace: Work
 def test_ctrl_c_says_interrupted(workspace: Workspace) -> None:
     proc = _failing_a2m("KeyboardInterrupt", workspace)
     assert (proc.returncode, proc.stdout, proc.stderr) == (130, "", "interrupted.\n")
+
+
+# -- images by name, tables at 80 columns ---------------------------------------------------------
+
+PROJECT = 7
+LABEL_STUDIO = "http://127.0.0.1:8080"
+
+
+def _a2m_at_80(workspace: Workspace, *args: str) -> str:
+    """`a2m args...` as a person runs it in an 80-column terminal, connected to Label Studio."""
+    env = _env_without_a2m()
+    env.update(A2M_HOME=str(workspace.root), COLUMNS="80", LABEL_STUDIO_URL=LABEL_STUDIO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "annotate2model", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, (args, proc.stderr)
+    if "--json" in args:
+        return proc.stdout
+    wide = [line for line in proc.stdout.splitlines() if len(line) > 80]
+    assert not wide, (args, wide)
+    assert "…" not in proc.stdout, f"a2m {' '.join(args)} cut a cell:\n{proc.stdout}"
+    return proc.stdout
+
+
+def _sync_like(store: Store, tasks: dict[int, tuple[str, int, str]]) -> None:
+    """A new version holding the latest one's rows plus images that came from Label Studio
+    tasks, written as `a2m sync` writes them: the blob, its row with the task's image URL as
+    origin, the task row, the version. tasks: task id -> (uploaded file name, seed, label)."""
+    from datetime import datetime, timezone
+
+    from annotate2model.store.images import record_images, stage_image
+    from annotate2model.store.models import Task
+    from annotate2model.store.records import VersionItemRecord
+    from annotate2model.store.versions import create_version, latest_version, split_for
+    from tests.conftest import image_bytes
+
+    now = datetime.now(timezone.utc)
+    staged = {
+        task: stage_image(
+            store.blobs,
+            image_bytes(seed),
+            f"/data/upload/{PROJECT}/{seed:08x}-{name}",
+            store.settings.max_image_pixels,
+        )
+        for task, (name, seed, _) in tasks.items()
+    }
+    with store.write() as session:
+        record_images(session, staged.values())
+        for task, image in staged.items():
+            session.add(
+                Task(
+                    project_id=PROJECT,
+                    task_id=task,
+                    image_sha256=image.sha256,
+                    image_url=image.origin,
+                    label=tasks[task][2],
+                    synced_at=now,
+                )
+            )
+        latest = latest_version(session)
+        assert latest is not None
+        items = store_versions.version_items(session, latest.number)
+        items += [
+            VersionItemRecord(
+                image.sha256, tasks[task][2], split_for(image.sha256, store.settings.split)
+            )
+            for task, image in staged.items()
+        ]
+        create_version(session, items, source="sync", note="", fractions=store.settings.split)
+
+
+def test_diff_names_each_image_by_task_or_file_then_hash(
+    tmp_path: Path, workspace: Workspace, store: Store
+) -> None:
+    import_folder(store, make_image_folder(tmp_path / "photos", {"ants": 2, "bees": 2}))
+    _sync_like(store, {11: ("hive at dawn.png", 900, "bees"), 12: ("nest.jpg", 901, "ants")})
+    with store.read() as session:
+        added = store_versions.diff_versions(session, 1, 2).added
+    assert len(added) == 2
+    out = _a2m_at_80(workspace, "diff", "1", "2")
+    by_hash = {a.image_sha256[:10]: a for a in added}
+    lines = {sha: next(ln for ln in out.splitlines() if sha in ln) for sha in by_hash}
+    names = {by_hash[sha].label: line.split() for sha, line in lines.items()}
+    # The task first, then the file name Label Studio was given (its upload prefix dropped).
+    assert names["bees"][:5] == ["task", "11", "(hive", "at", "dawn.png)"]
+    assert names["ants"][:3] == ["task", "12", "(nest.jpg)"]
+    assert f"Tasks open in Label Studio at {LABEL_STUDIO}/projects/{PROJECT}/data?task=ID" in out
+    body = json.loads(_a2m_at_80(workspace, "diff", "1", "2", "--json"))
+    (hive,) = [row for row in body["added"] if row["name"] == "hive at dawn.png"]
+    assert hive["tasks"] == [
+        {"project": PROJECT, "task": 11, "url": f"{LABEL_STUDIO}/projects/{PROJECT}/data?task=11"}
+    ]
+    assert hive["origin"].startswith(f"/data/upload/{PROJECT}/")
+    # Imported files by their file name; the whole path stays in --json.
+    (tmp_path / "photos" / "ants" / "ants_0.png").rename(tmp_path / "photos" / "bees" / "b.png")
+    import_folder(store, tmp_path / "photos")
+    out = _a2m_at_80(workspace, "diff", "2", "3")
+    assert "ants_0.png  ants       bees" in out
+    (moved,) = json.loads(_a2m_at_80(workspace, "diff", "2", "3", "--json"))["relabeled"]
+    assert moved["name"] == "ants_0.png" and moved["tasks"] == []
+    assert moved["origin"] == str(tmp_path / "photos" / "ants" / "ants_0.png")

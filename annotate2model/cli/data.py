@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json, when
+from annotate2model.cli.render import (
+    HASH_SHOWN,
+    JsonFlag,
+    RichProgress,
+    console,
+    image_cell,
+    listing,
+    print_json,
+    print_task_links,
+    task_url,
+    to_jsonable,
+    when,
+)
 from annotate2model.settings import SPLITS
 from annotate2model.store import versions as store_versions
 from annotate2model.store.imports import SplitSource, import_folder
@@ -92,19 +105,29 @@ def versions_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if not rows:
         console.print("No versions yet: try [bold]a2m import-folder DIR[/] or [bold]a2m sync[/].")
         return
-    table = Table(title="Dataset versions")
-    for col in ("version", "parent", "images", "created", "source", "hash", "note"):
-        table.add_column(col, justify="right" if col in ("version", "parent", "images") else "left")
-    for v in rows:
-        table.add_row(
-            str(v.number),
-            str(v.parent or "-"),
-            str(v.item_count),
-            when(v.created_at),
-            v.source,
-            v.content_hash[:12],
-            v.note,
+    # Fits 80 columns: short cells never wrap, the note does; below 110 columns the hash is left
+    # out (`a2m show V` and --json have it).
+    wide = console.width >= 110
+    table = listing("Dataset versions")
+    numeric = ("version", "parent", "images")
+    columns = [*numeric, "created", "source", *(["hash"] if wide else []), "note"]
+    for col in columns:
+        table.add_column(
+            col,
+            justify="right" if col in numeric else "left",
+            no_wrap=col != "note",
         )
+    for v in rows:
+        cells = {
+            "version": str(v.number),
+            "parent": str(v.parent or "-"),
+            "images": str(v.item_count),
+            "created": when(v.created_at),
+            "source": escape(v.source),
+            "hash": v.content_hash[:12],
+            "note": escape(v.note),
+        }
+        table.add_row(*(cells[col] for col in columns))
     console.print(table)
 
 
@@ -130,7 +153,7 @@ def show_cmd(
         f"created {when(v.created_at)} by {v.source}\nhash {v.content_hash}"
         + (f"\nnote: {v.note}" if v.note else "")
     )
-    table = Table()
+    table = listing()
     table.add_column("label")
     for split in SPLITS:
         table.add_column(split, justify="right")
@@ -151,22 +174,47 @@ def diff_cmd(
     limit: Annotated[int, typer.Option(help="Rows to print per kind of change (0: all).")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
-    """Images added, removed and relabeled between two versions.
+    """Images added, removed and relabeled between two versions, each by its file name or
+    Label Studio task (a link when the workspace is connected), then its hash.
 
     Example: [bold]a2m diff 1 2[/]
     """
     store = state(ctx).store()
+    shown = limit if limit > 0 else None
     with store.read() as session:
         diff = store_versions.diff_versions(session, old, new)
+        parts: list[list[Any]] = [diff.added, diff.removed, diff.relabeled]
+        every = [r.image_sha256 for part in parts for r in part]
+        listed = every if as_json else [r.image_sha256 for part in parts for r in part[:shown]]
+        sources = store_versions.image_sources(session, listed)
+    ls_url = store.settings.labelstudio.url
     if as_json:
+
+        def located(row: Any) -> dict[str, Any]:
+            source = sources.get(row.image_sha256)
+            tasks = source.tasks if source else ()
+            return {
+                **to_jsonable(row),
+                "name": source.name if source else None,
+                "origin": source.origin if source else None,
+                "tasks": [
+                    {
+                        "project": p,
+                        "task": t,
+                        "url": task_url(ls_url, p, t) if ls_url else None,
+                    }
+                    for p, t in tasks
+                ],
+            }
+
         print_json(
             {
                 "old": diff.old,
                 "new": diff.new,
                 "counts": diff.counts,
-                "added": diff.added,
-                "removed": diff.removed,
-                "relabeled": diff.relabeled,
+                "added": [located(r) for r in diff.added],
+                "removed": [located(r) for r in diff.removed],
+                "relabeled": [located(r) for r in diff.relabeled],
             }
         )
         return
@@ -175,19 +223,43 @@ def diff_cmd(
         f"Version {diff.old} → {diff.new}: [green]+{c['added']} added[/], "
         f"[red]-{c['removed']} removed[/], [yellow]{c['relabeled']} relabeled[/]"
     )
-    shown = limit if limit > 0 else None
-    for title, rows in (("added", diff.added), ("removed", diff.removed)):
-        if rows:
-            table = Table(title=title)
-            for col in ("image", "label", "split"):
-                table.add_column(col)
-            for item in rows[:shown]:
-                table.add_row(item.image_sha256[:12], item.label, item.split)
+
+    def image(sha: str) -> str:
+        source = sources.get(sha)
+        return image_cell(sha, source.name, source.tasks, ls_url) if source else sha[:HASH_SHOWN]
+
+    for title, items in (("added", diff.added), ("removed", diff.removed)):
+        if items:
+            table = _image_table(title, ("label", "split"))
+            for item in items[:shown]:
+                table.add_row(
+                    image(item.image_sha256),
+                    escape(item.label),
+                    item.split,
+                    item.image_sha256[:HASH_SHOWN],
+                )
             console.print(table)
     if diff.relabeled:
-        table = Table(title="relabeled")
-        for col in ("image", "old label", "new label", "split"):
-            table.add_column(col)
+        table = _image_table("relabeled", ("old label", "new label", "split"))
         for r in diff.relabeled[:shown]:
-            table.add_row(r.image_sha256[:12], r.old_label, r.new_label, r.split)
+            table.add_row(
+                image(r.image_sha256),
+                escape(r.old_label),
+                escape(r.new_label),
+                r.split,
+                r.image_sha256[:HASH_SHOWN],
+            )
         console.print(table)
+    if len(every) > len(listed):
+        console.print(f"All {len(every)} rows: [bold]a2m diff {diff.old} {diff.new} --limit 0[/].")
+    print_task_links((p for s in sources.values() for p, _ in s.tasks), ls_url)
+
+
+def _image_table(title: str, columns: tuple[str, ...]) -> Table:
+    """Image first (it wraps), then the short cells (they never do), the hash last."""
+    table = listing(title)
+    table.add_column("image", ratio=1, overflow="fold")
+    for col in columns:
+        table.add_column(col, no_wrap=col == "split")
+    table.add_column("hash", no_wrap=True)
+    return table

@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import JsonFlag, RichProgress, console, err_console, print_json
+from annotate2model.cli.render import (
+    JsonFlag,
+    RichProgress,
+    console,
+    err_console,
+    listing,
+    print_json,
+)
 from annotate2model.judging.records import Comparison, LearningCurve
 
 app = typer.Typer()
@@ -152,10 +157,9 @@ def _print_comparison(result: Comparison) -> None:
     )
     devices = sorted({r.device or "-" for r in result.rows})
     shared = [m for m in (models, devices) if len(m) == 1]
-    table = Table(
-        title="Comparison" + (f" ({escape(', '.join(m[0] for m in shared))})" if shared else ""),
+    table = listing(
+        "Comparison" + (f" ({escape(', '.join(m[0] for m in shared))})" if shared else ""),
         caption="images: train/val/test of the run's version; common: the images above",
-        box=box.SIMPLE_HEAD,
     )
     table.add_column("run", justify="right", no_wrap=True)
     table.add_column("v", justify="right", no_wrap=True)
@@ -280,9 +284,9 @@ def _print_curve(curve: LearningCurve) -> None:
     console.print(
         f"Learning curve of version {curve.version}, judged on {escape(curve.test_description)}."
     )
-    table = Table(title="Accuracy against training images")
+    table = listing("Accuracy against training images")
     for col in ("fraction", "train images", "mean acc", "std", "min", "max"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for s in curve.summary:
         table.add_row(
             f"{s.fraction:.0%}",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -22,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -50,6 +53,51 @@ def print_json(value: Any) -> None:
     """Machine-readable output on stdout, nothing else on it."""
     sys.stdout.write(json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
+
+
+def listing(title: str | None = None, **options: Any) -> Table:
+    """A listing's table: a rule under the header and two spaces between columns, so that a
+    table of short cells reads whole at 80 columns (give such cells `no_wrap=True`)."""
+    return Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, **options)
+
+
+# Characters of an image's SHA-256 shown beside its name (--json has the whole hash).
+HASH_SHOWN = 10
+
+
+def task_url(labelstudio_url: str, project: int, task: int | str) -> str:
+    """A task's page in Label Studio's Data Manager (the task opened beside the list)."""
+    return f"{labelstudio_url}/projects/{project}/data?task={task}"
+
+
+def image_cell(
+    sha: str, name: str | None, tasks: Sequence[tuple[int, int]], labelstudio_url: str | None
+) -> str:
+    """How a person finds an image again: `task 17 (x.png)`, `x.png`, else the short hash.
+
+    `tasks`: (project, task id) pairs, the first one shown. It is a terminal link to the task's
+    page when the workspace knows Label Studio's address.
+    """
+    if not tasks:
+        return escape(name) if name else sha[:HASH_SHOWN]
+    project, task = tasks[0]
+    handle = f"task {task}"
+    if labelstudio_url:
+        handle = f"[link={task_url(labelstudio_url, project, task)}]{handle}[/link]"
+    if len(tasks) > 1:
+        handle += f" (+{len(tasks) - 1} more)"
+    return f"{handle} ({escape(name)})" if name else handle
+
+
+def print_task_links(projects: Iterable[int], labelstudio_url: str | None) -> None:
+    """Under a table of images: where their tasks open in Label Studio (one line per project)."""
+    for project in sorted(set(projects)) if labelstudio_url else []:
+        assert labelstudio_url is not None
+        console.print(
+            f"Tasks open in Label Studio at {task_url(labelstudio_url, project, 'ID')}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def when(value: datetime | None) -> str:

@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json, when
+from annotate2model.cli.render import (
+    HASH_SHOWN,
+    JsonFlag,
+    RichProgress,
+    console,
+    image_cell,
+    listing,
+    print_json,
+    print_task_links,
+    task_url,
+    when,
+)
 from annotate2model.labelstudio import connection
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.connection import NotConnected
@@ -152,12 +163,15 @@ def flags_cmd(
     """
     from annotate2model.store.flags import flag_precision, list_flags
     from annotate2model.store.runs import get_run
+    from annotate2model.store.versions import image_sources
 
     store = state(ctx).store()
     with store.read() as session:
         run_id = get_run(session, run).id if run is not None else None
         records = list_flags(session, run_id)
         precision = flag_precision(session, {r.run_id for r in records if r.run_id is not None})
+        sources = image_sources(session, (r.image_sha256 for r in records))
+    ls_url = store.settings.labelstudio.url
     if as_json:
         print_json(
             {
@@ -168,6 +182,10 @@ def flags_cmd(
                         "project": r.project_id,
                         "task": r.task_id,
                         "image_sha256": r.image_sha256,
+                        "name": sources[r.image_sha256].name if r.image_sha256 in sources else None,
+                        "url": task_url(ls_url, r.project_id, r.task_id)
+                        if ls_url and r.project_id is not None and r.task_id is not None
+                        else None,
                         "reason": r.reason,
                         "score": r.score,
                         "current_label": r.current_label,
@@ -194,32 +212,39 @@ def flags_cmd(
     if not records:
         console.print("No flags yet: try [bold]a2m flag RUN[/].")
         return
-    table = Table(title="Flags" + (f" of run {run_id}" if run_id is not None else ""))
-    for col in (
-        "run",
-        "task",
-        "image",
-        "reason",
-        "score",
-        "label",
-        "suggested",
-        "pushed",
-        "outcome",
-    ):
-        table.add_column(col, justify="right" if col in ("run", "task", "score") else "left")
-    for r in records:
-        table.add_row(
-            str(r.run_id),
-            str(r.task_id) if r.task_id is not None else "-",
-            r.image_sha256[:12],
-            r.reason,
-            f"{r.score:.3f}",
-            r.current_label or "-",
-            r.suggested_label or "-",
-            when(r.pushed_at),
-            r.outcome if r.draft_id is None or r.resolution else f"{r.outcome} (requeued)",
+    # Fits 80 columns: the image (its task, then its file name) and the labels wrap, short cells
+    # never do; below 110 columns the push time and the hash are left out (--json has them).
+    wide = console.width >= 110
+    table = listing("Flags" + (f" of run {run_id}" if run_id is not None else ""))
+    columns = ["run", "image", *(["hash"] if wide else []), "reason", "score", "label"]
+    columns += ["suggested", *(["pushed"] if wide else []), "outcome"]
+    for col in columns:
+        table.add_column(
+            col,
+            justify="right" if col in ("run", "score") else "left",
+            no_wrap=col in ("run", "hash", "reason", "score", "pushed"),
+            overflow="fold" if col == "image" else "ellipsis",
         )
+    for r in records:
+        source = sources.get(r.image_sha256)
+        # The flag's own task, whatever other tasks show the same image.
+        task = [(r.project_id, r.task_id)] if r.project_id and r.task_id is not None else []
+        cells = {
+            "run": str(r.run_id),
+            "image": image_cell(r.image_sha256, source.name if source else None, task, ls_url),
+            "hash": r.image_sha256[:HASH_SHOWN],
+            "reason": r.reason,
+            "score": f"{r.score:.3f}",
+            "label": escape(r.current_label or "-"),
+            "suggested": escape(r.suggested_label or "-"),
+            "pushed": when(r.pushed_at),
+            "outcome": r.outcome
+            if r.draft_id is None or r.resolution
+            else f"{r.outcome} (requeued)",
+        }
+        table.add_row(*(cells[col] for col in columns))
     console.print(table)
+    print_task_links((r.project_id for r in records if r.project_id and r.task_id), ls_url)
     for run_key, (resolved, relabeled) in sorted(precision.items()):
         console.print(
             f"Run {run_key}: {resolved} flag(s) resolved, {relabeled} relabeled: precision "

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +18,7 @@ from sqlalchemy.orm import Session, aliased
 
 from annotate2model.errors import InputError, NotFoundError, StoreError
 from annotate2model.settings import SPLITS, SplitFractions
-from annotate2model.store.models import DatasetVersion, VersionItem
+from annotate2model.store.models import DatasetVersion, Image, Task, VersionItem
 from annotate2model.store.records import (
     NewVersion,
     RelabeledRow,
@@ -240,3 +244,68 @@ def split_hashes(session: Session, numbers: Iterable[int], split: str = "test") 
         n: images_hash(i.image_sha256 for i in version_items(session, n, split))
         for n in sorted(set(numbers))
     }
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """How a person finds an image again: its file name and its Label Studio task(s)."""
+
+    # The file name it was imported from, or of the Label Studio task's image; None when there is
+    # none (an image inlined as a data: URL).
+    name: str | None
+    # Where the bytes first came from: the imported file's path or the task's image URL.
+    origin: str | None
+    # (project id, task id) of the live tasks that show it, oldest first.
+    tasks: tuple[tuple[int, int], ...]
+
+
+# Label Studio stores an upload as `<8 hex digits>-<the uploaded name>`.
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(?=.)")
+
+
+def file_name(where: str | None) -> str | None:
+    """The file name in an import path or a Label Studio image URL (of any of its four kinds)."""
+    if not where or where.startswith("data:"):
+        return None
+    parts = urlsplit(where)
+    uploaded = parts.path.startswith("/data/upload/")
+    if parts.path == "/data/local-files/":  # Local Files storage: ?d=images/x.png
+        path = (parse_qs(parts.query).get("d") or [""])[0]
+    elif uploaded or parts.scheme in ("http", "https", "s3", "gs"):
+        path = unquote(parts.path)
+    else:
+        path = where  # a file's path, a Windows one included
+    name = PurePosixPath(path.replace("\\", "/")).name
+    return (_UPLOAD_PREFIX.sub("", name) if uploaded else name) or None
+
+
+def image_sources(session: Session, shas: Iterable[str]) -> dict[str, ImageSource]:
+    """Each image's file name and live tasks; images the store does not know are left out."""
+    wanted = sorted(set(shas))
+    origins: dict[str, str | None] = {}
+    tasks: dict[str, list[tuple[int, int, str | None]]] = defaultdict(list)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        for sha, origin in session.execute(
+            select(Image.sha256, Image.origin).where(Image.sha256.in_(chunk))
+        ):
+            origins[sha] = origin
+        for task_sha, project, task, url in session.execute(
+            select(Task.image_sha256, Task.project_id, Task.task_id, Task.image_url)
+            .where(Task.image_sha256.in_(chunk), Task.deleted_at.is_(None))
+            .order_by(Task.id)
+        ):
+            if task_sha is not None:
+                tasks[task_sha].append((project, task, url))
+    out = {}
+    for image, where in origins.items():
+        name = file_name(where) or next(
+            (n for n in (file_name(url) for _, _, url in tasks[image]) if n), None
+        )
+        out[image] = ImageSource(
+            name=name,
+            # A data: URL is the image itself, cut at 500 characters: no place to go back to.
+            origin=where if where is None or not where.startswith("data:") else None,
+            tasks=tuple((p, t) for p, t, _ in tasks[image]),
+        )
+    return out
