@@ -356,7 +356,12 @@ def runs_cmd(
     # time and the note are left out (`a2m runs RUN` and --json have everything).
     wide = console.width >= 110
     table = Table(
-        title="Runs", box=box.SIMPLE_HEAD, caption="flags: relabeled/resolved", padding=(0, 1)
+        title="Runs",
+        box=box.SIMPLE_HEAD,
+        caption="flags: relabeled/resolved",
+        padding=(0, 1),
+        # Two spaces between columns, not three: the flags column fit only without it.
+        collapse_padding=True,
     )
     numeric = ("run", "v", "secs", "img/s", "val", "test")
     columns = ["run", "v", "status", "model", *(["started"] if wide else []), *numeric[2:]]
