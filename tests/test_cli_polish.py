@@ -263,3 +263,72 @@ def test_diff_names_each_image_by_task_or_file_then_hash(
     (moved,) = json.loads(_a2m_at_80(workspace, "diff", "2", "3", "--json"))["relabeled"]
     assert moved["name"] == "ants_0.png" and moved["tasks"] == []
     assert moved["origin"] == str(tmp_path / "photos" / "ants" / "ants_0.png")
+
+
+@pytest.mark.training
+@pytest.mark.slow
+def test_every_listing_reads_whole_at_80_columns(
+    tmp_path: Path, workspace: Workspace, store: Store
+) -> None:
+    """Two versions (the second grown by Label Studio tasks), a run of each, an evaluation,
+    flags: each listing printed in an 80-column terminal cuts no header and no value."""
+    from annotate2model.store.flags import NewFlag, mark_pushed, record_flags
+    from annotate2model.store.models import Task
+    from annotate2model.training.config import RunConfig
+    from annotate2model.training.runner import train
+
+    photos = make_image_folder(tmp_path / "photos", {"ants": 12, "bees": 12})
+    import_folder(store, photos, note="first cut, before the summer batch")
+    _sync_like(
+        store,
+        {
+            100 + i: (f"summer batch frame {i:04d}.jpg", 500 + i, ("ants", "bees")[i % 2])
+            for i in range(12)
+        },
+    )
+    config = RunConfig(weights="none", image_size=32, epochs=2)
+    run1 = train(store, config, 1).run.id
+    run2 = train(store, config, 2).run.id
+    with store.write() as session:
+        tasks = session.query(Task).order_by(Task.task_id).all()[:3]
+        flags = record_flags(
+            session,
+            run2,
+            [
+                NewFlag(t.id, t.image_sha256 or "", "label-issue", 0.91, t.label, "bees")
+                for t in tasks
+            ],
+        )
+        mark_pushed(session, [flags[0].id], review_field="a2m_review", view_id=None)
+
+    def header(out: str, *columns: str) -> None:
+        assert any(all(c in line for c in columns) for line in out.splitlines()), (columns, out)
+
+    out = _a2m_at_80(workspace, "versions")
+    header(out, "version", "parent", "images", "created", "source", "note")
+    assert "import-folder" in out and "sync" in out
+    assert "summer batch" in " ".join(out.split())  # the note wraps, whole
+    header(_a2m_at_80(workspace, "show"), "label", "train", "val", "test", "total")
+    out = _a2m_at_80(workspace, "diff", "1", "2")
+    header(out, "image", "label", "split", "hash")
+    assert "task 100 (summer batch frame 0000.jpg)" in " ".join(out.split())
+    out = _a2m_at_80(workspace, "runs")
+    header(out, "run", "status", "model", "secs", "img/s", "val", "test", "flags")
+    assert out.count("succeeded") == 2
+    out = _a2m_at_80(workspace, "flags")
+    header(out, "run", "image", "reason", "score", "label", "suggested", "outcome")
+    # The image cell may wrap beside the others: its task, then its file name.
+    assert "task 100 (summer" in out and "frame 0000.jpg)" in out and "label-issue" in out
+    assert "pending" in out and "not pushed" in out
+    assert f"{LABEL_STUDIO}/projects/{PROJECT}/data?task=ID" in out
+    out = _a2m_at_80(workspace, "compare", "--runs", f"{run1},{run2}", "--no-plots")
+    header(out, "run", "images", "val acc", "common (95% CI)", "F1", "time", "img/s")
+    out = _a2m_at_80(workspace, "evaluate", str(run1), "--version", "2")
+    header(out, "label", "precision", "recall", "f1", "support")
+    out = _a2m_at_80(
+        workspace, "curve", "2", "--fractions", "0.5,1.0", "--repeats", "1", "--no-plots"
+    )
+    header(out, "fraction", "train images", "mean acc", "std", "min", "max")
+    out = _a2m_at_80(workspace, "predict", str(run2), str(photos / "bees"))
+    header(out, "image", "prediction")
+    assert "bees_11.png" in out
