@@ -332,3 +332,40 @@ def test_every_listing_reads_whole_at_80_columns(
     out = _a2m_at_80(workspace, "predict", str(run2), str(photos / "bees"))
     header(out, "image", "prediction")
     assert "bees_11.png" in out
+
+
+def test_bash_completion_installs_and_completes(tmp_path: Path) -> None:
+    """`a2m --install-completion bash` writes a script that bash sources; the script completes
+    commands, a group's commands, options after a command (-w too) and an option's choices."""
+    a2m = Path(sys.executable).parent / "a2m"
+    assert a2m.exists(), "the package's console script (pip install -e .) is needed"
+    env = _env_without_a2m()
+    env.update(HOME=str(tmp_path), PATH=f"{a2m.parent}{os.pathsep}{env.get('PATH', '')}")
+    # typer's switch for scripts and tests: the shell is named instead of detected.
+    env["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"] = "1"
+    proc = subprocess.run(
+        ["a2m", "--install-completion", "bash"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    script = tmp_path / ".bash_completions" / "a2m.sh"
+    assert f"source '{script}'" in (tmp_path / ".bashrc").read_text()
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        shell = (
+            f"source {script}; COMP_WORDS=(a2m {line}); COMP_CWORD={len(words)}; "
+            '_a2m_completion a2m; printf "%s\\n" "${COMPREPLY[@]}"'
+        )
+        done = subprocess.run(
+            ["bash", "--norc", "--noprofile", "-c", shell],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.split()
+
+    assert complete("ver") == ["versions"]
+    assert complete("studio", "") == ["up", "down", "status", "logs"]
+    assert {"--json", "--workspace"} <= set(complete("versions", "-"))
+    assert "mobilenet_v3_large" in complete("train", "--backbone", "")

@@ -61,7 +61,7 @@ app = typer.Typer(
     no_args_is_help=True,
     # Locals would print secrets such as the Label Studio token.
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode="rich",
     # Each command's module (cli/workspace, data, training, studio, demo) loads when named.
     cls=RootGroup,
