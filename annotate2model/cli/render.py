@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -105,31 +106,55 @@ def when(value: datetime | None) -> str:
 
 
 class RichProgress:
-    """The CLI's implementation of annotate2model.progress.Progress (drawn on stderr)."""
+    """The CLI's implementation of annotate2model.progress.Progress (drawn on stderr).
+
+    On a terminal, a live bar per stage whose counts never shrink to an ellipsis (the status text
+    wraps instead, at 80 columns too). Anywhere else (a pipe, a log file, CI) nothing is redrawn:
+    one plain line per finished stage, and warnings as they come.
+    """
 
     def __init__(self, console: Console | None = None) -> None:
         self._console = console or err_console
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        # Without a terminal: [description, total, completed, status, start time] of the stage.
+        self._plain: list[Any] | None = None
 
     def begin(self, description: str, total: float | None = None) -> None:
         self.end()
-        columns: list[Any] = [SpinnerColumn(), TextColumn("[bold]{task.description}")]
+        if not self._console.is_terminal:
+            self._plain = [description, total, 0.0, "", time.perf_counter()]
+            return
+        narrow = self._console.width < 100
+
+        def fixed() -> Column:
+            return Column(no_wrap=True)
+
+        columns: list[Any] = [
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}", table_column=fixed()),
+        ]
         if total is not None:
             columns += [
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
+                BarColumn(bar_width=12 if narrow else 40),
+                MofNCompleteColumn(table_column=fixed()),
+                TimeElapsedColumn(table_column=fixed()),
             ]
+            if not narrow:
+                columns.append(TimeRemainingColumn(table_column=fixed()))
         else:
-            columns += [TimeElapsedColumn()]
+            columns += [TimeElapsedColumn(table_column=fixed())]
         columns.append(TextColumn("{task.fields[status]}"))
         self._progress = Progress(*columns, console=self._console, transient=False)
         self._progress.start()
         self._task = self._progress.add_task(description, total=total, status="")
 
     def advance(self, amount: float = 1.0, status: str | None = None) -> None:
+        if self._plain is not None:
+            self._plain[2] += amount
+            if status is not None:
+                self._plain[3] = status
+            return
         if self._progress is None or self._task is None:
             return
         if status is None:
@@ -138,6 +163,12 @@ class RichProgress:
             self._progress.update(self._task, advance=amount, status=status)
 
     def end(self) -> None:
+        if self._plain is not None:
+            description, total, done, status, started = self._plain
+            self._plain = None
+            count = f"{done:g}/{total:g} " if total is not None else ""
+            line = f"{description}: {count}in {time.perf_counter() - started:.1f} s"
+            self._console.print(escape(line + (f", {status}" if status else "")), highlight=False)
         if self._progress is not None:
             self._progress.stop()
         self._progress = None

@@ -88,6 +88,16 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, terminated)
 
 
+def _quiet_torch_deprecations() -> None:
+    """torch's FutureWarnings and DeprecationWarnings (torch.jit is deprecated in favour of
+    torch.export, ...) speak to developers, not to the user, and written straight to stderr they
+    break the progress lines."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"torch(vision)?(\.|$)")
+
+
 def _passive_omp_threads() -> None:
     """Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise).
 
@@ -247,6 +257,7 @@ def train_cmd(
     from annotate2model.training.prefetch import start_early_decode
 
     _passive_omp_threads()
+    _quiet_torch_deprecations()
     _stop_on_signals()
     store = state(ctx).store(device=device) if device else state(ctx).store()
     # New images start decoding on another core while the runner imports torch.
@@ -497,6 +508,7 @@ def evaluate_cmd(
     Example: [bold]a2m evaluate 3 --version 5 --split test[/]
     """
     _passive_omp_threads()
+    _quiet_torch_deprecations()
     _stop_on_signals()
     from annotate2model.training.runner import evaluate_run
 
@@ -546,6 +558,7 @@ def predict_cmd(
     Example: [bold]a2m predict 3 photos/ extra.jpg --top-k 2[/]
     """
     _passive_omp_threads()
+    _quiet_torch_deprecations()
     _stop_on_signals()
     from annotate2model.training.runner import predict_files
 
@@ -600,6 +613,7 @@ def ensemble_cmd(
     Example: [bold]a2m ensemble 3 4[/]
     """
     _passive_omp_threads()
+    _quiet_torch_deprecations()
     _stop_on_signals()
     from annotate2model.training.runner import ensemble
 

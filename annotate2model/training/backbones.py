@@ -84,8 +84,9 @@ def resolve_weights(backbone: str, weights: str, seed: int) -> WeightsSource:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise InputError(
-            f"weights file {weights} does not exist (or use imagenet / none).",
-            hint="pass --weights imagenet, --weights none, or a path to a state_dict file.",
+            f"the weights file {weights} does not exist.",
+            hint="pass --weights with an existing state_dict file, --weights imagenet or "
+            "--weights none.",
         )
     return WeightsSource("path", f"sha256:{file_sha256(path)}", path.resolve())
 
@@ -126,13 +127,43 @@ def load_state_dict(backbone: str, source: WeightsSource) -> dict[str, torch.Ten
             ) from None
         return state
     assert source.path is not None
-    try:
-        loaded = torch.load(source.path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    return read_state_dict(source.path)
+
+
+# How every file torch.save writes begins: a zip archive (since torch 1.6), or a pickle.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def read_state_dict(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a file written by torch.save, loaded with `weights_only`
+    (never unpickling objects). `device="meta"` reads names and shapes without the data."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if not head.startswith(_CHECKPOINT_MAGIC):
+        text = (head.decode("utf-8", "replace").splitlines() or [""])[0]
+        if not head:
+            what = "it is empty"
+        elif text and text.isprintable():
+            what = f"it starts with {text!r}"
+        else:
+            what = "its first bytes are not those of a torch.save file"
         raise TrainingError(
-            f"cannot read weights from {source.path}: {exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''} (a state_dict saved with torch.save "
-            "is expected)."
+            f"{path} is not a PyTorch weights file ({what}); a state_dict saved with "
+            "torch.save is expected.",
+            hint="pass --weights with a .pth/.pt state_dict file, imagenet or none.",
+        )
+    try:
+        loaded = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if first.startswith("Weights only load failed"):
+            raise TrainingError(
+                f"{path} holds pickled Python objects (a whole model?), not only tensors; "
+                "a state_dict (torch.save(model.state_dict(), path)) is expected.",
+            ) from None
+        raise TrainingError(
+            f"cannot read weights from {path} ({first}); a state_dict saved with torch.save "
+            "is expected."
         ) from None
     if (
         isinstance(loaded, dict)
@@ -143,8 +174,8 @@ def load_state_dict(backbone: str, source: WeightsSource) -> dict[str, torch.Ten
     if not isinstance(loaded, dict) or not all(
         isinstance(v, torch.Tensor) for v in loaded.values()
     ):
-        raise TrainingError(f"{source.path} does not hold a state_dict of tensors.")
-    return {k.removeprefix("module."): v for k, v in loaded.items()}
+        raise TrainingError(f"{path} does not hold a state_dict of tensors.")
+    return {str(k).removeprefix("module."): v for k, v in loaded.items()}
 
 
 def trunk_state_from(
@@ -178,8 +209,38 @@ def trunk_state_from(
             )
             if part
         )
-        raise TrainingError(f"the weights in {origin} do not fit {backbone}: {detail}.")
+        others = [b for b in fitting_backbones(state) if b != backbone]
+        fits = f" They fit {' and '.join(others)}." if others else ""
+        raise TrainingError(
+            f"the weights in {origin} do not fit {backbone}: {detail}.{fits}",
+            hint=f"pass --backbone {others[0]}, or weights made for {backbone}."
+            if others
+            else f"pass weights made for {backbone}, --weights imagenet or --weights none.",
+        )
     return trunk_state
+
+
+def meta_trunk(backbone: str) -> nn.Module:
+    """`build_trunk` on the meta device: the architecture's names and shapes, no memory or
+    initialisation spent on the weights."""
+    with torch.device("meta"):
+        return build_trunk(backbone)
+
+
+def fitting_backbones(state: dict[str, torch.Tensor]) -> list[str]:
+    """The backbones whose trunk has exactly the names and shapes of `state` (less the head)."""
+    found = []
+    for name in BACKBONES:
+        head_prefix = HEADS[name][0] + "."
+        expected = {
+            k: tuple(v.shape)
+            for k, v in meta_trunk(name).state_dict().items()
+            if not k.startswith(head_prefix)
+        }
+        given = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(head_prefix)}
+        if given == expected:
+            found.append(name)
+    return found
 
 
 def build_trunk(backbone: str) -> nn.Module:
@@ -272,18 +333,23 @@ def split_trunk(
     return nn.Sequential(*chain[:at]), nn.Sequential(*chain[at:])
 
 
+def check_unfreeze(backbone: str, count: int, unfreeze: str) -> None:
+    """Refuse unfreezing more blocks than the backbone's `count` (see `blocks`)."""
+    if unfreeze != "all" and int(unfreeze) > count:
+        raise InputError(
+            f"{backbone} has {count} blocks; unfreezing {unfreeze} is more than that "
+            "(use a smaller number or all).",
+            hint=f"pass --unfreeze with 1 to {count}, or --unfreeze all.",
+        )
+
+
 def set_trainable(model: Classifier, backbone: str, mode: str, unfreeze: str) -> int:
     """Freeze what the mode says; returns the number of trainable parameters."""
     model.trunk.requires_grad_(False)
     if mode == "finetune":
         parts = blocks(backbone, model.trunk)
+        check_unfreeze(backbone, len(parts), unfreeze)
         chosen = parts if unfreeze == "all" else parts[len(parts) - int(unfreeze) :]
-        if unfreeze != "all" and int(unfreeze) > len(parts):
-            raise InputError(
-                f"{backbone} has {len(parts)} blocks; unfreezing {unfreeze} is more than that "
-                "(use a smaller number or all).",
-                hint=f"pass --unfreeze with 1 to {len(parts)}, or --unfreeze all.",
-            )
         if unfreeze == "all":
             model.trunk.requires_grad_(True)
         else:

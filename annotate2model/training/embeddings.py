@@ -92,6 +92,13 @@ class ExtractionStats:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
+def trunk_path(cache_dir: Path, weights_identity: str, backbone: str) -> Path:
+    """The frozen trunk's safetensors copy in the cache at `cache_dir` (written by the first
+    probe of those weights, after they were checked against the architecture)."""
+    name = hashlib.sha256(f"{backbone}|{weights_identity}".encode()).hexdigest()[:32]
+    return cache_dir / "trunks" / f"{name}.safetensors"
+
+
 class EmbeddingCache:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -163,8 +170,7 @@ class EmbeddingCache:
     # Frozen trunks, kept as safetensors so that a cached probe never rebuilds the network.
 
     def trunk_path(self, weights_identity: str, backbone: str) -> Path:
-        name = hashlib.sha256(f"{backbone}|{weights_identity}".encode()).hexdigest()[:32]
-        return self.root / "trunks" / f"{name}.safetensors"
+        return trunk_path(self.root, weights_identity, backbone)
 
     def save_trunk(self, path: Path, state: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from annotate2model.store.records import VersionItemRecord
+from annotate2model.training.artifacts import read_tensors
 from annotate2model.training.backbones import (
     HEADS,
     WeightsSource,
@@ -212,7 +213,10 @@ def _trunk_state(
     trunk_file: Path,
     cache: EmbeddingCache,
 ) -> dict[str, torch.Tensor]:
-    """The trunk's weights (from the weights source), saved once into the cache as safetensors."""
+    """The trunk's weights (from the weights source), saved once into the cache as safetensors
+    and read from there after (no download, no check again: offline works once cached)."""
+    if trunk_file.is_file():
+        return read_tensors(trunk_file)
     state = load_state_dict(config.backbone, source)
     if state is None:
         torch.manual_seed(config.seed)

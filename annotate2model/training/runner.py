@@ -41,6 +41,7 @@ from annotate2model.training.ledger import Ledger, prediction_rows
 from annotate2model.training.metrics import RunMetrics, SplitMetrics, Timing, classification_metrics
 from annotate2model.training.predictor import EnsemblePredictor, Predictions, Predictor
 from annotate2model.training.prefetch import EarlyDecode
+from annotate2model.training.preflight import check_run, small_split_warnings
 from annotate2model.training.probe import train_probe
 
 __all__ = [
@@ -118,6 +119,10 @@ def _train(
     data = load_version_data(store, version_ref)
     check_trainable(data)
     source = resolve_weights(config.backbone, config.weights, config.seed)
+    # What cannot work is refused before the run is recorded: no failed run is left behind.
+    check_run(config, source, ctx.cache_dir, progress)
+    for warning in small_split_warnings(data):
+        progress.note(warning)
     device = pick_device(ctx.device)
     bf16 = use_bf16(device, config.precision)
     prep = Preprocessing(config.resize_size, config.image_size)
