@@ -28,6 +28,9 @@ from annotate2model.progress import NullProgress, Progress
 
 DEFAULT_PORT = 8080
 START_TIMEOUT = 180.0
+# A first start runs Label Studio's database migrations: ~30 s on an idle machine, but over
+# three minutes on two busy cores. Waiting longer beats failing halfway through a demo.
+FIRST_START_TIMEOUT = 600.0
 _LISTENING = re.compile(r"Starting development server at http://[\d.]+:(\d+)/")
 
 
@@ -187,7 +190,7 @@ class LocalServer:
         port: int = DEFAULT_PORT,
         files_root: Path | None = None,
         progress: Progress | None = None,
-        timeout: float = START_TIMEOUT,
+        timeout: float | None = None,
     ) -> StartResult:
         """Start the server (a no-op when it already runs) and wait until it answers /health.
 
@@ -212,6 +215,8 @@ class LocalServer:
         if not port_is_free(port):
             moved_from, port = port, free_port()
         first = not (self.data_dir / "label_studio.sqlite3").exists()
+        if timeout is None:
+            timeout = FIRST_START_TIMEOUT if first else START_TIMEOUT
         env = server_environment(self.data_dir, self.home, username, password, token, files_root)
         command = [
             label_studio_executable(),
