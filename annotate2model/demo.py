@@ -1,45 +1,429 @@
-"""The demo's embedded data: a small generated image-classification set, no download needed.
+"""`a2m demo`: the whole loop on generated street signs, offline, in minutes.
 
-Three visually distinct classes (circles, squares, stripes) drawn with random colours, positions
-and noise, written as an ImageFolder tree. Deterministic for a given seed.
+In a new folder: a workspace, a local Label Studio, a project, a first batch of stop / not_stop
+signs collected into it with labels as annotations (a known handful of them deliberately wrong),
+sync, train; a second batch, then one iteration of the loop (sync, train, compare the two versions,
+flag the new run's doubts back into Label Studio). What happened is returned as one record and kept
+in `.a2m/demo.json`, so that a second `a2m demo` in the same folder can say what is there instead
+of starting over halfway.
+
+Labels come from folder names, as a team's first import would; a wrong label is an image written
+into the other class's folder (its file name still says what it shows: `stop_0007.jpg` under
+`not_stop/`).
 """
 
 from __future__ import annotations
 
+import json
 import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageDraw, ImageFilter
+from annotate2model.errors import InputError
+from annotate2model.fsutil import atomic_write_bytes
+from annotate2model.progress import NullProgress, Progress
+from annotate2model.settings import Settings, load_settings
+from annotate2model.signs import SIGN_CLASSES, sign_bytes
+from annotate2model.workspace import init_workspace
 
-DEMO_CLASSES = ("circles", "squares", "stripes")
+if TYPE_CHECKING:
+    from annotate2model.judging.records import Comparison
+    from annotate2model.review.flagging import FlagOutcome
+    from annotate2model.store import Store
+    from annotate2model.training.config import RunConfig
 
-
-def draw_example(label: str, rng: random.Random, size: int = 96) -> Image.Image:
-    background = tuple(rng.randrange(120, 256) for _ in range(3))
-    img = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(img)
-    ink = tuple(rng.randrange(0, 110) for _ in range(3))
-    for _ in range(rng.randint(1, 3)):
-        r = rng.randint(size // 8, size // 3)
-        x, y = rng.randint(r, size - r), rng.randint(r, size - r)
-        if label == "circles":
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=ink)
-        elif label == "squares":
-            draw.rectangle((x - r, y - r, x + r, y + r), fill=ink)
-        else:
-            step = rng.randint(6, 14)
-            for offset in range(0, size, step * 2):
-                draw.rectangle((offset, 0, offset + step, size), fill=ink)
-            break
-    return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.2)))
+PROJECT_TITLE = "Street signs (a2m demo)"
+STATE_FILE = "demo.json"
+SEED = 7
 
 
-def write_demo_images(root: Path, per_class: int, seed: int = 0, start: int = 0) -> Path:
-    """Write `per_class` images of each class under root/<class>/ (files start..start+per_class)."""
-    for k, label in enumerate(DEMO_CLASSES):
-        folder = root / label
-        folder.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class DemoSize:
+    """How much data the demo makes."""
+
+    # Images per class in the first batch, and added per class by the second.
+    first: int
+    second: int
+    # Deliberately wrong labels per class and batch.
+    wrong: int
+
+
+FULL = DemoSize(first=100, second=100, wrong=3)
+SMALL = DemoSize(first=30, second=30, wrong=2)
+
+
+def offline_config() -> RunConfig:
+    """What the demo trains without ImageNet weights: resnet18 from random weights, every block
+    trained on 64-pixel inputs. It learns the signs from a few hundred images in a minute or two on
+    two CPU cores (a linear probe on random features would not)."""
+    from annotate2model.training.config import RunConfig
+
+    return RunConfig(
+        weights="none",
+        mode="finetune",
+        unfreeze="all",
+        head_init="random",
+        early_stopping=0,
+        image_size=64,
+        epochs=12,
+        lr=0.003,
+        note="a2m demo, offline: from random weights",
+    )
+
+
+def pretrained_config() -> RunConfig:
+    """What the demo trains with ImageNet weights: the tool's default (a linear probe)."""
+    from annotate2model.training.config import RunConfig
+
+    return RunConfig(note="a2m demo")
+
+
+@dataclass(frozen=True)
+class Sign:
+    """One generated image: its file, what it shows, and the label its folder gives it."""
+
+    path: Path
+    truth: str
+    label: str
+    sha256: str
+
+    @property
+    def wrong(self) -> bool:
+        return self.truth != self.label
+
+
+def write_batch(
+    folder: Path, start: int, per_class: int, wrong: int, seed: int = SEED
+) -> list[Sign]:
+    """Images start..start+per_class-1 of each class under folder/<label>/; `wrong` of each class
+    (chosen by the seed) go into the other class's folder."""
+    import hashlib
+
+    chooser = random.Random(f"demo-{seed}-{start}")
+    signs = []
+    for truth in SIGN_CLASSES:
+        mislabeled = set(chooser.sample(range(start, start + per_class), wrong))
+        other = next(c for c in SIGN_CLASSES if c != truth)
         for i in range(start, start + per_class):
-            rng = random.Random(f"{seed}-{label}-{i}-{k}")
-            draw_example(label, rng).save(folder / f"{label}_{i:04d}.png")
-    return root
+            label = other if i in mislabeled else truth
+            data = sign_bytes(truth, seed, i)
+            path = folder / label / f"{truth}_{i:04d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            signs.append(Sign(path, truth, label, hashlib.sha256(data).hexdigest()))
+    return signs
+
+
+@dataclass
+class DemoState:
+    """What `.a2m/demo.json` keeps: how far the demo got and what it made."""
+
+    step: str = "started"
+    finished: bool = False
+    small: bool = False
+    weights: str = ""
+    versions: list[int] = field(default_factory=list)
+    runs: list[int] = field(default_factory=list)
+    report: str = ""
+    tab: str = ""
+    tab_url: str = ""
+    flagged: int = 0
+    wrong: int = 0
+    caught: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> DemoState | None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: Path) -> None:
+        atomic_write_bytes(path, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
+
+
+@dataclass
+class DemoOutcome:
+    """What the demo did, for the CLI to show."""
+
+    root: Path
+    state: DemoState
+    # True: the folder held a finished demo; nothing was run again (the server was restarted if
+    # it had stopped).
+    again: bool
+    url: str
+    admin: str
+    password: str
+    project: int
+    # Why ImageNet weights were not used (None: they were).
+    offline_reason: str | None = None
+    comparison: Comparison | None = None
+    flags: FlagOutcome | None = None
+    # The deliberately wrong labels, and those among them the flags caught.
+    wrong: list[Sign] = field(default_factory=list)
+    caught: list[Sign] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def check_folder(root: Path) -> DemoState | None:
+    """The state of an earlier demo in `root` (None: the folder is new or empty); an error when
+    the folder holds something else, or a demo that stopped halfway."""
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        return None
+    if not root.is_dir():
+        raise InputError(f"{root} is a file; the demo needs a new folder.")
+    state = DemoState.load(root / ".a2m" / STATE_FILE)
+    if state is None:
+        raise InputError(
+            f"{root} is not empty and holds no demo; the demo makes its own workspace in a new "
+            "folder.",
+            hint=f"give another folder, e.g. `a2m demo {root.name}-demo`.",
+        )
+    if not state.finished:
+        raise InputError(
+            f"an earlier demo in {root} stopped before the end (at: {state.step}).",
+            hint=f"remove it (`a2m -w {root} studio down; rm -rf {root}`) and run the demo "
+            "again, or give another folder.",
+        )
+    return state
+
+
+# Tells the user what the demo does next.
+Say = Callable[[str], None]
+# Records how far the demo got (a name), then says what it does next.
+Step = Callable[[str, str], None]
+
+
+def run_demo(
+    root: Path,
+    env: Mapping[str, str],
+    *,
+    small: bool = False,
+    weights_timeout: float = 3.0,
+    on_step: Say | None = None,
+    progress: Progress | None = None,
+) -> DemoOutcome:
+    """Run the demo in `root` (see the module), or, when `root` holds a finished one, make sure
+    its Label Studio runs and return what it made."""
+    from annotate2model.labelstudio import connection
+
+    started = time.perf_counter()
+    say = on_step or (lambda _: None)
+    progress = progress or NullProgress()
+    earlier = check_folder(root)
+    ws, _ = init_workspace(root)
+    state_path = ws.data_dir / STATE_FILE
+    images = ws.root / "images"
+    images.mkdir(exist_ok=True)
+    if earlier is not None:
+        up = connection.studio_up(ws, files_root=images, progress=progress)
+        settings = load_settings(ws, env)
+        return DemoOutcome(
+            root=ws.root,
+            state=earlier,
+            again=True,
+            url=up.url,
+            admin=up.admin,
+            password=up.password.reveal(),
+            project=connection.project_id(settings),
+        )
+    state = DemoState(small=small)
+    state.save(state_path)
+    size = SMALL if small else FULL
+
+    def step(name: str, message: str) -> None:
+        state.step = name
+        state.save(state_path)
+        say(message)
+
+    config, offline_reason = _choose_config(weights_timeout)
+    state.weights = "imagenet" if offline_reason is None else "none"
+    if offline_reason is not None:
+        say(
+            f"No ImageNet weights ({offline_reason}): training resnet18 from random weights on "
+            "64-pixel images instead, which still learns these signs."
+        )
+    step("label studio", "Starting Label Studio for this workspace (the first start takes ~30 s).")
+    up = connection.studio_up(ws, files_root=images, progress=progress)
+    made = connection.connect(
+        load_settings(ws, env), create=PROJECT_TITLE, labels=list(SIGN_CLASSES)
+    )
+    settings = load_settings(ws, env)
+    outcome = DemoOutcome(
+        root=ws.root,
+        state=state,
+        again=False,
+        url=up.url,
+        admin=up.admin,
+        password=up.password.reveal(),
+        project=made.project,
+        offline_reason=offline_reason,
+    )
+    from annotate2model.store import Store
+    from annotate2model.store.flags import list_flags
+
+    store = Store.open(settings)
+    try:
+        first = _batch(
+            store, settings, images / "batch-1", 0, size.first, size.wrong, step, progress, 1
+        )
+        outcome.wrong += [s for s in first if s.wrong]
+        _first_version(store, settings, config, state, step, progress)
+        second = _batch(
+            store,
+            settings,
+            images / "batch-2",
+            size.first,
+            size.second,
+            size.wrong,
+            step,
+            progress,
+            2,
+        )
+        outcome.wrong += [s for s in second if s.wrong]
+        _loop(store, settings, config, state, outcome, step, progress)
+        with store.read() as session:
+            flagged = {f.image_sha256 for f in list_flags(session, state.runs[-1])}
+    finally:
+        store.close()
+    outcome.caught = [s for s in outcome.wrong if s.sha256 in flagged]
+    state.wrong, state.caught = len(outcome.wrong), len(outcome.caught)
+    state.step, state.finished = "done", True
+    state.save(state_path)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _choose_config(timeout: float) -> tuple[RunConfig, str | None]:
+    """The default configuration when resnet18's ImageNet weights can be had, else the offline one
+    and why."""
+    from annotate2model.training.weights import imagenet_weights_status
+
+    status = imagenet_weights_status("resnet18", timeout=timeout)
+    if status.state == "offline":
+        return offline_config(), status.detail
+    return pretrained_config(), None
+
+
+def _batch(
+    store: Store,
+    settings: Settings,
+    folder: Path,
+    start: int,
+    per_class: int,
+    wrong: int,
+    step: Step,
+    progress: Progress,
+    number: int,
+) -> list[Sign]:
+    """Draw one batch and collect it into the project, folder names as annotations."""
+    from annotate2model.labelstudio import connection
+    from annotate2model.labelstudio.collect import collect_folder
+    from annotate2model.store.tasks import project_image_hashes
+
+    step(
+        f"batch {number}",
+        f"Batch {number}: drawing {per_class * len(SIGN_CLASSES)} street signs "
+        f"({wrong * len(SIGN_CLASSES)} of them deliberately in the wrong class folder) and "
+        "collecting them into Label Studio, folder names as annotations.",
+    )
+    signs = write_batch(folder, start, per_class, wrong)
+    project = connection.project_id(settings)
+    with store.read() as session:
+        known = project_image_hashes(session, project)
+    with connection.open_client(settings) as client:
+        collect_folder(
+            client,
+            project,
+            folder,
+            known_hashes=known,
+            labels_from_folders=True,
+            labels_as="annotations",
+            files_root=connection.local_files(settings).root,
+            max_pixels=settings.max_image_pixels,
+            progress=progress,
+        )
+    return signs
+
+
+def _first_version(
+    store: Store,
+    settings: Settings,
+    config: RunConfig,
+    state: DemoState,
+    step: Step,
+    progress: Progress,
+) -> None:
+    from annotate2model.labelstudio import connection
+    from annotate2model.labelstudio.sync import sync_project
+    from annotate2model.training.runner import train
+
+    step("sync 1", "Syncing the project into the store: the first dataset version.")
+    with connection.open_client(settings) as client:
+        synced = sync_project(
+            store,
+            client,
+            connection.project_id(settings),
+            note="a2m demo: first batch",
+            progress=progress,
+            local=connection.local_files(settings),
+        )
+    if synced.version is None:
+        raise InputError("the first sync of the demo made no dataset version.")
+    state.versions.append(synced.version.version.number)
+    step("train 1", f"Training on version {state.versions[-1]}.")
+    run = train(store, config, state.versions[-1], progress=progress).run
+    state.runs.append(run.id)
+
+
+def _loop(
+    store: Store,
+    settings: Settings,
+    config: RunConfig,
+    state: DemoState,
+    outcome: DemoOutcome,
+    step: Step,
+    progress: Progress,
+) -> None:
+    """One iteration of `a2m loop`: sync, train, compare with the first version, flag."""
+    from annotate2model.judging.report import compare_report
+    from annotate2model.labelstudio import connection
+    from annotate2model.review.loop import run_loop
+    from annotate2model.training.context import RunContext
+
+    step(
+        "loop",
+        "One iteration of the loop (a2m loop): sync, train the grown version, compare the two "
+        "versions on their common test images, flag the new run's doubts back to Label Studio.",
+    )
+    with connection.open_client(settings) as client:
+        done = run_loop(
+            store,
+            client,
+            connection.project_id(settings),
+            config=config,
+            progress=progress,
+            local=connection.local_files(settings),
+        )
+    if done.run is None or done.version is None:
+        raise InputError("the demo's second sync made no new version to train.")
+    state.versions.append(done.version)
+    state.runs.append(done.run.id)
+    outcome.comparison, outcome.flags = done.comparison, done.flags
+    if done.flags is not None:
+        state.flagged, state.tab, state.tab_url = done.flags.flagged, done.flags.tab, done.flags.url
+    if done.comparison is not None:
+        step("report", "Writing the comparison report.")
+        out = settings.workspace.reports_dir / done.comparison.name / "report.html"
+        context = RunContext.from_store(store)
+        state.report = str(compare_report(done.comparison, None, out, context).html)
+
+
+def summary(state: DemoState) -> dict[str, Any]:
+    """The state as plain data (for --json)."""
+    return asdict(state)

@@ -1,27 +1,161 @@
-"""`a2m demo` runs the tour from nothing and refuses to overwrite a used workspace."""
+"""`a2m demo`: the whole loop from an empty folder, as a newcomer runs it.
+
+The end-to-end test runs the real command in a child process: it starts its own Label Studio, trains
+on the CPU, and flags into that Label Studio, which the test then reads through its API.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from typer.testing import CliRunner
+import httpx
+import pytest
 
+from annotate2model.demo import SMALL, DemoState, write_batch
+from annotate2model.labelstudio.flags import tab_title
 from annotate2model.settings import load_settings
+from annotate2model.signs import SIGN_CLASSES
 from annotate2model.store import Store
-from annotate2model.store.versions import diff_versions, list_versions
+from annotate2model.store.versions import list_versions
 from annotate2model.workspace import Workspace
-from tests.conftest import run_cli
 
 
-def test_demo_from_nothing(tmp_path: Path) -> None:
-    target = tmp_path / "tour"
-    code, out, _ = run_cli(CliRunner(), "demo", str(target), "--per-class", "6")
-    assert code == 0, out
-    assert "a2m diff 1 2" in out
-    store = Store.open(load_settings(Workspace(target), {}))
+def _a2m(*args: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "annotate2model", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("A2M_", "LABEL_STUDIO_")) and k != "COLUMNS"
+    }
+    # A torch hub cache without the ImageNet weights: the offline path every CI machine takes.
+    env["TORCH_HOME"] = str(tmp_path / "torch")
+    env["COLUMNS"] = "80"
+    return env
+
+
+def test_a_batch_puts_a_known_handful_in_the_other_class_folder(tmp_path: Path) -> None:
+    signs = write_batch(tmp_path, start=5, per_class=10, wrong=2)
+    assert len(signs) == 20 and len({s.sha256 for s in signs}) == 20
+    wrong = [s for s in signs if s.wrong]
+    assert sorted(s.truth for s in wrong) == sorted([*SIGN_CLASSES, *SIGN_CLASSES])
+    for s in signs:
+        # The folder gives the label; the file name still says what the image shows.
+        assert s.path.parent.name == s.label and s.path.name.startswith(s.truth)
+    again = write_batch(tmp_path / "again", start=5, per_class=10, wrong=2)
+    assert [(s.sha256, s.label) for s in again] == [(s.sha256, s.label) for s in signs]
+
+
+def test_a_folder_that_is_not_a_demo_or_a_demo_cut_short_is_refused_with_what_to_do(
+    tmp_path: Path,
+) -> None:
+    env = _env(tmp_path)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    done = _a2m("demo", str(busy), env=env, timeout=120)
+    assert done.returncode == 1
+    assert "not empty and holds no demo" in done.stderr and "another folder" in done.stderr
+    assert list(busy.iterdir()) == [busy / "notes.txt"]  # nothing written
+
+    cut = tmp_path / "cut"
+    (cut / ".a2m").mkdir(parents=True)
+    DemoState(step="train 1").save(cut / ".a2m" / "demo.json")
+    done = _a2m("demo", str(cut), env=env, timeout=120)
+    assert done.returncode == 1
+    assert "stopped before the end (at: train 1)" in done.stderr and "rm -rf" in done.stderr
+
+
+def _task_path(task: dict[str, Any]) -> str:
+    """The image's path under the demo folder, from the task's Local Files URL."""
+    return str(parse_qs(urlsplit(task["data"]["image"]).query)["d"][0])
+
+
+@pytest.mark.slow
+@pytest.mark.labelstudio
+@pytest.mark.training
+def test_demo_small_runs_the_whole_loop_and_flags_the_wrong_labels(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    root = tmp_path / "demo"
+    done = _a2m("demo", str(root), "--small", "--json", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    try:
+        _check_demo(root, out, env)
+        # A second run in the same folder says what is there, and runs nothing again.
+        again = _a2m("demo", str(root), env=env, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "already ran" in again.stdout and "another folder" in again.stdout
+        assert out["url"] in again.stdout
+        store = Store.open(load_settings(Workspace(root), {}))
+        with store.read() as session:
+            assert len(list_versions(session)) == 2
+        store.close()
+    finally:
+        _a2m("-w", str(root), "studio", "down", env=env, timeout=120)
+
+
+def _check_demo(root: Path, out: dict[str, Any], env: dict[str, str]) -> None:
+    assert out["finished"] and out["offline"] and out["weights"] == "none"
+    assert out["versions"] == [1, 2] and out["runs"] == [1, 2]
+    per_batch = SMALL.first * len(SIGN_CLASSES)
+    store = Store.open(load_settings(Workspace(root), {}))
     with store.read() as session:
-        assert [v.item_count for v in list_versions(session)] == [18, 36]
-        assert diff_versions(session, 1, 2).counts == {"added": 18, "removed": 0, "relabeled": 0}
+        assert [v.item_count for v in list_versions(session)] == [per_batch, 2 * per_batch]
     store.close()
-    code, _, err = run_cli(CliRunner(), "demo", str(target))
-    assert code == 1 and "already holds versions" in err
+
+    # The comparison: both runs judged on the same common test images.
+    rows = out["comparison"]["rows"]
+    assert [(r["run"], r["version"]) for r in rows] == [(1, 1), (2, 2)]
+    assert len({r["common_images"] for r in rows}) == 1 and rows[0]["common_images"] > 0
+    assert all(0.5 < r["accuracy"] <= 1.0 for r in rows)  # both learned the task
+    assert Path(out["report"]).is_file()
+
+    # Label Studio, read through its API: the tab lists exactly the flagged tasks.
+    ws = Workspace(root)
+    token = ws.read_secrets()["labelstudio_token"]
+    headers = {"Authorization": f"Token {token}"}
+    with httpx.Client(base_url=out["url"], headers=headers, timeout=30) as http:
+
+        def api(path: str, **params: Any) -> Any:
+            response = http.get(path, params=params)
+            response.raise_for_status()
+            return response.json()
+
+        views = api("/api/dm/views", project=out["project"])
+        (view,) = [v for v in views if v["data"]["title"] == tab_title(2)]
+        assert view["data"]["title"] == out["tab"]
+        listed = api("/api/tasks", project=out["project"], view=view["id"], page_size=1000)
+        flagged = {_task_path(t) for t in listed["tasks"]}
+        every = api("/api/tasks", project=out["project"], page_size=1000)["tasks"]
+    assert len(every) == 2 * per_batch and len(flagged) == out["flagged"] > 0
+
+    # The wrong labels as Label Studio holds them: an image in the other class's folder.
+    def wrong(path: str) -> bool:
+        folder, name = Path(path).parent.name, Path(path).name
+        return not name.startswith(folder + "_")
+
+    truly_wrong = {p for p in (_task_path(t) for t in every) if wrong(p)}
+    assert len(truly_wrong) == out["wrong"] == 2 * SMALL.wrong * len(SIGN_CLASSES)
+    caught = truly_wrong & flagged
+    assert sorted(Path(p).name for p in caught) == sorted(
+        Path(p).name for p in out["caught_labels"]
+    )
+    assert len(caught) == out["caught"]
+    # Most of the deliberately wrong labels are caught.
+    assert len(caught) >= math.ceil(len(truly_wrong) / 2)
