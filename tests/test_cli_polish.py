@@ -186,6 +186,20 @@ def _a2m_at_80(workspace: Workspace, *args: str) -> str:
     return proc.stdout
 
 
+def _column(out: str, name: str, after: str) -> str:
+    """The cells of the first table's left-aligned column `name` (the one before `after`), each
+    cell's lines joined: what a reader sees in that column, however it folded."""
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if name in line and after in line)
+    start, end = lines[at].index(name), lines[at].index(after)
+    cells = []
+    for line in lines[at + 2 :]:  # past the header and its rule
+        if not line.strip():
+            break
+        cells.append(line[start:end].strip())
+    return "".join(cells)
+
+
 def _sync_like(store: Store, tasks: dict[int, tuple[str, int, str]]) -> None:
     """A new version holding the latest one's rows plus images that came from Label Studio
     tasks, written as `a2m sync` writes them: the blob, its row with the task's image URL as
@@ -237,7 +251,9 @@ def test_diff_names_each_image_by_task_or_file_then_hash(
     tmp_path: Path, workspace: Workspace, store: Store
 ) -> None:
     import_folder(store, make_image_folder(tmp_path / "photos", {"ants": 2, "bees": 2}))
-    _sync_like(store, {11: ("hive at dawn.png", 900, "bees"), 12: ("nest.jpg", 901, "ants")})
+    # A label longer than any column has room for: it folds onto more lines, never "…".
+    long_label = "ant_nest_under_a_stone_in_the_garden_at_noon_in_july"
+    _sync_like(store, {11: ("hive at dawn.png", 900, "bees"), 12: ("nest.jpg", 901, long_label)})
     with store.read() as session:
         added = store_versions.diff_versions(session, 1, 2).added
     assert len(added) == 2
@@ -247,7 +263,9 @@ def test_diff_names_each_image_by_task_or_file_then_hash(
     names = {by_hash[sha].label: line.split() for sha, line in lines.items()}
     # The task first, then the file name Label Studio was given (its upload prefix dropped).
     assert names["bees"][:5] == ["task", "11", "(hive", "at", "dawn.png)"]
-    assert names["ants"][:3] == ["task", "12", "(nest.jpg)"]
+    assert names[long_label][:3] == ["task", "12", "(nest.jpg)"]
+    assert long_label in _column(out, "label", "split")
+    assert long_label in _column(_a2m_at_80(workspace, "show"), "label", "train")
     assert f"Tasks open in Label Studio at {LABEL_STUDIO}/projects/{PROJECT}/data?task=ID" in out
     body = json.loads(_a2m_at_80(workspace, "diff", "1", "2", "--json"))
     (hive,) = [row for row in body["added"] if row["name"] == "hive at dawn.png"]

@@ -116,6 +116,8 @@ def versions_cmd(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             col,
             justify="right" if col in numeric else "left",
             no_wrap=col != "note",
+            # A word longer than the column breaks instead of ending in "…".
+            overflow="fold",
         )
     for v in rows:
         cells = {
@@ -154,7 +156,7 @@ def show_cmd(
         + (f"\nnote: {v.note}" if v.note else "")
     )
     table = listing()
-    table.add_column("label")
+    table.add_column("label", overflow="fold")
     for split in SPLITS:
         table.add_column(split, justify="right")
     table.add_column("total", justify="right")
@@ -260,6 +262,6 @@ def _image_table(title: str, columns: tuple[str, ...]) -> Table:
     table = listing(title)
     table.add_column("image", ratio=1, overflow="fold")
     for col in columns:
-        table.add_column(col, no_wrap=col == "split")
+        table.add_column(col, no_wrap=col == "split", overflow="fold")
     table.add_column("hash", no_wrap=True)
     return table

@@ -165,14 +165,14 @@ def _print_comparison(result: Comparison) -> None:
     table.add_column("v", justify="right", no_wrap=True)
     table.add_column("images", justify="right", no_wrap=True)
     if len(models) > 1:
-        table.add_column("model")
+        table.add_column("model", overflow="fold")
     table.add_column("val acc", justify="right", no_wrap=True)
     table.add_column("common (95% CI)", justify="right", no_wrap=True)
     table.add_column("F1", justify="right", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("img/s", justify="right", no_wrap=True)
     if len(devices) > 1:
-        table.add_column("device")
+        table.add_column("device", overflow="fold")
     for r in result.rows:
         cells = [
             str(r.run),

@@ -223,7 +223,8 @@ def flags_cmd(
             col,
             justify="right" if col in ("run", "score") else "left",
             no_wrap=col in ("run", "hash", "reason", "score", "pushed"),
-            overflow="fold" if col == "image" else "ellipsis",
+            # A word longer than its column (a long label) breaks instead of ending in "…".
+            overflow="fold",
         )
     for r in records:
         source = sources.get(r.image_sha256)
