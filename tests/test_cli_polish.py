@@ -96,6 +96,19 @@ def test_workspace_option_in_a_real_process(tmp_path: Path, workspace: Workspace
         check=False,
     )
     assert proc.returncode == 0 and json.loads(proc.stdout) == [], proc.stderr
+    # Without its value -w is a usage error whose hint names the command's own help.
+    proc = subprocess.run(
+        [sys.executable, "-m", "annotate2model", "versions", "-w"],
+        env=_env_without_a2m(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "error: option '-w' requires an argument.",
+        "hint: `a2m versions --help` lists the arguments and options.",
+    ]
 
 
 # Runs `a2m versions` through main() in a fresh process, with the store's listing replaced by a

@@ -139,7 +139,8 @@ def main() -> None:
         exc.show()
         sys.exit(USAGE_EXIT_CODE)
     except clicks.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "a2m"
+        # click leaves ctx out of some errors (an option missing its value): name the command.
+        command = exc.ctx.command_path if exc.ctx else _command_name(sys.argv[1:])
         hint = f"`{command} --help` lists the arguments and options."
         _fail(_sentence_case(exc.format_message()), hint, USAGE_EXIT_CODE)
     except clicks.ClickException as exc:
