@@ -74,7 +74,7 @@ def test_init_command(tmp_path: Path, monkeypatch: object) -> None:
 def test_doctor_json(cli: CliRunner) -> None:
     code, out, _ = run_cli(cli, "doctor", "--json")
     checks = {c["name"]: c for c in json.loads(out)}
-    assert code == 1 and not checks["store"]["ok"] and "a2m init" in checks["store"]["detail"]
+    assert code == 1 and not checks["store"]["ok"] and "a2m init" in checks["store"]["fix"]
     run_cli(cli, "init")
     code, out, _ = run_cli(cli, "doctor", "--json")
     checks = {c["name"]: c for c in json.loads(out)}
