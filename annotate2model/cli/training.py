@@ -534,7 +534,9 @@ def evaluate_cmd(
         table.add_row(label, _pct(c.precision), _pct(c.recall), _pct(c.f1), str(c.support))
     console.print(table)
     labels = list(m.per_class)
-    confusion = Table(title="Confusion (rows: true, columns: predicted)")
+    # Said in a line of its own: as the table's title it wrapped at the width of two columns.
+    console.print("Confusion matrix (rows: true class, columns: predicted):")
+    confusion = Table()
     confusion.add_column("")
     for label in labels:
         confusion.add_column(label, justify="right")
@@ -570,24 +572,51 @@ def predict_cmd(
     if as_json:
         print_json(results)
     else:
-        table = Table(title=f"Predictions of run {run}", box=box.SIMPLE_HEAD)
-        table.add_column("image", overflow="fold", ratio=1)
-        table.add_column("prediction", no_wrap=True)
-        shown = max((len(r["top"]) for r in results), default=0)
-        if shown > 1:
-            table.add_column("then", no_wrap=False)
-        for r in results:
-            name = escape(_display_path(r["path"]))
-            if "error" in r:
-                cells = [f"[red]{escape(r['error'])}[/]"] + ([""] if shown > 1 else [])
-            else:
-                top = [f"{escape(t['label'])} {t['probability']:.3f}" for t in r["top"]]
-                cells = [f"[bold]{top[0]}[/]"] + ([", ".join(top[1:])] if shown > 1 else [])
-            table.add_row(name, *cells)
-        console.print(table)
+        _print_predictions(run, results)
     if failed:
         err_console.print(f"[red]{failed} of {len(results)} input(s) could not be predicted.[/]")
         raise typer.Exit(1)
+
+
+def _print_predictions(run: str, results: list[dict[str, Any]]) -> None:
+    """One row per input: the path as given (whole; a long one as its file name, then its
+    folder on the next line), the likeliest label, then the others; a failed input's reason
+    under its name. The label columns take what they need and the image column the rest."""
+    shown = max((len(r["top"]) for r in results), default=0)
+    tops = [r["top"] for r in results]
+    firsts = [f"{t[0]['label']} {t[0]['probability']:.3f}" for t in tops if t]
+    thens = [", ".join(f"{t['label']} {t['probability']:.3f}" for t in top[1:]) for top in tops]
+    first_w = max([len("prediction"), *map(len, firsts)])
+    then_w = min(max([len("then"), *map(len, thens)]), console.width // 4) if shown > 1 else 0
+    # Each column pads a space either side; the table's edges add one more each.
+    room = max(16, console.width - first_w - then_w - (8 if shown > 1 else 5))
+    paths = [_display_path(r["path"]) for r in results]
+
+    def width(path: str) -> int:
+        folder, _, base = path.rpartition("/")
+        return len(path) if len(path) <= room or not folder else max(len(base), len(folder) + 1)
+
+    wanted = [width(p) for p in paths] + [len(r.get("error", "")) for r in results]
+    image_w = min(room, max([len("image"), *wanted]))
+    table = Table(title=f"Predictions of run {run}", box=box.SIMPLE_HEAD)
+    table.add_column("image", overflow="fold", min_width=image_w, max_width=image_w)
+    table.add_column("prediction", min_width=first_w, max_width=first_w)
+    if shown > 1:
+        table.add_column("then", min_width=then_w, max_width=then_w)
+    for r, path, then in zip(results, paths, thens, strict=True):
+        folder, _, base = path.rpartition("/")
+        name = escape(path)
+        if len(path) > image_w and folder:
+            name = f"{escape(base)}\n[dim]{escape(folder)}/[/]"
+        if "error" in r:
+            name += f"\n[red]{escape(r['error'])}[/]"
+            cells = ["[red]failed[/]"] + ([""] if shown > 1 else [])
+        else:
+            top = r["top"][0]
+            first = f"[bold]{escape(top['label'])} {top['probability']:.3f}[/]"
+            cells = [first] + ([escape(then)] if shown > 1 else [])
+        table.add_row(name, *cells)
+    console.print(table)
 
 
 def _display_path(path: str) -> str:

@@ -343,6 +343,7 @@ def evaluate_run(
     cache = ctx.embedding_cache()
     try:
         predictor = load_predictor(ctx, run, cache)
+        _check_learned(data.with_splits({split: items}), predictor.labels, f"run {run.id}")
         result = _predict_items(ctx, predictor, items, progress)
     finally:
         cache.close()
@@ -351,12 +352,6 @@ def evaluate_run(
     ok = result.ok
     kept = [item for item, good in zip(items, ok, strict=True) if good]
     index = {label: n for n, label in enumerate(predictor.labels)}
-    unknown = sorted({i.label for i in kept if i.label not in index})
-    if unknown:
-        raise TrainingError(
-            f"version {data.version.number} has classes run {run.id} never learned: "
-            f"{', '.join(unknown)}."
-        )
     probs = result.probs[ok]
     targets = np.array([index[i.label] for i in kept])
     metrics = SplitMetrics.from_dict(classification_metrics(targets, probs, predictor.labels))
@@ -373,6 +368,15 @@ def evaluate_run(
         source="evaluate",
     )
     return Evaluation(run=run.id, version=data.version.number, split=split, metrics=metrics)
+
+
+def _check_learned(data: VersionData, labels: Sequence[str], who: str) -> None:
+    """Refuse judging `who` on images of classes it never learned (they have no column)."""
+    unknown = sorted({i.label for items in data.splits.values() for i in items} - set(labels))
+    if unknown:
+        raise TrainingError(
+            f"version {data.version.number} has classes {who} never learned: {', '.join(unknown)}."
+        )
 
 
 def _report(ctx: RunContext, progress: Progress, skipped: dict[str, str]) -> None:
@@ -445,6 +449,12 @@ def ensemble(
     if len(run_ids) < 2:
         raise InputError("an ensemble needs at least two runs.")
     members = [_get_run(store, r) for r in run_ids]
+    twice = sorted({m.id for m in members if [n.id for n in members].count(m.id) > 1})
+    if twice:
+        raise InputError(
+            f"run {', '.join(map(str, twice))} is given more than once; an ensemble averages "
+            "different runs."
+        )
     for m in members:
         if m.status != "succeeded" or m.artifact_dir is None:
             raise TrainingError(f"run {m.id} is {m.status}; only succeeded runs can be members.")
@@ -455,6 +465,7 @@ def ensemble(
         data = load_version_data(
             store, version_ref if version_ref is not None else members[0].version
         )
+        _check_learned(data, labels, f"runs {', '.join(str(m.id) for m in members)}")
         data = VersionData(version=data.version, labels=labels, splits=data.splits)
         config = {
             "members": [m.id for m in members],

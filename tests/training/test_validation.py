@@ -20,14 +20,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from annotate2model.errors import InputError, TrainingError
 from annotate2model.store import Store
+from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
+from annotate2model.training import runner
 from annotate2model.training import weights as weights_module
 from annotate2model.training.data import load_version_data
 from annotate2model.training.preflight import small_split_warnings
 from annotate2model.workspace import Workspace
 from tests.conftest import make_image_folder, run_cli
-from tests.training.conftest import make_split_folder
+from tests.training.conftest import make_split_folder, small_config
 
 pytestmark = pytest.mark.training
 
@@ -239,3 +242,20 @@ def test_train_at_80_columns_without_a_terminal_writes_clean_lines(
     assert [ln.split(":")[0] for ln in epochs] == ["Epoch 1/2", "Epoch 2/2"]
     assert all(re.search(r"val_acc \d\.\d{3}$", ln) for ln in epochs), epochs
     assert "Run 1 succeeded on version 1" in proc.stdout
+
+
+def test_judging_on_classes_never_learned_is_refused_before_any_work(
+    store: Store, version1: Path, weights: Path, tmp_path: Path
+) -> None:
+    first = runner.train(store, small_config(weights, epochs=1)).run
+    second = runner.train(store, small_config(weights, epochs=1, lr=0.02)).run
+    import_folder(store, make_split_folder(tmp_path / "more", {"wasps": 4}, {"wasps": 2}))
+    # It was a raw KeyError: 'wasps' (and a failed ensemble run) for an ensemble.
+    with pytest.raises(TrainingError, match="version 2 has classes runs 1, 2 never learned: wasps"):
+        runner.ensemble(store, [first.id, second.id], 2)
+    with pytest.raises(TrainingError, match="version 2 has classes run 1 never learned: wasps"):
+        runner.evaluate_run(store, first.id, 2)
+    with pytest.raises(InputError, match="run 1 is given more than once"):
+        runner.ensemble(store, [first.id, first.id])
+    with store.read() as session:
+        assert [r.id for r in store_runs.list_runs(session)] == [first.id, second.id]
