@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from annotate2model.cli.render import RichProgress
 from annotate2model.store import Store
 from annotate2model.training import runner
 from annotate2model.workspace import Workspace
@@ -67,3 +71,36 @@ def test_predict_and_evaluate_at_80_columns(
     lines = proc.stdout.splitlines()
     assert all(len(line) <= 80 and "…" not in line for line in lines), proc.stdout
     assert "Confusion matrix (rows: true class, columns: predicted):" in lines
+
+
+def _epoch(progress: RichProgress) -> None:
+    progress.begin("Epoch 12/20", total=15)
+    for _ in range(15):
+        progress.advance(1, status="loss 0.415 acc 0.833")
+    progress.note("task 12 of project 3, /data/b.png skipped: truncated file")
+    progress.advance(0, status="loss 0.415 acc 0.833 val_loss 1.130 val_acc 0.429")
+    progress.end()
+
+
+def test_progress_on_an_80_column_terminal_keeps_counts_whole() -> None:
+    out = io.StringIO()
+    _epoch(RichProgress(Console(file=out, force_terminal=True, width=80, color_system=None)))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    # The last frame drawn: the counts and the whole status, no cell cut to an ellipsis (they
+    # were "2… … 0…" when the status was long); the warning on a line of its own above.
+    final = text.split("\r")[-1].strip()
+    assert final.startswith("Epoch 12/20") and " 15/15 " in final and "…" not in final
+    assert final.endswith("val_loss 1.130 val_acc 0.429")
+    drawn = re.split(r"[\r\n]", text)
+    assert "warning: task 12 of project 3, /data/b.png skipped: truncated file" in drawn
+
+
+def test_progress_without_a_terminal_is_plain_lines() -> None:
+    out = io.StringIO()
+    _epoch(RichProgress(Console(file=out, force_terminal=False, width=80)))
+    first, second = out.getvalue().splitlines()
+    assert first == "warning: task 12 of project 3, /data/b.png skipped: truncated file"
+    assert re.fullmatch(
+        r"Epoch 12/20: 15/15 in \d\.\d s, loss 0\.415 acc 0\.833 val_loss 1\.130 val_acc 0\.429",
+        second,
+    )
