@@ -50,10 +50,17 @@ def check_run(
     if source.kind == "path":
         assert source.path is not None
         path, origin = source.path, str(source.path)
+        state = read_state_dict(path, device="meta")
     else:
         path = fetch_imagenet_weights(config.backbone, progress)
         origin = f"the ImageNet weights file {path}"
-    state = read_state_dict(path, device="meta")
+        try:
+            state = read_state_dict(path, device="meta")
+        except TrainingError as exc:
+            # A download cut short, or another file under that name.
+            raise TrainingError(
+                exc.message, hint=f"delete {path} to download it again, or pass --weights PATH."
+            ) from None
     trunk_state_from(config.backbone, state, origin, trunk or meta_trunk(config.backbone))
 
 

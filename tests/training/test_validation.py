@@ -259,3 +259,16 @@ def test_judging_on_classes_never_learned_is_refused_before_any_work(
         runner.ensemble(store, [first.id, first.id])
     with store.read() as session:
         assert [r.id for r in store_runs.list_runs(session)] == [first.id, second.id]
+
+
+def test_a_broken_file_in_the_hub_cache_is_named_with_the_way_out(
+    cli: CliRunner, store: Store, version1: Path, offline: Path
+) -> None:
+    checkpoint = offline / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"PK\x03\x04 a download cut short")
+    code, _, err = run_cli(cli, "train", *QUICK)
+    message, hint = err.split("\n")
+    assert code == 1 and message.startswith(f"cannot read weights from {checkpoint}")
+    assert hint.startswith(f"delete {checkpoint} to download it again")
+    assert _runs(cli) == []
