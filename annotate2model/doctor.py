@@ -234,11 +234,10 @@ def _label_studio(settings: Settings, timeout: float) -> Check:
         try:
             client.health()
         except ServerUnreachable as exc:
-            why = exc.message.rsplit("(", 1)[-1].rstrip(").")
             return Check(
                 name,
                 "fail",
-                f"not reachable at {ls.url} ({why})",
+                f"not reachable at {ls.url} ({exc.why})",
                 fix="a2m studio up"
                 if local
                 else f"start the server at {ls.url}, or a2m connect URL --token T",

@@ -72,6 +72,8 @@ class ServerUnreachable(LabelStudioError):
             hint=hint or "is the server running, and is the URL right?",
         )
         self.url = url
+        # In a few words: "connection refused", or the system's words for a name it cannot find.
+        self.why = why
 
 
 class TokenRejected(LabelStudioError):
