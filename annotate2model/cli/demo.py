@@ -25,7 +25,7 @@ def demo(
     ] = Path("a2m-demo"),
     small: Annotated[
         bool,
-        typer.Option("--small", help="120 images instead of 400: a quicker run (CI runs it)."),
+        typer.Option("--small", help="200 images instead of 400: a quicker run (CI runs it)."),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -69,6 +72,26 @@ def known_images(session: Session, shas: Iterable[str]) -> set[str]:
     return found
 
 
+# Label Studio stores an upload as `<8 hex digits>-<the uploaded name>`.
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(?=.)")
+
+
+def file_name(where: str | None) -> str | None:
+    """The file name in an import path or a Label Studio image URL (of any of its four kinds)."""
+    if not where or where.startswith("data:"):
+        return None
+    parts = urlsplit(where)
+    uploaded = parts.path.startswith("/data/upload/")
+    if parts.path == "/data/local-files/":  # Local Files storage: ?d=images/x.png
+        path = (parse_qs(parts.query).get("d") or [""])[0]
+    elif uploaded or parts.scheme in ("http", "https", "s3", "gs"):
+        path = unquote(parts.path)
+    else:
+        path = where  # a file's path, a Windows one included
+    name = PurePosixPath(path.replace("\\", "/")).name
+    return (_UPLOAD_PREFIX.sub("", name) if uploaded else name) or None
+
+
 def image_names(session: Session, shas: Iterable[str]) -> dict[str, str]:
     """How the user knows each image, for messages: its Label Studio task(s) and where it came
     from (a path or URL); the short hash only when the store knows nothing else."""
@@ -83,7 +106,9 @@ def image_names(session: Session, shas: Iterable[str]) -> dict[str, str]:
             select(Image.sha256, Image.origin).where(Image.sha256.in_(chunk))
         ):
             if origin:
-                names[sha] = origin
+                # A Label Studio URL is long and says little: its file name is what a person knows.
+                url = "://" in origin or origin.startswith("/data/")
+                names[sha] = (file_name(origin) or origin) if url else origin
         for task_sha, project, task in session.execute(
             select(Task.image_sha256, Task.project_id, Task.task_id).where(
                 Task.image_sha256.in_(chunk), Task.deleted_at.is_(None)

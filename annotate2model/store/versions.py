@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +15,7 @@ from sqlalchemy.orm import Session, aliased
 
 from annotate2model.errors import InputError, NotFoundError, StoreError
 from annotate2model.settings import SPLITS, SplitFractions
+from annotate2model.store.images import file_name
 from annotate2model.store.models import DatasetVersion, Image, Task, VersionItem
 from annotate2model.store.records import (
     NewVersion,
@@ -257,26 +255,6 @@ class ImageSource:
     origin: str | None
     # (project id, task id) of the live tasks that show it, oldest first.
     tasks: tuple[tuple[int, int], ...]
-
-
-# Label Studio stores an upload as `<8 hex digits>-<the uploaded name>`.
-_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(?=.)")
-
-
-def file_name(where: str | None) -> str | None:
-    """The file name in an import path or a Label Studio image URL (of any of its four kinds)."""
-    if not where or where.startswith("data:"):
-        return None
-    parts = urlsplit(where)
-    uploaded = parts.path.startswith("/data/upload/")
-    if parts.path == "/data/local-files/":  # Local Files storage: ?d=images/x.png
-        path = (parse_qs(parts.query).get("d") or [""])[0]
-    elif uploaded or parts.scheme in ("http", "https", "s3", "gs"):
-        path = unquote(parts.path)
-    else:
-        path = where  # a file's path, a Windows one included
-    name = PurePosixPath(path.replace("\\", "/")).name
-    return (_UPLOAD_PREFIX.sub("", name) if uploaded else name) or None
 
 
 def image_sources(session: Session, shas: Iterable[str]) -> dict[str, ImageSource]:
