@@ -162,3 +162,22 @@ def _check_demo(root: Path, out: dict[str, Any], env: dict[str, str]) -> None:
     assert len(caught) == out["caught"]
     # Most of the deliberately wrong labels are caught.
     assert len(caught) >= math.ceil(len(truly_wrong) / 2)
+
+
+def test_the_demo_trains_the_default_probe_when_imagenet_weights_are_cached_and_says_why_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from annotate2model.demo import _choose_config
+    from annotate2model.training import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # Offline even on a machine with network: nothing listens on port 9 of the loopback.
+    url = "http://127.0.0.1:9/models/resnet18-f37072fd.pth"
+    monkeypatch.setitem(weights.IMAGENET_URLS, "resnet18", url)
+    config, why = _choose_config(timeout=1.0)
+    assert config.weights == "none" and config.mode == "probe" and why and "not cached" in why
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"stands in for the file torchvision would have downloaded")
+    config, why = _choose_config(timeout=1.0)
+    assert why is None and config.weights == "imagenet" and config.mode == "probe"
