@@ -32,8 +32,9 @@ def demo(
     """Run the whole loop on generated street signs: Label Studio, two dataset versions, two
     trained runs, their comparison, and the doubtful labels flagged back into Label Studio.
 
-    Needs no network: without ImageNet weights it trains from random weights. Label Studio keeps
-    running afterwards so that you can look at the flagged tasks (`a2m studio down` stops it).
+    Needs no network: without ImageNet weights, probes learn on a random network's features.
+
+    Label Studio keeps running for a look at the flagged tasks; `a2m studio down` stops it.
 
     Example: [bold]a2m demo ./a2m-demo --small[/]
     """
