@@ -133,9 +133,9 @@ def _weights(backbone: str, timeout: float) -> Check:
         name,
         "warn",
         f"ImageNet weights not cached and not downloadable: offline ({status.detail}). "
-        "`a2m demo` falls back to training from random weights; `a2m train` stops before the "
-        "run unless given a local state_dict file or random weights (which learn far less from "
-        "few images)",
+        "`a2m demo` falls back to probes on a random network's features; `a2m train` stops "
+        "before the run unless given a local state_dict file or random weights (which learn far "
+        "less from few images)",
         fix=f"a2m train --weights FILE (or --weights none), or copy {status.checkpoint.name} "
         f"into {status.checkpoint.parent} from a machine online",
         required=False,
