@@ -68,7 +68,7 @@ def test_a_healthy_workspace_offline(cli: CliRunner, workspace: Workspace, hub: 
     assert offline["status"] == "warn" and not offline["required"]
     assert "not cached and not downloadable: offline" in offline["detail"]
     assert "connection refused" in offline["detail"].lower()
-    assert "`a2m demo` falls back to training from random weights" in offline["detail"]
+    assert "`a2m demo` falls back to probes on a random network's features" in offline["detail"]
     assert "--weights FILE" in offline["fix"] and str(hub) in offline["fix"]
     studio = rows["label studio"]
     assert studio["status"] == "warn" and "a2m studio up" in studio["fix"]
