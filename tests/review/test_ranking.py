@@ -107,3 +107,24 @@ def test_ranked_cuts_by_score_and_count() -> None:
     assert len(ranked(doubts, max_count=3)) == 3
     assert all(d.score >= 0.5 for d in ranked(doubts, min_score=0.5))
     assert ranked(doubts, max_count=3) == doubts[:3]
+
+
+def test_neighbours_whose_own_labels_are_doubtful_hardly_vote() -> None:
+    # Five ants labeled bee: each is among the others' neighbours. Plain votes would give each
+    # of them 4 bee votes in 30 (0.13); weighted by how well each voter's label fits its own
+    # neighbourhood, the flipped voters count for little and "bee" stays improbable.
+    x, y = _clusters(5)
+    noisy = y.copy()
+    ants = np.flatnonzero(y == 0)[:5]
+    noisy[ants] = 1
+    probs = out_of_fold_probs(x, noisy, len(LABELS))
+    assert (probs[ants, 1] < 0.05).all() and (probs[ants, 0] > 0.9).all()
+    # An image's own label never votes for itself (leave-one-out): a lone flip gets the
+    # smoothing share only.
+    lone = y.copy()
+    lone[0] = 1
+    probs = out_of_fold_probs(x, lone, len(LABELS))
+    assert probs[0, 1] < 0.01
+    # The earlier k-fold LDA stays available, and finds the same flips on clean clusters.
+    lda = out_of_fold_probs(x, noisy, len(LABELS), method="lda")
+    assert (lda[ants, 1] < 0.5).all()
