@@ -20,6 +20,15 @@ Speed: out-of-fold probabilities and ranking for 10,000 embeddings (the cached s
 resampled with noise) against the scikit-learn-default baseline; pushing 1,000 flags to Label
 Studio (median of 3, each a new run's flags) against one request at a time. Quick mode: 300
 scene images, one seed, 2,000 embeddings, 200 flags, no hymenoptera.
+
+Offline mode (--offline, no Label Studio): both data sets' embeddings from one `a2m train` each
+(kept in --workspaces DIR when given, reused when there), then for seeds the full run does not
+use (3-12 unless --seeds says how many) the same flips, and per out-of-fold method (knn, lda)
+and cleanlab filter: label-issue precision and recall on the training images, precision at
+recall 0.9 of the ranking itself, and the share of correct labels after a round in which every
+flag is fixed (held-out images counted fixed where the out-of-fold prediction is not their
+label, a stand-in for the run's misclassified flags). For choosing a method without tuning on
+the benchmark's own flips.
 """
 
 from __future__ import annotations
@@ -387,7 +396,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default 3; quick 1)")
     parser.add_argument("--no-hymenoptera", action="store_true", help="scenes only")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--offline", action="store_true", help="methods on cached embeddings")
+    parser.add_argument("--workspaces", type=Path, default=None, help="offline: keep/reuse here")
     args = parser.parse_args()
+    if args.offline:
+        offline(args.workspaces, args.seeds or 10)
+        return
     seeds = args.seeds or (1 if args.quick else 3)
     weights = require(SCENES_WEIGHTS, "the ResNet-18 scenes weights")
     scenes = read_dataset(
@@ -449,6 +463,106 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- offline: methods compared on cached embeddings ------------------------------------------------
+
+FILTERS = ("low_self_confidence", "prune_by_noise_rate", "both", "confident_learning")
+
+
+def offline(workspaces: Path | None, n_seeds: int) -> None:
+    """Out-of-fold methods and cleanlab filters on both data sets, seeds 3.. (see the docstring)."""
+    import numpy as np
+
+    weights = require(SCENES_WEIGHTS, "the ResNet-18 scenes weights")
+    root = workspaces or Path(tempfile.mkdtemp(prefix="a2m-bench-offline-"))
+    for name, path in (("scenes_1200", SCENES_1200), ("hymenoptera_data", HYMENOPTERA)):
+        photos = read_dataset(require(path, name))
+        x, kept = workspace_embeddings(root / name, path, photos, weights)
+        rows: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+        for seed in range(3, 3 + n_seeds):
+            for key, figures in offline_seed(x, kept, seed).items():
+                rows.setdefault(key, []).append(figures)
+        print(f"\n{name}, {len(kept)} images, seeds 3-{2 + n_seeds} (medians; P@R0.9 mean):")
+        for (method, filt), figs in rows.items():
+            a = np.array(figs)
+            med = np.median(a, axis=0)
+            print(
+                f"  {method:4s} {filt:20s} P {med[0]:.3f} R {med[1]:.3f} correct after "
+                f"{med[2]:.4f}  | ranking P@R0.9 {a[:, 3].mean():.3f}"
+            )
+    if workspaces is None:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def workspace_embeddings(
+    ws: Path, folder: Path, photos: list[Photo], weights: Path
+) -> tuple[Any, list[Photo]]:
+    """The photos' embeddings from a probe run in `ws` (made by whole a2m processes if absent).
+
+    The workspace's own labels do not matter (hymenoptera's train/ val/ folders become classes
+    under --splits hash): only the features are read, by image hash."""
+    import numpy as np
+
+    from annotate2model.training.embeddings import EmbeddingCache
+
+    card_path = ws / ".a2m" / "runs" / "1" / "model.json"
+    if not card_path.is_file():
+        ws.mkdir(parents=True, exist_ok=True)
+        a2m(ws, "init")
+        a2m(ws, "import-folder", str(folder), "--splits", "hash")
+        a2m(ws, "train", "--weights", str(weights))
+    card = json.loads(card_path.read_text())
+    cache = EmbeddingCache(ws / ".a2m" / "cache" / "embeddings")
+    found = cache.get(card["embedding_key"], [p.sha256 for p in photos], 0)
+    cache.close()
+    kept = [p for p in photos if p.sha256 in found]
+    return np.stack([found[p.sha256] for p in kept]), kept
+
+
+def offline_seed(
+    x: Any, photos: list[Photo], seed: int
+) -> dict[tuple[str, str], tuple[float, float, float, float]]:
+    """(method, filter) -> label-issue precision, recall, correct labels after, P@R0.9."""
+    import warnings
+
+    import numpy as np
+    from cleanlab.filter import find_label_issues
+
+    from annotate2model.review.ranking import out_of_fold_probs
+    from annotate2model.settings import SplitFractions
+    from annotate2model.store.versions import split_for
+
+    names = sorted({p.label for p in photos})
+    given = flip_labels(photos, seed)
+    y = np.array([names.index(given[p.sha256]) for p in photos])
+    wrong = np.array([given[p.sha256] != p.label for p in photos])
+    train = np.array([split_for(p.sha256, SplitFractions()) == "train" for p in photos])
+    rows = np.arange(len(y))
+    out = {}
+    for method in ("knn", "lda"):
+        probs = out_of_fold_probs(x, y, len(names), method=method)
+        doubt = 1 - probs[rows, y]
+        order = np.argsort(-doubt[train], kind="stable")
+        hits = np.cumsum(wrong[train][order])
+        at = int(np.argmax(hits >= 0.9 * hits[-1]))
+        p_at_r9 = float(hits[at] / (at + 1))
+        held_fixed = ~train & wrong & (probs.argmax(1) != y)
+        for filt in FILTERS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                found = find_label_issues(y, probs, filter_by=filt, n_jobs=1) & train
+            hit = int((found & wrong).sum())
+            left = int((wrong & ~(found | held_fixed)).sum())
+            out[(method, filt)] = (
+                hit / max(1, int(found.sum())),
+                hit / max(1, int((wrong & train).sum())),
+                1 - left / len(y),
+                p_at_r9,
+            )
+    return out
 
 
 def cached_scenes(tmp: Path, cache: Path) -> tuple[Any, Any]:
