@@ -128,3 +128,16 @@ def test_neighbours_whose_own_labels_are_doubtful_hardly_vote() -> None:
     # The earlier k-fold LDA stays available, and finds the same flips on clean clusters.
     lda = out_of_fold_probs(x, noisy, len(LABELS), method="lda")
     assert (lda[ants, 1] < 0.5).all()
+
+
+def test_no_label_votes_for_itself_even_with_few_images_and_many_features() -> None:
+    # Random features, random labels: an honest out-of-fold guess is a coin toss. (A metric
+    # fitted on the labels, such as a within-class whitening, guessed 99% of these right.)
+    rng = np.random.default_rng(0)
+    hits = []
+    for _ in range(5):
+        x = np.abs(rng.normal(size=(40, 512)))
+        y = np.array([0, 1] * 20)
+        rng.shuffle(y)
+        hits.append((out_of_fold_probs(x, y, 2).argmax(1) == y).mean())
+    assert float(np.mean(hits)) < 0.7
