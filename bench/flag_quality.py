@@ -178,6 +178,7 @@ def one_round(
     weights: Path,
 ) -> RoundFigures:
     """Import with flipped labels, sync, train, flag, answer as an oracle, sync, train again."""
+    from annotate2model.errors import LabelStudioError
     from annotate2model.labelstudio.client import LabelStudioClient
     from annotate2model.labelstudio.config import build_label_config
     from annotate2model.settings import Secret
@@ -242,13 +243,32 @@ def one_round(
     with LabelStudioClient(url, Secret(TOKEN)) as client:
 
         def answer(flag: dict[str, Any]) -> None:
-            task = client.json("GET", f"/api/tasks/{flag['task']}", "read a task")
-            body = choice(truth[flag["image_sha256"]])
-            if task.get("drafts"):
-                body["draft_id"] = task["drafts"][0]["id"]
-            client.json("POST", f"/api/tasks/{flag['task']}/annotations", "answer", json=body)
+            # A busy server can time out on a write it then applies (the client does not send
+            # it again): read the task back and answer again only if the answer is not there.
+            true = truth[flag["image_sha256"]]
+            path = f"/api/tasks/{flag['task']}"
+            task = client.json("GET", path, "read a task")
+            before = {a.get("id") for a in task.get("annotations", [])}
+            for attempt in range(3):
+                body = choice(true)
+                if task.get("drafts"):
+                    body["draft_id"] = task["drafts"][0]["id"]
+                try:
+                    client.json("POST", f"{path}/annotations", "answer", json=body)
+                    return
+                except LabelStudioError:
+                    if attempt == 2:
+                        raise
+                task = client.json("GET", path, "read a task")
+                if any(
+                    r.get("value", {}).get("choices") == [true]
+                    for a in task.get("annotations", [])
+                    if a.get("id") not in before
+                    for r in a.get("result", [])
+                ):
+                    return
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(answer, flags))
     secs["oracle"] = time.perf_counter() - t
     a2m(root, "sync")
