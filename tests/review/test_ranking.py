@@ -117,17 +117,26 @@ def test_neighbours_whose_own_labels_are_doubtful_hardly_vote() -> None:
     noisy = y.copy()
     ants = np.flatnonzero(y == 0)[:5]
     noisy[ants] = 1
-    probs = out_of_fold_probs(x, noisy, len(LABELS))
+    probs = out_of_fold_probs(x, noisy, len(LABELS), method="knn")
     assert (probs[ants, 1] < 0.05).all() and (probs[ants, 0] > 0.9).all()
     # An image's own label never votes for itself (leave-one-out): a lone flip gets the
     # smoothing share only.
     lone = y.copy()
     lone[0] = 1
-    probs = out_of_fold_probs(x, lone, len(LABELS))
+    probs = out_of_fold_probs(x, lone, len(LABELS), method="knn")
     assert probs[0, 1] < 0.01
-    # The earlier k-fold LDA stays available, and finds the same flips on clean clusters.
+
+
+def test_the_default_is_the_geometric_mean_of_neighbours_and_lda() -> None:
+    x, y = _clusters(6)
+    noisy = y.copy()
+    noisy[:4] = 2
+    knn = out_of_fold_probs(x, noisy, len(LABELS), method="knn")
     lda = out_of_fold_probs(x, noisy, len(LABELS), method="lda")
-    assert (lda[ants, 1] < 0.5).all()
+    both = out_of_fold_probs(x, noisy, len(LABELS))
+    mean = np.sqrt(np.clip(knn, 1e-12, None) * np.clip(lda, 1e-12, None))
+    assert np.allclose(both, mean / mean.sum(axis=1, keepdims=True))
+    assert not np.allclose(knn, lda, atol=0.01)
 
 
 def test_no_label_votes_for_itself_even_with_few_images_and_many_features() -> None:
@@ -139,5 +148,5 @@ def test_no_label_votes_for_itself_even_with_few_images_and_many_features() -> N
         x = np.abs(rng.normal(size=(40, 512)))
         y = np.array([0, 1] * 20)
         rng.shuffle(y)
-        hits.append((out_of_fold_probs(x, y, 2).argmax(1) == y).mean())
+        hits.append((out_of_fold_probs(x, y, 2, method="knn").argmax(1) == y).mean())
     assert float(np.mean(hits)) < 0.7
