@@ -23,7 +23,7 @@ scene images, one seed, 2,000 embeddings, 200 flags, no hymenoptera.
 
 Offline mode (--offline, no Label Studio): both data sets' embeddings from one `a2m train` each
 (kept in --workspaces DIR when given, reused when there), then for seeds the full run does not
-use (3-12 unless --seeds says how many) the same flips, and per out-of-fold method (knn, lda)
+use (3-12 unless --seeds says how many) the same flips, and per out-of-fold method (both, knn, lda)
 and cleanlab filter: label-issue precision and recall on the training images, precision at
 recall 0.9 of the ranking itself, and the share of correct labels after a round in which every
 flag is fixed (held-out images counted fixed where the out-of-fold prediction is not their
@@ -562,7 +562,7 @@ def offline_seed(
     train = np.array([split_for(p.sha256, SplitFractions()) == "train" for p in photos])
     rows = np.arange(len(y))
     out = {}
-    for method in ("knn", "lda"):
+    for method in ("both", "knn", "lda"):
         probs = out_of_fold_probs(x, y, len(names), method=method)
         doubt = 1 - probs[rows, y]
         order = np.argsort(-doubt[train], kind="stable")

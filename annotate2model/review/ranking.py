@@ -31,8 +31,8 @@ UncertaintyMethod = Literal["margin", "entropy"]
 
 # cleanlab's filter: the examples of lowest self-confidence (probability of the given label), as
 # many as its confident joint estimates to be mislabeled. On scenes_1200 with 10% flips it keeps
-# precision above 0.7 where its default (prune by noise rate) lands near 0.6, and its other
-# filters (both, confident_learning, low_normalized_margin) find fewer flips at lower precision
+# precision near 0.7 where its default (prune by noise rate) lands near 0.6, and its other
+# filters (both, confident_learning) find fewer flips at lower precision
 # (bench/flag_quality.py --offline).
 FILTER_BY = "low_self_confidence"
 
