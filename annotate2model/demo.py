@@ -14,13 +14,14 @@ into the other class's folder (its file name still says what it shows: `stop_000
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from annotate2model.errors import InputError
 from annotate2model.fsutil import atomic_write_bytes
@@ -91,8 +92,6 @@ def write_batch(
 ) -> list[Sign]:
     """Images start..start+per_class-1 of each class under folder/<label>/; `wrong` of each class
     (chosen by the seed) go into the other class's folder."""
-    import hashlib
-
     chooser = random.Random(f"demo-{seed}-{start}")
     signs = []
     for truth in SIGN_CLASSES:
@@ -416,8 +415,3 @@ def _loop(
         out = settings.workspace.reports_dir / done.comparison.name / "report.html"
         context = RunContext.from_store(store)
         state.report = str(compare_report(done.comparison, None, out, context).html)
-
-
-def summary(state: DemoState) -> dict[str, Any]:
-    """The state as plain data (for --json)."""
-    return asdict(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -55,7 +56,7 @@ def demo(
     if as_json:
         print_json(
             {
-                **{k: v for k, v in vars(s).items()},
+                **asdict(s),
                 "root": str(outcome.root),
                 "again": outcome.again,
                 "url": outcome.url,
