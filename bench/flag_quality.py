@@ -28,7 +28,10 @@ and cleanlab filter: label-issue precision and recall on the training images, pr
 recall 0.9 of the ranking itself, and the share of correct labels after a round in which every
 flag is fixed (held-out images counted fixed where the out-of-fold prediction is not their
 label, a stand-in for the run's misclassified flags). For choosing a method without tuning on
-the benchmark's own flips.
+the benchmark's own flips. Beside them, the ceiling of any ranking by out-of-fold probabilities on
+these features: precision at recall 0.9 when the classifier is fitted on the true labels (which no
+method has), and how many training images with their true label the default flags in at least half
+of the seeds (images whose own label the features contradict: every seed pays for them).
 """
 
 from __future__ import annotations
@@ -500,9 +503,15 @@ def offline(workspaces: Path | None, n_seeds: int) -> None:
         photos = read_dataset(require(path, name))
         x, kept = workspace_embeddings(root / name, path, photos, weights)
         rows: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+        ceiling: list[float] = []
+        false_flags: dict[int, int] = {}
         for seed in range(3, 3 + n_seeds):
-            for key, figures in offline_seed(x, kept, seed).items():
+            figures_by_key, seed_ceiling, seed_false = offline_seed(x, kept, seed)
+            for key, figures in figures_by_key.items():
                 rows.setdefault(key, []).append(figures)
+            ceiling.append(seed_ceiling)
+            for i in seed_false:
+                false_flags[i] = false_flags.get(i, 0) + 1
         print(f"\n{name}, {len(kept)} images, seeds 3-{2 + n_seeds} (medians; P@R0.9 mean):")
         for (method, filt), figs in rows.items():
             a = np.array(figs)
@@ -511,6 +520,12 @@ def offline(workspaces: Path | None, n_seeds: int) -> None:
                 f"  {method:4s} {filt:20s} P {med[0]:.3f} R {med[1]:.3f} correct after "
                 f"{med[2]:.4f}  | ranking P@R0.9 {a[:, 3].mean():.3f}"
             )
+        recurrent = sum(1 for count in false_flags.values() if 2 * count >= n_seeds)
+        print(
+            f"  ceiling: ranking P@R0.9 {statistics.mean(ceiling):.3f} with a classifier fitted on "
+            f"the true labels; {recurrent} training images with their true label are flagged "
+            f"(both, {FILTERS[0]}) in at least half of the seeds"
+        )
     if workspaces is None:
         import shutil
 
@@ -544,8 +559,10 @@ def workspace_embeddings(
 
 def offline_seed(
     x: Any, photos: list[Photo], seed: int
-) -> dict[tuple[str, str], tuple[float, float, float, float]]:
-    """(method, filter) -> label-issue precision, recall, correct labels after, P@R0.9."""
+) -> tuple[dict[tuple[str, str], tuple[float, float, float, float]], float, list[int]]:
+    """(method, filter) -> label-issue precision, recall, correct labels after, P@R0.9; the
+    ceiling's P@R0.9 (probabilities fitted on the true labels, scored against the given ones);
+    the training images the default flags although their label is true."""
     import warnings
 
     import numpy as np
@@ -561,14 +578,19 @@ def offline_seed(
     wrong = np.array([given[p.sha256] != p.label for p in photos])
     train = np.array([split_for(p.sha256, SplitFractions()) == "train" for p in photos])
     rows = np.arange(len(y))
-    out = {}
-    for method in ("both", "knn", "lda"):
-        probs = out_of_fold_probs(x, y, len(names), method=method)
+
+    def precision_at_recall_9(probs: Any) -> float:
         doubt = 1 - probs[rows, y]
         order = np.argsort(-doubt[train], kind="stable")
         hits = np.cumsum(wrong[train][order])
         at = int(np.argmax(hits >= 0.9 * hits[-1]))
-        p_at_r9 = float(hits[at] / (at + 1))
+        return float(hits[at] / (at + 1))
+
+    out = {}
+    false_flags: list[int] = []
+    for method in ("both", "knn", "lda"):
+        probs = out_of_fold_probs(x, y, len(names), method=method)
+        p_at_r9 = precision_at_recall_9(probs)
         held_fixed = ~train & wrong & (probs.argmax(1) != y)
         for filt in FILTERS:
             with warnings.catch_warnings():
@@ -576,13 +598,17 @@ def offline_seed(
                 found = find_label_issues(y, probs, filter_by=filt, n_jobs=1) & train
             hit = int((found & wrong).sum())
             left = int((wrong & ~(found | held_fixed)).sum())
+            if (method, filt) == ("both", FILTERS[0]):
+                false_flags = [int(i) for i in np.flatnonzero(found & ~wrong)]
             out[(method, filt)] = (
                 hit / max(1, int(found.sum())),
                 hit / max(1, int((wrong & train).sum())),
                 1 - left / len(y),
                 p_at_r9,
             )
-    return out
+    true = np.array([names.index(p.label) for p in photos])
+    ceiling = precision_at_recall_9(out_of_fold_probs(x, true, len(names)))
+    return out, ceiling, false_flags
 
 
 def cached_scenes(tmp: Path, cache: Path) -> tuple[Any, Any]:
