@@ -7,7 +7,15 @@ real photos (hymenoptera's validation JPEGs from ../shared when present, else ge
 the same size), one image per request, sent as multipart uploads by client threads, each with its
 own keep-alive connection. For each engine, a whole `a2m serve` process is started and warmed up.
 
-Reported per engine and client count: p50 and p99 latency, requests/s. Beside them, bare forward
+The clients are the measuring instrument and share the cores with the server, so they are lean:
+each request is a real HTTP/1.1 multipart upload of a real JPEG, built once per image as bytes
+and written to a plain keep-alive socket; each answer is read by its Content-Length and must be
+a 200 whose JSON holds a prediction. (httpx spent a few milliseconds of CPU per request on the
+same two cores.) The clients' own CPU per request is printed beside the server's.
+
+Reported per engine and client count: p50 and p99 latency, requests/s, CPU milliseconds per
+request of the server process and of the clients, and the server's step times (its
+Server-Timing header) with the mean images per forward pass. Beside them, bare forward
 passes of the served model on already decoded images (no HTTP, no decoding): one image (p50) and
 the best images/s over batch sizes. Targets: p99 at one client within 1.5x of one bare forward
 pass; requests/s at 16 clients at least 80% of the best bare batched forward.
@@ -19,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -145,10 +155,85 @@ class Load:
     per_second: float
     # Median server-side milliseconds per step (its Server-Timing header): read, decode, model.
     steps: dict[str, float]
+    # CPU milliseconds per request: the server process, and this process (the clients).
+    server_cpu_ms: float
+    client_cpu_ms: float
+    # Images per forward pass, on average (the server's batch counters).
+    mean_batch: float
 
 
-def load(url: str, clients: int, per_client: int, images: list[bytes]) -> Load:
-    """`clients` threads, each sending `per_client` one-image requests back to back."""
+BOUNDARY = "a2m-bench-7d3f0c"
+
+
+def upload(host: str, data: bytes) -> bytes:
+    """The whole HTTP request uploading `data` as the multipart field `file` (built once)."""
+    body = (
+        (
+            f"--{BOUNDARY}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection on a plain socket: send a request built beforehand,
+    read the status, headers and the Content-Length body of the answer."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending = b""
+
+    def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.sock.sendall(request)
+        data = self.pending
+        while b"\r\n\r\n" not in data:
+            data += self._recv()
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        while len(rest) < length:
+            rest += self._recv()
+        self.pending = rest[length:]
+        return int(status_line.split(" ", 2)[1]), headers, rest[:length]
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc; 0 elsewhere)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        return 0.0
+    fields = stat.read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(url: str, server_pid: int, clients: int, per_client: int, images: list[bytes]) -> Load:
+    """`clients` threads, each with its own keep-alive connection, sending `per_client`
+    one-image requests back to back; every answer must be a 200 with a prediction."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    requests = [upload(f"{host}:{port}", data) for data in images]
     latencies: list[float] = []
     steps: dict[str, list[float]] = {}
     lock = threading.Lock()
@@ -157,32 +242,40 @@ def load(url: str, clients: int, per_client: int, images: list[bytes]) -> Load:
 
     def client(k: int) -> None:
         mine: list[float] = []
-        with httpx.Client(base_url=url, timeout=120) as http:
-            http.get("/health")
+        timings: list[str] = []
+        conn = Connection(host, int(port))
+        try:
             barrier.wait()
             for i in range(per_client):
-                data = images[(k * per_client + i) % len(images)]
+                request = requests[(k * per_client + i) % len(requests)]
                 started = time.perf_counter()
-                response = http.post("/v1/predict", files=[("file", ("photo.jpg", data))])
+                status, headers, body = conn.exchange(request)
                 mine.append(time.perf_counter() - started)
-                if response.status_code != 200:
-                    failures.append(response.text[:200])
-                timing = response.headers.get("server-timing", "")
-                with lock:
-                    for part in filter(None, timing.split(", ")):
-                        name, _, dur = part.partition(";dur=")
-                        steps.setdefault(name, []).append(float(dur))
+                if status != 200 or not json.loads(body)["predictions"][0]["top"]:
+                    failures.append(f"{status} {body[:200]!r}")
+                timings.append(headers.get("server-timing", ""))
+        finally:
+            conn.close()
         with lock:
             latencies.extend(mine)
+            for timing in timings:
+                for part in filter(None, timing.split(", ")):
+                    name, _, dur = part.partition(";dur=")
+                    steps.setdefault(name, []).append(float(dur))
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
+    before = httpx.get(f"{url}/v1/model", timeout=10).json()["batches"]
+    server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
     barrier.wait()
     started = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
+    after = httpx.get(f"{url}/v1/model", timeout=10).json()["batches"]
+    passes = after["batches"] - before["batches"]
     if failures:
         sys.exit(f"requests failed: {failures[:3]}")
     return Load(
@@ -192,6 +285,9 @@ def load(url: str, clients: int, per_client: int, images: list[bytes]) -> Load:
         p99_ms=1000 * float(np.percentile(latencies, 99)),
         per_second=len(latencies) / wall,
         steps={name: statistics.median(values) for name, values in steps.items()},
+        server_cpu_ms=1000 * server_cpu / len(latencies),
+        client_cpu_ms=1000 * client_cpu / len(latencies),
+        mean_batch=(after["images"] - before["images"]) / max(1, passes),
     )
 
 
@@ -222,8 +318,6 @@ def serve(
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -255,8 +349,8 @@ def main() -> None:
             bare = bare_forward(ws, engine, args.device, repeats)
             url, proc = serve(ws, env, engine, args.device, base / f"{engine}.log")
             try:
-                load(url, 2, 4, images)  # warm-up: the first requests pay for lazy set-up
-                loads = [load(url, c, per_client[c], images) for c in CLIENTS]
+                load(url, proc.pid, 2, 4, images)  # warm-up: the first requests pay for set-up
+                loads = [load(url, proc.pid, c, per_client[c], images) for c in CLIENTS]
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -265,7 +359,7 @@ def main() -> None:
         print()
         print(
             f"{'engine':<12}{'clients':>8}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}"
-            f"   baseline (same run, bare forward)"
+            f"{'CPU ms/req srv':>15}{'cli':>5}   baseline (same run, bare forward)"
         )
         verdicts = []
         for engine, bare, loads in rows:
@@ -291,12 +385,13 @@ def main() -> None:
                     verdicts.append(ok)
                 print(
                     f"{engine:<12}{r.clients:>8}{r.requests:>9}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
-                    f"{r.per_second:>8.1f}   {note}"
+                    f"{r.per_second:>8.1f}{r.server_cpu_ms:>15.1f}{r.client_cpu_ms:>5.1f}   {note}"
                 )
-        print("\nWhere one client's time goes (server-side medians, ms):")
+        print("\nWhere a request's time goes (server-side medians, ms; the rest is HTTP):")
         for engine, _, loads in rows:
-            steps = ", ".join(f"{k} {v:.1f}" for k, v in loads[0].steps.items())
-            print(f"  {engine}: {steps}; the rest is HTTP and the client")
+            for r in loads:
+                steps = ", ".join(f"{k} {v:.1f}" for k, v in r.steps.items())
+                print(f"  {engine:<12} {r.clients:>2} clients: {steps}")
         load1, load5, load15 = os.getloadavg()
         print(
             f"\ndevice {args.device}, {os.cpu_count()} cores; "
