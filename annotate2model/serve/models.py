@@ -35,6 +35,8 @@ class ServedModel:
     engine: str
     device: str
     card: dict[str, Any]
+    # False: the server decodes images beside this model's passes on lower-priority threads.
+    yields_to_decoding = True
 
     def forward(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Probabilities (N, classes) for uint8 images (N, crop, crop, 3)."""
@@ -81,6 +83,8 @@ class TorchModel(ServedModel):
     """A run folder on torch: the run's network (an ensemble's members averaged) on `device`."""
 
     engine = "torch"
+    # OpenMP's threads wait at each layer's barrier for a thread a decoder has preempted.
+    yields_to_decoding = False
 
     def __init__(self, network: torch.nn.Module, card: dict[str, Any], device: torch.device):
         self.network = network

@@ -1,7 +1,12 @@
 """The batcher: requests queued together run as one forward pass, each gets its own rows back,
-large requests are sliced, a failing pass fails its requests only; and the CUDA path (gpu)."""
+large requests are sliced, a failing pass fails its requests only; the CUDA path (gpu); and the
+decoding threads beside torch's passes."""
 
 from __future__ import annotations
+
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from annotate2model.serve.models import OnnxModel, ServedModel, TorchModel
 from annotate2model.training import Predictor
 from annotate2model.training.export import sample_batch
 from annotate2model.training.images import Preprocessing
+from tests.conftest import image_bytes
 from tests.serve.conftest import Trained
 
 pytestmark = [pytest.mark.training, pytest.mark.slow]
@@ -100,3 +106,26 @@ def test_torch_model_on_cuda_agrees_with_the_cpu(trained: Trained) -> None:
         )
     finally:
         batcher.stop()
+
+
+def test_torch_servers_decode_on_lower_priority_threads(trained: Trained) -> None:
+    """Beside torch's passes, images are decoded on threads of a lower priority (Linux) that
+    end with the server; an ONNX Runtime server keeps Starlette's own threads."""
+    from fastapi.testclient import TestClient
+
+    from annotate2model.serve.app import DECODE_NICE, create_app
+
+    files = [("file", ("a.png", image_bytes(5, (90, 70))))]
+    app = create_app([TorchModel.load(trained.run_dir(1), "cpu")])
+    with TestClient(app) as client:
+        assert client.post("/v1/predict", files=files).status_code == 200
+        decoders = [t for t in threading.enumerate() if t.name.startswith("a2m-decode")]
+        assert decoders
+        if sys.platform == "linux":
+            assert {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in decoders} == {DECODE_NICE}
+            assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0
+    assert not any(t.is_alive() for t in decoders)
+    onnx = create_app([OnnxModel.load(trained.run_dir(1) / "model.onnx", "cpu")])
+    with TestClient(onnx) as client:
+        assert client.post("/v1/predict", files=files).status_code == 200
+        assert not [t for t in threading.enumerate() if t.name.startswith("a2m-decode")]
