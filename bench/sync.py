@@ -13,12 +13,15 @@ http`: images hosted outside Label Studio, as with cloud storage URLs). Every
 timed step is a fresh `python -m annotate2model sync` process (interpreter start, imports, store
 open, HTTP, rendering: the `a2m` script does the same), timed from launch to exit:
 
-- first sync of each project (tasks/s);
+- first sync of each project (tasks/s; median of --first-repeats, each on the workspace's store
+  as `connect` left it, with an empty blob store);
 - no-change re-sync of each (median of --repeats, every time shown);
 - re-sync of the large project after --relabel of its tasks were relabeled;
 - Label Studio's own JSON export of the same projects (median of 3) as the baseline;
-- where a no-change sync's time goes (bench/sync_probe.py runs the same CLI in-process with
-  timers; `-X importtime` lists the imports), for both projects.
+- where a first sync's time goes (bench/sync_probe.py runs the same CLI in-process with timers:
+  start-up, imports, the listing and its calls, the image step and, summed over its threads, file
+  reads, image checks, hashes and blob writes, label resolution, the commit), for both projects;
+- where a no-change sync's time goes (the same probe; `-X importtime` lists the imports), for both.
 
 Each figure is printed next to its target.
 """
@@ -30,6 +33,7 @@ import io
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,14 +170,127 @@ class Breakdown:
     heavy_modules: list[str] = field(default_factory=list)
 
 
-def probe(ws: Path, tmp: Path) -> dict[str, Any]:
+def probe(ws: Path, tmp: Path, expect: str = "Nothing changed") -> dict[str, Any]:
+    """One `a2m sync` under bench/sync_probe.py; its report, with launch and exit times."""
     out = tmp / f"probe-{time.monotonic_ns()}.json"
     timed = run([PY, str(HERE / "sync_probe.py"), str(out), "sync"], ws)
     report: dict[str, Any] = json.loads(out.read_text())
     report["launched"], report["exited"] = timed.launched, timed.exited
-    if "Nothing changed" not in timed.stdout:
-        raise SystemExit(f"the probed sync was not a no-change sync:\n{timed.stdout}")
+    if expect not in timed.stdout:
+        raise SystemExit(f"the probed sync did not say {expect!r}:\n{timed.stdout}")
     return report
+
+
+# -- first syncs, again and again -----------------------------------------------------------------
+
+
+def snapshot_store(ws: Path, keep: Path) -> None:
+    """Keep the workspace's store as it is now (before its first sync) in `keep`."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for f in (ws / ".a2m").glob("store.db*"):
+        shutil.copy2(f, keep / f.name)
+
+
+def restore_store(ws: Path, keep: Path) -> None:
+    """Put back the store kept by `snapshot_store` and empty the blob store: the next sync is a
+    first sync again, against the same server and its files."""
+    data = ws / ".a2m"
+    for f in data.glob("store.db*"):
+        f.unlink()
+    for f in keep.glob("store.db*"):
+        shutil.copy2(f, data / f.name)
+    shutil.rmtree(data / "blobs")
+    (data / "blobs").mkdir()
+
+
+def _spans(report: dict[str, Any], name: str) -> list[tuple[float, float]]:
+    return [(float(a), float(b)) for a, b in report["spans"].get(name, [])]
+
+
+def first_breakdown(reports: list[dict[str, Any]], tasks: int) -> Breakdown:
+    """Where a first sync's time goes: the median over `reports` of each step (wall seconds),
+    and the per-image work summed over the download threads (CPU-ish seconds)."""
+
+    def one(r: dict[str, Any]) -> dict[str, float]:
+        (sync_start, sync_end), *_ = _spans(r, "sync_project")
+        http = sorted(r["http"], key=lambda c: c["start"])
+        listing = _spans(r, "read_all_tasks") or _spans(r, "list_tasks")
+        list_start = min((a for a, _ in listing), default=sync_start)
+        list_end = max((b for _, b in listing), default=sync_start)
+        in_listing = [c for c in http if list_start <= c["start"] <= list_end]
+
+        def total(name: str) -> float:
+            return sum(b - a for a, b in _spans(r, name))
+
+        return {
+            "start": r["began"] - r["launched"],
+            "import": r["imported"] - r["began"],
+            "cli": sync_start - r["imported"] - total("store_open"),
+            "store": total("store_open"),
+            "before_list": list_start - sync_start,
+            "list": list_end - list_start,
+            "list_calls": float(len(in_listing)),
+            "list_server": sum(c["end"] - c["start"] for c in in_listing),
+            "downloads": total("download_images"),
+            "read": total("_read_local") + total("_read_image"),
+            "check": total("probe_image"),
+            "hash": total("sha256_bytes"),
+            "put": total("BlobStore.put"),
+            "pillow": total("import PIL.Image"),
+            "resolve": total("resolve_labels"),
+            "commit": total("commit"),
+            "sync_rest": (sync_end - sync_start)
+            - (list_start - sync_start)
+            - (list_end - list_start)
+            - total("download_images")
+            - total("resolve_labels")
+            - total("commit"),
+            "render": r["ended"] - sync_end,
+            "exit": r["exited"] - r["ended"],
+            "whole": r["exited"] - r["launched"],
+            "cpu": float(r.get("cpu_s", 0.0)),
+            **{
+                f"import {name}": total(f"import {name}")
+                for name in ("sqlalchemy", "httpx", "typer", "pydantic", "rich")
+            },
+        }
+
+    each = [one(r) for r in reports]
+    m = {key: statistics.median(e[key] for e in each) for key in each[0]}
+    b = Breakdown(tasks)
+    b.rows = [
+        ("interpreter start (launch to the script's first line)", m["start"], ""),
+        ("import annotate2model.cli.app", m["import"], ""),
+        ("CLI: the sync command's imports, settings, client", m["cli"], ""),
+        ("store open (engine, schema check)", m["store"], ""),
+        ("sync: project call and store read, before the listing", m["before_list"], ""),
+        (
+            f"listing every task in full ({m['list_calls']:.0f} calls)",
+            m["list"],
+            f"{tasks / max(m['list'], 1e-9):.0f} tasks/s; server time {m['list_server']:.3f} s",
+        ),
+        ("image step (read, check, hash, write blobs)", m["downloads"], "wall"),
+        ("- reading image files / URLs", m["read"], "summed over threads"),
+        ("- checking images (probe_image, Pillow)", m["check"], "summed over threads"),
+        ("- hashing (SHA-256)", m["hash"], "summed over threads"),
+        ("- writing blobs (temp file, fsync, rename)", m["put"], "summed over threads"),
+        ("- import PIL.Image", m["pillow"], "first image check"),
+        ("resolving labels", m["resolve"], ""),
+        ("commit (rows, version, one transaction)", m["commit"], ""),
+        ("rest of the sync", m["sync_rest"], ""),
+        ("rendering the result", m["render"], ""),
+        ("interpreter exit", m["exit"], ""),
+        ("whole process", m["whole"], f"median of {len(each)} probed runs"),
+        ("CPU time of the process (user + system)", m["cpu"], "both cores"),
+    ]
+    imports = ", ".join(
+        f"{name} {m[f'import {name}'] * 1000:.0f} ms"
+        for name in ("sqlalchemy", "httpx", "typer", "pydantic", "rich")
+    )
+    pillow = m["pillow"] * 1000
+    b.calls = [f"imports timed inside the process: {imports}, PIL.Image {pillow:.0f} ms"]
+    b.heavy_modules = list(reports[-1]["heavy_modules"])
+    return b
 
 
 def _span(report: dict[str, Any], name: str) -> float:
@@ -266,11 +383,16 @@ def breakdown(ws: Path, tasks: int, tmp: Path, repeats: int) -> Breakdown:
 @dataclass
 class ProjectFigures:
     tasks: int
-    first: float = 0.0
+    firsts: list[float] = field(default_factory=list)
     nochange: list[float] = field(default_factory=list)
     relabeled: float | None = None
     export: list[float] = field(default_factory=list)
     breakdown: Breakdown | None = None
+    first_breakdown: Breakdown | None = None
+
+    @property
+    def first(self) -> float:
+        return statistics.median(self.firsts)
 
 
 def main() -> None:
@@ -278,6 +400,15 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=150, help="tasks in the small project")
     parser.add_argument("--large", type=int, default=2000, help="tasks in the large project")
     parser.add_argument("--repeats", type=int, default=5, help="no-change re-syncs per project")
+    parser.add_argument(
+        "--first-repeats", type=int, default=3, help="first syncs per project (median)"
+    )
+    parser.add_argument(
+        "--probes",
+        type=int,
+        default=3,
+        help="probed runs per breakdown (first syncs of the large project: 1)",
+    )
     parser.add_argument("--relabel", type=int, default=100, help="tasks relabeled before a sync")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument(
@@ -323,6 +454,9 @@ def main() -> None:
 
     own = args.source == "own"
     workspaces = [init_workspace(tmp / f"ws{i}")[0] for i in range(len(projects))]
+    for ws in workspaces:
+        # As a user starts: `a2m init` creates the store (its schema), so a first sync finds it.
+        a2m(ws.root, "init")
     # `own`: each workspace runs its own server, as `a2m studio up --files-root` does; otherwise
     # one server outside the workspaces (as a team's remote Label Studio is to a2m).
     roots = [ws.data_dir / "labelstudio" for ws in workspaces] if own else [tmp / "labelstudio"]
@@ -380,8 +514,19 @@ def main() -> None:
             ws = workspaces[i]
             connect = ("connect", url_of(i), "--token", TOKEN, "--project")
             a2m(ws.root, *connect, str(project_ids[i]))
-            first = a2m(ws.root, "sync")
-            p.first = first.seconds
+            kept = tmp / f"store-before-first-sync-{i}"
+            snapshot_store(ws.root, kept)
+            for n in range(args.first_repeats):
+                if n:
+                    restore_store(ws.root, kept)
+                p.firsts.append(a2m(ws.root, "sync").seconds)
+                versions = a2m_json(ws.root, "versions")
+                assert [v["item_count"] for v in versions] == [p.tasks], versions
+            reports = []
+            for _ in range(args.probes if p.tasks <= 500 else 1):
+                restore_store(ws.root, kept)
+                reports.append(probe(ws.root, tmp, expect="Version 1:"))
+            p.first_breakdown = first_breakdown(reports, p.tasks)
             versions = a2m_json(ws.root, "versions")
             assert [v["item_count"] for v in versions] == [p.tasks], versions
             for _ in range(args.repeats):
@@ -389,11 +534,13 @@ def main() -> None:
                 assert "Nothing changed" in again.stdout, again.stdout
                 p.nochange.append(again.seconds)
             print(
-                f"{p.tasks} tasks: first sync {p.first:.2f} s, no-change "
+                f"{p.tasks} tasks: first sync "
+                + ", ".join(f"{s:.2f}" for s in p.firsts)
+                + " s, no-change "
                 + ", ".join(f"{s:.2f}" for s in p.nochange),
                 flush=True,
             )
-            p.breakdown = breakdown(ws.root, p.tasks, tmp, 3)
+            p.breakdown = breakdown(ws.root, p.tasks, tmp, args.probes)
 
         client = client_of(len(projects) - 1)
         large = projects[-1]
@@ -428,8 +575,6 @@ def main() -> None:
         if static is not None:
             static.shutdown()
         if not args.keep:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     where = {
         "own": "the workspace's own Label Studio (Local Files; a2m reads them from disk)",
@@ -507,8 +652,10 @@ def report(
     for p in projects:
         rate = p.tasks / p.first
         ok = _verdict(rate >= FIRST_SYNC_TASKS_PER_S)
+        runs = ", ".join(f"{s:.2f}" for s in p.firsts)
         print(
-            f"| first sync, {p.tasks} tasks | {p.first:.2f} s = {rate:.0f} tasks/s "
+            f"| first sync, {p.tasks} tasks (median of {len(p.firsts)}: {runs}) "
+            f"| {p.first:.2f} s = {rate:.0f} tasks/s "
             f"| >= {FIRST_SYNC_TASKS_PER_S:.0f} tasks/s: {ok} |"
         )
     for p, target in ((small, NOCHANGE_SMALL_S), (large, NOCHANGE_LARGE_S)):
@@ -527,6 +674,20 @@ def report(
             f"| baseline: Label Studio JSON export, {p.tasks} tasks (median of {len(p.export)}) "
             f"| {med:.2f} s | - |"
         )
+    for p in projects:
+        b = p.first_breakdown
+        if b is None:
+            continue
+        print()
+        print(f"Where a first `a2m sync` of {b.tasks} tasks spends its time:")
+        print()
+        print("| step | seconds | note |")
+        print("|---|---|---|")
+        for name, seconds, note in b.rows:
+            print(f"| {name} | {seconds:.3f} | {note} |")
+        print()
+        print("; ".join(b.calls))
+        print(f"Heavy modules loaded: {', '.join(b.heavy_modules) or 'none'}")
     for p in projects:
         b = p.breakdown
         if b is None:

@@ -5,10 +5,13 @@
 It changes nothing in what runs: the CLI is imported and called as the `a2m` script does. It
 records wall-clock times (`time.time()`, so the parent can line them up with the moment it
 launched this process): this script's first line (the end of interpreter start-up), the end of
-`import annotate2model.cli.app`, each call of `Store.open`, `parse_label_config` and
-`sync_project` (wrapped as their modules finish loading, wherever and whenever that happens), each
-HTTP request (from httpcore's own debug log: no patching of the transport), the end of `main()`,
-and which heavy third-party modules were loaded by then.
+`import annotate2model.cli.app`, each call of `Store.open`, `parse_label_config`, `sync_project`
+and its steps (listing, image download, label resolution, commit), and within the image step
+each file read, image check (`probe_image`), hash and blob write (all wrapped as their modules
+finish loading, wherever and whenever that happens, on whichever thread), the execution of a few
+heavy modules (Pillow, SQLAlchemy, httpx, typer, pydantic, Rich: when and for how long they were
+imported), each HTTP request (from httpcore's own debug log: no patching of the transport), the
+end of `main()`, and which heavy third-party modules were loaded by then.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import importlib.abc
 import importlib.util
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -41,6 +45,19 @@ HEAVY = (
 
 Spans = dict[str, list[tuple[float, float]]]
 
+# The sync's steps, timed where `sync_project` calls them (those a given sync does not take
+# simply have no span).
+STEPS_SYNC = (
+    "list_tasks",
+    "read_all_tasks",
+    "fetch_changed_tasks",
+    "download_images",
+    "resolve_labels",
+    "commit",
+)
+# Within the image step, per image (on the download threads).
+STEPS_DOWNLOADS = ("_read_local", "_read_image")
+
 
 def _timed(spans: Spans, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
@@ -54,27 +71,46 @@ def _timed(spans: Spans, name: str, fn: Callable[..., Any]) -> Callable[..., Any
     return wrapper
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Calls hooks[name](module) right after module `name` has executed, before anyone uses it."""
+# Modules whose execution (their own imports included) is timed as "import NAME".
+TIMED_IMPORTS = ("PIL.Image", "sqlalchemy", "sqlalchemy.orm", "httpx", "typer", "pydantic", "rich")
 
-    def __init__(self, hooks: dict[str, Callable[[ModuleType], None]]) -> None:
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls hooks[name](module) right after module `name` has executed, before anyone uses it,
+    and times the execution of the modules named in `timed` (spans "import NAME")."""
+
+    def __init__(
+        self,
+        hooks: dict[str, Callable[[ModuleType], None]],
+        timed: Sequence[str] = (),
+        spans: Spans | None = None,
+    ) -> None:
         self.hooks = hooks
+        self.timed = set(timed)
+        self.spans: Spans = spans if spans is not None else {}
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
         hook = self.hooks.pop(fullname, None)
-        if hook is None:
+        timed = fullname in self.timed
+        self.timed.discard(fullname)
+        if hook is None and not timed:
             return None
         spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None:
             return spec
         loader: Any = spec.loader
         run = loader.exec_module
+        spans = self.spans
 
         def exec_module(module: ModuleType) -> None:
+            began = time.time()
             run(module)
-            hook(module)
+            if timed:
+                spans.setdefault(f"import {fullname}", []).append((began, time.time()))
+            if hook is not None:
+                hook(module)
 
         loader.exec_module = exec_module
         return spec
@@ -123,20 +159,32 @@ def main() -> None:
         store = module.Store
         store.open = classmethod(_timed(spans, "store_open", store.open.__func__))
 
-    def wrap(attr: str) -> Callable[[ModuleType], None]:
+    def wrap(*attrs: str) -> Callable[[ModuleType], None]:
         def hook(module: ModuleType) -> None:
-            setattr(module, attr, _timed(spans, attr, getattr(module, attr)))
+            for attr in attrs:
+                if hasattr(module, attr):
+                    setattr(module, attr, _timed(spans, attr, getattr(module, attr)))
 
         return hook
+
+    def wrap_blobs(module: ModuleType) -> None:
+        wrap("sha256_bytes")(module)
+        blobs = module.BlobStore
+        blobs.put = _timed(spans, "BlobStore.put", blobs.put)
 
     sys.meta_path.insert(
         0,
         _AfterImport(
             {
                 "annotate2model.store.db": wrap_store,
+                "annotate2model.store.blobs": wrap_blobs,
+                "annotate2model.imaging": wrap("probe_image"),
                 "annotate2model.labelstudio.config": wrap("parse_label_config"),
-                "annotate2model.labelstudio.sync": wrap("sync_project"),
-            }
+                "annotate2model.labelstudio.downloads": wrap(*STEPS_DOWNLOADS),
+                "annotate2model.labelstudio.sync": wrap("sync_project", *STEPS_SYNC),
+            },
+            TIMED_IMPORTS,
+            spans,
         ),
     )
     http = _HttpLog()
@@ -156,7 +204,9 @@ def main() -> None:
     except SystemExit as exc:
         code = exc.code
     ended = time.time()
+    cpu = os.times()
     report = {
+        "cpu_s": cpu.user + cpu.system,
         "began": began,
         "imported": imported,
         "ended": ended,
