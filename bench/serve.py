@@ -16,11 +16,13 @@ same two cores.) The clients' own CPU per request is printed beside the server's
 Reported per engine and client count: p50 and p99 latency, requests/s, CPU milliseconds per
 request of the server process and of the clients, and the server's step times (its
 Server-Timing header) with the mean images per forward pass. Beside them, bare forward
-passes of the served model on already decoded images (no HTTP, no decoding): one image (p50) and
-the best images/s over batch sizes, measured before and after the engine's loads (on a shared
-machine the cores' speed drifts; the faster of the two is the baseline, and both are printed so
-the drift shows). Targets: p99 at one client within 1.5x of one bare forward
-pass; requests/s at 16 clients at least 80% of the best bare batched forward.
+passes of the served model on already decoded images (no HTTP, no decoding), in this process:
+one image (p50), and the batch size with the most images/s (chosen by a sweep beforehand). On a
+shared machine the cores' speed drifts within a minute (a single pass went from 18 to 22 ms in
+one run), so each client count's requests and the bare passes beside them run in alternating
+turns (4 rounds, 2 with --quick), and every ratio compares figures from the same moments.
+Targets: p99 at one client within 1.5x of one bare forward pass; requests/s at 16 clients at
+least 80% of the best bare batched forward.
 
     .venv/bin/python bench/serve.py [--quick] [--keep DIR] [--device cpu]
 """
@@ -103,49 +105,59 @@ def setup(base: Path, env: dict[str, str]) -> Path:
 
 @dataclass
 class Bare:
+    """Bare forward passes taken in turns with the served loads."""
+
     one_p50_ms: float
     one_p99_ms: float
     best_images_per_s: float
     best_batch: int
+    # The batch sweep before the loads (which chose best_batch).
+    swept_images_per_s: float
 
 
-def bare_forward(ws: Path, engine: str, device: str, repeats: int) -> Bare:
-    """The served model's own forward pass on decoded images, in this process."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from annotate2model.serve.models import OnnxModel, ServedModel, TorchModel
-    from annotate2model.training.images import load_image
+class BareModel:
+    """The served model's own forward passes on already decoded images, in this process."""
 
-    run_dir = ws / ".a2m" / "runs" / "1"
-    model: ServedModel = (
-        TorchModel.load(run_dir, device)
-        if engine == "torch"
-        else OnnxModel.load(run_dir / "model.onnx", device)
-    )
-    decoded = np.stack([load_image(p, model.prep) for p in photos(32)])
-    for _ in range(3):
-        model.forward(decoded[:1])
-    times = []
-    for i in range(repeats):
-        started = time.perf_counter()
-        model.forward(decoded[i % 32 : i % 32 + 1])
-        times.append(time.perf_counter() - started)
-    best, best_batch = 0.0, 1
-    for batch in BATCHES:
-        model.forward(decoded[:batch])
-        rounds = max(2, repeats // (4 * batch))
+    def __init__(self, ws: Path, engine: str, device: str) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from annotate2model.serve.models import OnnxModel, ServedModel, TorchModel
+        from annotate2model.training.images import load_image
+
+        run_dir = ws / ".a2m" / "runs" / "1"
+        self.model: ServedModel = (
+            TorchModel.load(run_dir, device)
+            if engine == "torch"
+            else OnnxModel.load(run_dir / "model.onnx", device)
+        )
+        self.decoded = np.stack([load_image(p, self.model.prep) for p in photos(32)])
+        for _ in range(3):
+            self.model.forward(self.decoded[:1])
+
+    def one(self, count: int) -> list[float]:
+        """Seconds of `count` one-image passes."""
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            self.model.forward(self.decoded[i % 32 : i % 32 + 1])
+            times.append(time.perf_counter() - started)
+        return times
+
+    def batched(self, batch: int, rounds: int) -> tuple[int, float]:
+        """Images and seconds of `rounds` passes of `batch` images."""
+        self.model.forward(self.decoded[:batch])
         started = time.perf_counter()
         for _ in range(rounds):
-            model.forward(decoded[:batch])
-        rate = batch * rounds / (time.perf_counter() - started)
-        if rate > best:
-            best, best_batch = rate, batch
-    del model
-    return Bare(
-        one_p50_ms=1000 * statistics.median(times),
-        one_p99_ms=1000 * float(np.percentile(times, 99)),
-        best_images_per_s=best,
-        best_batch=best_batch,
-    )
+            self.model.forward(self.decoded[:batch])
+        return batch * rounds, time.perf_counter() - started
+
+    def best_batch(self, repeats: int) -> tuple[int, float]:
+        """The batch size with the most images/s, and that rate."""
+        rates = {}
+        for batch in BATCHES:
+            images, seconds = self.batched(batch, max(2, repeats // (4 * batch)))
+            rates[batch] = images / seconds
+        best = max(rates, key=rates.__getitem__)
+        return best, rates[best]
 
 
 @dataclass
@@ -162,6 +174,35 @@ class Load:
     client_cpu_ms: float
     # Images per forward pass, on average (the server's batch counters).
     mean_batch: float
+    latencies: list[float]
+    step_values: dict[str, list[float]]
+    wall: float
+    passes: int
+
+
+def merged(parts: list[Load]) -> Load:
+    """One Load from rounds of the same client count."""
+    latencies = [x for p in parts for x in p.latencies]
+    values: dict[str, list[float]] = {}
+    for p in parts:
+        for name, v in p.step_values.items():
+            values.setdefault(name, []).extend(v)
+    n, wall, passes = len(latencies), sum(p.wall for p in parts), sum(p.passes for p in parts)
+    return Load(
+        clients=parts[0].clients,
+        requests=n,
+        p50_ms=1000 * statistics.median(latencies),
+        p99_ms=1000 * float(np.percentile(latencies, 99)),
+        per_second=n / wall,
+        steps={name: statistics.median(v) for name, v in values.items()},
+        server_cpu_ms=sum(p.server_cpu_ms * p.requests for p in parts) / n,
+        client_cpu_ms=sum(p.client_cpu_ms * p.requests for p in parts) / n,
+        mean_batch=sum(p.mean_batch * p.passes for p in parts) / max(1, passes),
+        latencies=latencies,
+        step_values=values,
+        wall=wall,
+        passes=passes,
+    )
 
 
 BOUNDARY = "a2m-bench-7d3f0c"
@@ -290,6 +331,10 @@ def load(url: str, server_pid: int, clients: int, per_client: int, images: list[
         server_cpu_ms=1000 * server_cpu / len(latencies),
         client_cpu_ms=1000 * client_cpu / len(latencies),
         mean_batch=(after["images"] - before["images"]) / max(1, passes),
+        latencies=latencies,
+        step_values=steps,
+        wall=wall,
+        passes=passes,
     )
 
 
@@ -332,7 +377,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda when one is lent.")
     args = parser.parse_args()
     per_client = {1: 15, 4: 8, 16: 4} if args.quick else {1: 120, 4: 60, 16: 25}
-    repeats = 20 if args.quick else 100
+    repeats = 20 if args.quick else 120
+    rounds = 2 if args.quick else 4
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("A2M_")}
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -347,22 +393,40 @@ def main() -> None:
         size = np.mean([len(i) for i in images]) / 1024
         print(f"Requests: one image each ({source}, {size:.0f} KiB mean).")
         rows: list[tuple[str, Bare, list[Load]]] = []
-        drift: dict[str, tuple[Bare, Bare]] = {}
         for engine in ("torch", "onnxruntime"):
-            before = bare_forward(ws, engine, args.device, repeats)
+            bare = BareModel(ws, engine, args.device)
+            best_batch, swept = bare.best_batch(repeats)
             url, proc = serve(ws, env, engine, args.device, base / f"{engine}.log")
+            # Rounds: each client count's requests, and the bare passes beside them, are split
+            # into ROUNDS alternating turns, so both see the same moments of a shared machine.
+            ones: list[float] = []
+            parts: dict[int, list[Load]] = {c: [] for c in CLIENTS}
+            bare_images, bare_seconds = 0, 0.0
             try:
                 load(url, proc.pid, 2, 4, images)  # warm-up: the first requests pay for set-up
-                loads = [load(url, proc.pid, c, per_client[c], images) for c in CLIENTS]
+                for _ in range(rounds):
+                    for c in CLIENTS:
+                        if c == 1:
+                            ones += bare.one(repeats // rounds)
+                        elif c == max(CLIENTS):
+                            done = bare.batched(best_batch, max(2, repeats // (2 * best_batch)))
+                            bare_images, bare_seconds = (
+                                bare_images + done[0],
+                                bare_seconds + done[1],
+                            )
+                        parts[c].append(load(url, proc.pid, c, per_client[c] // rounds, images))
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-            after = bare_forward(ws, engine, args.device, repeats)
-            drift[engine] = (before, after)
-            bare = before if before.one_p50_ms <= after.one_p50_ms else after
-            best = before if before.best_images_per_s >= after.best_images_per_s else after
-            bare = Bare(bare.one_p50_ms, bare.one_p99_ms, best.best_images_per_s, best.best_batch)
-            rows.append((engine, bare, loads))
+            del bare
+            summary = Bare(
+                one_p50_ms=1000 * statistics.median(ones),
+                one_p99_ms=1000 * float(np.percentile(ones, 99)),
+                best_images_per_s=bare_images / bare_seconds,
+                best_batch=best_batch,
+                swept_images_per_s=swept,
+            )
+            rows.append((engine, summary, [merged(parts[c]) for c in CLIENTS]))
             print(f"  {engine}: done")
         print()
         print(
@@ -370,23 +434,23 @@ def main() -> None:
             f"{'CPU ms/req srv':>15}{'cli':>5}   baseline (same run, bare forward)"
         )
         verdicts = []
-        for engine, bare, loads in rows:
+        for engine, b, loads in rows:
             for r in loads:
                 note = ""
                 if r.clients == 1:
-                    ratio = r.p99_ms / bare.one_p50_ms
+                    ratio = r.p99_ms / b.one_p50_ms
                     ok = ratio <= P99_TARGET
                     note = (
-                        f"1 image: p50 {bare.one_p50_ms:.1f} ms (p99 {bare.one_p99_ms:.1f}); "
+                        f"1 image: p50 {b.one_p50_ms:.1f} ms (p99 {b.one_p99_ms:.1f}); "
                         f"p99/bare {ratio:.2f}x, target <= {P99_TARGET}x {'ok' if ok else 'MISSED'}"
                     )
                     verdicts.append(ok)
                 elif r.clients == max(CLIENTS):
-                    share = r.per_second / bare.best_images_per_s
+                    share = r.per_second / b.best_images_per_s
                     ok = share >= THROUGHPUT_TARGET
                     note = (
-                        f"best batched {bare.best_images_per_s:.1f} img/s "
-                        f"(batch {bare.best_batch}); "
+                        f"best batched {b.best_images_per_s:.1f} img/s "
+                        f"(batch {b.best_batch}; {b.swept_images_per_s:.1f} in the sweep); "
                         f"{100 * share:.0f}%, target >= {100 * THROUGHPUT_TARGET:.0f}% "
                         f"{'ok' if ok else 'MISSED'}"
                     )
@@ -399,13 +463,10 @@ def main() -> None:
         for engine, _, loads in rows:
             for r in loads:
                 steps = ", ".join(f"{k} {v:.1f}" for k, v in r.steps.items())
-                print(f"  {engine:<12} {r.clients:>2} clients: {steps}")
-        print("\nBare forward before / after the loads (one image p50 ms; best img/s):")
-        for engine, (b, a) in drift.items():
-            print(
-                f"  {engine:<12} {b.one_p50_ms:.1f} / {a.one_p50_ms:.1f} ms; "
-                f"{b.best_images_per_s:.1f} / {a.best_images_per_s:.1f} img/s"
-            )
+                print(
+                    f"  {engine:<12} {r.clients:>2} clients: {steps}; "
+                    f"{r.mean_batch:.1f} images per pass"
+                )
         load1, load5, load15 = os.getloadavg()
         print(
             f"\ndevice {args.device}, {os.cpu_count()} cores; "
