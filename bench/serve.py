@@ -443,6 +443,7 @@ def main() -> None:
                     note = (
                         f"1 image: p50 {b.one_p50_ms:.1f} ms (p99 {b.one_p99_ms:.1f}); "
                         f"p99/bare {ratio:.2f}x, target <= {P99_TARGET}x {'ok' if ok else 'MISSED'}"
+                        f" (p50/bare {r.p50_ms / b.one_p50_ms:.2f}x)"
                     )
                     verdicts.append(ok)
                 elif r.clients == max(CLIENTS):
