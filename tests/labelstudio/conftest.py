@@ -22,6 +22,7 @@ from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.config import build_label_config
 from annotate2model.labelstudio.server import LocalServer, free_port
 from annotate2model.settings import Secret
+from tests.conftest import image_bytes
 
 ADMIN = "admin@a2m.local"
 PASSWORD = "test-password-123"
@@ -47,6 +48,30 @@ class LiveServer:
     def create_project(self, labels: list[str], title: str = "test project") -> int:
         with self.client() as c:
             return c.create_project(title, build_label_config(labels)).id
+
+    def local_files_project(
+        self, name: str, n: int, seed: int, size: tuple[int, int] = (48, 48)
+    ) -> int:
+        """A project of `n` tasks labeled a, b, a, ... whose images are the server's Local Files
+        (PNGs under files_root/`name`, drawn from seeds `seed`, `seed` + 1, ...)."""
+        folder = self.files_root / name
+        folder.mkdir()
+        for i in range(n):
+            (folder / f"{i}.png").write_bytes(image_bytes(seed + i, size=size))
+        project = self.create_project(["a", "b"])
+        with self.client() as c:
+            assert c.add_local_storage(project, str(folder))
+            c.import_tasks(
+                project,
+                [
+                    {
+                        "data": {"image": f"/data/local-files/?d={name}/{i}.png"},
+                        "annotations": [choice("ab"[i % 2])],
+                    }
+                    for i in range(n)
+                ],
+            )
+        return project
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         with self.client() as c:

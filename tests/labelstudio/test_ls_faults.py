@@ -113,23 +113,7 @@ def test_server_dying_in_the_middle_of_the_downloads_writes_nothing_and_resync_i
     ls_server: LiveServer, store: Store, tmp_path: Path
 ) -> None:
     n = 60
-    folder = ls_server.files_root / "midsync"
-    folder.mkdir()
-    for i in range(n):
-        (folder / f"m{i}.png").write_bytes(image_bytes(900 + i, size=(96, 96)))
-    project = ls_server.create_project(["a", "b"])
-    with ls_server.client() as c:
-        assert c.add_local_storage(project, str(folder))
-        c.import_tasks(
-            project,
-            [
-                {
-                    "data": {"image": f"/data/local-files/?d=midsync/m{i}.png"},
-                    "annotations": [choice("ab"[i % 2])],
-                }
-                for i in range(n)
-            ],
-        )
+    project = ls_server.local_files_project("midsync", n, seed=900, size=(96, 96))
     port = ls_server.server.status().port
     assert port is not None
     progress = KillDuringDownloads(ls_server, after=5)

@@ -24,7 +24,6 @@ from annotate2model.settings import load_settings
 from annotate2model.store import Store
 from annotate2model.store.models import DatasetVersion, Image, Task
 from annotate2model.workspace import init_workspace
-from tests.conftest import image_bytes
 from tests.labelstudio.conftest import ADMIN, LEGACY_TOKEN, PASSWORD, LiveServer, choice
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -143,28 +142,6 @@ def _blob_count(root: Path) -> int:
     return sum(1 for p in root.glob("*/*") if len(p.name) == 64 and p.is_file())
 
 
-def _local_project(ls_server: LiveServer, name: str, n: int) -> int:
-    """A project of `n` labeled tasks whose images are Local Files of the server."""
-    folder = ls_server.files_root / name
-    folder.mkdir()
-    for i in range(n):
-        (folder / f"{i}.png").write_bytes(image_bytes(2000 + i, size=(48, 48)))
-    project = ls_server.create_project(["a", "b"])
-    with ls_server.client() as c:
-        assert c.add_local_storage(project, str(folder))
-        c.import_tasks(
-            project,
-            [
-                {
-                    "data": {"image": f"/data/local-files/?d={name}/{i}.png"},
-                    "annotations": [choice("ab"[i % 2])],
-                }
-                for i in range(n)
-            ],
-        )
-    return project
-
-
 def _other_store(tmp_path: Path, name: str) -> Store:
     ws, _ = init_workspace(tmp_path / name)
     return Store.open(load_settings(ws, env={}))
@@ -174,7 +151,7 @@ def test_first_sync_reads_images_while_listing_and_ends_as_one_that_reads_them_a
     ls_server: LiveServer, store: Store, tmp_path: Path
 ) -> None:
     n = FIRST_PAGE + 40
-    project = _local_project(ls_server, "overlap", n)
+    project = ls_server.local_files_project("overlap", n, seed=2000)
     local = LocalFiles(same_server=True, root=ls_server.files_root)
     progress = WaitForImagesWhileListing(store.blobs.root)
     with ls_server.client() as c:
@@ -197,7 +174,7 @@ def test_server_dying_while_images_are_read_during_the_listing_writes_no_row(
     ls_server: LiveServer, tmp_path: Path
 ) -> None:
     n = FIRST_PAGE + 40
-    project = _local_project(ls_server, "dies", n)
+    project = ls_server.local_files_project("dies", n, seed=2000)
     local = LocalFiles(same_server=True, root=ls_server.files_root)
     store = _other_store(tmp_path, "dies")
     port = ls_server.server.status().port
