@@ -395,6 +395,18 @@ class ProjectFigures:
         return statistics.median(self.firsts)
 
 
+def _print_steps(title: str, rows: Sequence[tuple[str, float, str]]) -> None:
+    """A breakdown as a Markdown table of steps, with a blank line around it."""
+    print()
+    print(title)
+    print()
+    print("| step | seconds | note |")
+    print("|---|---|---|")
+    for name, seconds, note in rows:
+        print(f"| {name} | {seconds:.3f} | {note} |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=150, help="tasks in the small project")
@@ -678,28 +690,14 @@ def report(
         b = p.first_breakdown
         if b is None:
             continue
-        print()
-        print(f"Where a first `a2m sync` of {b.tasks} tasks spends its time:")
-        print()
-        print("| step | seconds | note |")
-        print("|---|---|---|")
-        for name, seconds, note in b.rows:
-            print(f"| {name} | {seconds:.3f} | {note} |")
-        print()
+        _print_steps(f"Where a first `a2m sync` of {b.tasks} tasks spends its time:", b.rows)
         print("; ".join(b.calls))
         print(f"Heavy modules loaded: {', '.join(b.heavy_modules) or 'none'}")
     for p in projects:
         b = p.breakdown
         if b is None:
             continue
-        print()
-        print(f"Where a no-change `a2m sync` of {b.tasks} tasks spends its time:")
-        print()
-        print("| step | seconds | note |")
-        print("|---|---|---|")
-        for name, seconds, note in b.rows:
-            print(f"| {name} | {seconds:.3f} | {note} |")
-        print()
+        _print_steps(f"Where a no-change `a2m sync` of {b.tasks} tasks spends its time:", b.rows)
         print(f"Label Studio calls: {'; '.join(b.calls)}")
         heaviest = ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in b.heaviest)
         print(
