@@ -195,7 +195,13 @@ def start_up_costs(repeats: int = 3) -> dict[str, Any]:
     commands = {
         "python": [PY, "-c", "pass"],
         "import torch": [PY, "-c", "import torch"],
-        "import torchvision": [PY, "-c", "import torch, torchvision"],
+        # As a2m imports it: without torch._dynamo (training/vision.py).
+        "import torchvision": [
+            PY,
+            "-c",
+            "import torch; from annotate2model.training.vision import import_torchvision; "
+            "import_torchvision()",
+        ],
         "a2m --help": [*A2M, "--help"],
     }
     out: dict[str, Any] = {}

@@ -18,6 +18,7 @@ from torch import nn
 
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.training.config import BACKBONES
+from annotate2model.training.vision import import_torchvision, meta_init_skipped
 from annotate2model.training.weights import WeightsStatus as WeightsStatus
 from annotate2model.training.weights import imagenet_checkpoint_path
 from annotate2model.training.weights import imagenet_weights_status as imagenet_weights_status
@@ -92,16 +93,13 @@ def resolve_weights(backbone: str, weights: str, seed: int) -> WeightsSource:
 
 
 def _tv_model(backbone: str) -> nn.Module:
-    import torchvision
-
+    torchvision = import_torchvision()
     model: nn.Module = torchvision.models.get_model(backbone, weights=None)
     return model
 
 
 def default_weights_enum(backbone: str) -> Any:
-    import torchvision
-
-    return torchvision.models.get_model_weights(backbone).DEFAULT
+    return import_torchvision().models.get_model_weights(backbone).DEFAULT
 
 
 def hub_checkpoint_path(backbone: str) -> Path:
@@ -222,8 +220,8 @@ def trunk_state_from(
 
 def meta_trunk(backbone: str) -> nn.Module:
     """`build_trunk` on the meta device: the architecture's names and shapes, no memory or
-    initialisation spent on the weights."""
-    with torch.device("meta"):
+    initialisation spent on the weights (nor an import of torch._dynamo: training/vision.py)."""
+    with meta_init_skipped(), torch.device("meta"):
         return build_trunk(backbone)
 
 

@@ -1,0 +1,106 @@
+"""torchvision is imported without torch._dynamo (2 s of every cold train, predict and serve),
+and nothing that needs the real torch._dynamo afterwards gets the stand-in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.training
+
+
+def _run(code: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_building_a_network_leaves_dynamo_unloaded() -> None:
+    _run(
+        """
+        import sys
+        import torch
+        from annotate2model.training.backbones import build_trunk, meta_trunk
+
+        # The meta build (what preflight checks weights against) first, as a cold train does.
+        shapes = {k: v.shape for k, v in meta_trunk("resnet18").state_dict().items()}
+        trunk = build_trunk("resnet18")
+        assert shapes == {k: v.shape for k, v in trunk.state_dict().items()}
+        assert trunk(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+        assert "torchvision" in sys.modules
+        loaded = sorted(m for m in sys.modules if m.startswith("torch._dynamo"))
+        assert not loaded, loaded
+        """
+    )
+
+
+def test_torchvision_ops_and_dynamo_work_after_it() -> None:
+    _run(
+        """
+        import sys
+        import torch
+        from annotate2model.training.vision import import_torchvision
+
+        torchvision = import_torchvision()
+        assert import_torchvision() is torchvision
+        # roi_align itself (torchvision's compiled op): the mean of a linear ramp over the box
+        # is its value at the centre, pixel (1, 1).
+        features = torch.arange(16.0).reshape(1, 1, 4, 4)
+        boxes = torch.tensor([[0.0, 0.0, 0.0, 3.0, 3.0]])
+        pooled = torchvision.ops.roi_align(features, boxes, output_size=1, aligned=True)
+        assert torch.allclose(pooled, torch.tensor([[[[5.0]]]])), pooled
+        # The stand-in's function answers with the real one, which it imports when called.
+        module = sys.modules["torchvision.ops.roi_align"]
+
+        supported = module.is_compile_supported("cpu")
+        import torch._dynamo.utils as real
+
+        assert supported == real.is_compile_supported("cpu")
+        assert real.__file__ and hasattr(real, "counters"), "the stand-in stayed in sys.modules"
+        assert torch._dynamo.utils is real
+        """
+    )
+
+
+def test_dynamo_already_loaded_imports_torchvision_plainly() -> None:
+    _run(
+        """
+        import sys
+        import torch._dynamo.utils as real
+        from annotate2model.training.vision import import_torchvision
+
+        import_torchvision()
+        assert sys.modules["torch._dynamo.utils"] is real
+        module = sys.modules["torchvision.ops.roi_align"]
+
+        assert module.is_compile_supported is real.is_compile_supported
+        """
+    )
+
+
+def test_meta_init_skipped_touches_only_meta_tensors() -> None:
+    _run(
+        """
+        import torch
+        from torch import nn
+        from annotate2model.training.vision import meta_init_skipped
+
+        before = nn.init.kaiming_normal_
+        with meta_init_skipped():
+            # Real tensors (this thread's or another's) are initialised as usual meanwhile.
+            real = nn.init.kaiming_normal_(torch.zeros(64, 64))
+            ones = nn.init.ones_(torch.zeros(3))
+            meta = torch.empty(4, 4, device="meta")
+            assert nn.init.normal_(meta) is meta
+        assert real.std() > 0.01 and bool((ones == 1).all())
+        assert nn.init.kaiming_normal_ is before
+        """
+    )
