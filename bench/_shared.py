@@ -45,3 +45,18 @@ def require(path: Path, what: str) -> Path:
     if not path.exists():
         raise SystemExit(missing_message(path, what))
     return path
+
+
+def run_as_installed() -> None:
+    """Make this benchmark's a2m processes load annotate2model as an installed copy does.
+
+    pip compiles an installed package's modules to bytecode, and Python keeps the bytecode of
+    what it compiles later; a checkout run with PYTHONDONTWRITEBYTECODE set (as some sandboxes
+    and containers do) instead compiles annotate2model's hundred modules again in every process,
+    30-80 ms a command. Benchmarks call this first: the package is compiled once, and the
+    processes they start (both sides of every ratio) may keep bytecode as a user's do.
+    """
+    import compileall
+
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    compileall.compile_dir(PROJECT_ROOT / "annotate2model", quiet=1)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _shared import HYMENOPTERA, SCENES_1200, SCENES_WEIGHTS, require
+from _shared import HYMENOPTERA, SCENES_1200, SCENES_WEIGHTS, require, run_as_installed
 
 PY = sys.executable
 A2M = [PY, "-m", "annotate2model"]
@@ -422,6 +422,7 @@ def main() -> None:
     parser.add_argument("--offline", action="store_true", help="methods on cached embeddings")
     parser.add_argument("--workspaces", type=Path, default=None, help="offline: keep/reuse here")
     args = parser.parse_args()
+    run_as_installed()
     if args.offline:
         offline(args.workspaces, args.seeds or 10)
         return

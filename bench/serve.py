@@ -21,8 +21,10 @@ one image (p50), and the batch size with the most images/s (chosen by a sweep be
 shared machine the cores' speed drifts within a minute (a single pass went from 18 to 22 ms in
 one run), so each client count's requests and the bare passes beside them run in alternating
 turns (4 rounds, 2 with --quick), and every ratio compares figures from the same moments.
-Targets: p99 at one client within 1.5x of one bare forward pass; requests/s at 16 clients at
-least 80% of the best bare batched forward.
+Targets: p99 at one client within 1.5x of one bare forward pass (p50); requests/s at 16 clients
+at least 80% of the best bare batched forward. Beside the first: the bare pass's own p99 over its
+p50, the tail this machine gives a pass with no HTTP and no decoding (where that is over 1.5x,
+the target cannot be met here), and the served p99 over the bare p99.
 
     .venv/bin/python bench/serve.py [--quick] [--keep DIR] [--device cpu]
 """
@@ -47,7 +49,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _shared import HYMENOPTERA
+from _shared import HYMENOPTERA, run_as_installed
 
 A2M = [sys.executable, "-m", "annotate2model"]
 CLIENTS = (1, 4, 16)
@@ -376,6 +378,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="Build the workspace here and keep it.")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda when one is lent.")
     args = parser.parse_args()
+    run_as_installed()
     per_client = {1: 15, 4: 8, 16: 4} if args.quick else {1: 120, 4: 60, 16: 25}
     repeats = 20 if args.quick else 120
     rounds = 2 if args.quick else 4
@@ -440,10 +443,15 @@ def main() -> None:
                 if r.clients == 1:
                     ratio = r.p99_ms / b.one_p50_ms
                     ok = ratio <= P99_TARGET
+                    # Beside the target: the bare pass's own tail (its p99 over its p50, what
+                    # this machine does to a pass with no HTTP and no decoding at all), and the
+                    # served p99 over the bare p99.
                     note = (
                         f"1 image: p50 {b.one_p50_ms:.1f} ms (p99 {b.one_p99_ms:.1f}); "
                         f"p99/bare {ratio:.2f}x, target <= {P99_TARGET}x {'ok' if ok else 'MISSED'}"
-                        f" (p50/bare {r.p50_ms / b.one_p50_ms:.2f}x)"
+                        f" (p50/bare {r.p50_ms / b.one_p50_ms:.2f}x; bare p99/p50 "
+                        f"{b.one_p99_ms / b.one_p50_ms:.2f}x; p99/bare p99 "
+                        f"{r.p99_ms / b.one_p99_ms:.2f}x)"
                     )
                     verdicts.append(ok)
                 elif r.clients == max(CLIENTS):

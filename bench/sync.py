@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _shared import run_as_installed
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 A2M = [PY, "-m", "annotate2model"]
@@ -437,6 +439,7 @@ def main() -> None:
         "disk by a2m), another Label Studio (Local Files over HTTP) or a static HTTP server",
     )
     args = parser.parse_args()
+    run_as_installed()
 
     from annotate2model.labelstudio.client import LabelStudioClient
     from annotate2model.labelstudio.config import build_label_config

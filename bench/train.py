@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _shared import HYMENOPTERA, SCENES_WEIGHTS, require
+from _shared import HYMENOPTERA, SCENES_WEIGHTS, require, run_as_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--bare-seconds", type=float, default=5.0)
     parser.add_argument("--throughput-repeats", type=int, default=1)
     args = parser.parse_args()
+    run_as_installed()
     require(args.data, "the benchmark's data set")
     require(args.weights, "the benchmark's weights")
     results: dict[str, dict[str, Any]] = {}

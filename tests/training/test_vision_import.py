@@ -6,8 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+from tests.test_startup import loaded_of, run_a2m
+from tests.training.conftest import make_split_folder
 
 pytestmark = pytest.mark.training
 
@@ -104,3 +108,25 @@ def test_meta_init_skipped_touches_only_meta_tensors() -> None:
         assert nn.init.kaiming_normal_ is before
         """
     )
+
+
+def test_a_cold_train_loads_neither_dynamo_nor_sympy(tmp_path: Path, weights: Path) -> None:
+    """The whole first `a2m train` of a workspace, with a weights file (preflight then checks it
+    against a meta-device trunk, and extraction builds, traces and freezes the torchvision one)."""
+    folder = make_split_folder(tmp_path / "data", {"ants": 4, "bees": 4}, {"ants": 2, "bees": 2})
+    home = {"A2M_HOME": str(tmp_path / "ws")}
+    run_a2m(tmp_path, "init", str(tmp_path / "ws"), env=home)
+    run_a2m(tmp_path, "import-folder", str(folder), env=home)
+    modules, _ = run_a2m(
+        tmp_path,
+        "train",
+        "--weights",
+        str(weights),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        env=home,
+    )
+    assert "torchvision" in modules
+    assert loaded_of(modules, ("torch._dynamo", "sympy")) == []
