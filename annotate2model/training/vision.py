@@ -8,7 +8,9 @@ Two things load torch._dynamo (and sympy) when nothing here asks for it:
   (pytorch/vision#8436, whose `lazy_compile` was meant to avoid it). `import_torchvision` imports
   it with a stand-in for that one module, whose `is_compile_supported` imports the real one when
   it is first called. The stand-in leaves `sys.modules` before the import returns, so anything
-  later (`torch.compile`, `torch.optim`) imports the real torch._dynamo as usual.
+  later (`torch.compile`, `torch.optim`) imports the real torch._dynamo as usual. Should another
+  torch or torchvision load torch._dynamo while torchvision loads, that attempt is forgotten and
+  torchvision imported plainly.
 - Random initialisation on the meta device runs torch's Python references, which import
   torch._dynamo and sympy. A network built on the meta device only gives names and shapes, so
   `meta_init_skipped` makes `torch.nn.init`'s functions leave meta tensors alone meanwhile
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -41,24 +44,31 @@ def _is_compile_supported(device_type: str) -> bool:
 
 
 def import_torchvision() -> ModuleType:
-    """The torchvision module, imported (once) without torch._dynamo."""
+    """The torchvision module, imported (once) without torch._dynamo where that can be done."""
     with _import_lock:
         loaded = sys.modules.get("torchvision")
         if loaded is not None:
             return loaded
         if _DYNAMO_UTILS in sys.modules:
-            import torchvision
-
-            return sys.modules["torchvision"]
+            return importlib.import_module("torchvision")
+        before = set(sys.modules)
         stand_in = ModuleType(_DYNAMO_UTILS)
         stand_in.is_compile_supported = _is_compile_supported  # type: ignore[attr-defined]
         sys.modules[_DYNAMO_UTILS] = stand_in
         try:
-            import torchvision  # noqa: F401
+            importlib.import_module("torchvision")
+            clean = "torch._dynamo" not in sys.modules
+        except Exception:
+            clean = False
         finally:
             if sys.modules.get(_DYNAMO_UTILS) is stand_in:
                 del sys.modules[_DYNAMO_UTILS]
-        return sys.modules["torchvision"]
+        if not clean:
+            # A torch or torchvision that loads torch._dynamo while torchvision loads (the
+            # stand-in may be bound into it): forget what that import loaded, import plainly.
+            for name in set(sys.modules) - before:
+                del sys.modules[name]
+        return importlib.import_module("torchvision")
 
 
 def _leaving_meta_alone(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -130,3 +130,33 @@ def test_a_cold_train_loads_neither_dynamo_nor_sympy(tmp_path: Path, weights: Pa
     )
     assert "torchvision" in modules
     assert loaded_of(modules, ("torch._dynamo", "sympy")) == []
+
+
+def test_a_torchvision_that_loads_dynamo_while_it_loads_is_imported_plainly() -> None:
+    """Should a later torch or torchvision load torch._dynamo while torchvision loads (with the
+    stand-in in place), the attempt is forgotten and torchvision imported as usual."""
+    _run(
+        """
+        import importlib.abc
+        import sys
+        import torch
+
+        class LoadsDynamo(importlib.abc.MetaPathFinder):
+            fired = False
+
+            def find_spec(self, name, path=None, target=None):
+                if name == "torchvision.models" and not self.fired:
+                    self.fired = True
+                    import torch._dynamo
+                return None
+
+        sys.meta_path.insert(0, LoadsDynamo())
+        from annotate2model.training.vision import import_torchvision
+
+        torchvision = import_torchvision()
+        import torch._dynamo.utils as real
+
+        assert hasattr(real, "counters") and torch._dynamo.utils is real
+        assert type(torchvision.models.get_model("resnet18", weights=None)).__name__ == "ResNet"
+        """
+    )
