@@ -52,9 +52,10 @@ def run_as_installed() -> None:
 
     pip compiles an installed package's modules to bytecode, and Python keeps the bytecode of
     what it compiles later; a checkout run with PYTHONDONTWRITEBYTECODE set (as some sandboxes
-    and containers do) instead compiles annotate2model's hundred modules again in every process,
-    30-80 ms a command. Benchmarks call this first: the package is compiled once, and the
-    processes they start (both sides of every ratio) may keep bytecode as a user's do.
+    and containers do) instead compiles annotate2model's modules again in every process (30 ms
+    of `a2m versions` here, more for commands that load more of them). Benchmarks call this
+    first: the package is compiled once, and the processes they start (both sides of every
+    ratio) may keep bytecode as a user's do.
     """
     import compileall
 
