@@ -31,9 +31,10 @@ sys.argv = ["a2m", *sys.argv[2:]]
 main()
 """
 
-# Never needed outside training (and the SDK, pydantic's user, not at all).
+# Never needed outside training (and the SDK, pydantic's user, not at all: nor pydantic, which
+# typer 0.29 imports to convert options, 80 ms or more of every command).
 TRAINING = ("torch", "torchvision", "numpy", "safetensors", "annotate2model.training")
-SDK = ("label_studio_sdk", "lxml")
+SDK = ("label_studio_sdk", "lxml", "pydantic")
 
 
 def run_a2m(

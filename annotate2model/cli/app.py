@@ -28,23 +28,6 @@ from annotate2model.errors import USAGE_EXIT_CODE, A2MError
 TRACEBACK_HINT = "run with A2M_TRACEBACK=1 for the traceback"
 
 
-def _flag_type(option: typer.core.TyperOption, ctx: Any) -> str | None:
-    """No `<bool>` after a flag in help: `--json` takes no value, so none is shown.
-
-    typer's Rich help prints every option's type, flags included; its plain help (and click's)
-    leave flags bare, as this does.
-    """
-    if option.is_flag or option.count:
-        return None
-    return _typed_option_type(option, ctx)
-
-
-# typer has no setting for this, so the method is replaced on its option class (tested by
-# tests/test_cli_polish.py against every command's help).
-_typed_option_type = typer.core.TyperOption.display_type_rich
-typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign,assignment]
-
-
 class RootGroup(LazyGroup):
     """`a2m` itself: each command, loaded on demand, also takes -w after its name."""
 
