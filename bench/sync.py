@@ -216,10 +216,14 @@ def first_breakdown(reports: list[dict[str, Any]], tasks: int) -> Breakdown:
     def one(r: dict[str, Any]) -> dict[str, float]:
         (sync_start, sync_end), *_ = _spans(r, "sync_project")
         http = sorted(r["http"], key=lambda c: c["start"])
+        first_http = http[0]["start"] if http else sync_start
         listing = _spans(r, "read_all_tasks") or _spans(r, "list_tasks")
         list_start = min((a for a, _ in listing), default=sync_start)
         list_end = max((b for _, b in listing), default=sync_start)
         in_listing = [c for c in http if list_start <= c["start"] <= list_end]
+        # The listing starts before the store is open (`HeadStart`); what the sync still waits
+        # for of it once the store is open:
+        waited = max(0.0, list_end - sync_start)
 
         def total(name: str) -> float:
             return sum(b - a for a, b in _spans(r, name))
@@ -227,12 +231,13 @@ def first_breakdown(reports: list[dict[str, Any]], tasks: int) -> Breakdown:
         return {
             "start": r["began"] - r["launched"],
             "import": r["imported"] - r["began"],
-            "cli": sync_start - r["imported"] - total("store_open"),
-            "store": total("store_open"),
-            "before_list": list_start - sync_start,
+            "cli": first_http - r["imported"],
+            "store": sync_start - first_http,
+            "store_open": total("store_open"),
             "list": list_end - list_start,
             "list_calls": float(len(in_listing)),
             "list_server": sum(c["end"] - c["start"] for c in in_listing),
+            "waited": waited,
             "downloads": total("download_images"),
             "read": total("_read_local") + total("_read_image"),
             "check": total("probe_image"),
@@ -242,8 +247,7 @@ def first_breakdown(reports: list[dict[str, Any]], tasks: int) -> Breakdown:
             "resolve": total("resolve_labels"),
             "commit": total("commit"),
             "sync_rest": (sync_end - sync_start)
-            - (list_start - sync_start)
-            - (list_end - list_start)
+            - waited
             - total("download_images")
             - total("resolve_labels")
             - total("commit"),
@@ -263,15 +267,14 @@ def first_breakdown(reports: list[dict[str, Any]], tasks: int) -> Breakdown:
     b.rows = [
         ("interpreter start (launch to the script's first line)", m["start"], ""),
         ("import annotate2model.cli.app", m["import"], ""),
-        ("CLI: the sync command's imports, settings, client", m["cli"], ""),
-        ("store open (engine, schema check)", m["store"], ""),
-        ("sync: project call and store read, before the listing", m["before_list"], ""),
+        ("CLI: the command's imports, settings, client, up to the first request", m["cli"], ""),
         (
-            f"listing every task in full ({m['list_calls']:.0f} calls)",
-            m["list"],
-            f"{tasks / max(m['list'], 1e-9):.0f} tasks/s; server time {m['list_server']:.3f} s",
+            "store modules loading, store open (the listing under way meanwhile)",
+            m["store"],
+            f"store open {m['store_open']:.3f} s of it",
         ),
-        ("image step (read, check, hash, write blobs)", m["downloads"], "wall"),
+        ("waiting for the rest of the listing", m["waited"], ""),
+        ("image step after the listing (read, check, hash, write blobs)", m["downloads"], "wall"),
         ("- reading image files / URLs", m["read"], "summed over threads"),
         ("- checking images (probe_image, Pillow)", m["check"], "summed over threads"),
         ("- hashing (SHA-256)", m["hash"], "summed over threads"),
@@ -284,6 +287,12 @@ def first_breakdown(reports: list[dict[str, Any]], tasks: int) -> Breakdown:
         ("interpreter exit", m["exit"], ""),
         ("whole process", m["whole"], f"median of {len(each)} probed runs"),
         ("CPU time of the process (user + system)", m["cpu"], "both cores"),
+        (
+            f"listing every task in full ({m['list_calls']:.0f} calls), from the first request",
+            m["list"],
+            f"{tasks / max(m['list'], 1e-9):.0f} tasks/s; server time {m['list_server']:.3f} s;"
+            " overlaps the rows above",
+        ),
     ]
     imports = ", ".join(
         f"{name} {m[f'import {name}'] * 1000:.0f} ms"
@@ -334,19 +343,23 @@ def breakdown(ws: Path, tasks: int, tmp: Path, repeats: int) -> Breakdown:
 
     def phase(r: dict[str, Any]) -> dict[str, float]:
         http = sorted(r["http"], key=lambda c: c["start"])
-        http_s = _covered([(c["start"], c["end"]) for c in http])
-        sync_s = _span(r, "sync_project")
-        first_http = http[0]["start"] if http else r["ended"]
-        store_s = _span(r, "store_open")
+        (sync_start, sync_end), *_ = _spans(r, "sync_project")
+        first_http = http[0]["start"] if http else sync_start
+        # The project call leaves before the store is open (`HeadStart`): count, inside the
+        # sync, only the time some call is still under way.
+        clipped = [(max(c["start"], sync_start), min(c["end"], sync_end)) for c in http]
+        http_s = _covered([(a, b) for a, b in clipped if b > a])
+        config_s = _span(r, "parse_label_config")
         return {
             "start": r["began"] - r["launched"],
             "import": r["imported"] - r["began"],
-            "before_http": first_http - r["imported"] - store_s,
-            "store": store_s,
+            "before_http": first_http - r["imported"],
+            "store": sync_start - first_http,
+            "store_open": _span(r, "store_open"),
             "http": http_s,
-            "config": _span(r, "parse_label_config"),
-            "sync_rest": sync_s - http_s - _span(r, "parse_label_config"),
-            "render": r["ended"] - max([s[1] for s in r["spans"].get("sync_project", [])] or [0]),
+            "config": config_s,
+            "sync_rest": (sync_end - sync_start) - http_s - config_s,
+            "render": r["ended"] - sync_end,
             "exit": r["exited"] - r["ended"],
             "whole": r["exited"] - r["launched"],
         }
@@ -364,8 +377,16 @@ def breakdown(ws: Path, tasks: int, tmp: Path, repeats: int) -> Breakdown:
         ("interpreter start (launch to the script's first line)", m["start"], ""),
         ("import annotate2model.cli.app", m["import"], ""),
         ("CLI parsing, settings, client (before the first call)", m["before_http"], ""),
-        ("store open (engine, schema check)", m["store"], ""),
-        (f"Label Studio round trips ({len(calls)} calls)", m["http"], "wall time, calls overlap"),
+        (
+            "store modules loading, store open (the project call under way meanwhile)",
+            m["store"],
+            f"store open {m['store_open']:.3f} s of it",
+        ),
+        (
+            f"waiting on Label Studio in the sync ({len(calls)} calls in all)",
+            m["http"],
+            "wall time, calls overlap",
+        ),
         ("labeling config parse", m["config"], ""),
         ("rest of the sync (store reads, comparison, commit)", m["sync_rest"], "outside HTTP"),
         ("rendering the result", m["render"], ""),

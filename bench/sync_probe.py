@@ -182,6 +182,8 @@ def main() -> None:
                 "annotate2model.labelstudio.config": wrap("parse_label_config"),
                 "annotate2model.labelstudio.downloads": wrap(*STEPS_DOWNLOADS),
                 "annotate2model.labelstudio.sync": wrap("sync_project", *STEPS_SYNC),
+                # A first sync's full reading starts in `HeadStart`, before `sync_project`.
+                "annotate2model.labelstudio.reading": wrap("read_all_tasks"),
             },
             TIMED_IMPORTS,
             spans,

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from annotate2model.labelstudio.client import LabelStudioClient
-from annotate2model.labelstudio.sync import TASK_FIELDS
+from annotate2model.labelstudio.reading import TASK_FIELDS
 from annotate2model.settings import Secret
 from tests.labelstudio.conftest import serve_http
 

@@ -79,12 +79,15 @@ def test_version_loads_no_command_and_no_store(tmp_path: Path) -> None:
     assert loaded_of(modules, [*commands, "sqlalchemy", "httpx", "PIL", *TRAINING, *SDK]) == []
 
 
-def test_sync_help_loads_nothing_of_training_or_the_sdk(tmp_path: Path) -> None:
+def test_sync_help_loads_nothing_of_training_the_sdk_or_the_store(tmp_path: Path) -> None:
+    """The Label Studio commands' module loads no store: `a2m sync` sends its first requests
+    before SQLAlchemy loads (tests/labelstudio/test_ls_head_start.py)."""
     modules, proc = run_a2m(tmp_path, "sync", "--help")
     assert "--policy" in proc.stdout
     assert "annotate2model.cli.studio" in modules
     others = ["annotate2model.cli.training", "annotate2model.cli.data", "annotate2model.cli.demo"]
-    assert loaded_of(modules, [*others, "PIL", "alembic", *TRAINING, *SDK]) == []
+    store = ["sqlalchemy", "annotate2model.store.db", "annotate2model.store.models"]
+    assert loaded_of(modules, [*others, *store, "PIL", "alembic", *TRAINING, *SDK]) == []
 
 
 def test_a_store_command_loads_no_label_studio_and_no_migrations(

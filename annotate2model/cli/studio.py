@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -14,11 +14,14 @@ from rich.table import Table
 from annotate2model.cli.context import state
 from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json
 from annotate2model.labelstudio import connection
-from annotate2model.labelstudio.collect import LabelsAs, collect_folder
 from annotate2model.labelstudio.connection import NotConnected
+from annotate2model.labelstudio.policies import Policy
 from annotate2model.labelstudio.server import DEFAULT_PORT
-from annotate2model.labelstudio.sync import Policy, sync_project
-from annotate2model.store.tasks import project_image_hashes
+
+# The store (SQLAlchemy, the models: 0.3 s) is imported inside the commands that use it: `sync`
+# has its first requests on their way to Label Studio before that (`HeadStart`).
+if TYPE_CHECKING:
+    from annotate2model.labelstudio.collect import LabelsAs
 
 app = typer.Typer()
 studio_app = typer.Typer(help="Run a local Label Studio for this workspace.", no_args_is_help=True)
@@ -253,6 +256,9 @@ def collect_cmd(
 
     Example: [bold]a2m collect ~/photos/new --labels-from-folders --as predictions[/]
     """
+    from annotate2model.labelstudio.collect import collect_folder
+    from annotate2model.store.tasks import project_image_hashes
+
     st = state(ctx)
     settings = st.settings()
     store = st.store()
@@ -315,22 +321,32 @@ def sync_cmd(
 
     Example: [bold]a2m sync --policy majority --note "after the second review round"[/]
     """
+    from annotate2model.labelstudio.reading import HeadStart
+    from annotate2model.store.peek import project_synced
+
     st = state(ctx)
     settings = st.settings()
-    store = st.store()
     with _connection_hints():
         project_id = connection.project_id(settings)
         client = connection.open_client(settings)
     local = connection.local_files(settings)
-    with client:
+    progress = None if as_json else RichProgress()
+    # The project, and on a first sync every task, are asked for now; Label Studio answers
+    # while the store's modules load and the store opens.
+    first = project_synced(settings.database_url, project_id) is False
+    with client, HeadStart(client, project_id, read_all=first, progress=progress) as head:
+        from annotate2model.labelstudio.sync import sync_project
+
+        store = st.store()
         result = sync_project(
             store,
             client,
             project_id,
             policy=POLICY[policy],
             note=note,
-            progress=None if as_json else RichProgress(),
+            progress=progress,
             local=local,
+            head=head,
         )
     if as_json:
         print_json(

@@ -39,7 +39,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -55,6 +55,13 @@ from annotate2model.labelstudio.downloads import (
     download_images,
 )
 from annotate2model.labelstudio.policies import POLICIES, Answer, Policy, resolve_label
+from annotate2model.labelstudio.reading import (
+    TASK_FIELDS,
+    FetchedTasks,
+    HeadStart,
+    OnPage,
+    read_all_tasks,
+)
 from annotate2model.labelstudio.results import ParsedAnnotation, parse_annotation
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.settings import SplitFractions
@@ -131,11 +138,16 @@ def sync_project(
     progress: Progress | None = None,
     workers: int = 8,
     local: LocalFiles | None = None,
+    head: HeadStart | None = None,
 ) -> SyncResult:
     """Sync one project; raises LabelStudioError (writing nothing) when the server fails us.
 
     `note` goes with a new version; without one the version says the project and the policy.
+    `head`: requests already sent for this project before the store was open (`a2m sync`);
+    the caller closes it after this returns.
     """
+    if head is not None and (head.project_id != project_id or head.client is not client):
+        raise ValueError("the head start was made for another project or client")
     started = time.monotonic()
     if policy not in POLICIES:
         raise LabelStudioError(f"unknown policy {policy!r}; use latest, majority or ground-truth.")
@@ -143,7 +155,7 @@ def sync_project(
     # The project (its labeling config and task count) is on its way while the store is read
     # and the tasks changed since the last sync are listed; on a first sync (nothing stored
     # for the project) every task is read in full meanwhile.
-    stop = threading.Event()
+    stop = head.stop if head is not None else threading.Event()
     fetched: FetchedTasks | None = None
     with (
         ImageReader(
@@ -155,19 +167,22 @@ def sync_project(
         ) as reader,
         ThreadPoolExecutor(max_workers=2) as pool,
     ):
-        asked = pool.submit(client.project, project_id)
+        asked = head.project if head is not None else pool.submit(client.project, project_id)
         prefetch = _prefetcher(reader, asked, project_id)
         try:
             with store.read() as session:
                 stored = load_tasks(session, project_id)
                 state = load_sync_state(session, project_id)
-            reading = (
-                pool.submit(
+            first = state is None and not stored
+            reading: Future[FetchedTasks] | None = None
+            if head is not None and first:
+                reading = head.take_reading(prefetch)
+            elif head is not None:
+                head.drop_reading()  # it guessed a first sync; the store says otherwise
+            if reading is None and first:
+                reading = pool.submit(
                     read_all_tasks, client, project_id, progress, stop=stop, on_page=prefetch
                 )
-                if state is None and not stored
-                else None
-            )
             since = changes_since(state.watermark if state else None)
             changed: dict[int, str] | None = None
             failure: LabelStudioError | None = None
@@ -183,6 +198,8 @@ def sync_project(
                 fetched = reading.result()
         except BaseException:
             stop.set()  # the full read stops after its current page
+            if head is not None:
+                head.drop_reading()  # before the image reader it feeds is closed
             raise
         config = parse_label_config(project.label_config, project_id)
         relabel_all = state is None or state.labels != list(config.labels) or state.policy != policy
@@ -341,66 +358,6 @@ def _retry_image(rec: TaskRecord) -> bool:
 
 
 # -- 3. fetch changed tasks ---------------------------------------------------------------------
-
-
-# What a sync reads of a task and of its annotations (the keys `resolve_labels`,
-# `download_images` and `results.parse_annotation` use): Label Studio answers these alone in a
-# third to a half of the time it takes for whole tasks (`LabelStudioClient.task_pages`).
-TASK_FIELDS = (
-    "id",
-    "data",
-    "updated_at",
-    "annotations",
-    # the annotations' own (with their id and updated_at above)
-    "result",
-    "was_cancelled",
-    "ground_truth",
-    "completed_by",
-    "created_at",
-)
-
-
-@dataclass(frozen=True)
-class FetchedTasks:
-    # Task id -> the task as Label Studio answers it (annotations included).
-    tasks: dict[int, dict[str, Any]]
-    # Wanted ids that were deleted between the listing and the fetch.
-    gone: frozenset[int] = frozenset()
-
-
-# A first sync's first page of tasks: small, so that their images are read while the server
-# lists the rest (the pages after it grow to the client's page size).
-FIRST_PAGE = 100
-
-# Called with each page of tasks as it arrives (to start reading their images).
-OnPage = Callable[[list[dict[str, Any]]], None]
-
-
-def read_all_tasks(
-    client: LabelStudioClient,
-    project_id: int,
-    progress: Progress,
-    *,
-    stop: threading.Event | None = None,
-    on_page: OnPage | None = None,
-) -> FetchedTasks:
-    """Every task of the project in full (annotations included), for a first sync.
-
-    `stop`: set by the caller when it gives up (its own error); the reading ends after the
-    current page, its result unused.
-    """
-    tasks: dict[int, dict[str, Any]] = {}
-    progress.begin("Reading changed tasks")
-    for _total, page in client.task_pages(project_id, fields=TASK_FIELDS, first_page=FIRST_PAGE):
-        if on_page is not None:
-            on_page(page)
-        for task in page:
-            tasks.setdefault(int(task["id"]), task)
-        progress.advance(len(page))
-        if stop is not None and stop.is_set():
-            break
-    progress.end()
-    return FetchedTasks(tasks)
 
 
 def _prefetcher(reader: ImageReader, asked: Future[ProjectInfo], project_id: int) -> OnPage:

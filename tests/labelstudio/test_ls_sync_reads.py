@@ -17,8 +17,9 @@ from sqlalchemy import func, select
 
 from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio.connection import LocalFiles
+from annotate2model.labelstudio.reading import FIRST_PAGE, TASK_FIELDS, HeadStart
 from annotate2model.labelstudio.results import parse_annotation
-from annotate2model.labelstudio.sync import FIRST_PAGE, TASK_FIELDS, sync_project
+from annotate2model.labelstudio.sync import sync_project
 from annotate2model.progress import NullProgress
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
@@ -216,3 +217,75 @@ def test_server_dying_while_images_are_read_during_the_listing_writes_no_row(
         store.close()
     assert resumed.version is not None and resumed.version.version.item_count == n
     assert not resumed.skipped
+
+
+class OneStageAtATime(NullProgress):
+    """Fails the test if a stage begins while another one is open (two threads reporting)."""
+
+    def __init__(self) -> None:
+        self.open: str | None = None
+        self.stages: list[str] = []
+        self.overlaps: list[tuple[str, str]] = []
+
+    def begin(self, description: str, total: float | None = None) -> None:
+        if self.open is not None:
+            self.overlaps.append((self.open, description))
+        self.open = description
+        self.stages.append(description)
+
+    def end(self) -> None:
+        self.open = None
+
+
+def test_first_sync_from_a_head_start_reads_images_early_and_equals_one_without(
+    ls_server: LiveServer, tmp_path: Path
+) -> None:
+    """`a2m sync`'s way: the tasks are asked for before the store is open; the pages that
+    arrive before the sync takes the reading are held, then their images read."""
+    n = FIRST_PAGE + 40
+    project = ls_server.local_files_project("head", n, seed=2200)
+    local = LocalFiles(same_server=True, root=ls_server.files_root)
+    store = _other_store(tmp_path, "head")
+    progress = WaitForImagesWhileListing(store.blobs.root)
+    try:
+        with (
+            ls_server.client() as c,
+            HeadStart(c, project, read_all=True, progress=progress) as head,
+        ):
+            ahead = sync_project(store, c, project, local=local, head=head)
+    finally:
+        store.close()
+    assert progress.pages == 2 and progress.blobs_while_listing > 0
+    assert ahead.version is not None and ahead.version.version.item_count == n
+    assert ahead.tasks_fetched == n and not ahead.skipped
+    plain_store = _other_store(tmp_path, "plain")
+    try:
+        with ls_server.client() as c:
+            plain = sync_project(plain_store, c, project, local=local)
+    finally:
+        plain_store.close()
+    assert plain.version is not None
+    assert plain.version.version.content_hash == ahead.version.version.content_hash
+
+
+def test_a_head_start_that_guessed_a_first_sync_wrongly_changes_nothing(
+    ls_server: LiveServer, store: Store
+) -> None:
+    """The store already holds the project (another sync got there first): the early full
+    reading is stopped and waited for, and the sync goes on as a no-change one."""
+    project = ls_server.local_files_project("guess", 30, seed=2400)
+    local = LocalFiles(same_server=True, root=ls_server.files_root)
+    with ls_server.client() as c:
+        first = sync_project(store, c, project, local=local)
+        progress = OneStageAtATime()
+        with HeadStart(c, project, read_all=True, progress=progress) as head:
+            again = sync_project(store, c, project, local=local, progress=progress, head=head)
+        with (
+            pytest.raises(ValueError, match="another project"),
+            HeadStart(c, project + 1000, read_all=False) as other,
+        ):
+            sync_project(store, c, project, head=other)
+    assert first.version is not None and again.version is not None
+    assert not again.version.created and again.tasks_fetched == 0
+    assert again.version.version.number == first.version.version.number
+    assert progress.overlaps == [] and progress.stages[0] == "Reading changed tasks"
