@@ -118,21 +118,24 @@ def import_folder(
     result = ImportResult(version=None, files_seen=len(entries), splits_from_folders=given)
     result.skipped.extend(skipped)
 
-    def read(entry: FolderEntry) -> tuple[FolderEntry, bytes | None, str | None]:
+    def read(entry: FolderEntry) -> tuple[FolderEntry, bytes, str] | tuple[FolderEntry, str]:
+        """The file's bytes and their SHA-256 (hashed here: hashlib lets go of the GIL, so the
+        workers hash on every core), or why it cannot be read."""
         try:
-            return entry, entry.path.read_bytes(), None
+            data = entry.path.read_bytes()
         except OSError as exc:
-            return entry, None, f"cannot read: {exc.strerror}"
+            return entry, f"cannot read: {exc.strerror}"
+        return entry, data, sha256_bytes(data)
 
     progress.begin(f"Reading {root.name or root}", total=len(entries))
     loaded: list[tuple[FolderEntry, bytes, str]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for entry, data, error in pool.map(read, entries):
-            rel = os.path.relpath(entry.path, root)
-            if data is None:
-                result.skipped.append((rel, error or "cannot read"))
+        for got in pool.map(read, entries):
+            if len(got) == 2:
+                entry, error = got
+                result.skipped.append((os.path.relpath(entry.path, root), error))
             else:
-                loaded.append((entry, data, sha256_bytes(data)))
+                loaded.append(got)
             progress.advance()
     progress.end()
 

@@ -6,7 +6,8 @@ file (raw sqlite3, WAL): every extraction batch commits as one transaction, so a
 with -9 leaves whole batches or nothing. Also here: a safetensors copy of each frozen trunk, so a
 probe on cached features can write its artifact without rebuilding the network, and a TorchScript
 copy of it, so that extracting the features of new images needs neither torchvision (about a second
-to import, and more to tear down at exit) nor the weights file.
+to import, and more to tear down at exit) nor the weights file, and an ONNX copy that ONNX Runtime
+runs faster still where it is installed (onnx_trunk.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from numpy.typing import NDArray
 from annotate2model.errors import InvalidImage
 from annotate2model.fsutil import atomic_write, atomic_write_bytes
 from annotate2model.progress import NullProgress, Progress
+from annotate2model.training import onnx_trunk
 from annotate2model.training.data import Preprocessing, load_image, to_input
 from annotate2model.training.device import autocast
 from annotate2model.training.images import ImageSource
@@ -255,6 +257,42 @@ class EmbeddingCache:
         atomic_write_bytes(path, data)
         atomic_write_bytes(self._digest_path(path), hashlib.sha256(data).hexdigest().encode())
         return frozen
+
+    # ONNX copies of frozen trunks, run by ONNX Runtime where it is installed (onnx_trunk.py):
+    # faster on the CPU than the TorchScript copy, which remains the fallback.
+
+    def onnx_path(self, backbone: str, weights_identity: str, crop: int) -> Path:
+        """Keyed by architecture, weights and input size (the export is checked at it)."""
+        key = f"{backbone}|{weights_identity}|crop{crop}|opset{onnx_trunk.OPSET}|onnx-v1"
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return self.root / "trunks" / f"{name}.onnx"
+
+    def load_onnx(self, path: Path) -> onnx_trunk.OnnxTrunk | None:
+        """The cached ONNX trunk in a session; None when ONNX Runtime is missing, or the file
+        is missing, partial or corrupt."""
+        if not onnx_trunk.available():
+            return None
+        try:
+            expected = self._digest_path(path).read_text(encoding="ascii").strip()
+            data = path.read_bytes()
+        except (OSError, UnicodeDecodeError):
+            return None
+        if hashlib.sha256(data).hexdigest() != expected:
+            return None
+        return onnx_trunk.session(data)
+
+    def save_onnx(
+        self, path: Path, model: torch.nn.Module, crop: int
+    ) -> onnx_trunk.OnnxTrunk | None:
+        """Export `model` (checked against its own output) and keep it; the session, or None
+        when it could not be made (which only costs speed)."""
+        made = onnx_trunk.export(model, crop)
+        if made is None:
+            return None
+        data, trunk = made
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(self._digest_path(path), hashlib.sha256(data).hexdigest().encode())
+        return trunk
 
 
 @dataclass(frozen=True)

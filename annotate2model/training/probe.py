@@ -46,14 +46,19 @@ def train_probe(job: TrainJob, early: EarlyDecode | None = None) -> TrainResult:
     description = model_description(config.backbone, job.source.identity, prep, job.bf16)
     trunk_file = cache.trunk_path(job.source.identity, config.backbone)
     script_file = cache.script_path(config.backbone, job.source.identity, prep.crop)
+    onnx_file = cache.onnx_path(config.backbone, job.source.identity, prep.crop)
 
+    # ONNX Runtime (where installed), else TorchScript: fp32 on the CPU only.
     on_cpu = job.device.type == "cpu"
+    onnx_ok = on_cpu and not job.bf16
 
     def trunk() -> nn.Module:
-        # On the CPU, a warm workspace loads its frozen TorchScript copy: no torchvision, no
-        # weights file to read, and faster forward passes.
+        # On the CPU, a warm workspace loads its frozen ONNX or TorchScript copy: no
+        # torchvision, no weights file to read, and faster forward passes.
         if on_cpu:
-            cached = cache.load_script(script_file)
+            cached: nn.Module | None = cache.load_onnx(onnx_file) if onnx_ok else None
+            if cached is None:
+                cached = cache.load_script(script_file)
             if cached is not None:
                 if not trunk_file.is_file():
                     _trunk_state(
@@ -63,8 +68,12 @@ def train_probe(job: TrainJob, early: EarlyDecode | None = None) -> TrainResult:
         model = build_trunk(config.backbone)
         state = _trunk_state(config, job.source, model, trunk_file, cache)
         model.load_state_dict(state, strict=True)
-        frozen = cache.save_script(script_file, model, prep.crop) if on_cpu else None
-        return frozen if frozen is not None else model
+        if not on_cpu:
+            return model
+        fast: nn.Module | None = cache.save_onnx(onnx_file, model, prep.crop) if onnx_ok else None
+        if fast is None:
+            fast = cache.save_script(script_file, model, prep.crop)
+        return fast if fast is not None else model
 
     jobs = [
         ExtractJob(item.image_sha256, job.blob(item), view)

@@ -15,7 +15,7 @@ import torch
 
 from annotate2model.store import Store
 from annotate2model.store.imports import import_folder
-from annotate2model.training import runner
+from annotate2model.training import onnx_trunk, runner
 from annotate2model.training.backbones import (
     build_trunk,
     load_state_dict,
@@ -47,8 +47,51 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
     )
 
 
-def _scripts(cache: EmbeddingCache) -> list[Path]:
-    return sorted((cache.root / "trunks").glob("*.torchscript"))
+# The CPU's extraction engines: ONNX Runtime where it is installed, else TorchScript (forced here
+# by hiding ONNX Runtime).
+ENGINES = {"onnx": ".onnx", "torchscript": ".torchscript"}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    name = str(request.param)
+    if name == "onnx":
+        assert onnx_trunk.available(), "the test environment installs onnx and onnxruntime"
+    else:
+        monkeypatch.setattr(onnx_trunk, "available", lambda: False)
+    return name
+
+
+def _frozen(cache: EmbeddingCache, engine: str) -> list[Path]:
+    """The frozen copies a run left for `engine` (and none for the other)."""
+    found = {
+        name: sorted((cache.root / "trunks").glob(f"*{suffix}")) for name, suffix in ENGINES.items()
+    }
+    assert all(not files for name, files in found.items() if name != engine), found
+    return found[engine]
+
+
+def _load(cache: EmbeddingCache, path: Path) -> torch.nn.Module | None:
+    return cache.load_onnx(path) if path.suffix == ".onnx" else cache.load_script(path)
+
+
+def test_onnx_gives_the_torchvision_features(tmp_path: Path, weights: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "cache")
+    model = _torchvision_trunk(weights)
+    path = cache.onnx_path("resnet18", "id", 64)
+    assert cache.save_onnx(path, model, 64) is not None
+    loaded = cache.load_onnx(path)
+    assert loaded is not None and isinstance(loaded, onnx_trunk.OnnxTrunk)
+    for n in (1, 5):  # any batch size, either memory format
+        x = torch.randn(n, 3, 64, 64)
+        with torch.inference_mode():
+            expected = model(x)
+            assert _close(loaded(x), expected)
+            assert _close(loaded(x.contiguous(memory_format=torch.channels_last)), expected)
+    assert path != cache.onnx_path("resnet18", "other", 64)
+    assert path != cache.onnx_path("resnet18", "id", 224)
+    assert path != cache.onnx_path("resnet50", "id", 64)
+    cache.close()
 
 
 def test_script_gives_the_torchvision_features(tmp_path: Path, weights: Path) -> None:
@@ -74,12 +117,12 @@ def test_script_gives_the_torchvision_features(tmp_path: Path, weights: Path) ->
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no-digest", "empty"])
-def test_damaged_script_is_rebuilt(
-    store: Store, version1: Path, weights: Path, damage: str
+def test_damaged_frozen_trunk_is_rebuilt(
+    store: Store, version1: Path, weights: Path, damage: str, engine: str
 ) -> None:
     first = runner.train(store, small_config(weights))
     cache = runner.embedding_cache(store)
-    (script,) = _scripts(cache)
+    (script,) = _frozen(cache, engine)
     digest = script.with_name(script.name + ".sha256")
     good = script.read_bytes()
     if damage == "truncate":
@@ -90,35 +133,36 @@ def test_damaged_script_is_rebuilt(
         digest.unlink()
     else:
         script.write_bytes(b"")
-    assert cache.load_script(script) is None
+    assert _load(cache, script) is None
     # New images need the trunk: the damaged copy is ignored and a good one written again.
     make_split_folder(version1, {"ants": 14, "bees": 12}, {}, seed=0)
     import_folder(store, version1)
     second = runner.train(store, small_config(weights))
     assert second.extraction is not None and second.extraction.computed == 2
     # (Archives are not byte-identical between saves: they carry a serialization id.)
-    assert script.stat().st_size > len(good) // 2 and cache.load_script(script) is not None
+    assert script.stat().st_size > len(good) // 2 and _load(cache, script) is not None
     assert second.run.metrics["splits"]["val"]["accuracy"] == pytest.approx(
         first.run.metrics["splits"]["val"]["accuracy"], abs=0.15
     )
     cache.close()
 
 
-def test_features_from_the_script_equal_torchvision_ones(
-    store: Store, version1: Path, weights: Path, tmp_path: Path
+def test_features_from_the_frozen_trunk_equal_torchvision_ones(
+    store: Store, version1: Path, weights: Path, tmp_path: Path, engine: str
 ) -> None:
-    """A warm run (script) stores the vectors of a fresh build through torchvision."""
+    """A warm run (frozen copy) stores the vectors of a fresh build through torchvision."""
     runner.train(store, small_config(weights, precision="fp32"))
     cache = runner.embedding_cache(store)
-    assert _scripts(cache)
+    assert _frozen(cache, engine)
     paths = sorted(version1.rglob("*.png"))[:6]
     jobs = [ExtractJob(f"{i:064x}", p, 0) for i, p in enumerate(paths)]
     prep = Preprocessing(36, 32)
     cpu = torch.device("cpu")
     results = {}
-    for bf16 in (False, True):
-        (script,) = _scripts(cache)
-        scripted = cache.load_script(script)
+    # bf16 runs never use ONNX Runtime (it computes in fp32): TorchScript's autocast only.
+    for bf16 in (False, True) if engine == "torchscript" else (False,):
+        (script,) = _frozen(cache, engine)
+        scripted = _load(cache, script)
         assert scripted is not None
         for name, make in (
             ("script", lambda s=scripted: s),
