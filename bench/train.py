@@ -309,6 +309,7 @@ def main() -> None:
                     "train_seconds": train_s,
                     "val_accuracy": run["metrics"]["val_accuracy"],
                     "extracted": ex.get("computed"),
+                    "early": ex.get("early"),
                     "cached": ex.get("cached"),
                     "breakdown": breakdown(run, train_s),
                 }
@@ -418,7 +419,12 @@ def report(
         )
         extra = ""
         if r.get("extracted") is not None:
-            extra = f" ({r['extracted']} images extracted, {r['cached']} cached)"
+            early = (
+                f", {r['early']} of them while torch was imported (extraction: the wait after)"
+                if r.get("early")
+                else ""
+            )
+            extra = f" ({r['extracted']} images extracted{early}, {r['cached']} cached)"
         print(f"  {key}: " + "; ".join(parts) + extra)
     print(
         "  fixed costs per process: "

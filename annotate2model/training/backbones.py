@@ -7,9 +7,7 @@ when a network is built; the cached-probe path never needs it.
 
 from __future__ import annotations
 
-import hashlib
 import urllib.error
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,13 @@ from torch import nn
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.training.config import BACKBONES
 from annotate2model.training.vision import import_torchvision, meta_init_skipped
+from annotate2model.training.weights import WeightsSource as WeightsSource
 from annotate2model.training.weights import WeightsStatus as WeightsStatus
+from annotate2model.training.weights import check_backbone as check_backbone
+from annotate2model.training.weights import file_sha256 as file_sha256
 from annotate2model.training.weights import imagenet_checkpoint_path
 from annotate2model.training.weights import imagenet_weights_status as imagenet_weights_status
+from annotate2model.training.weights import resolve_weights as resolve_weights
 
 # Per architecture: the state-dict prefix of the classifier's last Linear (the part replaced),
 # and the feature width that enters it.
@@ -46,50 +48,6 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.trunk(x))
         return out
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a backbone's weights come from and a stable identity of their content."""
-
-    # "imagenet", "none" or "path".
-    kind: str
-    # The torchvision enum name, "none-seed<N>", or "sha256:<hex>" of the file.
-    identity: str
-    path: Path | None = None
-
-
-def check_backbone(name: str) -> None:
-    if name not in BACKBONES:
-        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def resolve_weights(backbone: str, weights: str, seed: int) -> WeightsSource:
-    """Turn `--weights imagenet|none|PATH` into a source with a content identity."""
-    check_backbone(backbone)
-    if weights == "imagenet":
-        from importlib.metadata import version
-
-        # The default enum can change between torchvision releases: the version is in the name.
-        return WeightsSource("imagenet", f"{backbone}:default@torchvision-{version('torchvision')}")
-    if weights == "none":
-        return WeightsSource("none", f"none-seed{seed}")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise InputError(
-            f"the weights file {weights} does not exist.",
-            hint="pass --weights with an existing state_dict file, --weights imagenet or "
-            "--weights none.",
-        )
-    return WeightsSource("path", f"sha256:{file_sha256(path)}", path.resolve())
 
 
 def _tv_model(backbone: str) -> nn.Module:

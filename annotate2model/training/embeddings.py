@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import sqlite3
 import time
 import warnings
@@ -33,10 +32,12 @@ from numpy.typing import NDArray
 from annotate2model.errors import InvalidImage
 from annotate2model.fsutil import atomic_write, atomic_write_bytes
 from annotate2model.progress import NullProgress, Progress
-from annotate2model.training import onnx_trunk
+from annotate2model.training import onnx_runtime, onnx_trunk
 from annotate2model.training.data import Preprocessing, load_image, to_input
 from annotate2model.training.device import autocast
 from annotate2model.training.images import ImageSource
+from annotate2model.training.keys import model_description as model_description
+from annotate2model.training.keys import model_key as model_key
 from annotate2model.training.prefetch import EarlyDecode
 
 SCHEMA = """
@@ -55,23 +56,6 @@ CREATE TABLE IF NOT EXISTS vectors (
 """
 
 
-def model_key(backbone: str, weights_identity: str, prep: Preprocessing, bf16: bool) -> str:
-    description = model_description(backbone, weights_identity, prep, bf16)
-    return hashlib.sha256(description.encode()).hexdigest()[:32]
-
-
-def model_description(backbone: str, weights_identity: str, prep: Preprocessing, bf16: bool) -> str:
-    return json.dumps(
-        {
-            "backbone": backbone,
-            "weights": weights_identity,
-            "preprocessing": prep.key,
-            "precision": "bf16" if bf16 else "fp32",
-        },
-        sort_keys=True,
-    )
-
-
 # Decoded images allowed to wait for the network at the start of an extraction.
 PREFETCH_BYTES = 128 << 20
 
@@ -86,6 +70,9 @@ class ExtractionStats:
     # From the network being ready to the last batch stored; decoding that ran while the
     # network was being built is not counted.
     seconds: float = 0.0
+    # Of `computed`: features ONNX Runtime computed while torch was being imported
+    # (prefetch.EarlyDecode); only the wait for the rest of them is in `seconds`.
+    early: int = 0
     # (image sha256, reason) of images that could not be decoded.
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -263,23 +250,15 @@ class EmbeddingCache:
 
     def onnx_path(self, backbone: str, weights_identity: str, crop: int) -> Path:
         """Keyed by architecture, weights and input size (the export is checked at it)."""
-        key = f"{backbone}|{weights_identity}|crop{crop}|opset{onnx_trunk.OPSET}|onnx-v1"
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return self.root / "trunks" / f"{name}.onnx"
+        return self.root / "trunks" / onnx_runtime.file_name(backbone, weights_identity, crop)
 
     def load_onnx(self, path: Path) -> onnx_trunk.OnnxTrunk | None:
         """The cached ONNX trunk in a session; None when ONNX Runtime is missing, or the file
         is missing, partial or corrupt."""
         if not onnx_trunk.available():
             return None
-        try:
-            expected = self._digest_path(path).read_text(encoding="ascii").strip()
-            data = path.read_bytes()
-        except (OSError, UnicodeDecodeError):
-            return None
-        if hashlib.sha256(data).hexdigest() != expected:
-            return None
-        return onnx_trunk.session(data)
+        data = onnx_runtime.read_verified(path)
+        return onnx_trunk.session(data) if data is not None else None
 
     def save_onnx(
         self, path: Path, model: torch.nn.Module, crop: int
@@ -291,7 +270,9 @@ class EmbeddingCache:
             return None
         data, trunk = made
         atomic_write_bytes(path, data)
-        atomic_write_bytes(self._digest_path(path), hashlib.sha256(data).hexdigest().encode())
+        atomic_write_bytes(
+            onnx_runtime.digest_path(path), hashlib.sha256(data).hexdigest().encode()
+        )
         return trunk
 
 
@@ -462,6 +443,18 @@ def extract(
         started = time.perf_counter()
 
     progress.begin("Extracting features", total=len(missing))
+    if early is not None and not bf16 and device.type == "cpu":
+        ahead = early.features(key, prep, on_progress=lambda n: progress.advance(n))
+        rows = [
+            (job.sha256, job.view, ahead[job.sha256])
+            for job in missing
+            if job.view == 0 and job.sha256 in ahead
+        ]
+        cache.put(key, description, rows)
+        for sha, view, vec in rows:
+            out[(sha, view)] = vec
+        stats.computed = stats.early = len(rows)
+        missing = [job for job in missing if (job.sha256, job.view) not in out]
     for batch in forward_images(
         missing,
         trunk,

@@ -13,24 +13,16 @@ with the same SHA-256 sidecar, so a partial or corrupt file is exported again.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-INPUT = "images"
-OUTPUT = "features"
-# What torch's TorchScript-based exporter writes well for every backbone a2m offers.
-OPSET = 18
-
-
-def available() -> bool:
-    """Whether ONNX Runtime (to run) and onnx (torch's exporter needs it) are installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+from annotate2model.training import onnx_runtime
+from annotate2model.training.onnx_runtime import INPUT, OPSET, OUTPUT
+from annotate2model.training.onnx_runtime import available as available
 
 
 class OnnxTrunk(nn.Module):
@@ -44,30 +36,15 @@ class OnnxTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A channels_last batch seen as NCHW: ONNX Runtime wants the NCHW bytes in order.
-        batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        (out,) = self.session.run([OUTPUT], {INPUT: batch})
-        return torch.from_numpy(out)
+        batch = x.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(onnx_runtime.run(self.session, batch))
 
 
-def session(model_bytes: bytes) -> OnnxTrunk | None:
-    """An ONNX Runtime session of an exported trunk, on as many threads as torch uses; None when
-    it cannot be made."""
-    try:
-        import onnxruntime  # type: ignore[import-untyped]
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = max(1, torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
-        # Idle threads sleep instead of spinning: the decoding workers need the cores between
-        # batches (as `a2m train` sets OpenMP's wait policy to PASSIVE for torch).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        made = onnxruntime.InferenceSession(
-            model_bytes, options, providers=["CPUExecutionProvider"]
-        )
-    except Exception:
-        return None
-    return OnnxTrunk(made)
+def session(model_bytes: bytes, threads: int | None = None) -> OnnxTrunk | None:
+    """A session of an exported trunk, on as many threads as torch uses; None when it cannot
+    be made."""
+    made = onnx_runtime.open_session(model_bytes, threads or torch.get_num_threads())
+    return OnnxTrunk(made) if made is not None else None
 
 
 def export(model: nn.Module, crop: int) -> tuple[bytes, OnnxTrunk] | None:

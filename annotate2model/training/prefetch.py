@@ -1,38 +1,69 @@
-"""Decoding a probe's new images while torch is still being imported.
+"""Decoding a probe's new images, and computing their features, while torch is still being
+imported.
 
-`import torch` keeps one core busy for a second or more; on a grown version the images that have
-no cached features yet can be decoded on another core meanwhile. Nothing here imports torch: the
-CLI starts this first, then imports the runner, which takes the decoded images over (`extract`
-looks them up by image SHA-256). Which images are new is a guess made without torch: those with
-no cached vector under any model. A wrong guess costs some decoding, never a wrong feature.
+`import torch` keeps one core busy for two seconds; on a grown version the images that have no
+cached features yet can be decoded on another core meanwhile, and where the workspace holds the
+trunk's ONNX copy (onnx_trunk.py: a CPU probe of the same weights made it), ONNX Runtime computes
+their features too. Nothing here imports torch: the CLI starts this first, then imports the
+runner, which takes the decoded images and the features over (`extract` looks them up by image
+SHA-256, and takes features only under the model key it asks for). Which images are new, and
+that the run will extract on the CPU in fp32 with that trunk, are guesses made without torch:
+a wrong guess costs some work on a core that was idle, never a wrong feature.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 from annotate2model.errors import A2MError
 from annotate2model.store import Store
 from annotate2model.store import versions as store_versions
+from annotate2model.training import onnx_runtime
 from annotate2model.training.config import SPLITS, RunConfig
 from annotate2model.training.images import Preprocessing, load_image
+from annotate2model.training.keys import model_key
+from annotate2model.training.weights import resolve_weights
 
 # Decoded pixels allowed to wait for the network.
 EARLY_BYTES = 128 << 20
 
 
+# Images per ONNX Runtime call in the early extraction (the CPU's eval batch).
+EARLY_BATCH = 32
+
+
+@dataclass(frozen=True)
+class OnnxGuess:
+    """What the run will most likely extract with: the trunk's cached ONNX copy is looked up
+    from these, and its features are offered under the model key they give."""
+
+    cache_dir: Path
+    backbone: str
+    weights: str
+    seed: int
+
+
 class EarlyDecode:
-    """Clean (view 0) decodes of some images, started at once on `workers` threads."""
+    """Clean (view 0) decodes of some images, started at once on `workers` threads; with an
+    `OnnxGuess`, their features too, on one more thread (ONNX Runtime's own threads under it)."""
 
     def __init__(
-        self, images: Sequence[tuple[str, Path]], prep: Preprocessing, workers: int = 1
+        self,
+        images: Sequence[tuple[str, Path]],
+        prep: Preprocessing,
+        workers: int = 1,
+        onnx: OnnxGuess | None = None,
     ) -> None:
         self.prep = prep
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
@@ -40,6 +71,16 @@ class EarlyDecode:
         self._futures: dict[str, Future[NDArray[Any]]] = {
             sha: self._pool.submit(load_image, path, prep) for sha, path in images[:limit]
         }
+        self._order = list(self._futures)
+        self._stop = threading.Event()
+        self._features: dict[str, NDArray[np.float32]] = {}
+        self._features_key: str | None = None
+        self._thread: threading.Thread | None = None
+        if onnx is not None and self._order:
+            self._thread = threading.Thread(
+                target=self._extract, args=(onnx,), name="a2m-early-onnx", daemon=False
+            )
+            self._thread.start()
 
     def __len__(self) -> int:
         return len(self._futures)
@@ -50,10 +91,69 @@ class EarlyDecode:
             return None
         return self._futures.pop(sha256, None)
 
+    def _extract(self, guess: OnnxGuess) -> None:
+        """Features of the decoded images through the trunk's ONNX copy, a batch at a time,
+        until done or stopped. Any failure only leaves the work to the run."""
+        try:
+            source = resolve_weights(guess.backbone, guess.weights, guess.seed)
+            name = onnx_runtime.file_name(guess.backbone, source.identity, self.prep.crop)
+            data = onnx_runtime.read_verified(guess.cache_dir / "trunks" / name)
+            if data is None or self._stop.is_set():
+                return
+            session = onnx_runtime.open_session(data, onnx_runtime.cpu_threads())
+            if session is None:
+                return
+            key = model_key(guess.backbone, source.identity, self.prep, bf16=False)
+            for start in range(0, len(self._order), EARLY_BATCH):
+                if self._stop.is_set():
+                    return
+                shas, arrays = [], []
+                for sha in self._order[start : start + EARLY_BATCH]:
+                    future = self._futures.get(sha)
+                    if future is None:
+                        continue
+                    try:
+                        arrays.append(future.result())
+                    except Exception:  # not an image: the run reports it, by its own decode
+                        continue
+                    shas.append(sha)
+                if not arrays:
+                    continue
+                out = onnx_runtime.run(session, onnx_runtime.to_input(np.stack(arrays), self.prep))
+                self._features.update(zip(shas, out, strict=True))
+            self._features_key = key
+        except Exception:
+            return
+
+    def features(
+        self, key: str, prep: Preprocessing, on_progress: Callable[[int], None] | None = None
+    ) -> dict[str, NDArray[np.float32]]:
+        """The early features (clean view) once the early extraction is done, if they are the
+        ones of model `key`; {} otherwise. `on_progress` hears how many are done while it waits.
+        The decodes of the images returned are dropped."""
+        if self._thread is None or prep != self.prep:
+            return {}
+        reported = 0
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.1)
+            if on_progress is not None and len(self._features) > reported:
+                on_progress(len(self._features) - reported)
+                reported = len(self._features)
+        if self._features_key != key:
+            return {}
+        if on_progress is not None and len(self._features) > reported:
+            on_progress(len(self._features) - reported)
+        for sha in self._features:
+            self._futures.pop(sha, None)
+        return dict(self._features)
+
     def close(self) -> None:
+        self._stop.set()
         for future in self._futures.values():
             future.cancel()
         self._futures.clear()
+        if self._thread is not None:
+            self._thread.join()  # within one batch of the stop
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -81,7 +181,20 @@ def start_early_decode(
     if not new:
         return None
     prep = Preprocessing(config.resize_size, config.image_size)
-    return EarlyDecode([(sha, store.blobs.path(sha)) for sha in new], prep)
+    onnx = None
+    fp32 = config.precision != "bf16"
+    if fp32 and _cpu_likely(store.settings.device) and onnx_runtime.available():
+        cache_dir = store.settings.workspace.cache_dir / "embeddings"
+        onnx = OnnxGuess(cache_dir, config.backbone, config.weights, config.seed)
+    return EarlyDecode([(sha, store.blobs.path(sha)) for sha in new], prep, onnx=onnx)
+
+
+def _cpu_likely(device: str) -> bool:
+    """Whether the run will extract on the CPU, as far as can be told without torch: asked
+    for, or `auto` on a machine with no NVIDIA driver and not a Mac (MPS)."""
+    if device == "cpu":
+        return True
+    return device == "auto" and sys.platform != "darwin" and not Path("/dev/nvidiactl").exists()
 
 
 def _cached_shas(path: Path) -> set[str]:

@@ -1,5 +1,8 @@
 """Whether torchvision's ImageNet weights of a backbone can be had: cached, downloadable or not.
 
+Also where weights come from and their content identity (`resolve_weights`), which the early
+extraction needs before torch is loaded (prefetch.py).
+
 Importing this module loads neither torch nor torchvision (the doctor and the demo ask before
 anything trains); `imagenet_weights_status` asks torch hub where its cache is when called.
 `annotate2model.training.backbones` re-exports it.
@@ -7,6 +10,7 @@ anything trains); `imagenet_weights_status` asks torch hub where its cache is wh
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import urllib.error
@@ -15,6 +19,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from annotate2model.errors import InputError
+from annotate2model.training.config import BACKBONES
 
 # The DEFAULT weights of each backbone in torchvision (tests/training/test_weights_status.py
 # checks these against the installed torchvision, so a release that moves them is noticed).
@@ -107,3 +114,47 @@ def imagenet_weights_status(backbone: str, timeout: float = 2.0) -> WeightsStatu
         checkpoint,
         f"not cached at {checkpoint} and {host} cannot be reached ({problem})",
     )
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a backbone's weights come from and a stable identity of their content."""
+
+    # "imagenet", "none" or "path".
+    kind: str
+    # The torchvision enum name, "none-seed<N>", or "sha256:<hex>" of the file.
+    identity: str
+    path: Path | None = None
+
+
+def check_backbone(name: str) -> None:
+    if name not in BACKBONES:
+        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(backbone: str, weights: str, seed: int) -> WeightsSource:
+    """Turn `--weights imagenet|none|PATH` into a source with a content identity."""
+    check_backbone(backbone)
+    if weights == "imagenet":
+        from importlib.metadata import version
+
+        # The default enum can change between torchvision releases: the version is in the name.
+        return WeightsSource("imagenet", f"{backbone}:default@torchvision-{version('torchvision')}")
+    if weights == "none":
+        return WeightsSource("none", f"none-seed{seed}")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"the weights file {weights} does not exist.",
+            hint="pass --weights with an existing state_dict file, --weights imagenet or "
+            "--weights none.",
+        )
+    return WeightsSource("path", f"sha256:{file_sha256(path)}", path.resolve())
