@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -51,3 +52,28 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
         tmp.write_bytes(data)
 
     atomic_write(path, write, mode)
+
+
+# A file's SHA-256 lives beside it (`NAME.sha256`), written after the file: a reader that finds
+# both, matching, has the whole file as it was written.
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def write_with_digest(path: Path, data: bytes) -> None:
+    """Write `data` atomically, then its SHA-256 beside it."""
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(_digest_path(path), hashlib.sha256(data).hexdigest().encode())
+
+
+def read_verified(path: Path) -> bytes | None:
+    """The bytes `write_with_digest` wrote; None when the file or its digest is missing, partial
+    or corrupt."""
+    try:
+        expected = _digest_path(path).read_text(encoding="ascii").strip()
+        data = path.read_bytes()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return data if hashlib.sha256(data).hexdigest() == expected else None

@@ -30,7 +30,7 @@ import torch
 from numpy.typing import NDArray
 
 from annotate2model.errors import InvalidImage
-from annotate2model.fsutil import atomic_write, atomic_write_bytes
+from annotate2model.fsutil import atomic_write, read_verified, write_with_digest
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training import onnx_runtime, onnx_trunk
 from annotate2model.training.data import Preprocessing, load_image, to_input
@@ -186,18 +186,10 @@ class EmbeddingCache:
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.root / "trunks" / f"{name}.torchscript"
 
-    @staticmethod
-    def _digest_path(path: Path) -> Path:
-        return path.with_name(path.name + ".sha256")
-
     def load_script(self, path: Path) -> torch.nn.Module | None:
         """The cached frozen trunk (CPU only); None when missing, partial or corrupt."""
-        try:
-            expected = self._digest_path(path).read_text(encoding="ascii").strip()
-            data = path.read_bytes()
-        except (OSError, UnicodeDecodeError):
-            return None
-        if hashlib.sha256(data).hexdigest() != expected:
+        data = read_verified(path)
+        if data is None:
             return None
         try:
             with warnings.catch_warnings():
@@ -240,9 +232,7 @@ class EmbeddingCache:
             return None
         finally:
             model.train(was_training)
-        data = buffer.getvalue()
-        atomic_write_bytes(path, data)
-        atomic_write_bytes(self._digest_path(path), hashlib.sha256(data).hexdigest().encode())
+        write_with_digest(path, buffer.getvalue())
         return frozen
 
     # ONNX copies of frozen trunks, run by ONNX Runtime where it is installed (onnx_trunk.py):
@@ -257,7 +247,7 @@ class EmbeddingCache:
         is missing, partial or corrupt."""
         if not onnx_trunk.available():
             return None
-        data = onnx_runtime.read_verified(path)
+        data = read_verified(path)
         return onnx_trunk.session(data) if data is not None else None
 
     def save_onnx(
@@ -269,10 +259,7 @@ class EmbeddingCache:
         if made is None:
             return None
         data, trunk = made
-        atomic_write_bytes(path, data)
-        atomic_write_bytes(
-            onnx_runtime.digest_path(path), hashlib.sha256(data).hexdigest().encode()
-        )
+        write_with_digest(path, data)
         return trunk
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,21 +30,6 @@ def file_name(backbone: str, weights_identity: str, crop: int) -> str:
     checked at it)."""
     key = f"{backbone}|{weights_identity}|crop{crop}|opset{OPSET}|onnx-v1"
     return hashlib.sha256(key.encode()).hexdigest()[:32] + ".onnx"
-
-
-def digest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def read_verified(path: Path) -> bytes | None:
-    """The file's bytes when they match the SHA-256 written beside them after them; None when
-    either is missing, partial or corrupt."""
-    try:
-        expected = digest_path(path).read_text(encoding="ascii").strip()
-        data = path.read_bytes()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return data if hashlib.sha256(data).hexdigest() == expected else None
 
 
 def cpu_threads() -> int:

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from annotate2model.errors import A2MError
+from annotate2model.fsutil import read_verified
 from annotate2model.store import Store
 from annotate2model.store import versions as store_versions
 from annotate2model.training import onnx_runtime
@@ -97,7 +98,7 @@ class EarlyDecode:
         try:
             source = resolve_weights(guess.backbone, guess.weights, guess.seed)
             name = onnx_runtime.file_name(guess.backbone, source.identity, self.prep.crop)
-            data = onnx_runtime.read_verified(guess.cache_dir / "trunks" / name)
+            data = read_verified(guess.cache_dir / "trunks" / name)
             if data is None or self._stop.is_set():
                 return
             session = onnx_runtime.open_session(data, onnx_runtime.cpu_threads())

@@ -148,6 +148,21 @@ def _other_store(tmp_path: Path, name: str) -> Store:
     return Store.open(load_settings(ws, env={}))
 
 
+def _plain_sync_hash(
+    ls_server: LiveServer, tmp_path: Path, name: str, project: int, local: LocalFiles | None = None
+) -> str:
+    """The content hash of the version a plain sync (no prefetch, no head start) of `project`
+    makes in a fresh store."""
+    other = _other_store(tmp_path, name)
+    try:
+        with ls_server.client() as c:
+            plain = sync_project(other, c, project, local=local)
+    finally:
+        other.close()
+    assert plain.version is not None
+    return plain.version.version.content_hash
+
+
 def test_first_sync_reads_images_while_listing_and_ends_as_one_that_reads_them_after(
     ls_server: LiveServer, store: Store, tmp_path: Path
 ) -> None:
@@ -161,14 +176,8 @@ def test_first_sync_reads_images_while_listing_and_ends_as_one_that_reads_them_a
     assert result.version is not None and result.version.version.item_count == n
     assert result.images_downloaded == n and not result.skipped
     # The same project read over HTTP, images only after the listing (nothing to prefetch).
-    other = _other_store(tmp_path, "over-http")
-    try:
-        with ls_server.client() as c:
-            plain = sync_project(other, c, project)
-    finally:
-        other.close()
-    assert plain.version is not None
-    assert plain.version.version.content_hash == result.version.version.content_hash
+    plain = _plain_sync_hash(ls_server, tmp_path, "over-http", project)
+    assert plain == result.version.version.content_hash
 
 
 def test_server_dying_while_images_are_read_during_the_listing_writes_no_row(
@@ -258,14 +267,8 @@ def test_first_sync_from_a_head_start_reads_images_early_and_equals_one_without(
     assert progress.pages == 2 and progress.blobs_while_listing > 0
     assert ahead.version is not None and ahead.version.version.item_count == n
     assert ahead.tasks_fetched == n and not ahead.skipped
-    plain_store = _other_store(tmp_path, "plain")
-    try:
-        with ls_server.client() as c:
-            plain = sync_project(plain_store, c, project, local=local)
-    finally:
-        plain_store.close()
-    assert plain.version is not None
-    assert plain.version.version.content_hash == ahead.version.version.content_hash
+    plain = _plain_sync_hash(ls_server, tmp_path, "plain", project, local)
+    assert plain == ahead.version.version.content_hash
 
 
 def test_a_head_start_that_guessed_a_first_sync_wrongly_changes_nothing(
