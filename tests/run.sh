@@ -7,8 +7,22 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,studio,serve,export]'
+# The registry's CUDA build of torch is about 5 GB of wheels; a connection that drops partway through
+# one of them (pip gives up after resuming the same file a few times) must not fail the whole run.
+# pip keeps what it finished in its cache, so a later attempt fetches only what is missing.
+pip_install() {
+  local attempt
+  for attempt in 1 2 3; do
+    if .venv/bin/python -m pip install --quiet "$@"; then
+      return 0
+    fi
+    echo "== pip install failed (attempt $attempt of 4); trying again in $((attempt * 30)) s" >&2
+    sleep $((attempt * 30))
+  done
+  .venv/bin/python -m pip install --quiet "$@"
+}
+pip_install --upgrade pip
+pip_install --resume-retries 20 -e '.[dev,studio,serve,export]'
 # The browser tests (HTML report, web page) drive Debian's chromium: no browser is downloaded.
 if ! command -v chromium >/dev/null 2>&1; then
   echo "== installing Debian's chromium for the browser tests"
