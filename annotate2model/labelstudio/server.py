@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from annotate2model.errors import InputError, LabelStudioError
+from annotate2model.fsutil import atomic_write_bytes
 from annotate2model.progress import NullProgress, Progress
 
 DEFAULT_PORT = 8080
@@ -125,6 +127,50 @@ def server_environment(
     }
 
 
+_SECRET_KEY_LINE = re.compile(r"^\s*(?:export\s+)?SECRET_KEY\s*=\s*(.*?)\s*$")
+
+
+def _secret_key_value(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    return raw
+
+
+def _key_readable(value: str) -> bool:
+    # django-environ, which Label Studio reads `.env` with, takes a value starting with `$` as
+    # the name of another variable: such a key reads back empty.
+    return bool(value) and not value.startswith("$")
+
+
+def settle_secret_key(data_dir: Path) -> bool:
+    """Make the server's `.env` end with a SECRET_KEY Label Studio can read back; True if changed.
+
+    Label Studio signs personal access tokens with SECRET_KEY, read from `data/.env` at every
+    start (its last SECRET_KEY line). Where there is none, it draws one and appends it. One key in
+    fifty starts with `$`, which it reads back as empty: the next start draws another, and every
+    personal access token made until then (and every login) stops working. So a2m writes a
+    readable key before the first start, and replaces an unreadable one before any later start.
+    """
+    path = data_dir / ".env"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    keys = [
+        (number, _secret_key_value(match.group(1)))
+        for number, line in enumerate(lines)
+        if (match := _SECRET_KEY_LINE.match(line))
+    ]
+    if keys and _key_readable(keys[-1][1]):
+        return False
+    dropped = {number for number, _ in keys}
+    kept = [line for number, line in enumerate(lines) if number not in dropped]
+    # token_urlsafe: letters, digits, `-` and `_`; nothing django-environ reads specially.
+    kept.append(f"SECRET_KEY={secrets.token_urlsafe(50)}")
+    atomic_write_bytes(path, ("\n".join(kept) + "\n").encode("utf-8"), mode=0o600)
+    return True
+
+
 class LocalServer:
     """The Label Studio process of one folder (the workspace's `.a2m/labelstudio/`)."""
 
@@ -215,6 +261,7 @@ class LocalServer:
         if not port_is_free(port):
             moved_from, port = port, free_port()
         first = not (self.data_dir / "label_studio.sqlite3").exists()
+        settle_secret_key(self.data_dir)
         if timeout is None:
             timeout = FIRST_START_TIMEOUT if first else START_TIMEOUT
         env = server_environment(self.data_dir, self.home, username, password, token, files_root)

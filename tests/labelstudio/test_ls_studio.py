@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,12 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from annotate2model.labelstudio.client import LabelStudioClient
-from annotate2model.settings import load_settings
+from annotate2model.labelstudio.server import LocalServer, free_port
+from annotate2model.settings import Secret, load_settings
 from annotate2model.store import Store
 from annotate2model.store.versions import version_items
 from annotate2model.workspace import Workspace
 from tests.conftest import image_bytes, make_image_folder, run_cli
-from tests.labelstudio.conftest import LEGACY_TOKEN, PASSWORD, copy_server
+from tests.labelstudio.conftest import ADMIN, LEGACY_TOKEN, PASSWORD, copy_server
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
@@ -198,3 +200,33 @@ def test_personal_access_token_never_shown_nor_stored(
     db = b"".join(p.read_bytes() for p in workspace.data_dir.glob("store.db*"))
     assert db and pat.encode() not in db and signature.encode() not in db
     assert b"eyJ" not in db
+
+
+def _secret_keys(server: LocalServer) -> list[str]:
+    text = (server.data_dir / ".env").read_text()
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("SECRET_KEY=")]
+
+
+def test_personal_access_tokens_outlive_restarts(
+    ls_template: tuple[Path, str], tmp_path: Path
+) -> None:
+    template, pat = ls_template
+    # The template's first start ran on a key a2m wrote (token_urlsafe: 67 characters of
+    # [A-Za-z0-9_-]), which Label Studio read back: it drew none of its own. Its own keys are 50
+    # characters, one in fifty of them starting with `$`, which would die at the first restart
+    # with every token made until then.
+    (key,) = _secret_keys(LocalServer(template))
+    assert re.fullmatch(r"[A-Za-z0-9_-]{67}", key)
+    root, _ = copy_server(ls_template, tmp_path / "labelstudio")
+    server = LocalServer(root)
+    for _ in range(2):
+        started = server.start(
+            username=ADMIN, password=PASSWORD, token=LEGACY_TOKEN, port=free_port()
+        )
+        try:
+            # The template's token, made during its first run, still works.
+            with LabelStudioClient(started.url, Secret(pat)) as client:
+                assert client.check()["email"] == ADMIN
+        finally:
+            server.stop()
+    assert _secret_keys(server) == [key]
