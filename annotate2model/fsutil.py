@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -77,3 +78,39 @@ def read_verified(path: Path) -> bytes | None:
     except (OSError, UnicodeDecodeError):
         return None
     return data if hashlib.sha256(data).hexdigest() == expected else None
+
+
+def _signature(path: Path) -> list[int]:
+    st = path.stat()
+    # Any write to the file moves its change time, which no tool can set back (unlike mtime).
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def file_sha256(path: Path, memo: Path | None = None) -> str:
+    """The SHA-256 of a file's content.
+
+    With `memo` (a folder), an unchanged file is read once, not at every run: its digest is kept
+    there with the file's signature (device, inode, size, modification and change times), and
+    used again only while the signature is the same. A memo that cannot be read or written
+    only costs the hashing.
+    """
+    entry = None
+    if memo is not None:
+        resolved = str(path.resolve())
+        name = hashlib.sha256(resolved.encode()).hexdigest()[:32]
+        entry = memo / f"{name}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            known = json.loads(entry.read_text(encoding="utf-8"))
+            if known["path"] == resolved and known["signature"] == _signature(path):
+                return str(known["sha256"])
+    before = _signature(path) if entry is not None else None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    hexdigest = digest.hexdigest()
+    if entry is not None and before == _signature(path):  # not written to while being read
+        record = {"path": resolved, "signature": before, "sha256": hexdigest}
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(entry, json.dumps(record).encode(), mode=0o644)
+    return hexdigest

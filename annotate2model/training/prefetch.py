@@ -34,7 +34,7 @@ from annotate2model.training import onnx_runtime
 from annotate2model.training.config import SPLITS, RunConfig
 from annotate2model.training.images import Preprocessing, load_image
 from annotate2model.training.keys import model_key
-from annotate2model.training.weights import resolve_weights
+from annotate2model.training.weights import digest_memo, resolve_weights
 
 # Decoded pixels allowed to wait for the network.
 EARLY_BYTES = 128 << 20
@@ -96,7 +96,8 @@ class EarlyDecode:
         """Features of the decoded images through the trunk's ONNX copy, a batch at a time,
         until done or stopped. Any failure only leaves the work to the run."""
         try:
-            source = resolve_weights(guess.backbone, guess.weights, guess.seed)
+            memo = digest_memo(guess.cache_dir)
+            source = resolve_weights(guess.backbone, guess.weights, guess.seed, memo)
             name = onnx_runtime.file_name(guess.backbone, source.identity, self.prep.crop)
             data = read_verified(guess.cache_dir / "trunks" / name)
             if data is None or self._stop.is_set():

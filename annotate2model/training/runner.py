@@ -8,7 +8,6 @@ artifacts are written atomically, so neither leaves a corrupt file behind.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from annotate2model.store import runs as store_runs
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import PredictionRecord, RunRecord
 from annotate2model.training import artifacts
-from annotate2model.training.backbones import HEADS, WeightsSource, resolve_weights
+from annotate2model.training.backbones import HEADS, resolve_weights
 from annotate2model.training.config import SPLITS, RunConfig, resolve_workers
 from annotate2model.training.config import auto_workers as default_workers
 from annotate2model.training.context import RunContext
@@ -43,6 +42,7 @@ from annotate2model.training.predictor import EnsemblePredictor, Predictions, Pr
 from annotate2model.training.prefetch import EarlyDecode
 from annotate2model.training.preflight import check_run, small_split_warnings
 from annotate2model.training.probe import train_probe
+from annotate2model.training.weights import digest_memo
 
 __all__ = [
     "Evaluation",
@@ -118,7 +118,9 @@ def _train(
     ctx = context or RunContext.from_store(store)
     data = load_version_data(store, version_ref)
     check_trainable(data)
-    source = resolve_weights(config.backbone, config.weights, config.seed)
+    source = resolve_weights(
+        config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
+    )
     # What cannot work is refused before the run is recorded: no failed run is left behind.
     check_run(config, source, ctx.cache_dir, progress)
     for warning in small_split_warnings(data):
@@ -219,7 +221,9 @@ def train_subset(
         config=config,
         data=data,
         context=ctx,
-        source=_weights_once(config.backbone, config.weights, config.seed, _stat(config.weights)),
+        source=resolve_weights(
+            config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
+        ),
         prep=Preprocessing(config.resize_size, config.image_size),
         device=device,
         bf16=use_bf16(device, config.precision),
@@ -233,24 +237,6 @@ def train_subset(
         raise TrainingError(f"none of the {len(judged)} images to judge on could be read.")
     predicted = [full.labels[int(k)] for k in np.argmax(probs, axis=1)]
     return [i.label for i in kept], predicted
-
-
-def _stat(weights: str) -> tuple[int, int] | None:
-    """(size, mtime) of a weights file, so that a changed file is hashed again."""
-    try:
-        st = Path(weights).expanduser().stat()
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _weights_once(
-    backbone: str, weights: str, seed: int, stat: tuple[int, int] | None
-) -> WeightsSource:
-    """resolve_weights once per process for the same file: it hashes the whole file (0.2 s for
-    ResNet-18), and a learning curve trains a dozen times."""
-    return resolve_weights(backbone, weights, seed)
 
 
 def _relative(store: Store, run_dir: Path) -> str:

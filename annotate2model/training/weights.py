@@ -10,7 +10,6 @@ anything trains); `imagenet_weights_status` asks torch hub where its cache is wh
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import urllib.error
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from annotate2model.errors import InputError
+from annotate2model.fsutil import file_sha256 as file_sha256
 from annotate2model.training.config import BACKBONES
 
 # The DEFAULT weights of each backbone in torchvision (tests/training/test_weights_status.py
@@ -132,16 +132,20 @@ def check_backbone(name: str) -> None:
         raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def digest_memo(cache_dir: Path) -> Path:
+    """Where a workspace remembers the SHA-256 of its weights files (`fsutil.file_sha256`)."""
+    return cache_dir / "digests"
 
 
-def resolve_weights(backbone: str, weights: str, seed: int) -> WeightsSource:
-    """Turn `--weights imagenet|none|PATH` into a source with a content identity."""
+def resolve_weights(
+    backbone: str, weights: str, seed: int, memo: Path | None = None
+) -> WeightsSource:
+    """Turn `--weights imagenet|none|PATH` into a source with a content identity.
+
+    A file's identity is its SHA-256: 0.2 s for ResNet-18 on a small CPU, and over a second
+    while torch loads beside it, at every run. `memo` (`digest_memo`) keeps it for a file that
+    has not changed since.
+    """
     check_backbone(backbone)
     if weights == "imagenet":
         from importlib.metadata import version
@@ -157,4 +161,4 @@ def resolve_weights(backbone: str, weights: str, seed: int) -> WeightsSource:
             hint="pass --weights with an existing state_dict file, --weights imagenet or "
             "--weights none.",
         )
-    return WeightsSource("path", f"sha256:{file_sha256(path)}", path.resolve())
+    return WeightsSource("path", f"sha256:{file_sha256(path, memo)}", path.resolve())
