@@ -73,3 +73,11 @@ def test_an_unreadable_key_is_replaced_before_the_next_start(tmp_path: Path) -> 
         (key,) = _keys(env)
         assert "$" not in key and _as_label_studio_reads(env) == key
         assert env.read_text().startswith("DEBUG=false\n")
+
+
+def test_bytes_that_are_not_utf8_are_kept(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_bytes(b"NOTE=caf\xe9\nSECRET_KEY=$x\n")
+    assert settle_secret_key(tmp_path) is True
+    data = env.read_bytes()
+    assert data.startswith(b"NOTE=caf\xe9\nSECRET_KEY=") and b"$x" not in data

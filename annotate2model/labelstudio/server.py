@@ -153,7 +153,8 @@ def settle_secret_key(data_dir: Path) -> bool:
     """
     path = data_dir / ".env"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Bytes that are not UTF-8 are kept as they are (surrogateescape, both ways).
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except FileNotFoundError:
         lines = []
     keys = [
@@ -167,7 +168,8 @@ def settle_secret_key(data_dir: Path) -> bool:
     kept = [line for number, line in enumerate(lines) if number not in dropped]
     # token_urlsafe: letters, digits, `-` and `_`; nothing django-environ reads specially.
     kept.append(f"SECRET_KEY={secrets.token_urlsafe(50)}")
-    atomic_write_bytes(path, ("\n".join(kept) + "\n").encode("utf-8"), mode=0o600)
+    text = "\n".join(kept) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"), mode=0o600)
     return True
 
 
