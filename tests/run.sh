@@ -7,17 +7,19 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-# The registry's CUDA build of torch is about 5 GB of wheels; a connection that drops partway through
-# one of them (pip gives up after resuming the same file a few times) must not fail the whole run.
-# pip keeps what it finished in its cache, so a later attempt fetches only what is missing.
+# The registry's CUDA build of torch is about 5 GB of wheels. A connection that drops partway
+# through one of them (pip resumes a file, but gives up when every resume stops at the same
+# byte), or a disk filled by something else, must not fail the whole run: pip is tried again
+# after a pause, with the free space on record in the log.
 pip_install() {
-  local attempt
-  for attempt in 1 2 3; do
+  local attempt pause
+  for attempt in 1 2 3 4; do
     if .venv/bin/python -m pip install --quiet "$@"; then
       return 0
     fi
-    echo "== pip install failed (attempt $attempt of 4); trying again in $((attempt * 30)) s" >&2
-    sleep $((attempt * 30))
+    pause=$((attempt * attempt * 30))
+    echo "== pip install failed (attempt $attempt of 5); free space: $(df -h . | awk 'NR == 2 {print $4}'); trying again in $pause s" >&2
+    sleep "$pause"
   done
   .venv/bin/python -m pip install --quiet "$@"
 }
