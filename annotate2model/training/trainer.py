@@ -1,7 +1,8 @@
 """The training loop in parts: optimiser and schedule, `train_one_epoch`, `evaluate`, `fit`.
 
-The same loop trains a linear head on cached features (probe) and a whole network on decoded
-images (fine-tuning): it only sees iterables of (input, target) batches.
+Fine-tuning trains through it, on a frozen prefix's outputs or on decoded images: it only sees
+iterables of (input, target) batches. A probe's head (and fine-tuning's probe stage) trains in
+numpy instead (head.py: the same recipe without torch, checked against this loop).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +20,8 @@ from torch import nn
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.config import RunConfig
 from annotate2model.training.device import autocast
+from annotate2model.training.head import beats as beats
+from annotate2model.training.head import lr_at as lr_at
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -76,94 +79,8 @@ def as_groups(params: Iterable[nn.Parameter] | ParamGroups) -> ParamGroups:
     return [(ps, scale) for ps, scale in groups if ps]
 
 
-class PlainOptimizer:
-    """The same SGD (momentum, L2) and AdamW update rules as torch.optim, for a small head.
-
-    torch.optim imports torch._dynamo on first use (2-3 s of start-up); a probe on cached
-    features finishes in less than that, so it steps its few tensors itself.
-    """
-
-    def __init__(self, params: Iterable[nn.Parameter], config: RunConfig) -> None:
-        self.params = [p for p in params if p.requires_grad]
-        self.config = config
-        self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
-        self.steps = 0
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self, lr: float) -> None:
-        c = self.config
-        self.steps += 1
-        for p, state in zip(self.params, self.state, strict=True):
-            if p.grad is None:
-                continue
-            g = p.grad
-            if c.optimizer == "adamw":
-                beta1, beta2, eps = 0.9, 0.999, 1e-8
-                p.mul_(1 - lr * c.weight_decay)
-                m = state.setdefault("m", torch.zeros_like(p))
-                v = state.setdefault("v", torch.zeros_like(p))
-                m.mul_(beta1).add_(g, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                m_hat = m / (1 - beta1**self.steps)
-                v_hat = v / (1 - beta2**self.steps)
-                p.addcdiv_(m_hat, v_hat.sqrt().add_(eps), value=-lr)
-            else:
-                if c.weight_decay:
-                    g = g.add(p, alpha=c.weight_decay)
-                if c.momentum:
-                    buf = state.get("momentum")
-                    if buf is None:
-                        buf = state["momentum"] = g.clone()
-                    else:
-                        buf.mul_(c.momentum).add_(g)
-                    g = buf
-                p.add_(g, alpha=-lr)
-
-
-def make_optimizer(
-    params: Iterable[nn.Parameter] | ParamGroups, config: RunConfig, plain: bool = False
-) -> Optimizer:
-    if plain:
-        (trainable, _), *rest = as_groups(params)
-        if rest:
-            raise ValueError("the plain optimiser steps one group at one rate")
-        return PlainOptimizer(trainable, config)
+def make_optimizer(params: Iterable[nn.Parameter] | ParamGroups, config: RunConfig) -> Optimizer:
     return TorchOptimizer(params, config)
-
-
-def lr_at(step: int, config: RunConfig, steps_per_epoch: int) -> float:
-    """The learning rate of optimiser step `step` (0-based): a linear warm-up over
-    `warmup_epochs`, then the run's schedule over the remaining steps."""
-    warm = min(round(config.warmup_epochs * steps_per_epoch), steps_per_epoch * config.epochs - 1)
-    if warm > 0:
-        if step < warm:
-            return config.lr * (step + 1) / (warm + 1)
-        step -= warm
-    total = max(1, steps_per_epoch * config.epochs - max(0, warm))
-    peak = config.lr
-    if config.schedule == "cyclic":
-        # triangular2 (as torch's CyclicLR): half-cycles of two epochs between lr * 1e-4 and lr,
-        # the amplitude halving every cycle.
-        base = peak * 1e-4
-        half = max(1, 2 * steps_per_epoch)
-        cycle = math.floor(1 + step / (2 * half))
-        x = abs(step / half - 2 * cycle + 1)
-        return float(base + (peak - base) * max(0.0, 1 - x) / (2.0 ** (cycle - 1)))
-    if config.schedule == "cosine":
-        return peak * (1 + math.cos(math.pi * min(step, total) / total)) / 2
-    if config.schedule == "onecycle":
-        # As torch's OneCycleLR with cosine annealing: 30% warm-up from lr/25, down to lr/25e4.
-        initial, final = peak / 25, peak / 25e4
-        warm = max(1, round(0.3 * total))
-        if step < warm:
-            return initial + (peak - initial) * (1 - math.cos(math.pi * step / warm)) / 2
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return final + (peak - final) * (1 + math.cos(math.pi * t)) / 2
-    return peak
 
 
 def make_loss(
@@ -175,29 +92,6 @@ def make_loss(
         w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
         weight = torch.tensor(w, dtype=torch.float32, device=device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-
-
-class FeatureBatches:
-    """Mini-batches of in-memory rows, reshuffled each epoch from a seeded generator."""
-
-    def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0
-    ) -> None:
-        self.x = x
-        self.y = y
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return math.ceil(self.x.shape[0] / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.x.shape[0]
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
 
 
 def train_one_epoch(
@@ -287,7 +181,6 @@ def fit(
     on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
     prepare: Callable[[nn.Module], None] | None = None,
     per_epoch_bars: bool = True,
-    plain_optimizer: bool = False,
     params: ParamGroups | None = None,
     start: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
@@ -302,9 +195,7 @@ def fit(
     Returns the per-epoch history; `on_epoch` sees it after every epoch (to record it).
     """
     progress = progress or NullProgress()
-    optimizer = make_optimizer(
-        params if params is not None else model.parameters(), config, plain=plain_optimizer
-    )
+    optimizer = make_optimizer(params if params is not None else model.parameters(), config)
     step = 0
 
     def next_lr() -> float:
@@ -388,17 +279,3 @@ def fit(
             if on_epoch is not None:
                 on_epoch(history)
     return history
-
-
-def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Whether an epoch is better than the best so far on validation: no less accurate, no
-    higher loss, and better in one of them. A higher accuracy bought with a higher loss is not
-    taken: on a small validation set it is as often luck as a better model, and the weights it
-    would replace (first of all the probe's) are kept instead."""
-    if best is None:
-        return True
-    acc, best_acc = row["val_accuracy"], best["val_accuracy"]
-    loss, best_loss = row["val_loss"], best["val_loss"]
-    if acc < best_acc or loss > best_loss:
-        return False
-    return bool(acc > best_acc or loss < best_loss - 1e-6)
