@@ -260,7 +260,8 @@ def train_cmd(
     _quiet_torch_deprecations()
     _stop_on_signals()
     store = state(ctx).store(device=device) if device else state(ctx).store()
-    # New images start decoding on another core while the runner imports torch.
+    # New images start decoding on another core while the runner starts (and imports torch
+    # where the run needs it).
     early = start_early_decode(store, config, version)
     try:
         from annotate2model.training.runner import train

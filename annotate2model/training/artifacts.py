@@ -12,9 +12,10 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
+from numpy.typing import NDArray
 
 from annotate2model.errors import NotFoundError, TrainingError
 from annotate2model.fsutil import atomic_write, atomic_write_bytes
@@ -25,16 +26,31 @@ HEAD_FILE = "head.safetensors"
 CARD_FILE = "model.json"
 HISTORY_FILE = "history.csv"
 
+if TYPE_CHECKING:
+    import torch
+
+# Weights as a trainer hands them over: torch tensors, or numpy arrays from the torch-free probe
+# (lite.py). Either way the same safetensors file is written.
+Tensors = dict[str, "torch.Tensor"] | dict[str, NDArray[Any]]
+
 
 def write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=0o644)
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def write_tensors(path: Path, tensors: Tensors, mode: int | None = 0o644) -> None:
+    """`tensors` as a safetensors file, written atomically (numpy arrays need no torch)."""
+    if all(isinstance(v, np.ndarray) for v in tensors.values()):
+        from safetensors.numpy import save_file as save_numpy
+
+        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        atomic_write(path, lambda tmp: save_numpy(arrays, str(tmp)), mode=mode)
+        return
+    import torch
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)), mode=0o644)
+    state = {k: torch.as_tensor(v).detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)), mode=mode)
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -72,8 +88,8 @@ def history_csv(history: list[dict[str, Any]]) -> str:
 def write_run_files(
     run_dir: Path,
     card: dict[str, Any],
-    head: dict[str, torch.Tensor] | None,
-    trunk: dict[str, torch.Tensor] | Path | None,
+    head: Tensors | None,
+    trunk: Tensors | Path | None,
     history: list[dict[str, Any]],
 ) -> None:
     """Weights first, the card last: a folder with a model.json always has its weights."""
@@ -113,6 +129,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_classifier(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a trained classifier from its folder (architecture from the card, safetensors)."""
+    import torch
+
     from annotate2model.training.backbones import Classifier, build_trunk
 
     card = read_card(run_dir)

@@ -16,6 +16,7 @@ from torch import nn
 
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.training.config import BACKBONES
+from annotate2model.training.config import HEADS as HEADS
 from annotate2model.training.vision import import_torchvision, meta_init_skipped
 from annotate2model.training.weights import WeightsSource as WeightsSource
 from annotate2model.training.weights import WeightsStatus as WeightsStatus
@@ -24,17 +25,6 @@ from annotate2model.training.weights import file_sha256 as file_sha256
 from annotate2model.training.weights import imagenet_checkpoint_path
 from annotate2model.training.weights import imagenet_weights_status as imagenet_weights_status
 from annotate2model.training.weights import resolve_weights as resolve_weights
-
-# Per architecture: the state-dict prefix of the classifier's last Linear (the part replaced),
-# and the feature width that enters it.
-HEADS: dict[str, tuple[str, int]] = {
-    "resnet18": ("fc", 512),
-    "resnet50": ("fc", 2048),
-    "mobilenet_v2": ("classifier.1", 1280),
-    "mobilenet_v3_large": ("classifier.3", 1280),
-    "efficientnet_b0": ("classifier.1", 1280),
-    "vgg16": ("classifier.6", 4096),
-}
 
 
 class Classifier(nn.Module):

@@ -67,6 +67,17 @@ PRECISIONS = Precision.values()
 # Device requests: these, or an indexed accelerator such as cuda:1.
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
+# Per architecture: the state-dict prefix of the classifier's last Linear (the part a run
+# replaces), and the feature width that enters it.
+HEADS: dict[str, tuple[str, int]] = {
+    "resnet18": ("fc", 512),
+    "resnet50": ("fc", 2048),
+    "mobilenet_v2": ("classifier.1", 1280),
+    "mobilenet_v3_large": ("classifier.3", 1280),
+    "efficientnet_b0": ("classifier.1", 1280),
+    "vgg16": ("classifier.6", 4096),
+}
+
 
 def auto_workers(cpu_count: int | None = None) -> int:
     """Decoding workers for `workers = -1`: one core is left to the model, at most 4."""

@@ -23,22 +23,29 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from annotate2model.errors import InvalidImage
-from annotate2model.fsutil import atomic_write, read_verified, write_with_digest
+from annotate2model.fsutil import read_verified, write_with_digest
 from annotate2model.progress import NullProgress, Progress
-from annotate2model.training import onnx_runtime, onnx_trunk
-from annotate2model.training.data import Preprocessing, load_image, to_input
-from annotate2model.training.device import autocast
-from annotate2model.training.images import ImageSource
+from annotate2model.training import onnx_runtime
+from annotate2model.training.images import ImageSource, Preprocessing, load_image
 from annotate2model.training.keys import model_description as model_description
 from annotate2model.training.keys import model_key as model_key
 from annotate2model.training.prefetch import EarlyDecode
+
+if TYPE_CHECKING:
+    import torch
+
+    from annotate2model.training.onnx_trunk import OnnxTrunk
+
+# A network as the extraction loop sees it: uint8 NHWC images in, float32 features out (a row
+# per image). `torch_network` makes one of a torch module; `onnx_network` of an ONNX Runtime
+# session, without torch.
+Network = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -161,11 +168,14 @@ class EmbeddingCache:
     def trunk_path(self, weights_identity: str, backbone: str) -> Path:
         return trunk_path(self.root, weights_identity, backbone)
 
-    def save_trunk(self, path: Path, state: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+    def save_trunk(
+        self, path: Path, state: dict[str, torch.Tensor] | dict[str, NDArray[Any]]
+    ) -> None:
+        """Keep a trunk's weights (torch tensors, or numpy arrays from the torch-free probe:
+        the same safetensors file either way)."""
+        from annotate2model.training.artifacts import write_tensors
 
-        tensors = {k: v.contiguous() for k, v in state.items()}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+        write_tensors(path, state, mode=None)
 
     # TorchScript copies of frozen trunks, for feature extraction on the CPU: a warm workspace
     # never imports torchvision, and every run extracts through a *frozen* graph (batch norm
@@ -182,12 +192,16 @@ class EmbeddingCache:
 
     def script_path(self, backbone: str, weights_identity: str, crop: int) -> Path:
         """Keyed by architecture, weights, input size (the trace is checked at it) and torch."""
+        import torch
+
         key = f"{backbone}|{weights_identity}|crop{crop}|torch-{torch.__version__}|frozen-v2"
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.root / "trunks" / f"{name}.torchscript"
 
     def load_script(self, path: Path) -> torch.nn.Module | None:
         """The cached frozen trunk (CPU only); None when missing, partial or corrupt."""
+        import torch
+
         data = read_verified(path)
         if data is None:
             return None
@@ -207,6 +221,8 @@ class EmbeddingCache:
         """Trace and freeze `model` (eval mode, channels_last) for the CPU; keep it if it gives
         the model's output. Returns the frozen module, or None when it could not be made (which
         only costs speed: the caller goes on with `model`)."""
+        import torch
+
         was_training = model.training
         model.eval()
         try:
@@ -242,19 +258,21 @@ class EmbeddingCache:
         """Keyed by architecture, weights and input size (the export is checked at it)."""
         return self.root / "trunks" / onnx_runtime.file_name(backbone, weights_identity, crop)
 
-    def load_onnx(self, path: Path) -> onnx_trunk.OnnxTrunk | None:
+    def load_onnx(self, path: Path) -> OnnxTrunk | None:
         """The cached ONNX trunk in a session; None when ONNX Runtime is missing, or the file
         is missing, partial or corrupt."""
+        from annotate2model.training import onnx_trunk
+
         if not onnx_trunk.available():
             return None
         data = read_verified(path)
         return onnx_trunk.session(data) if data is not None else None
 
-    def save_onnx(
-        self, path: Path, model: torch.nn.Module, crop: int
-    ) -> onnx_trunk.OnnxTrunk | None:
+    def save_onnx(self, path: Path, model: torch.nn.Module, crop: int) -> OnnxTrunk | None:
         """Export `model` (checked against its own output) and keep it; the session, or None
         when it could not be made (which only costs speed)."""
+        from annotate2model.training import onnx_trunk
+
         made = onnx_trunk.export(model, crop)
         if made is None:
             return None
@@ -298,6 +316,42 @@ class _InlinePool:
         pass
 
 
+def torch_network(
+    model: torch.nn.Module, prep: Preprocessing, device: torch.device, bf16: bool
+) -> Network:
+    """`model` on `device` (eval mode, channels_last but on MPS) as a Network."""
+    import torch
+
+    from annotate2model.training.data import to_input
+    from annotate2model.training.device import autocast
+
+    # Grad mode is switched off around the network's own work only: the extraction loop is a
+    # generator, suspended between batches, and its caller's code must not run in inference mode.
+    with torch.inference_mode():
+        model = model.to(device).eval()
+        if device.type != "mps":
+            model = model.to(memory_format=torch.channels_last)
+
+    def run(arrays: NDArray[np.uint8]) -> NDArray[np.float32]:
+        with torch.inference_mode():
+            x = to_input(arrays, prep, device)
+            with autocast(device, bf16):
+                out = model(x)
+            features: NDArray[np.float32] = out.float().flatten(1).cpu().numpy()
+            return features
+
+    return run
+
+
+def onnx_network(session: Any, prep: Preprocessing) -> Network:
+    """An ONNX Runtime session of a trunk as a Network (no torch)."""
+
+    def run(arrays: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return onnx_runtime.run(session, onnx_runtime.to_input(arrays, prep))
+
+    return run
+
+
 def forward_images(
     jobs: Sequence[ExtractJob],
     network: Callable[[], torch.nn.Module],
@@ -312,14 +366,41 @@ def forward_images(
     max_pixels: int | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> Iterator[ForwardBatch]:
+    """`forward_batches` through a torch module built by `network()` on `device`."""
+    return forward_batches(
+        jobs,
+        lambda: torch_network(network(), prep, device, bf16),
+        prep,
+        batch_size,
+        workers,
+        seed,
+        rotation,
+        early,
+        max_pixels,
+        on_ready,
+    )
+
+
+def forward_batches(
+    jobs: Sequence[ExtractJob],
+    network: Callable[[], Network],
+    prep: Preprocessing,
+    batch_size: int,
+    workers: int,
+    seed: int = 0,
+    rotation: float = 10.0,
+    early: EarlyDecode | None = None,
+    max_pixels: int | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> Iterator[ForwardBatch]:
     """Decode `jobs` (in `workers` threads, 0: on this thread) a few batches ahead of the forward
     passes, so that the two overlap; yields each batch's float32 outputs, flattened per image.
 
     `network` is called once, after the first batches were queued (building it may take seconds
     of imports, during which decoding runs ahead up to PREFETCH_BYTES). Clean views that `early`
     started decoding before torch was imported are taken from it. `on_ready` is called once the
-    network is on the device. Stopping early (an exception, Ctrl-C, closing the generator) cancels
-    the queued decodes instead of waiting for them.
+    network is ready. Stopping early (an exception, Ctrl-C, closing the generator) cancels the
+    queued decodes instead of waiting for them.
     """
     batches = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
     if not batches:
@@ -357,12 +438,7 @@ def forward_images(
                 pending.append(pool.submit(decode, batch))
                 if len(pending) >= first_ahead:
                     break
-        # Grad mode is switched off around the network's own work only: this generator is
-        # suspended between batches, and its caller's code must not run in inference mode.
-        with torch.inference_mode():
-            model = network().to(device).eval()
-            if device.type != "mps":
-                model = model.to(memory_format=torch.channels_last)
+        run = network()
         if on_ready is not None:
             on_ready()
         if not pending:
@@ -376,13 +452,7 @@ def forward_images(
                 if nxt is None:
                     break
                 pending.append(pool.submit(decode, nxt))
-            outputs = np.empty((0, 0), dtype=np.float32)
-            if arrays:
-                with torch.inference_mode():
-                    x = to_input(np.stack(arrays), prep, device)
-                    with autocast(device, bf16):
-                        out = model(x)
-                    outputs = out.float().flatten(1).cpu().numpy()
+            outputs = run(np.stack(arrays)) if arrays else np.empty((0, 0), dtype=np.float32)
             yield ForwardBatch(kept, outputs, errors)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -405,10 +475,47 @@ def extract(
     early: EarlyDecode | None = None,
     max_pixels: int | None = None,
 ) -> tuple[dict[tuple[str, int], NDArray[Any]], ExtractionStats]:
+    """`extract_features` through a torch module built by `trunk()` on `device`."""
+    return extract_features(
+        cache,
+        key,
+        description,
+        jobs,
+        lambda: torch_network(trunk(), prep, device, bf16),
+        prep,
+        batch_size=batch_size,
+        workers=workers,
+        seed=seed,
+        rotation=rotation,
+        progress=progress,
+        # The early features are computed on the CPU in fp32: only such a run takes them.
+        early=early,
+        early_features=not bf16 and device.type == "cpu",
+        max_pixels=max_pixels,
+    )
+
+
+def extract_features(
+    cache: EmbeddingCache,
+    key: str,
+    description: str,
+    jobs: Sequence[ExtractJob],
+    network: Callable[[], Network],
+    prep: Preprocessing,
+    batch_size: int = 64,
+    workers: int = 1,
+    seed: int = 0,
+    rotation: float = 10.0,
+    progress: Progress | None = None,
+    early: EarlyDecode | None = None,
+    early_features: bool = True,
+    max_pixels: int | None = None,
+) -> tuple[dict[tuple[str, int], NDArray[Any]], ExtractionStats]:
     """Features for every job: read from the cache, computing (and storing) only what is missing.
 
-    `trunk` is called only when something must be computed; each computed batch is stored as one
-    transaction, so a killed process leaves whole batches.
+    `network` is called only when something must be computed; each computed batch is stored as
+    one transaction, so a killed process leaves whole batches. `early_features`: whether the
+    features `early` computed (CPU, fp32) are this run's.
     """
     progress = progress or NullProgress()
     stats = ExtractionStats(requested=len(jobs))
@@ -430,7 +537,7 @@ def extract(
         started = time.perf_counter()
 
     progress.begin("Extracting features", total=len(missing))
-    if early is not None and not bf16 and device.type == "cpu":
+    if early is not None and early_features:
         ahead = early.features(key, prep, on_progress=lambda n: progress.advance(n))
         rows = [
             (job.sha256, job.view, ahead[job.sha256])
@@ -442,12 +549,10 @@ def extract(
             out[(sha, view)] = vec
         stats.computed = stats.early = len(rows)
         missing = [job for job in missing if (job.sha256, job.view) not in out]
-    for batch in forward_images(
+    for batch in forward_batches(
         missing,
-        trunk,
+        network,
         prep,
-        device,
-        bf16,
         batch_size,
         workers,
         seed,

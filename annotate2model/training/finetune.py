@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from annotate2model.store.records import VersionItemRecord
+from annotate2model.training.artifacts import Tensors
 from annotate2model.training.backbones import (
     HEADS,
     Classifier,
@@ -100,11 +101,10 @@ class StandardisedHead(nn.Module):
         self.register_buffer("std", std.clone())
 
     @classmethod
-    def from_raw(
-        cls, head: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor
-    ) -> StandardisedHead:
+    def from_raw(cls, head: Tensors, mean: torch.Tensor, std: torch.Tensor) -> StandardisedHead:
         """The same function as the raw-feature head `head` (weight, bias), standardised."""
-        weight, bias = head["weight"].float(), head["bias"].float()
+        weight = torch.as_tensor(head["weight"]).float()
+        bias = torch.as_tensor(head["bias"]).float()
         return cls(weight * std, bias + (weight * mean).sum(1), mean, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +205,7 @@ class _Stage:
     def start(self, net: nn.Module, val: Batches) -> dict[str, float] | None:
         if self.probe is None:
             return None
-        metrics = evaluate(net, val, nn.CrossEntropyLoss(), self.job.device, self.job.bf16)
+        metrics = evaluate(net, val, nn.CrossEntropyLoss(), self.job.torch_device, self.job.bf16)
         return {"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"]}
 
     def fit(
@@ -219,8 +219,8 @@ class _Stage:
         """Train `net` on the device from the probe's mark (when there is one); the network,
         its history and the seconds its epochs took."""
         job = self.job
-        net = net.to(job.device)
-        if job.device.type != "mps":
+        net = net.to(job.torch_device)
+        if job.device_type != "mps":
             net = net.to(memory_format=torch.channels_last)
         start = self.start(net, val_batches())
         history = fit(
@@ -230,7 +230,7 @@ class _Stage:
             steps,
             self.config,
             loss_fn,
-            job.device,
+            job.torch_device,
             job.bf16,
             job.progress,
             job.on_epoch,
@@ -271,7 +271,7 @@ class _Stage:
         probs: dict[str, NDArray[Any]] = {}
         job.progress.begin("Predicting", total=None)
         for split in SPLITS:
-            logits = predict(net, batches(split), job.device, job.bf16)
+            logits = predict(net, batches(split), job.torch_device, job.bf16)
             probs[split] = (
                 torch.softmax(logits, dim=1).numpy() if logits.numel() else np.empty((0, 0))
             )
@@ -317,7 +317,7 @@ class _Stage:
         the CPU (kept in the embedding cache's folder, made on the first run), else eager."""
         job, config = self.job, self.config
         both = _PrefixAndFeatures(prefix, copy.deepcopy(self.rest)).eval()
-        if job.device.type != "cpu":
+        if job.device_type != "cpu":
             return both
         cache = job.context.embedding_cache()
         try:
@@ -366,7 +366,7 @@ class _Stage:
                 jobs,
                 lambda: self.network(prefix),
                 job.prep,
-                job.device,
+                job.torch_device,
                 job.bf16,
                 job.eval_batch,
                 job.workers,
@@ -436,12 +436,13 @@ class _Stage:
             embedding_key=key,
         )
         raw = {"weight": probe.weight, "bias": probe.bias}
-        self.set_head(StandardisedHead.from_raw(raw, probe.mean, probe.std))
+        mean, std = torch.from_numpy(probe.mean), torch.from_numpy(probe.std)
+        self.set_head(StandardisedHead.from_raw(raw, mean, std))
 
     def train_on(self, prefix: PrefixOutputs) -> TrainResult:
         """Train the unfrozen blocks and the head on the frozen blocks' outputs."""
         job, config = self.job, self.config
-        device = job.device
+        device = job.torch_device
         outputs, rows, shape, views = prefix.outputs, prefix.rows, prefix.shape, prefix.views
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
@@ -512,7 +513,7 @@ class _Stage:
 
     def on_images(self) -> TrainResult:
         job, config = self.job, self.config
-        device = job.device
+        device = job.torch_device
         if config.head_init == "probe":
             started = time.perf_counter()
             stage_job = dataclasses.replace(
@@ -584,11 +585,11 @@ def _image_batches(
         shuffle=shuffle,
         num_workers=job.workers,
         collate_fn=collate,
-        pin_memory=job.device.type == "cuda",
+        pin_memory=job.device_type == "cuda",
         generator=torch.Generator().manual_seed(config.seed + epoch),
     )
     for images, y, bad in loader:
         for position, reason in bad:
             skipped.setdefault(items[position].image_sha256, reason)
         if images.shape[0]:
-            yield to_input(images, job.prep, job.device), y
+            yield to_input(images, job.prep, job.torch_device), y

@@ -10,18 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from numpy.typing import NDArray
 
 from annotate2model.progress import Progress
 from annotate2model.store.records import VersionItemRecord
-from annotate2model.training.backbones import WeightsSource
+from annotate2model.training.artifacts import Tensors
 from annotate2model.training.config import SPLITS, RunConfig, resolve_workers
 from annotate2model.training.context import RunContext
-from annotate2model.training.data import Preprocessing, VersionData
 from annotate2model.training.embeddings import ExtractionStats
+from annotate2model.training.images import Preprocessing
+from annotate2model.training.version import VersionData
+from annotate2model.training.weights import WeightsSource
+
+if TYPE_CHECKING:
+    import torch
 
 History = list[dict[str, Any]]
 
@@ -35,7 +39,8 @@ class TrainJob:
     context: RunContext
     source: WeightsSource
     prep: Preprocessing
-    device: torch.device
+    # The device the run computes on, as torch names it: cpu, cuda, cuda:N or mps.
+    device: str
     bf16: bool
     progress: Progress
     # Called with the history so far after every epoch (the orchestration records it).
@@ -46,8 +51,18 @@ class TrainJob:
         return resolve_workers(self.config.workers)
 
     @property
+    def device_type(self) -> str:
+        return self.device.partition(":")[0]
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device)
+
+    @property
     def eval_batch(self) -> int:
-        return self.config.eval_batch_for(self.device.type)
+        return self.config.eval_batch_for(self.device_type)
 
     def blob(self, item: VersionItemRecord) -> Path:
         return self.context.blob_path(item.image_sha256)
@@ -74,8 +89,8 @@ class TrainResult:
     kept: dict[str, list[VersionItemRecord]]
     history: History
     # The trunk's weights, or the cached safetensors file holding them (frozen trunks).
-    trunk: dict[str, torch.Tensor] | Path
-    head: dict[str, torch.Tensor]
+    trunk: Tensors | Path
+    head: Tensors
     # Training images (or feature rows) per second of the loop that dominated the run.
     images_per_second: float | None
     # Images that could not be decoded, with the reason.

@@ -15,18 +15,15 @@ from pathlib import Path
 
 from annotate2model.errors import TrainingError
 from annotate2model.progress import Progress
-from annotate2model.training.backbones import (
-    WeightsSource,
-    blocks,
-    check_unfreeze,
-    meta_trunk,
-    read_state_dict,
-    trunk_state_from,
-)
 from annotate2model.training.config import RunConfig
-from annotate2model.training.data import VersionData
 from annotate2model.training.embeddings import trunk_path
-from annotate2model.training.weights import IMAGENET_URLS, WeightsStatus, imagenet_weights_status
+from annotate2model.training.version import VersionData
+from annotate2model.training.weights import (
+    IMAGENET_URLS,
+    WeightsSource,
+    WeightsStatus,
+    imagenet_weights_status,
+)
 
 # Below these, a split's accuracy is too noisy to compare runs on (one image of 20 is 5 points).
 SMALL_SPLIT = 20
@@ -39,6 +36,14 @@ def check_run(
     """Refuse a configuration that cannot train (see the module docstring); cheap when the
     weights were checked before (a probe whose trunk is in the embedding cache at `cache_dir`
     reads nothing: it needs neither the weights file nor the network)."""
+    from annotate2model.training.backbones import (
+        blocks,
+        check_unfreeze,
+        meta_trunk,
+        read_state_dict,
+        trunk_state_from,
+    )
+
     finetune = config.mode == "finetune"
     trunk = meta_trunk(config.backbone) if finetune else None
     if trunk is not None:

@@ -9,14 +9,14 @@ artifacts are written atomically, so neither leaves a corrupt file behind.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from annotate2model.errors import InputError, TrainingError
@@ -25,24 +25,24 @@ from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import PredictionRecord, RunRecord
-from annotate2model.training import artifacts
-from annotate2model.training.backbones import HEADS, resolve_weights
-from annotate2model.training.config import SPLITS, RunConfig, resolve_workers
+from annotate2model.training import artifacts, lite
+from annotate2model.training.config import HEADS, SPLITS, RunConfig, resolve_workers
 from annotate2model.training.config import auto_workers as default_workers
 from annotate2model.training.context import RunContext
-from annotate2model.training.data import Preprocessing, VersionData, check_trainable
-from annotate2model.training.data import load_version_data as load_version_data
-from annotate2model.training.device import device_name, pick_device, use_bf16
 from annotate2model.training.embeddings import EmbeddingCache, ExtractionStats
-from annotate2model.training.finetune import train_finetune
-from annotate2model.training.jobs import TrainJob
+from annotate2model.training.images import Preprocessing
+from annotate2model.training.jobs import TrainJob, TrainResult
 from annotate2model.training.ledger import Ledger, prediction_rows
 from annotate2model.training.metrics import RunMetrics, SplitMetrics, Timing, classification_metrics
-from annotate2model.training.predictor import EnsemblePredictor, Predictions, Predictor
 from annotate2model.training.prefetch import EarlyDecode
 from annotate2model.training.preflight import check_run, small_split_warnings
 from annotate2model.training.probe import train_probe
-from annotate2model.training.weights import digest_memo
+from annotate2model.training.version import VersionData, check_trainable
+from annotate2model.training.version import load_version_data as load_version_data
+from annotate2model.training.weights import digest_memo, resolve_weights
+
+if TYPE_CHECKING:
+    from annotate2model.training.predictor import EnsemblePredictor, Predictions, Predictor
 
 __all__ = [
     "Evaluation",
@@ -121,13 +121,17 @@ def _train(
     source = resolve_weights(
         config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
     )
-    # What cannot work is refused before the run is recorded: no failed run is left behind.
-    check_run(config, source, ctx.cache_dir, progress)
+    prep = Preprocessing(config.resize_size, config.image_size)
+    # A probe on the CPU in fp32 runs without torch where it can (lite.py); else through torch.
+    plan = lite.plan(config, source, prep, ctx.device, ctx.cache_dir)
+    if plan is None:
+        # What cannot work is refused before the run is recorded: no failed run is left behind.
+        check_run(config, source, ctx.cache_dir, progress)
+        device, bf16, device_text = _torch_device(ctx.device, config.precision)
+    else:
+        device, bf16, device_text = "cpu", False, lite.cpu_name(plan.threads)
     for warning in small_split_warnings(data):
         progress.note(warning)
-    device = pick_device(ctx.device)
-    bf16 = use_bf16(device, config.precision)
-    prep = Preprocessing(config.resize_size, config.image_size)
     ledger = Ledger(store)
     # What `precision: auto` and `workers: -1` became on this machine, recorded with the run.
     ledger_config = {
@@ -136,7 +140,7 @@ def _train(
         "effective_precision": "bf16" if bf16 else "fp32",
         "effective_workers": resolve_workers(config.workers),
     }
-    with ledger.running(data.version.number, "train", ledger_config, device_name(device)) as run:
+    with ledger.running(data.version.number, "train", ledger_config, device_text) as run:
         started = time.perf_counter()
         job = TrainJob(
             config=config,
@@ -150,7 +154,7 @@ def _train(
             on_epoch=lambda history: ledger.record_history(run, history),
         )
         try:
-            result = train_probe(job, early) if config.mode == "probe" else train_finetune(job)
+            result = _run_trainer(job, early, plan)
         except Exception as exc:
             if _is_oom(exc):
                 raise TrainingError(
@@ -196,6 +200,25 @@ def _train(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _torch_device(requested: str, precision: str) -> tuple[str, bool, str]:
+    """(device, bf16, the ledger's device text) as torch picks them."""
+    from annotate2model.training.device import device_name, pick_device, use_bf16
+
+    device = pick_device(requested)
+    return str(device), use_bf16(device, precision), device_name(device)
+
+
+def _run_trainer(
+    job: TrainJob, early: EarlyDecode | None = None, plan: lite.LitePlan | None = None
+) -> TrainResult:
+    """The job's trainer: the probe (without torch when `plan` says how), or fine-tuning."""
+    if job.config.mode != "probe":
+        from annotate2model.training.finetune import train_finetune
+
+        return train_finetune(job)
+    return train_probe(job, early, plan)
+
+
 def train_subset(
     store: Store,
     config: RunConfig,
@@ -216,21 +239,24 @@ def train_subset(
         {"train": list(train_items), "val": list(val_items), "test": list(judged)}
     )
     check_trainable(data)
-    device = pick_device(ctx.device)
+    source = resolve_weights(
+        config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
+    )
+    prep = Preprocessing(config.resize_size, config.image_size)
+    plan = lite.plan(config, source, prep, ctx.device, ctx.cache_dir)
+    device, bf16 = ("cpu", False) if plan else _torch_device(ctx.device, config.precision)[:2]
     job = TrainJob(
         config=config,
         data=data,
         context=ctx,
-        source=resolve_weights(
-            config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
-        ),
-        prep=Preprocessing(config.resize_size, config.image_size),
+        source=source,
+        prep=prep,
         device=device,
-        bf16=use_bf16(device, config.precision),
+        bf16=bf16,
         progress=NullProgress(),
         on_epoch=lambda _history: None,
     )
-    result = train_probe(job) if config.mode == "probe" else train_finetune(job)
+    result = _run_trainer(job, plan=plan)
     kept = result.kept.get("test", [])
     probs = result.probs.get("test")
     if probs is None or not kept:
@@ -245,7 +271,9 @@ def _relative(store: Store, run_dir: Path) -> str:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    torch = sys.modules.get("torch")  # no torch loaded, no torch error
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
 
 
 def _oom_message(config: RunConfig) -> str:
@@ -294,6 +322,8 @@ def load_predictor(
     ctx: RunContext, run: RunRecord, cache: EmbeddingCache | None = None
 ) -> Predictor | EnsemblePredictor:
     """The Predictor of a succeeded run (its folder under the context's runs folder)."""
+    from annotate2model.training.predictor import Predictor
+
     _usable(run)
     return Predictor.load(ctx.run_dir(run.id), ctx.device, cache, ctx.max_pixels)
 
@@ -446,6 +476,8 @@ def ensemble(
             raise TrainingError(f"run {m.id} is {m.status}; only succeeded runs can be members.")
     cache = ctx.embedding_cache()
     try:
+        from annotate2model.training.predictor import EnsemblePredictor
+
         predictor = EnsemblePredictor([load_predictor(ctx, m, cache) for m in members])
         labels = predictor.labels
         data = load_version_data(
@@ -457,7 +489,7 @@ def ensemble(
             "members": [m.id for m in members],
             "backbones": [m.config.get("backbone") for m in members],
         }
-        device = device_name(pick_device(ctx.device))
+        device = _torch_device(ctx.device, "fp32")[2]
         ledger = Ledger(store)
         with ledger.running(data.version.number, "ensemble", config, device) as run:
             probs: dict[str, NDArray[Any]] = {}

@@ -11,6 +11,7 @@ anything trains); `imagenet_weights_status` asks torch hub where its cache is wh
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -50,9 +51,16 @@ class WeightsStatus:
 
 
 def _hub_dir() -> Path:
-    import torch.hub
-
-    return Path(torch.hub.get_dir())
+    """torch hub's cache folder, as `torch.hub.get_dir()` finds it, without importing torch
+    (the probe on the CPU runs without it): $TORCH_HOME/hub, $TORCH_HOME defaulting to
+    $XDG_CACHE_HOME/torch, that to ~/.cache. Where torch is loaded already, torch hub says (a
+    program may have called `torch.hub.set_dir`)."""
+    hub = sys.modules.get("torch.hub")
+    if hub is not None:
+        return Path(hub.get_dir())
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))
+    return Path(home) / "hub"
 
 
 def imagenet_checkpoint_path(backbone: str, hub_dir: Path | None = None) -> Path:

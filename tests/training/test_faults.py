@@ -112,7 +112,7 @@ def test_out_of_memory_advises_a_smaller_batch(
 
     monkeypatch.setattr(trainer, "train_one_epoch", oom)
     with pytest.raises(TrainingError, match="smaller batch size") as info:
-        runner.train(store, small_config(weights, batch_size=64))
+        runner.train(store, small_config(weights, batch_size=64, mode="finetune"))
     assert info.value.hint is not None and "--batch-size 32" in info.value.hint
     with store.read() as session:
         (run,) = store_runs.list_runs(session)

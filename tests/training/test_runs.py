@@ -14,7 +14,7 @@ from annotate2model.progress import RecordingProgress
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
-from annotate2model.training import artifacts, runner, trainer
+from annotate2model.training import artifacts, head, runner, trainer
 from annotate2model.training.config import OPTIMIZERS, SCHEDULES, RunConfig
 from annotate2model.training.data import Preprocessing, load_image, to_input
 from annotate2model.training.device import use_bf16
@@ -135,24 +135,6 @@ def test_optimisers_and_schedules(
     opt.step(1e-3)
 
 
-def test_plain_optimizer_matches_torch_optim() -> None:
-    for name in OPTIMIZERS:
-        config = RunConfig(optimizer=name, weight_decay=0.01, momentum=0.9)
-        torch.manual_seed(0)
-        a = torch.nn.Linear(5, 3)
-        b = torch.nn.Linear(5, 3)
-        b.load_state_dict(a.state_dict())
-        opt_a = trainer.make_optimizer(a.parameters(), config, plain=True)
-        opt_b = trainer.make_optimizer(b.parameters(), config, plain=False)
-        x = torch.randn(8, 5)
-        for step in range(5):
-            for model, opt in ((a, opt_a), (b, opt_b)):
-                opt.zero_grad()
-                model(x).pow(2).mean().backward()
-                opt.step(0.01 * (step + 1))
-        assert torch.allclose(a.weight, b.weight, atol=1e-6), name
-
-
 def test_schedules_follow_torch() -> None:
     config = RunConfig(epochs=10, lr=0.01)
     steps = 8
@@ -220,15 +202,15 @@ def test_interrupt_leaves_interrupted_run(
     store: Store, version1: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    real = trainer.train_one_epoch
+    real = head.evaluate
 
-    def interrupt_second_epoch(*args: object, **kwargs: object) -> dict[str, float]:
-        calls["n"] += 1
+    def interrupt_second_epoch(*args: object, **kwargs: object) -> tuple[float, float]:
+        calls["n"] += 1  # the probe's head judges itself on validation after each epoch
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupt_second_epoch)
+    monkeypatch.setattr(head, "evaluate", interrupt_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         runner.train(store, small_config(weights))
     with store.read() as session:

@@ -15,7 +15,7 @@ import torch
 
 from annotate2model.store import Store
 from annotate2model.store.imports import import_folder
-from annotate2model.training import onnx_trunk, runner
+from annotate2model.training import onnx_runtime, onnx_trunk, runner
 from annotate2model.training.backbones import (
     build_trunk,
     load_state_dict,
@@ -58,7 +58,10 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if name == "onnx":
         assert onnx_trunk.available(), "the test environment installs onnx and onnxruntime"
     else:
+        # Where ONNX Runtime is missing: neither torch's exporter nor the torch-free probe
+        # (lite.py) can use it.
         monkeypatch.setattr(onnx_trunk, "available", lambda: False)
+        monkeypatch.setattr(onnx_runtime, "available", lambda: False)
     return name
 
 

@@ -110,24 +110,23 @@ def test_meta_init_skipped_touches_only_meta_tensors() -> None:
     )
 
 
-def test_a_cold_train_loads_neither_dynamo_nor_sympy(tmp_path: Path, weights: Path) -> None:
-    """The whole first `a2m train` of a workspace, with a weights file (preflight then checks it
-    against a meta-device trunk, and extraction builds, traces and freezes the torchvision one)."""
+def test_a_cold_train_loads_neither_dynamo_nor_sympy(tmp_path: Path) -> None:
+    """The whole first `a2m train` through torch of a workspace, with a weights file (preflight
+    then checks it against a meta-device trunk, and extraction builds the torchvision network and
+    exports it): a MobileNet probe (a ResNet's on the CPU runs without torch, lite.py)."""
+    import torch
+
+    from annotate2model.training.vision import import_torchvision
+
+    state = import_torchvision().models.get_model("mobilenet_v2", num_classes=3).state_dict()
+    weights = tmp_path / "mobilenet.pth"
+    torch.save(state, weights)
     folder = make_split_folder(tmp_path / "data", {"ants": 4, "bees": 4}, {"ants": 2, "bees": 2})
     home = {"A2M_HOME": str(tmp_path / "ws")}
     run_a2m(tmp_path, "init", str(tmp_path / "ws"), env=home)
     run_a2m(tmp_path, "import-folder", str(folder), env=home)
-    modules, _ = run_a2m(
-        tmp_path,
-        "train",
-        "--weights",
-        str(weights),
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        env=home,
-    )
+    args = ("--backbone", "mobilenet_v2", "--weights", str(weights), "--image-size", "32")
+    modules, _ = run_a2m(tmp_path, "train", *args, "--epochs", "1", env=home)
     assert "torchvision" in modules
     assert loaded_of(modules, ("torch._dynamo", "sympy")) == []
 
