@@ -420,7 +420,7 @@ def report(
         extra = ""
         if r.get("extracted") is not None:
             early = (
-                f", {r['early']} of them while torch was imported (extraction: the wait after)"
+                f", {r['early']} of them on the early thread (extraction: the wait after)"
                 if r.get("early")
                 else ""
             )
