@@ -1,21 +1,18 @@
-"""Decoding a probe's new images, and computing their features, while torch is still being
-imported.
+"""Decoding a probe's new images, and computing their features, from the process's first second.
 
-`import torch` keeps one core busy for two seconds; on a grown version the images that have no
-cached features yet can be decoded on another core meanwhile, and where the workspace holds the
-trunk's ONNX copy (onnx_trunk.py: a CPU probe of the same weights made it), ONNX Runtime computes
-their features too. Nothing here imports torch: the CLI starts this first, then imports the
-runner, which takes the decoded images and the features over (`extract` looks them up by image
-SHA-256, and takes features only under the model key it asks for). Which images are new, and
-that the run will extract on the CPU in fp32 with that trunk, are guesses made without torch:
-a wrong guess costs some work on a core that was idle, never a wrong feature.
-"""
+On a grown version the images that have no cached features yet are decoded on another core while
+the run starts (reading the version, and importing torch where the run needs it), and where the
+workspace holds the trunk's ONNX copy, ONNX Runtime computes their features too. Nothing here
+imports torch: the CLI starts this first, then imports the runner, which takes the decoded images
+and the features over (`extract_features` looks them up by image SHA-256, and takes features only
+under the model key it asks for). Which images are new, and that the run will extract on the CPU
+in fp32 with that trunk (lite.cpu_certain, lite.fp32_certain), are told without torch: a wrong
+guess costs some work on a core that was idle, never a wrong feature."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -183,20 +180,16 @@ def start_early_decode(
     if not new:
         return None
     prep = Preprocessing(config.resize_size, config.image_size)
+    # Early features only where the run will take them: on the CPU in fp32, told without torch
+    # as the run itself tells it (lite.py; imported here, as lite imports this module).
+    from annotate2model.training.lite import cpu_certain, fp32_certain
+
     onnx = None
-    fp32 = config.precision != "bf16"
-    if fp32 and _cpu_likely(store.settings.device) and onnx_runtime.available():
+    cpu_fp32 = cpu_certain(store.settings.device) and fp32_certain(config.precision)
+    if cpu_fp32 and onnx_runtime.available():
         cache_dir = store.settings.workspace.cache_dir / "embeddings"
         onnx = OnnxGuess(cache_dir, config.backbone, config.weights, config.seed)
     return EarlyDecode([(sha, store.blobs.path(sha)) for sha in new], prep, onnx=onnx)
-
-
-def _cpu_likely(device: str) -> bool:
-    """Whether the run will extract on the CPU, as far as can be told without torch: asked
-    for, or `auto` on a machine with no NVIDIA driver and not a Mac (MPS)."""
-    if device == "cpu":
-        return True
-    return device == "auto" and sys.platform != "darwin" and not Path("/dev/nvidiactl").exists()
 
 
 def _cached_shas(path: Path) -> set[str]:
