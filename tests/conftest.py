@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import os
 import random
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +68,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
         for item in gpu_items:
             item.add_marker(skip)
+
+
+def run_python(code: str, *args: str, timeout: float = 300) -> str:
+    """Run `code` (dedented) in a fresh interpreter with `args` in sys.argv[1:], from the
+    project's root; the test fails with its output unless it exits 0. Returns its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def image_bytes(

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
-import textwrap
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,7 @@ from numpy.typing import NDArray
 
 from annotate2model.training.checkpoint import read_numpy_state
 from annotate2model.training.vision import import_torchvision, meta_init_skipped
-
-PROJECT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_python
 
 
 def _assert_same(got: dict[str, NDArray[Any]] | None, expected: dict[str, torch.Tensor]) -> None:
@@ -257,7 +253,7 @@ def test_two_top_folders_are_left_to_torch(tmp_path: Path) -> None:
 
 
 def test_reading_does_not_import_torch(scenes_weights: Path) -> None:
-    code = textwrap.dedent(
+    run_python(
         """
         import sys
         from pathlib import Path
@@ -268,14 +264,7 @@ def test_reading_does_not_import_torch(scenes_weights: Path) -> None:
         assert state is not None and "conv1.weight" in state
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
         assert not loaded, loaded
-        """
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(scenes_weights)],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
+        """,
+        str(scenes_weights),
         timeout=120,
-        check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr

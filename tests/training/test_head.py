@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
-import textwrap
 from typing import Any
 
 import numpy as np
@@ -20,6 +17,7 @@ from annotate2model.progress import NullProgress
 from annotate2model.training import head, trainer
 from annotate2model.training.config import RunConfig
 from annotate2model.training.head import HeadFit, fit_head, probabilities
+from tests.conftest import run_python
 
 HISTORY_KEYS = {
     "epoch",
@@ -397,8 +395,7 @@ def test_probabilities_are_a_stable_softmax() -> None:
 
 
 def test_the_head_never_imports_torch() -> None:
-    script = textwrap.dedent(
-        """
+    script = """
         import sys
         import numpy as np
         import annotate2model.training.head as head
@@ -411,12 +408,7 @@ def test_the_head_never_imports_torch() -> None:
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
         print("ok")
         """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_python(script, timeout=120).strip() == "ok"
 
 
 def test_the_trainer_re_exports_the_schedule_and_the_comparison() -> None:

@@ -3,9 +3,6 @@ own features under ONNX Runtime, and nothing but those exact weights is accepted
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -21,10 +18,10 @@ from annotate2model.training import onnx_runtime, resnet_onnx
 from annotate2model.training.checkpoint import read_numpy_state
 from annotate2model.training.onnx_runtime import INPUT, OPSET, OUTPUT
 from annotate2model.training.vision import import_torchvision, meta_init_skipped
+from tests.conftest import run_python
 
 pytestmark = pytest.mark.training
 
-PROJECT = Path(__file__).resolve().parents[2]
 WIDTH = {"resnet18": 512, "resnet50": 2048}
 CONVS = {"resnet18": 20, "resnet50": 53}
 
@@ -178,7 +175,7 @@ def test_other_backbones_are_not_written(backbone: str) -> None:
 
 
 def test_building_and_running_does_not_import_torch() -> None:
-    code = textwrap.dedent(
+    run_python(
         """
         import sys
 
@@ -198,14 +195,6 @@ def test_building_and_running_does_not_import_torch() -> None:
         assert features.shape == (2, 512), features.shape
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
         assert not loaded, loaded
-        """
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
+        """,
         timeout=120,
-        check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -3,32 +3,19 @@ and nothing that needs the real torch._dynamo afterwards gets the stand-in."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_python
 from tests.test_startup import loaded_of, run_a2m
 from tests.training.conftest import make_split_folder
 
 pytestmark = pytest.mark.training
 
 
-def _run(code: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
 def test_building_a_network_leaves_dynamo_unloaded() -> None:
-    _run(
+    run_python(
         """
         import sys
         import torch
@@ -47,7 +34,7 @@ def test_building_a_network_leaves_dynamo_unloaded() -> None:
 
 
 def test_torchvision_ops_and_dynamo_work_after_it() -> None:
-    _run(
+    run_python(
         """
         import sys
         import torch
@@ -75,7 +62,7 @@ def test_torchvision_ops_and_dynamo_work_after_it() -> None:
 
 
 def test_dynamo_already_loaded_imports_torchvision_plainly() -> None:
-    _run(
+    run_python(
         """
         import sys
         import torch._dynamo.utils as real
@@ -91,7 +78,7 @@ def test_dynamo_already_loaded_imports_torchvision_plainly() -> None:
 
 
 def test_meta_init_skipped_touches_only_meta_tensors() -> None:
-    _run(
+    run_python(
         """
         import torch
         from torch import nn
@@ -134,7 +121,7 @@ def test_a_cold_train_loads_neither_dynamo_nor_sympy(tmp_path: Path) -> None:
 def test_a_torchvision_that_loads_dynamo_while_it_loads_is_imported_plainly() -> None:
     """Should a later torch or torchvision load torch._dynamo while torchvision loads (with the
     stand-in in place), the attempt is forgotten and torchvision imported as usual."""
-    _run(
+    run_python(
         """
         import importlib.abc
         import sys
