@@ -225,8 +225,8 @@ def standardised(x: NDArray[Any], mean: F64, std: F64) -> NDArray[np.float32]:
 
 
 def class_weights(targets: NDArray[np.intp], n_classes: int) -> F64:
-    """Inverse class frequency, as `trainer.make_loss`: n / (classes * count), 0 for a class with
-    no training rows."""
+    """Inverse class frequency, n / (classes * count), 0 for a class with no training rows (the
+    probe's head here, fine-tuning's loss in `trainer.make_loss`)."""
     counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
     weights: F64 = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     return weights

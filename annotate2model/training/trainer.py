@@ -21,6 +21,7 @@ from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.config import RunConfig
 from annotate2model.training.device import autocast
 from annotate2model.training.head import beats as beats
+from annotate2model.training.head import class_weights
 from annotate2model.training.head import lr_at as lr_at
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -88,8 +89,7 @@ def make_loss(
 ) -> nn.CrossEntropyLoss:
     weight = None
     if config.class_weights:
-        counts = np.bincount(np.asarray(train_targets), minlength=n_classes).astype(np.float64)
-        w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+        w = class_weights(np.asarray(train_targets, dtype=np.intp), n_classes)
         weight = torch.tensor(w, dtype=torch.float32, device=device)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
 
