@@ -1,4 +1,4 @@
-"""What a run trains on: a version's rows checked for trainability, images decoded to model input.
+"""Images decoded to torch model input (the version's rows themselves: version.py).
 
 Images are read from the blob store and decoded with `imaging.decode_rgb` (JPEG draft mode for
 speed; see `images`, which needs no torch). An image that cannot be decoded is skipped, and the
@@ -22,9 +22,6 @@ from annotate2model.training.images import (
     decode_for,
     load_image,
 )
-from annotate2model.training.version import VersionData as VersionData
-from annotate2model.training.version import check_trainable as check_trainable
-from annotate2model.training.version import load_version_data as load_version_data
 
 
 def to_input(
@@ -98,11 +95,8 @@ __all__ = [
     "IMAGENET_STD",
     "ImageDataset",
     "Preprocessing",
-    "VersionData",
-    "check_trainable",
     "collate",
     "decode_for",
     "load_image",
-    "load_version_data",
     "to_input",
 ]

@@ -45,7 +45,7 @@ from annotate2model.training.backbones import (
     trunk_state_from,
 )
 from annotate2model.training.config import SPLITS
-from annotate2model.training.data import ImageDataset, check_trainable, collate, to_input
+from annotate2model.training.data import ImageDataset, collate, to_input
 from annotate2model.training.embeddings import (
     ExtractionStats,
     ExtractJob,
@@ -63,6 +63,7 @@ from annotate2model.training.trainer import (
     make_loss,
     predict,
 )
+from annotate2model.training.version import check_trainable
 
 # The frozen part's outputs are kept in memory as float32 up to this size, as float16 up to twice
 # it; beyond that the images are decoded every epoch (ResNet-18 with layer4 unfrozen: 200 KB per
