@@ -1,48 +1,18 @@
-"""parse_label_config reads configs as the SDK's LabelInterface does, without importing the SDK.
-
-The reference below reads each config with `LabelInterface` itself and applies the same rules to
-what it found: every config must give the same LabelingConfig, or fail with the same message.
-"""
+"""parse_label_config reads a project's config with the SDK's LabelInterface and keeps what an
+image classifier needs: one Image, one single-choice Choices on it, its labels in order."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 
 from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio.config import (
     LabelingConfig,
-    _classifier_config,
-    _Interface,
-    _Tag,
     build_label_config,
     parse_label_config,
 )
 
-
-def reference(xml: str, project_id: int | None = None) -> LabelingConfig:
-    """The same reading on the SDK's own `LabelInterface`: its controls, objects and labels put
-    into our interface record and checked by the same rules."""
-    from label_studio_sdk.label_interface.interface import LabelInterface
-
-    where = f"project {project_id}'s labeling config" if project_id else "the labeling config"
-    try:
-        sdk = LabelInterface(xml)
-    except Exception as exc:
-        raise LabelStudioError(f"{where} cannot be parsed: {exc}.") from None
-    interface = _Interface(
-        controls={
-            c.name: _Tag(c.tag, c.name, dict(c.attr), to_name=list(c.to_name)) for c in sdk.controls
-        },
-        objects={o.name: _Tag(o.tag, o.name, dict(o.attr), value=o.value) for o in sdk.objects},
-        labels={c.name: dict.fromkeys(str(label) for label in c.labels) for c in sdk.controls},
-    )
-    return _classifier_config(interface, where)
-
-
-CONFIGS = {
+ACCEPTED = {
     "built by a2m": build_label_config(["cat", "dog", "bird"]),
     "Label Studio's image classification template": """
 <View>
@@ -106,6 +76,9 @@ CONFIGS = {
   <RectangleLabels name="box" toName="img"><Label value="car"/></RectangleLabels>
   <Choices name="scene" toName="img"><Choice value="day"/><Choice value="night"/></Choices>
 </View>""",
+}
+
+REJECTED = {
     "text only": """
 <View><Text name="t" value="$text"/>
 <Choices name="c" toName="t"><Choice value="x"/></Choices></View>""",
@@ -138,52 +111,86 @@ CONFIGS = {
 </View>""",
 }
 
+
 BROKEN = {
     "not XML": "<View><Image name='img' value='$image'></View>",
     "empty": "",
 }
 
+# What each accepted config gives: (image field, from_name, to_name, labels).
+READINGS = {
+    "built by a2m": ("image", "label", "image", ("cat", "dog", "bird")),
+    "Label Studio's image classification template": (
+        "image",
+        "choice",
+        "image",
+        ("Adult content", "Weapons", "Violence"),
+    ),
+    "comments, a header and a sample task": ("photo", "species", "img", ("ant", "bee")),
+    # An alias is the label's name in results; a label listed twice counts once.
+    "choices nested in views, aliases, a duplicate": ("url", "kind", "img", ("cat", "dog", "Bird")),
+    "several objects in toName": ("image", "c", "img", ("x", "y")),
+    "valueList on the image": ("images", "c", "img", ("x",)),
+    "a Choices on text and one on the image": ("image", "label", "img", ("a", "b")),
+    "a Filter inside the choices": ("image", "label", "img", ("a", "b")),
+    "rectangles and choices": ("image", "scene", "img", ("day", "night")),
+}
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_reads_configs_as_the_sdk_does(name: str) -> None:
-    xml = CONFIGS[name]
-    try:
-        expected: LabelingConfig | str = reference(xml, 7)
-    except LabelStudioError as exc:
-        expected = str(exc)
-    try:
-        got: LabelingConfig | str = parse_label_config(xml, 7)
-    except LabelStudioError as exc:
-        got = str(exc)
-    assert got == expected
+# The message each rejected config gives, after "project 7's labeling config".
+NO_IMAGE_CHOICES = " needs an <Image> and a <Choices> control on it (image classification); it has"
+ERRORS = {
+    "text only": f"{NO_IMAGE_CHOICES} Choices.",
+    "no controls at all": f"{NO_IMAGE_CHOICES} no controls.",
+    "two choices on the image": " has several Choices controls (a, b); keep one.",
+    "multiple choice": ' lets annotators pick several choices in "c"; '
+    'a classifier needs choice="single".',
+    "image without a $field": ': the Image "img" has no $field value.',
+    "choices without a choice": ': the Choices "c" lists no choices.',
+    "toName naming nothing": f"{NO_IMAGE_CHOICES} Choices.",
+}
 
 
-def test_the_readings_that_matter() -> None:
-    """A few outcomes spelled out, so the comparison above cannot pass by both being wrong."""
-    nested = parse_label_config(CONFIGS["choices nested in views, aliases, a duplicate"])
-    assert nested == LabelingConfig("url", "kind", "img", ("cat", "dog", "Bird"))
-    assert parse_label_config(CONFIGS["a Filter inside the choices"]).labels == ("a", "b")
-    with pytest.raises(LabelStudioError, match=r"several Choices controls \(a, b\)"):
-        parse_label_config(CONFIGS["two choices on the image"])
-    with pytest.raises(LabelStudioError, match=r"classification\); it has Choices\.$"):
-        parse_label_config(CONFIGS["toName naming nothing"])
+def test_every_config_has_its_expected_outcome() -> None:
+    assert READINGS.keys() == ACCEPTED.keys()
+    assert ERRORS.keys() == REJECTED.keys()
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_reads_the_image_field_the_choices_and_their_labels(name: str) -> None:
+    assert parse_label_config(ACCEPTED[name], 7) == LabelingConfig(*READINGS[name])
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_configs_that_cannot_classify_images_say_why(name: str) -> None:
+    with pytest.raises(LabelStudioError) as caught:
+        parse_label_config(REJECTED[name], 7)
+    assert str(caught.value) == "project 7's labeling config" + ERRORS[name]
+
+
+def test_without_a_project_the_message_names_the_config() -> None:
+    with pytest.raises(LabelStudioError, match=r"^the labeling config has several Choices"):
+        parse_label_config(REJECTED["two choices on the image"])
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
-def test_unparsable_configs_fail_like_the_sdk(name: str) -> None:
-    with pytest.raises(LabelStudioError, match="project 3's labeling config cannot be parsed"):
-        reference(BROKEN[name], 3)
-    with pytest.raises(LabelStudioError, match="project 3's labeling config cannot be parsed"):
+def test_unparsable_configs_say_so(name: str) -> None:
+    with pytest.raises(LabelStudioError, match=r"^project 3's labeling config cannot be parsed: "):
         parse_label_config(BROKEN[name], 3)
 
 
-def test_reading_a_config_does_not_load_the_sdk() -> None:
-    code = (
-        "import sys\n"
-        "from annotate2model.labelstudio.config import build_label_config, parse_label_config\n"
-        "parse_label_config(build_label_config(['a', 'b']))\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('label_studio_sdk', 'pydantic', 'lxml')))\n"
+def test_a_built_config_reads_back_with_any_label_text() -> None:
+    labels = ["cat", 'a "quoted" <b> & c', "  spaced  ", "ünïcode"]
+    xml = build_label_config(labels)
+    assert 'choice="single"' in xml
+    assert parse_label_config(xml) == LabelingConfig(
+        "image", "label", "image", ("cat", 'a "quoted" <b> & c', "spaced", "ünïcode")
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [([], "at least one label"), ([" ", ""], "at least one label"), (["a", "b", "a"], "twice")],
+)
+def test_a_new_config_needs_distinct_labels(labels: list[str], message: str) -> None:
+    with pytest.raises(LabelStudioError, match=message):
+        build_label_config(labels)
