@@ -113,6 +113,7 @@ class LabelStudioClient:
         # Whether the server narrows whole tasks to the fields asked for (see `_full_params`);
         # cleared by the first answer that shows it does not.
         self._narrowing = True
+        # Not the SDK's client: Label Studio's dev server answers `Connection: close` twice as fast.
         self._http = httpx.Client(
             timeout=timeout,
             headers={"Connection": "close"},
@@ -168,6 +169,7 @@ class LabelStudioClient:
         """One request with bounded retries on connection errors, timeouts and 5xx; a request
         that is not `idempotent` (default: POST and PATCH are not) only where it cannot have
         been acted on."""
+        # Not the SDK's retries: it sends a POST again after a 500 or a dropped connection.
         target = path if path.startswith("http") else f"{self.url}{path}"
         last = ""
         attempts = attempts or self._attempts
@@ -321,6 +323,7 @@ class LabelStudioClient:
 
     # -- tasks -------------------------------------------------------------------------------
 
+    # Not the SDK's tasks.list: a pydantic model per task, and blind to an ignored `include`.
     def task_pages(
         self,
         project_id: int,
