@@ -31,10 +31,8 @@ sys.argv = ["a2m", *sys.argv[2:]]
 main()
 """
 
-# Never needed outside training (and the SDK, pydantic's user, not at all: nor pydantic, which
-# typer 0.29 imports to convert options, 80 ms or more of every command).
+# Never needed outside training.
 TRAINING = ("torch", "torchvision", "numpy", "safetensors", "annotate2model.training")
-SDK = ("label_studio_sdk", "lxml", "pydantic")
 
 
 def run_a2m(
@@ -76,10 +74,10 @@ def test_version_loads_no_command_and_no_store(tmp_path: Path) -> None:
     modules, proc = run_a2m(tmp_path, "--version")
     assert proc.stdout.startswith("annotate2model ")
     commands = [f"annotate2model.cli.{m}" for m in set(COMMANDS.values())]
-    assert loaded_of(modules, [*commands, "sqlalchemy", "httpx", "PIL", *TRAINING, *SDK]) == []
+    assert loaded_of(modules, [*commands, "sqlalchemy", "httpx", "PIL", *TRAINING]) == []
 
 
-def test_sync_help_loads_nothing_of_training_the_sdk_or_the_store(tmp_path: Path) -> None:
+def test_sync_help_loads_nothing_of_training_or_the_store(tmp_path: Path) -> None:
     """The Label Studio commands' module loads no store: `a2m sync` sends its first requests
     before SQLAlchemy loads (tests/labelstudio/test_ls_head_start.py)."""
     modules, proc = run_a2m(tmp_path, "sync", "--help")
@@ -87,7 +85,7 @@ def test_sync_help_loads_nothing_of_training_the_sdk_or_the_store(tmp_path: Path
     assert "annotate2model.cli.studio" in modules
     others = ["annotate2model.cli.training", "annotate2model.cli.data", "annotate2model.cli.demo"]
     store = ["sqlalchemy", "annotate2model.store.db", "annotate2model.store.models"]
-    assert loaded_of(modules, [*others, *store, "PIL", "alembic", *TRAINING, *SDK]) == []
+    assert loaded_of(modules, [*others, *store, "PIL", "alembic", *TRAINING]) == []
 
 
 def test_a_store_command_loads_no_label_studio_and_no_migrations(
@@ -97,5 +95,5 @@ def test_a_store_command_loads_no_label_studio_and_no_migrations(
     modules, proc = run_a2m(tmp_path, "versions", "--json", env={"A2M_HOME": str(workspace.root)})
     assert json.loads(proc.stdout) == []
     assert "sqlalchemy" in modules
-    unused = ["annotate2model.labelstudio", "httpx", "PIL", "alembic", *TRAINING, *SDK]
+    unused = ["annotate2model.labelstudio", "httpx", "PIL", "alembic", *TRAINING]
     assert loaded_of(modules, unused) == []

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import atexit
-import importlib
 import os
 import sys
-from types import ModuleType
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -82,18 +80,29 @@ def _sentence_case(message: str) -> str:
     return message[:1].lower() + message[1:] if message[1:2].islower() else message
 
 
-def _click_exceptions() -> ModuleType:
-    """The module of the click exceptions typer raises (typer >= 0.2x carries its own click)."""
-    try:
-        return importlib.import_module("typer._click.exceptions")
-    except ImportError:
-        return importlib.import_module("click.exceptions")
-
-
 def _command_name(args: list[str]) -> str:
     """`a2m versions` for messages: the first argument that names a command."""
     name = next((a for a in args if a in COMMANDS), None)
     return f"a2m {name}" if name else "a2m"
+
+
+def _refused(exc: typer.TyperException) -> NoReturn:
+    """An error of typer's own: a command line it cannot parse (exit 2, with a hint), or other."""
+    message = _sentence_case(exc.format_message())
+    if exc.exit_code != USAGE_EXIT_CODE:
+        _fail(message, None, exc.exit_code)
+    # typer exports neither UsageError nor NoArgsIsHelpError (its click is private): it tells the
+    # latter by its name too (rich_utils.rich_format_error).
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # `a2m` (or a group) alone: typer has printed the help, the answer; the exit status says
+        # nothing ran.
+        if message.strip():
+            typer.echo(exc.format_message(), err=True)
+        sys.exit(USAGE_EXIT_CODE)
+    # Usage errors carry the context, but not all (an option missing its value): name the command.
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else _command_name(sys.argv[1:])
+    _fail(message, f"`{command} --help` lists the arguments and options.", USAGE_EXIT_CODE)
 
 
 def _unexpected(exc: BaseException) -> NoReturn:
@@ -108,7 +117,6 @@ def main() -> None:
     """Console entry point; failures are reported by the rule in `annotate2model.errors`."""
     atexit.unregister(skip_final_collection)
     atexit.register(skip_final_collection)
-    clicks = _click_exceptions()
     traceback_asked = bool(os.environ.get("A2M_TRACEBACK"))
     try:
         # standalone_mode=False: click hands usage errors to us instead of drawing its own panel.
@@ -117,17 +125,8 @@ def main() -> None:
         if traceback_asked:
             raise
         _fail(exc.message, exc.hint, exc.exit_code)
-    except getattr(clicks, "NoArgsIsHelpError", ()) as exc:
-        # `a2m` (or a group) alone: the help is the answer; the exit status says nothing ran.
-        exc.show()
-        sys.exit(USAGE_EXIT_CODE)
-    except clicks.UsageError as exc:
-        # click leaves ctx out of some errors (an option missing its value): name the command.
-        command = exc.ctx.command_path if exc.ctx else _command_name(sys.argv[1:])
-        hint = f"`{command} --help` lists the arguments and options."
-        _fail(_sentence_case(exc.format_message()), hint, USAGE_EXIT_CODE)
-    except clicks.ClickException as exc:
-        _fail(_sentence_case(exc.format_message()), None, exc.exit_code)
+    except typer.TyperException as exc:
+        _refused(exc)
     except typer.Abort:
         _fail("aborted.", None, 1)
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""A no-change `a2m sync` against a real Label Studio loads neither training, Pillow nor the SDK;
+"""A no-change `a2m sync` against a real Label Studio loads neither training nor Pillow;
 a sync asks Label Studio for the project (and on a first sync every task) before the store loads."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from annotate2model.workspace import Workspace
 from tests.conftest import image_bytes, run_cli
 from tests.labelstudio.conftest import LiveServer, choice
-from tests.test_startup import SDK, TRAINING, loaded_of, run_a2m
+from tests.test_startup import TRAINING, loaded_of, run_a2m
 
 pytestmark = pytest.mark.labelstudio
 
@@ -49,7 +49,7 @@ def test_no_change_sync_loads_only_what_it_uses(
     assert "Nothing changed: version 1 is current." in proc.stdout
     # What the sync did use, so that the list below is not empty for a wrong reason.
     assert {"httpx", "sqlalchemy", "annotate2model.labelstudio.sync"} <= modules
-    assert loaded_of(modules, ["PIL", "alembic", *TRAINING, *SDK]) == []
+    assert loaded_of(modules, ["PIL", "alembic", *TRAINING]) == []
 
 
 # Runs the CLI as the `a2m` script does, noting at each HeadStart (the first requests of a sync)
