@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomlkit
-import tomllib
 
 from annotate2model.errors import WorkspaceError
 from annotate2model.fsutil import atomic_write_bytes

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from _shared import HYMENOPTERA
@@ -91,7 +91,7 @@ def bench_versions(rows: int, repeat: int, tmp: Path) -> list[Row]:
     fractions = SplitFractions()
     shas = [hashlib.sha256(f"bench-{i}".encode()).hexdigest() for i in range(rows + rows // 100)]
     labels = [f"class{i % 20}" for i in range(len(shas))]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     create_times, naive_times, diff_times, set_times = [], [], [], []
     for attempt in range(repeat):
         ws, _ = init_workspace(tmp / f"v{attempt}")

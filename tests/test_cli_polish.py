@@ -217,7 +217,7 @@ def _sync_like(store: Store, tasks: dict[int, tuple[str, int, str]]) -> None:
     """A new version holding the latest one's rows plus images that came from Label Studio
     tasks, written as `a2m sync` writes them: the blob, its row with the task's image URL as
     origin, the task row, the version. tasks: task id -> (uploaded file name, seed, label)."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from annotate2model.store.images import record_images, stage_image
     from annotate2model.store.models import Task
@@ -225,7 +225,7 @@ def _sync_like(store: Store, tasks: dict[int, tuple[str, int, str]]) -> None:
     from annotate2model.store.versions import create_version, latest_version, split_for
     from tests.conftest import image_bytes
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     staged = {
         task: stage_image(
             store.blobs,

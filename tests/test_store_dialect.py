@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ def test_a_write_session_holds_the_write_lock(store: Store) -> None:
 
 
 def test_insert_or_ignore_keeps_the_first_row(store: Store) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def row(fmt: str) -> dict[str, object]:
         return {

@@ -4,7 +4,7 @@ A wrong answer would cost time only; an answer where it cannot tell must be None
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from annotate2model.settings import Settings
@@ -30,7 +30,7 @@ def test_a_sync_state_or_a_task_marks_only_its_own_project(
                 project_id=5,
                 task_id=1,
                 image_url="/data/upload/1/a.png",
-                synced_at=datetime.now(timezone.utc),
+                synced_at=datetime.now(UTC),
             )
         )
     assert project_synced(settings.database_url, 3) is True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ def fake_sha(i: int) -> str:
 
 def add_fake_images(store: Store, n: int) -> list[str]:
     shas = [fake_sha(i) for i in range(n)]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with store.write() as session:
         session.add_all(
             Image(
@@ -141,7 +141,7 @@ def test_version_numbers_are_unique_in_the_schema(store: Store) -> None:
     shas = add_fake_images(store, 2)
     with store.write() as session:
         create_version(session, items(shas), source="t", fractions=FRACTIONS)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with pytest.raises(IntegrityError), store.write() as session:
         session.add(
             DatasetVersion(

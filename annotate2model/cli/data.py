@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +31,7 @@ from annotate2model.store.imports import SplitSource, import_folder
 app = typer.Typer()
 
 
-class SplitChoice(str, Enum):
+class SplitChoice(StrEnum):
     """Where import-folder takes each image's split from (`--help` lists the choices)."""
 
     auto = "auto"

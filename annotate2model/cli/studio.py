@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,7 +28,7 @@ studio_app = typer.Typer(help="Run a local Label Studio for this workspace.", no
 app.add_typer(studio_app, name="studio")
 
 
-class PolicyChoice(str, Enum):
+class PolicyChoice(StrEnum):
     """How sync picks a task's label among its annotations (`--help` lists the choices)."""
 
     latest = "latest"
@@ -43,7 +43,7 @@ POLICY: dict[PolicyChoice, Policy] = {
 }
 
 
-class LabelsAsChoice(str, Enum):
+class LabelsAsChoice(StrEnum):
     """What collect makes of folder labels (`--help` lists the choices)."""
 
     annotations = "annotations"

@@ -14,7 +14,7 @@ import base64
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,7 +111,7 @@ def _page(title: str, body: Iterable[str]) -> str:
             "<body>",
             *body,
             f'<p class="more">Written by annotate2model on '
-            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.</p>",
+            f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.</p>",
             "</body>",
             "</html>",
             "",

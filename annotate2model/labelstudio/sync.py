@@ -42,7 +42,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from annotate2model.errors import LabelStudioError, StoreError
@@ -312,8 +312,8 @@ def changes_since(watermark: str | None) -> str | None:
     except ValueError:
         return None
     if mark.tzinfo is None:
-        mark = mark.replace(tzinfo=timezone.utc)
-    since = mark.astimezone(timezone.utc) - timedelta(seconds=CHANGES_MARGIN_S)
+        mark = mark.replace(tzinfo=UTC)
+    since = mark.astimezone(UTC) - timedelta(seconds=CHANGES_MARGIN_S)
     return since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -75,7 +75,7 @@ def record_flags(session: Session, run_id: int, flags: Sequence[NewFlag]) -> lis
     """Add the run's new flags and refresh its open ones (score, labels); a withdrawn flag opens
     again. Resolved flags are left as they ended and not returned. Returns the open flags of
     `flags`, in their order."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     existing = {
         row.task_row_id: row
         for row in session.scalars(
@@ -120,7 +120,7 @@ def mark_pushed(
     requeued: dict[int, tuple[int, int]] | None = None,
 ) -> None:
     """The flags are in Label Studio now; `requeued`: flag id -> (annotation id, draft id)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for row in _rows(session, flag_ids):
         if row.pushed_at is None:
             row.pushed_at = now
@@ -144,7 +144,7 @@ def mark_requeued(session: Session, requeued: dict[int, tuple[int, int]]) -> Non
 def withdraw(session: Session, run_id: int) -> list[FlagRecord]:
     """Close the run's pending flags as withdrawn (unflag); returns every flag of the run that
     was pushed, withdrawn now or resolved before, for the caller to take out of Label Studio."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = list(session.scalars(select(Flag).where(Flag.run_id == run_id)))
     for row in rows:
         if row.resolution is None:
@@ -178,7 +178,7 @@ def list_flags(
 def resolve_flags(session: Session, project_id: int) -> dict[str, int]:
     """Settle the project's pending pushed flags from the task rows and answers the sync just
     wrote (same transaction); returns how many ended each way."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     pending = list(
         session.scalars(
             select(Flag)

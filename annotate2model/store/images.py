@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -40,7 +40,7 @@ def stage_image(blobs: BlobStore, data: bytes, origin: str, max_pixels: int) -> 
 
 def record_images(session: Session, staged: Iterable[StagedImage]) -> int:
     """Insert rows for staged images not yet known; returns how many were new."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = {
         s.sha256: {
             "sha256": s.sha256,

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -77,7 +77,7 @@ def create_run(
         status="running",
         config_json=json.dumps(config, sort_keys=True),
         device=device,
-        started_at=datetime.now(timezone.utc),
+        started_at=datetime.now(UTC),
         history_json="[]",
         metrics_json="{}",
         pid=os.getpid(),
@@ -113,7 +113,7 @@ def finish_run(
     if status not in STATUSES or status == "running":
         raise InputError(f"cannot finish a run as {status!r}.")
     row = _row(session, run_id)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     row.status = status
     row.ended_at = now
     row.wall_seconds = (now - row.started_at).total_seconds()
@@ -144,7 +144,7 @@ def close_dead_runs(session: Session) -> list[int]:
     for row in session.scalars(select(Run).where(Run.status == "running")):
         if row.pid is not None and not _alive(row.pid):
             row.status = "failed"
-            row.ended_at = datetime.now(timezone.utc)
+            row.ended_at = datetime.now(UTC)
             row.error = f"the training process (pid {row.pid}) ended without closing the run"
             row.pid = None
             closed.append(row.id)
@@ -336,7 +336,7 @@ def record_evaluation(
         macro_f1=metrics.get("macro_f1"),
         metrics_json=json.dumps(metrics),
         source=source,
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
     )
     session.add(row)
     session.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -131,7 +131,7 @@ def save_sync(
     `tasks` holds only rows that differ from the stored ones; `annotations` maps the task ids that
     were fetched to their current annotations (an annotation missing there is marked deleted).
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     existing = dict(
         session.execute(select(Task.task_id, Task.id).where(Task.project_id == project_id)).all()
     )

@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -140,7 +140,7 @@ def create_version(
             number=number,
             parent=latest.number if latest else None,
             content_hash=digest,
-            created_at=datetime.now(timezone.utc),
+            created_at=datetime.now(UTC),
             note=note,
             source=source,
             item_count=len(rows),

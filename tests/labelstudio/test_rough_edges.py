@@ -7,10 +7,10 @@ command that starts it, and `sync --note` names the version in words that cannot
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from typer.testing import CliRunner
 
 from annotate2model.labelstudio.server import free_port
