@@ -173,7 +173,7 @@ def test_the_demo_trains_the_default_probe_when_imagenet_weights_are_cached_and_
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     # Offline even on a machine with network: nothing listens on port 9 of the loopback.
     url = "http://127.0.0.1:9/models/resnet18-f37072fd.pth"
-    monkeypatch.setitem(weights.IMAGENET_URLS, "resnet18", url)
+    monkeypatch.setattr(weights, "imagenet_url", lambda _backbone: url)
     config, why = _choose_config(timeout=1.0)
     assert config.weights == "none" and config.mode == "probe" and why and "not cached" in why
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"

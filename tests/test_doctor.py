@@ -50,7 +50,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     so the weights row never depends on this machine's cache or network."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     refused = f"http://127.0.0.1:{free_port()}/resnet18-f37072fd.pth"
-    monkeypatch.setitem(weights.IMAGENET_URLS, "resnet18", refused)
+    monkeypatch.setattr(weights, "imagenet_url", lambda _backbone: refused)
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 

@@ -197,7 +197,7 @@ def _value(value: Any) -> str:
 def field_default(field: dataclasses.Field[Any]) -> str:
     """The default as a person reads it: per mode where the mode decides it."""
     if field.name in UNSET:
-        return ", ".join(f"{mode}: {_value(d[field.name])}" for mode, d in MODE_DEFAULTS.items())
+        return f"finetune: {_value(MODE_DEFAULTS['finetune'][field.name])} (probes: unused)"
     if field.default is not dataclasses.MISSING:
         return _value(field.default)
     if field.default_factory is not dataclasses.MISSING:

@@ -55,8 +55,8 @@ DeviceFlag = Annotated[
 
 
 def _per_mode(field: str) -> str:
-    """A field's default in each mode, for --help: "10 (probe), 8 (finetune)"."""
-    return ", ".join(f"{values[field]} ({mode})" for mode, values in MODE_DEFAULTS.items())
+    """A fine-tuning field's default, for --help (a probe's head is fitted without them)."""
+    return f"{MODE_DEFAULTS['finetune'][field]} (fine-tuning only; a probe's head is fitted by L-BFGS)"
 
 
 def _pct(value: Any) -> str:
@@ -254,24 +254,22 @@ def train_cmd(
         config = preset_config(preset, **values)
     else:
         config = RunConfig(**{k: v for k, v in values.items() if v is not None})
-    from annotate2model.training.prefetch import start_early_decode
-
+    ignored = config.optimiser_fields_set() if config.mode == "probe" else []
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        err_console.print(
+            f"[yellow]Note:[/] {flags} apply to fine-tuning; a probe's head is a logistic "
+            "regression fitted by L-BFGS, with its regularisation chosen on the val split. "
+            "For a frozen backbone with a trained head: --preset resnet18-frozen-sgd."
+        )
     _passive_omp_threads()
     _quiet_torch_deprecations()
     _stop_on_signals()
     store = state(ctx).store(device=device) if device else state(ctx).store()
-    # New images start decoding on another core while the runner starts (and imports torch
-    # where the run needs it).
-    early = start_early_decode(store, config, version)
-    try:
-        from annotate2model.training.runner import train
-    except BaseException:  # Ctrl-C while torch loads: drop the queued decodes
-        if early is not None:
-            early.close()
-        raise
+    from annotate2model.training.runner import train
 
     _fast_exit()
-    outcome = train(store, config, version, progress=RichProgress(), early=early)
+    outcome = train(store, config, version, progress=RichProgress())
     run = outcome.run
     if as_json:
         print_json(run)

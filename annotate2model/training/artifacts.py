@@ -29,8 +29,8 @@ HISTORY_FILE = "history.csv"
 if TYPE_CHECKING:
     import torch
 
-# Weights as a trainer hands them over: torch tensors, or numpy arrays from the torch-free probe
-# (lite.py). Either way the same safetensors file is written.
+# Weights as a trainer hands them over: torch tensors (a trunk, a fine-tuned head), or numpy
+# arrays (a probe's scikit-learn head). Either way the same safetensors file is written.
 Tensors = dict[str, "torch.Tensor"] | dict[str, NDArray[Any]]
 
 
@@ -76,6 +76,9 @@ def history_csv(history: list[dict[str, Any]]) -> str:
         "val_accuracy",
         "seconds",
         "train_images",
+        # A probe's head: the regularisation of this fit of the grid, and the fit that was kept.
+        "C",
+        "kept",
     ]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")

@@ -1,8 +1,7 @@
 """Backbones through torchvision's weights API: build, load weights, split into trunk and head.
 
 A model here is `Classifier(trunk, head)`: the torchvision network with its last Linear replaced by
-Identity (the trunk, giving features), and a new Linear (the head). torchvision is imported only
-when a network is built; the cached-probe path never needs it.
+Identity (the trunk, giving features), and a new Linear (the head).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from torch import nn
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.training.config import BACKBONES
 from annotate2model.training.config import HEADS as HEADS
-from annotate2model.training.vision import import_torchvision, meta_init_skipped
 from annotate2model.training.weights import WeightsSource as WeightsSource
 from annotate2model.training.weights import WeightsStatus as WeightsStatus
 from annotate2model.training.weights import check_backbone as check_backbone
@@ -41,13 +39,16 @@ class Classifier(nn.Module):
 
 
 def _tv_model(backbone: str) -> nn.Module:
-    torchvision = import_torchvision()
+    import torchvision
+
     model: nn.Module = torchvision.models.get_model(backbone, weights=None)
     return model
 
 
 def default_weights_enum(backbone: str) -> Any:
-    return import_torchvision().models.get_model_weights(backbone).DEFAULT
+    import torchvision
+
+    return torchvision.models.get_model_weights(backbone).DEFAULT
 
 
 def hub_checkpoint_path(backbone: str) -> Path:
@@ -167,9 +168,9 @@ def trunk_state_from(
 
 
 def meta_trunk(backbone: str) -> nn.Module:
-    """`build_trunk` on the meta device: the architecture's names and shapes, no memory or
-    initialisation spent on the weights (nor an import of torch._dynamo: training/vision.py)."""
-    with meta_init_skipped(), torch.device("meta"):
+    """`build_trunk` on the meta device: the architecture's names and shapes, no memory spent
+    on the weights."""
+    with torch.device("meta"):
         return build_trunk(backbone)
 
 

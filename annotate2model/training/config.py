@@ -100,22 +100,14 @@ def eval_batch_size(device_type: str, requested: int = 0) -> int:
 
 HEAD_INITS = ("probe", "random")
 
-# What unset fields become in each mode. Probe: the hand-made recipe on cached features (SGD,
-# triangular2 cyclic LR, 10 epochs). Fine-tuning (after a probe stage that starts the head, see
+# What unset fields become when fine-tuning (after a probe stage that starts the head, see
 # docs/finetune.md): AdamW at a gentle rate, a warm-up epoch then cosine decay, the blocks at a
 # tenth of the head's rate, few epochs with early stopping (the best epoch is kept, and the probe's
-# solution when none beats it), and random flips of the frozen blocks' outputs.
+# solution when none beats it), and random flips of the frozen blocks' outputs. A probe's head is
+# a logistic regression fitted by L-BFGS (head.py): none of these apply to it, and a probe's
+# config leaves them unset.
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "probe": {
-        "optimizer": "sgd",
-        "schedule": "cyclic",
-        "epochs": 10,
-        "lr": 1e-2,
-        "weight_decay": 0.0,
-        "early_stopping": 0,
-        "warmup_epochs": 0.0,
-        "augment": False,
-    },
+    "probe": {},
     "finetune": {
         "optimizer": "adamw",
         "schedule": "cosine",
@@ -228,14 +220,15 @@ class RunConfig:
     def augment_enabled(self) -> bool:
         return bool(self.augment)
 
+    def optimiser_fields_set(self) -> list[str]:
+        """The fine-tuning-only fields a probe's config was given (they do not apply to it)."""
+        return [name for name, unset in UNSET.items() if getattr(self, name) != unset]
+
     def probe_stage(self) -> RunConfig:
-        """Fine-tuning's first stage: the linear probe with the probe's own defaults, sharing
-        what decides the data and the loss (backbone, weights, seed, size, batch, loss)."""
+        """Fine-tuning's first stage: the linear probe on the clean views, sharing what decides
+        the data (backbone, weights, seed, size, class weights)."""
         return dataclasses.replace(
-            self,
-            mode="probe",
-            **{name: UNSET[name] for name in MODE_DEFAULTS["probe"]},
-            views=1,
+            self, mode="probe", **{name: UNSET[name] for name in UNSET}, views=1
         )
 
     def eval_batch_for(self, device_type: str) -> int:
@@ -252,13 +245,15 @@ class RunConfig:
 
         choice("backbone", self.backbone, BACKBONES)
         choice("mode", self.mode, MODES)
-        choice("optimizer", self.optimizer, OPTIMIZERS)
-        choice("schedule", self.schedule, SCHEDULES)
         choice("precision", self.precision, PRECISIONS)
+        # A probe's optimiser fields may stay unset (UNSET); what is set must make sense.
+        if self.optimizer != UNSET["optimizer"] or self.mode == "finetune":
+            choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.schedule != UNSET["schedule"] or self.mode == "finetune":
+            choice("schedule", self.schedule, SCHEDULES)
         if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) >= 0):
             raise InputError(f"unfreeze takes a number of blocks or 'all', not {self.unfreeze!r}.")
         positive = {
-            "epochs": self.epochs,
             "batch size": self.batch_size,
             "image size": self.image_size,
             "views": self.views,
@@ -272,11 +267,18 @@ class RunConfig:
             raise InputError(f"eval batch size cannot be negative, got {self.eval_batch_size}.")
         if self.image_size < 16:
             raise InputError(f"image size must be at least 16 pixels, got {self.image_size}.")
-        if self.lr <= 0:
+        if self.epochs < 0 or (self.mode == "finetune" and self.epochs < 1):
+            raise InputError(f"epochs must be at least 1, got {self.epochs}.")
+        if self.lr < 0 or (self.mode == "finetune" and self.lr == 0):
             raise InputError(f"learning rate must be positive, got {self.lr}.")
         if not 0 <= self.label_smoothing < 1:
             raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if self.weight_decay < 0 or self.early_stopping < 0 or self.warmup_epochs < 0:
+        negative = (
+            self.weight_decay < 0 and self.weight_decay != UNSET["weight_decay"],
+            self.early_stopping < 0 and self.early_stopping != UNSET["early_stopping"],
+            self.warmup_epochs < 0 and self.warmup_epochs != UNSET["warmup_epochs"],
+        )
+        if any(negative):
             raise InputError("weight decay, early stopping and warm-up cannot be negative.")
         if self.views > 1 and self.mode == "finetune" and not self.augment:
             raise InputError("fine-tuning views beyond the clean one are augmented views.")
@@ -308,18 +310,44 @@ class RunConfig:
 
 # The hand-made workflows of DESIGN.md, each one configuration.
 PRESETS: dict[str, dict[str, Any]] = {
-    # ResNet-18 as a fixed feature extractor: fc replaced, SGD momentum 0.9, CyclicLR
-    # triangular2, batch 32, 10 epochs, 224 px (the default run).
+    # ResNet-18 as a fixed feature extractor: fc replaced by a logistic regression on the cached
+    # features (the default run).
     "resnet18-probe": {"backbone": "resnet18", "mode": "probe"},
-    # The same with flips and small rotations, as cached augmented views.
+    # The same on the clean view and 3 seeded augmented views (flips, small rotations) per image.
     "resnet18-probe-augmented": {"backbone": "resnet18", "mode": "probe", "views": 4},
-    # AdamW instead of SGD, for the optimiser comparison.
+    # The hand-made notebooks' recipe, as the baseline it is: frozen backbone, a new head trained
+    # by SGD (momentum 0.9) with CyclicLR triangular2, batch 32, 10 epochs, 224 px, augmented
+    # views (flips, small rotations) drawn every epoch.
+    "resnet18-frozen-sgd": {
+        "backbone": "resnet18",
+        "mode": "finetune",
+        "unfreeze": "0",
+        "head_init": "random",
+        "optimizer": "sgd",
+        "schedule": "cyclic",
+        "epochs": 10,
+        "lr": 1e-2,
+        "weight_decay": 0.0,
+        "early_stopping": 0,
+        "warmup_epochs": 0.0,
+        "augment": True,
+        "views": 4,
+    },
+    # The same with AdamW instead of SGD, for the optimiser comparison.
     "resnet18-probe-adamw": {
         "backbone": "resnet18",
+        "mode": "finetune",
+        "unfreeze": "0",
+        "head_init": "random",
         "optimizer": "adamw",
         "schedule": "cosine",
+        "epochs": 10,
         "lr": 1e-3,
         "weight_decay": 1e-2,
+        "early_stopping": 0,
+        "warmup_epochs": 0.0,
+        "augment": True,
+        "views": 4,
     },
     "resnet50-finetune": {
         "backbone": "resnet50",

@@ -24,6 +24,25 @@ from annotate2model.training.images import (
 )
 
 
+class ImageInput(torch.nn.Module):
+    """uint8 NHWC images to the normalised float NCHW batch (channels_last memory) a torchvision
+    network takes: the one normalisation, used by extraction, fine-tuning, the exported ONNX
+    trunk and the exported classifier alike."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, prep: Preprocessing) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(prep.mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(prep.std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # NHWC storage viewed as NCHW is exactly the channels_last layout: no copy needed.
+        x = images.permute(0, 3, 1, 2).float()
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+
 def to_input(
     arrays: NDArray[Any] | torch.Tensor, prep: Preprocessing, device: torch.device
 ) -> torch.Tensor:
@@ -31,11 +50,9 @@ def to_input(
     batch = torch.as_tensor(arrays)
     if device.type == "cuda":
         batch = batch.pin_memory().to(device, non_blocking=True)
-    # NHWC storage viewed as NCHW is exactly the channels_last layout: no copy needed.
-    x = batch.permute(0, 3, 1, 2).float()
-    mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1) * 255
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    normalise: torch.nn.Module = ImageInput(prep).to(batch.device)
+    out: torch.Tensor = normalise(batch)
+    return out
 
 
 Sample = tuple[NDArray[Any] | str, int, int]
@@ -94,6 +111,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageDataset",
+    "ImageInput",
     "Preprocessing",
     "collate",
     "decode_for",

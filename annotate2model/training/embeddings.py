@@ -4,20 +4,17 @@ Key: (image SHA-256, model key, view). The model key hashes the backbone, the we
 the preprocessing and the precision, so any change to them misses the cache. Storage is one SQLite
 file (raw sqlite3, WAL): every extraction batch commits as one transaction, so a process killed
 with -9 leaves whole batches or nothing. Also here: a safetensors copy of each frozen trunk, so a
-probe on cached features can write its artifact without rebuilding the network, and a TorchScript
-copy of it, so that extracting the features of new images needs neither torchvision (about a second
-to import, and more to tear down at exit) nor the weights file, and an ONNX copy that ONNX Runtime
-runs faster still where it is installed (onnx_trunk.py).
+probe on cached features writes its artifact without rebuilding the network, and the trunk's
+`torch.onnx.export` graph that ONNX Runtime runs on the CPU (onnx_trunk.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
+import json
 import sqlite3
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,20 +28,33 @@ from numpy.typing import NDArray
 from annotate2model.errors import InvalidImage
 from annotate2model.fsutil import read_verified, write_with_digest
 from annotate2model.progress import NullProgress, Progress
-from annotate2model.training import onnx_runtime
+from annotate2model.training import onnx_trunk
 from annotate2model.training.images import ImageSource, Preprocessing, load_image
-from annotate2model.training.keys import model_description as model_description
-from annotate2model.training.keys import model_key as model_key
-from annotate2model.training.prefetch import EarlyDecode
 
 if TYPE_CHECKING:
     import torch
 
-    from annotate2model.training.onnx_trunk import OnnxTrunk
+
+def model_key(backbone: str, weights_identity: str, prep: Preprocessing, bf16: bool) -> str:
+    description = model_description(backbone, weights_identity, prep, bf16)
+    return hashlib.sha256(description.encode()).hexdigest()[:32]
+
+
+def model_description(backbone: str, weights_identity: str, prep: Preprocessing, bf16: bool) -> str:
+    return json.dumps(
+        {
+            "backbone": backbone,
+            "weights": weights_identity,
+            "preprocessing": prep.key,
+            "precision": "bf16" if bf16 else "fp32",
+        },
+        sort_keys=True,
+    )
+
 
 # A network as the extraction loop sees it: uint8 NHWC images in, float32 features out (a row
 # per image). `torch_network` makes one of a torch module; `onnx_network` of an ONNX Runtime
-# session, without torch.
+# session of the module's export.
 Network = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 
 SCHEMA = """
@@ -77,9 +87,6 @@ class ExtractionStats:
     # From the network being ready to the last batch stored; decoding that ran while the
     # network was being built is not counted.
     seconds: float = 0.0
-    # Of `computed`: features ONNX Runtime computed while torch was being imported
-    # (prefetch.EarlyDecode); only the wait for the rest of them is in `seconds`.
-    early: int = 0
     # (image sha256, reason) of images that could not be decoded.
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -177,108 +184,26 @@ class EmbeddingCache:
 
         write_tensors(path, state, mode=None)
 
-    # TorchScript copies of frozen trunks, for feature extraction on the CPU: a warm workspace
-    # never imports torchvision, and every run extracts through a *frozen* graph (batch norm
-    # folded into the convolutions, weights as constants), 1.5x faster than eager PyTorch on a
-    # 2-core CPU (ResNet-18 fp32 channels_last: 54 against 33-36 img/s).
-    #
-    # The torchvision network (built through its weights API) stays the source of truth: the
-    # archive is traced from it, checked to give the same output (folding changes the last bits
-    # of a float, about 1e-7 of the features' scale, far below anything a probe can see), and
-    # only ever used in eval mode for feature extraction. Loading a TorchScript archive unpickles
-    # its constants with torch's restricted unpickler; we only load archives this cache wrote
-    # itself, and only when their SHA-256 matches the sidecar written after them, so a partial or
-    # corrupt file is rebuilt.
-
-    def script_path(self, backbone: str, weights_identity: str, crop: int) -> Path:
-        """Keyed by architecture, weights, input size (the trace is checked at it) and torch."""
-        import torch
-
-        key = f"{backbone}|{weights_identity}|crop{crop}|torch-{torch.__version__}|frozen-v2"
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return self.root / "trunks" / f"{name}.torchscript"
-
-    def load_script(self, path: Path) -> torch.nn.Module | None:
-        """The cached frozen trunk (CPU only); None when missing, partial or corrupt."""
-        import torch
-
-        data = read_verified(path)
-        if data is None:
-            return None
-        try:
-            with warnings.catch_warnings():
-                # torch.jit is deprecated in favour of torch.export, which imports torch._dynamo
-                # (seconds): TorchScript is still the fast way to load a frozen network.
-                warnings.simplefilter("ignore", FutureWarning)
-                module: torch.nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
-                    io.BytesIO(data), map_location="cpu"
-                )
-        except Exception:
-            return None
-        return module
-
-    def save_script(self, path: Path, model: torch.nn.Module, crop: int) -> torch.nn.Module | None:
-        """Trace and freeze `model` (eval mode, channels_last) for the CPU; keep it if it gives
-        the model's output. Returns the frozen module, or None when it could not be made (which
-        only costs speed: the caller goes on with `model`)."""
-        import torch
-
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = model.to(memory_format=torch.channels_last)
-                example = torch.randn(
-                    2, 3, crop, crop, generator=torch.Generator().manual_seed(0)
-                ).contiguous(memory_format=torch.channels_last)
-                traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-                    model, example, check_trace=False
-                )
-                frozen: torch.nn.Module = torch.jit.freeze(traced.eval())
-                expected, got = model(example), frozen(example)
-                scale = float(expected.abs().max()) or 1.0
-                if got.shape != expected.shape or not torch.allclose(
-                    got, expected, rtol=1e-4, atol=1e-5 * scale
-                ):
-                    return None
-                buffer = io.BytesIO()
-                torch.jit.save(frozen, buffer)
-        except Exception:
-            return None
-        finally:
-            model.train(was_training)
-        write_with_digest(path, buffer.getvalue())
-        return frozen
-
-    # ONNX copies of frozen trunks, run by ONNX Runtime where it is installed (onnx_trunk.py):
-    # faster on the CPU than the TorchScript copy, which remains the fallback.
+    # The trunk's ONNX graph (onnx_trunk.py), for extraction on the CPU in fp32.
 
     def onnx_path(self, backbone: str, weights_identity: str, crop: int) -> Path:
-        """Keyed by architecture, weights and input size (the export is checked at it)."""
-        return self.root / "trunks" / onnx_runtime.file_name(backbone, weights_identity, crop)
+        return self.root / "trunks" / onnx_trunk.file_name(backbone, weights_identity, crop)
 
-    def load_onnx(self, path: Path) -> OnnxTrunk | None:
-        """The cached ONNX trunk in a session; None when ONNX Runtime is missing, or the file
-        is missing, partial or corrupt."""
-        from annotate2model.training import onnx_trunk
-
-        if not onnx_trunk.available():
-            return None
+    def load_onnx(self, path: Path) -> Any | None:
+        """A session of the cached ONNX trunk; None when the file is missing, partial or
+        corrupt (its SHA-256 sidecar does not match), and it is exported again."""
         data = read_verified(path)
-        return onnx_trunk.session(data) if data is not None else None
+        return onnx_trunk.open_session(data) if data is not None else None
 
-    def save_onnx(self, path: Path, model: torch.nn.Module, crop: int) -> OnnxTrunk | None:
-        """Export `model` (checked against its own output) and keep it; the session, or None
-        when it could not be made (which only costs speed)."""
-        from annotate2model.training import onnx_trunk
-
-        made = onnx_trunk.export(model, crop)
+    def save_onnx(self, path: Path, trunk: torch.nn.Module, prep: Preprocessing) -> Any | None:
+        """Export `trunk` (checked against its own output), keep it, and return its session;
+        None when the export failed its check (logged: the caller extracts with torch)."""
+        made = onnx_trunk.export(trunk, prep)
         if made is None:
             return None
-        data, trunk = made
+        data, session = made
         write_with_digest(path, data)
-        return trunk
+        return session
 
 
 @dataclass(frozen=True)
@@ -343,11 +268,11 @@ def torch_network(
     return run
 
 
-def onnx_network(session: Any, prep: Preprocessing) -> Network:
-    """An ONNX Runtime session of a trunk as a Network (no torch)."""
+def onnx_network(session: Any) -> Network:
+    """An ONNX Runtime session of an exported trunk (uint8 images in) as a Network."""
 
     def run(arrays: NDArray[np.uint8]) -> NDArray[np.float32]:
-        return onnx_runtime.run(session, onnx_runtime.to_input(arrays, prep))
+        return onnx_trunk.run(session, arrays)
 
     return run
 
@@ -362,7 +287,6 @@ def forward_images(
     workers: int,
     seed: int = 0,
     rotation: float = 10.0,
-    early: EarlyDecode | None = None,
     max_pixels: int | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> Iterator[ForwardBatch]:
@@ -375,7 +299,6 @@ def forward_images(
         workers,
         seed,
         rotation,
-        early,
         max_pixels,
         on_ready,
     )
@@ -389,7 +312,6 @@ def forward_batches(
     workers: int,
     seed: int = 0,
     rotation: float = 10.0,
-    early: EarlyDecode | None = None,
     max_pixels: int | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> Iterator[ForwardBatch]:
@@ -397,9 +319,8 @@ def forward_batches(
     passes, so that the two overlap; yields each batch's float32 outputs, flattened per image.
 
     `network` is called once, after the first batches were queued (building it may take seconds
-    of imports, during which decoding runs ahead up to PREFETCH_BYTES). Clean views that `early`
-    started decoding before torch was imported are taken from it. `on_ready` is called once the
-    network is ready. Stopping early (an exception, Ctrl-C, closing the generator) cancels the
+    of imports, during which decoding runs ahead up to PREFETCH_BYTES). `on_ready` is called once
+    the network is ready. Stopping early (an exception, Ctrl-C, closing the generator) cancels the
     queued decodes instead of waiting for them.
     """
     batches = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
@@ -413,12 +334,8 @@ def forward_batches(
         for job in batch:
             # View 0 is the clean centre crop; later views are seeded augmentations.
             aug = None if job.view == 0 else _view_seed(job.sha256, job.view, seed)
-            ready = early.take(job.sha256, prep) if early is not None and aug is None else None
             try:
-                if ready is not None:
-                    arrays.append(ready.result())
-                else:
-                    arrays.append(load_image(job.source, prep, aug, rotation, max_pixels))
+                arrays.append(load_image(job.source, prep, aug, rotation, max_pixels))
                 kept.append(job)
             except InvalidImage as exc:
                 errors.append((job, str(exc)))
@@ -472,7 +389,6 @@ def extract(
     seed: int = 0,
     rotation: float = 10.0,
     progress: Progress | None = None,
-    early: EarlyDecode | None = None,
     max_pixels: int | None = None,
 ) -> tuple[dict[tuple[str, int], NDArray[Any]], ExtractionStats]:
     """`extract_features` through a torch module built by `trunk()` on `device`."""
@@ -488,9 +404,6 @@ def extract(
         seed=seed,
         rotation=rotation,
         progress=progress,
-        # The early features are computed on the CPU in fp32: only such a run takes them.
-        early=early,
-        early_features=not bf16 and device.type == "cpu",
         max_pixels=max_pixels,
     )
 
@@ -507,15 +420,12 @@ def extract_features(
     seed: int = 0,
     rotation: float = 10.0,
     progress: Progress | None = None,
-    early: EarlyDecode | None = None,
-    early_features: bool = True,
     max_pixels: int | None = None,
 ) -> tuple[dict[tuple[str, int], NDArray[Any]], ExtractionStats]:
     """Features for every job: read from the cache, computing (and storing) only what is missing.
 
     `network` is called only when something must be computed; each computed batch is stored as
-    one transaction, so a killed process leaves whole batches. `early_features`: whether the
-    features `early` computed (CPU, fp32) are this run's.
+    one transaction, so a killed process leaves whole batches.
     """
     progress = progress or NullProgress()
     stats = ExtractionStats(requested=len(jobs))
@@ -537,18 +447,6 @@ def extract_features(
         started = time.perf_counter()
 
     progress.begin("Extracting features", total=len(missing))
-    if early is not None and early_features:
-        ahead = early.features(key, prep, on_progress=lambda n: progress.advance(n))
-        rows = [
-            (job.sha256, job.view, ahead[job.sha256])
-            for job in missing
-            if job.view == 0 and job.sha256 in ahead
-        ]
-        cache.put(key, description, rows)
-        for sha, view, vec in rows:
-            out[(sha, view)] = vec
-        stats.computed = stats.early = len(rows)
-        missing = [job for job in missing if (job.sha256, job.view) not in out]
     for batch in forward_batches(
         missing,
         network,
@@ -557,7 +455,6 @@ def extract_features(
         workers,
         seed,
         rotation,
-        early,
         max_pixels,
         on_ready=ready,
     ):

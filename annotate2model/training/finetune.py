@@ -35,7 +35,6 @@ from annotate2model.training.artifacts import Tensors
 from annotate2model.training.backbones import (
     HEADS,
     Classifier,
-    blocks,
     build_trunk,
     freeze_batchnorm,
     freeze_batchnorm_of_frozen,
@@ -314,21 +313,8 @@ class _Stage:
         return self.train_on(outputs)
 
     def network(self, prefix: nn.Module) -> nn.Module:
-        """The frozen blocks with the features after them, as a frozen TorchScript module on
-        the CPU (kept in the embedding cache's folder, made on the first run), else eager."""
-        job, config = self.job, self.config
-        both = _PrefixAndFeatures(prefix, copy.deepcopy(self.rest)).eval()
-        if job.device_type != "cpu":
-            return both
-        cache = job.context.embedding_cache()
-        try:
-            total = len(blocks(config.backbone, self.trunk))
-            name = f"{config.backbone}+frozen-{config.unfreeze}-of-{total}"
-            path = cache.script_path(name, job.source.identity, job.prep.crop)
-            frozen = cache.load_script(path) or cache.save_script(path, both, job.prep.crop)
-        finally:
-            cache.close()
-        return frozen if frozen is not None else both
+        """The frozen blocks with the trunk's features after them, in eval mode."""
+        return _PrefixAndFeatures(prefix, copy.deepcopy(self.rest)).eval()
 
     def run_prefix(self, prefix: nn.Module) -> PrefixOutputs:
         """One pass over the images: the frozen blocks' outputs for the clean view of every image

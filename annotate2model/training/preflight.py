@@ -19,9 +19,9 @@ from annotate2model.training.config import RunConfig
 from annotate2model.training.embeddings import trunk_path
 from annotate2model.training.version import VersionData
 from annotate2model.training.weights import (
-    IMAGENET_URLS,
     WeightsSource,
     WeightsStatus,
+    imagenet_url,
     imagenet_weights_status,
 )
 
@@ -82,7 +82,7 @@ def fetch_imagenet_weights(backbone: str, progress: Progress) -> Path:
     try:
         status.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(
-            IMAGENET_URLS[backbone], str(status.checkpoint), progress=False
+            imagenet_url(backbone), str(status.checkpoint), progress=False
         )
     except (urllib.error.URLError, OSError) as exc:
         raise _offline(

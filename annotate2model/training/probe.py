@@ -1,8 +1,6 @@
 """The probe: a frozen trunk's features (from the embedding cache, computing only what is missing)
-and a linear head trained on them (head.py, numpy). Computes and returns; never writes the ledger.
-
-Importing this module does not import torch: on the CPU, a probe whose trunk ONNX Runtime runs
-(lite.py) trains without it; elsewhere the trunk is built with torch when first needed.
+and a linear head fitted on them (head.py, scikit-learn). Computes and returns; never writes the
+ledger. torch builds the trunk only when some feature is missing.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ from annotate2model.training.embeddings import (
 )
 from annotate2model.training.head import fit_head, probabilities
 from annotate2model.training.jobs import TrainJob, TrainResult, kept_items
-from annotate2model.training.lite import LitePlan
-from annotate2model.training.prefetch import EarlyDecode
 from annotate2model.training.version import check_trainable
 from annotate2model.training.weights import WeightsSource
 
@@ -36,28 +32,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def train_probe(
-    job: TrainJob,
-    early: EarlyDecode | None = None,
-    plan: LitePlan | None = None,
-) -> TrainResult:
+def train_probe(job: TrainJob) -> TrainResult:
     """Features for every image of the version (cached ones read, new ones computed), then the
-    head; `early` holds images decoded (and maybe features computed) while the run started.
-
-    `plan`: the trunk ready to run without torch (lite.py: the trunk's safetensors copy is then in
-    the cache already); without one the trunk is built with torch, on the job's device.
-    """
+    head."""
     config, data, prep = job.config, job.data, job.prep
     cache = job.context.embedding_cache()
     key = model_key(config.backbone, job.source.identity, prep, job.bf16)
     description = model_description(config.backbone, job.source.identity, prep, job.bf16)
     trunk_file = cache.trunk_path(job.source.identity, config.backbone)
 
-    def torch_trunk() -> Network:
-        return _torch_network(job, cache, trunk_file)
-
     def network() -> Network:
-        return plan.network(prep, torch_trunk) if plan is not None else torch_trunk()
+        return trunk_network(job, cache, trunk_file)
 
     jobs = [
         ExtractJob(item.image_sha256, job.blob(item), view)
@@ -78,9 +63,6 @@ def train_probe(
             seed=config.seed,
             rotation=config.rotation,
             progress=job.progress,
-            early=early,
-            # The early features are computed on the CPU in fp32: only such a run takes them.
-            early_features=job.device_type == "cpu" and not job.bf16,
             max_pixels=job.context.max_pixels,
         )
         if not trunk_file.is_file():
@@ -107,42 +89,34 @@ def train_probe(
     )
 
 
-def _torch_network(job: TrainJob, cache: EmbeddingCache, trunk_file: Path) -> Network:
-    """The frozen trunk built with torch, as a Network on the job's device. On the CPU, a warm
-    workspace loads its frozen ONNX or TorchScript copy: no torchvision, no weights file to read,
-    and faster forward passes."""
+def trunk_network(job: TrainJob, cache: EmbeddingCache, trunk_file: Path) -> Network:
+    """The frozen trunk as a Network: on the CPU in fp32, ONNX Runtime on the trunk's
+    `torch.onnx.export` graph (cached; exported from the torch trunk on first use); elsewhere,
+    or when the export fails its check, the torch trunk on the job's device."""
     from annotate2model.training.backbones import build_trunk
-    from annotate2model.training.embeddings import torch_network
+    from annotate2model.training.embeddings import onnx_network, torch_network
 
     config, prep = job.config, job.prep
-    device = job.torch_device
-    on_cpu = job.device_type == "cpu"
-    # ONNX Runtime (where installed), else TorchScript: fp32 on the CPU only.
-    onnx_ok = on_cpu and not job.bf16
+    use_onnx = job.device_type == "cpu" and not job.bf16
     onnx_file = cache.onnx_path(config.backbone, job.source.identity, prep.crop)
-    script_file = cache.script_path(config.backbone, job.source.identity, prep.crop)
-    if on_cpu:
-        cached: nn.Module | None = cache.load_onnx(onnx_file) if onnx_ok else None
-        if cached is None:
-            cached = cache.load_script(script_file)
-        if cached is not None:
+    if use_onnx:
+        session = cache.load_onnx(onnx_file)
+        if session is not None:
             if not trunk_file.is_file():
                 _trunk_state(config, job.source, trunk_file, cache)
-            return torch_network(cached, prep, device, job.bf16)
+            return onnx_network(session)
     model = build_trunk(config.backbone)
-    state = _trunk_state(config, job.source, trunk_file, cache, model)
-    model.load_state_dict(state, strict=True)
-    if on_cpu:
-        fast: nn.Module | None = cache.save_onnx(onnx_file, model, prep.crop) if onnx_ok else None
-        if fast is None:
-            fast = cache.save_script(script_file, model, prep.crop)
-        model = fast if fast is not None else model
-    return torch_network(model, prep, device, job.bf16)
+    model.load_state_dict(_trunk_state(config, job.source, trunk_file, cache, model), strict=True)
+    if use_onnx:
+        session = cache.save_onnx(onnx_file, model, prep)
+        if session is not None:
+            return onnx_network(session)
+    return torch_network(model, prep, job.torch_device, job.bf16)
 
 
 @dataclass
 class ProbeHead:
-    """A linear head trained on a frozen trunk's features (weight and bias on raw features),
+    """A linear head fitted on a frozen trunk's features (weight and bias on raw features),
     the statistics it standardised them with, its history and its probabilities per split."""
 
     weight: NDArray[np.float32]
@@ -178,7 +152,14 @@ def fit_probe_head(
     x_train, y_train = matrix("train", config.views)
     x_val, y_val = matrix("val", 1)
     fit = fit_head(
-        x_train, y_train, x_val, y_val, len(data.labels), config, job.progress, job.on_epoch
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        len(data.labels),
+        class_weights=config.class_weights,
+        progress=job.progress,
+        on_epoch=job.on_epoch,
     )
     probs = {split: probabilities(matrix(split, 1)[0], fit.weight, fit.bias) for split in SPLITS}
     return ProbeHead(fit.weight, fit.bias, fit.mean, fit.std, fit.history, probs)

@@ -25,7 +25,7 @@ from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import PredictionRecord, RunRecord
-from annotate2model.training import artifacts, lite
+from annotate2model.training import artifacts
 from annotate2model.training.config import HEADS, SPLITS, RunConfig, resolve_workers
 from annotate2model.training.config import auto_workers as default_workers
 from annotate2model.training.context import RunContext
@@ -34,7 +34,6 @@ from annotate2model.training.images import Preprocessing
 from annotate2model.training.jobs import TrainJob, TrainResult
 from annotate2model.training.ledger import Ledger, prediction_rows
 from annotate2model.training.metrics import RunMetrics, SplitMetrics, Timing, classification_metrics
-from annotate2model.training.prefetch import EarlyDecode
 from annotate2model.training.preflight import check_run, small_split_warnings
 from annotate2model.training.probe import train_probe
 from annotate2model.training.version import VersionData, check_trainable
@@ -92,19 +91,13 @@ def train(
     config: RunConfig,
     version_ref: int | str | None = None,
     progress: Progress | None = None,
-    early: EarlyDecode | None = None,
     context: RunContext | None = None,
 ) -> RunOutcome:
     """Train one configuration on one version and record it in the ledger.
 
-    `early`: images already being decoded (`prefetch.start_early_decode`); closed here.
     `context`: where caches, run folders and images are (default: the store's workspace).
     """
-    try:
-        return _train(store, config, version_ref, progress or NullProgress(), early, context)
-    finally:
-        if early is not None:
-            early.close()
+    return _train(store, config, version_ref, progress or NullProgress(), context)
 
 
 def _train(
@@ -112,7 +105,6 @@ def _train(
     config: RunConfig,
     version_ref: int | str | None,
     progress: Progress,
-    early: EarlyDecode | None,
     context: RunContext | None,
 ) -> RunOutcome:
     ctx = context or RunContext.from_store(store)
@@ -122,14 +114,9 @@ def _train(
         config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
     )
     prep = Preprocessing(config.resize_size, config.image_size)
-    # A probe on the CPU in fp32 runs without torch where it can (lite.py); else through torch.
-    plan = lite.plan(config, source, prep, ctx.device, ctx.cache_dir)
-    if plan is None:
-        # What cannot work is refused before the run is recorded: no failed run is left behind.
-        check_run(config, source, ctx.cache_dir, progress)
-        device, bf16, device_text = _torch_device(ctx.device, config.precision)
-    else:
-        device, bf16, device_text = "cpu", False, lite.cpu_name(plan.threads)
+    # What cannot work is refused before the run is recorded: no failed run is left behind.
+    check_run(config, source, ctx.cache_dir, progress)
+    device, bf16, device_text = _torch_device(ctx.device, config.precision)
     for warning in small_split_warnings(data):
         progress.note(warning)
     ledger = Ledger(store)
@@ -154,7 +141,7 @@ def _train(
             on_epoch=lambda history: ledger.record_history(run, history),
         )
         try:
-            result = _run_trainer(job, early, plan)
+            result = _run_trainer(job)
         except Exception as exc:
             if _is_oom(exc):
                 raise TrainingError(
@@ -208,15 +195,13 @@ def _torch_device(requested: str, precision: str) -> tuple[str, bool, str]:
     return str(device), use_bf16(device, precision), device_name(device)
 
 
-def _run_trainer(
-    job: TrainJob, early: EarlyDecode | None = None, plan: lite.LitePlan | None = None
-) -> TrainResult:
-    """The job's trainer: the probe (without torch when `plan` says how), or fine-tuning."""
+def _run_trainer(job: TrainJob) -> TrainResult:
+    """The job's trainer: the probe, or fine-tuning."""
     if job.config.mode != "probe":
         from annotate2model.training.finetune import train_finetune
 
         return train_finetune(job)
-    return train_probe(job, early, plan)
+    return train_probe(job)
 
 
 def train_subset(
@@ -243,8 +228,7 @@ def train_subset(
         config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
     )
     prep = Preprocessing(config.resize_size, config.image_size)
-    plan = lite.plan(config, source, prep, ctx.device, ctx.cache_dir)
-    device, bf16 = ("cpu", False) if plan else _torch_device(ctx.device, config.precision)[:2]
+    device, bf16 = _torch_device(ctx.device, config.precision)[:2]
     job = TrainJob(
         config=config,
         data=data,
@@ -256,7 +240,7 @@ def train_subset(
         progress=NullProgress(),
         on_epoch=lambda _history: None,
     )
-    result = _run_trainer(job, plan=plan)
+    result = _run_trainer(job)
     kept = result.kept.get("test", [])
     probs = result.probs.get("test")
     if probs is None or not kept:

@@ -1,8 +1,8 @@
 """The training loop in parts: optimiser and schedule, `train_one_epoch`, `evaluate`, `fit`.
 
 Fine-tuning trains through it, on a frozen prefix's outputs or on decoded images: it only sees
-iterables of (input, target) batches. A probe's head (and fine-tuning's probe stage) trains in
-numpy instead (head.py: the same recipe without torch, checked against this loop).
+iterables of (input, target) batches. A probe's head (and fine-tuning's probe stage) is fitted by
+scikit-learn instead (head.py).
 """
 
 from __future__ import annotations
@@ -15,14 +15,69 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.config import RunConfig
 from annotate2model.training.device import autocast
-from annotate2model.training.head import beats as beats
-from annotate2model.training.head import class_weights
-from annotate2model.training.head import lr_at as lr_at
+
+
+def class_weights(targets: NDArray[np.intp], n_classes: int) -> NDArray[np.float64]:
+    """scikit-learn's "balanced" weights, n / (classes * count), as the probe's head uses them;
+    0 for a class with no training rows."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(targets)
+    weights = np.zeros(n_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=targets)
+    return weights
+
+
+def lr_at(step: int, config: RunConfig, steps_per_epoch: int) -> float:
+    """The learning rate of optimiser step `step` (0-based): a linear warm-up over
+    `warmup_epochs`, then the run's schedule over the remaining steps."""
+    warm = min(round(config.warmup_epochs * steps_per_epoch), steps_per_epoch * config.epochs - 1)
+    if warm > 0:
+        if step < warm:
+            return config.lr * (step + 1) / (warm + 1)
+        step -= warm
+    total = max(1, steps_per_epoch * config.epochs - max(0, warm))
+    peak = config.lr
+    if config.schedule == "cyclic":
+        # triangular2 (as torch's CyclicLR): half-cycles of two epochs between lr * 1e-4 and lr,
+        # the amplitude halving every cycle.
+        base = peak * 1e-4
+        half = max(1, 2 * steps_per_epoch)
+        cycle = math.floor(1 + step / (2 * half))
+        x = abs(step / half - 2 * cycle + 1)
+        return float(base + (peak - base) * max(0.0, 1 - x) / (2.0 ** (cycle - 1)))
+    if config.schedule == "cosine":
+        return peak * (1 + math.cos(math.pi * min(step, total) / total)) / 2
+    if config.schedule == "onecycle":
+        # As torch's OneCycleLR with cosine annealing: 30% warm-up from lr/25, down to lr/25e4.
+        initial, final = peak / 25, peak / 25e4
+        warm = max(1, round(0.3 * total))
+        if step < warm:
+            return initial + (peak - initial) * (1 - math.cos(math.pi * step / warm)) / 2
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return final + (peak - final) * (1 + math.cos(math.pi * t)) / 2
+    return peak
+
+
+def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether an epoch is better than the best so far on validation: no less accurate, no
+    higher loss, and better in one of them. A higher accuracy bought with a higher loss is not
+    taken: on a small validation set it is as often luck as a better model, and the weights it
+    would replace (first of all the probe's) are kept instead."""
+    if best is None:
+        return True
+    acc, best_acc = row["val_accuracy"], best["val_accuracy"]
+    loss, best_loss = row["val_loss"], best["val_loss"]
+    if acc < best_acc or loss > best_loss:
+        return False
+    return bool(acc > best_acc or loss < best_loss - 1e-6)
+
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

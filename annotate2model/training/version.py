@@ -1,5 +1,5 @@
 """A version's rows as a run sees them: grouped by split, with the label map, checked for
-trainability. Torch-free: the CPU probe (lite.py) runs without importing torch."""
+trainability."""
 
 from __future__ import annotations
 

@@ -1,17 +1,13 @@
 """Whether torchvision's ImageNet weights of a backbone can be had: cached, downloadable or not.
 
-Also where weights come from and their content identity (`resolve_weights`), which the early
-extraction needs before torch is loaded (prefetch.py).
-
-Importing this module loads neither torch nor torchvision (the doctor and the demo ask before
-anything trains); `imagenet_weights_status` asks torch hub where its cache is when called.
-`annotate2model.training.backbones` re-exports it.
+Also where weights come from and their content identity (`resolve_weights`). The weights' URL is
+torchvision's (its weights API) and the cache folder torch hub's (`torch.hub.get_dir()`): both
+are imported when a status is asked for. `annotate2model.training.backbones` re-exports this.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -23,17 +19,6 @@ from typing import Literal
 from annotate2model.errors import InputError
 from annotate2model.fsutil import file_sha256 as file_sha256
 from annotate2model.training.config import BACKBONES
-
-# The DEFAULT weights of each backbone in torchvision (tests/training/test_weights_status.py
-# checks these against the installed torchvision, so a release that moves them is noticed).
-IMAGENET_URLS: dict[str, str] = {
-    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
-    "mobilenet_v2": "https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth",
-    "mobilenet_v3_large": "https://download.pytorch.org/models/mobilenet_v3_large-5c1a4163.pth",
-    "efficientnet_b0": "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth",
-    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
-}
 
 WeightsState = Literal["cached", "downloadable", "offline"]
 
@@ -50,29 +35,23 @@ class WeightsStatus:
     detail: str
 
 
-def _hub_dir() -> Path:
-    """torch hub's cache folder, as `torch.hub.get_dir()` finds it, without importing torch
-    (the probe on the CPU runs without it): $TORCH_HOME/hub, $TORCH_HOME defaulting to
-    $XDG_CACHE_HOME/torch, that to ~/.cache. Where torch is loaded already, torch hub says (a
-    program may have called `torch.hub.set_dir`)."""
-    hub = sys.modules.get("torch.hub")
-    if hub is not None:
-        return Path(hub.get_dir())
-    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
-    home = os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))
-    return Path(home) / "hub"
+def imagenet_url(backbone: str) -> str:
+    """The URL of `backbone`'s default ImageNet weights, as torchvision's weights API names it."""
+    check_backbone(backbone)
+    import torchvision
+
+    url: str = torchvision.models.get_model_weights(backbone).DEFAULT.url
+    return url
 
 
 def imagenet_checkpoint_path(backbone: str, hub_dir: Path | None = None) -> Path:
     """Where torch hub keeps (or would keep) the ImageNet weights file of `backbone`."""
-    if backbone not in IMAGENET_URLS:
-        from annotate2model.errors import InputError
+    url = imagenet_url(backbone)
+    if hub_dir is None:
+        import torch.hub
 
-        raise InputError(
-            f"unknown backbone {backbone!r}; choose one of {', '.join(IMAGENET_URLS)}."
-        )
-    name = os.path.basename(urllib.parse.urlsplit(IMAGENET_URLS[backbone]).path)
-    return (hub_dir if hub_dir is not None else _hub_dir()) / "checkpoints" / name
+        hub_dir = Path(torch.hub.get_dir())
+    return hub_dir / "checkpoints" / os.path.basename(urllib.parse.urlsplit(url).path)
 
 
 def _reachable(url: str, timeout: float) -> str | None:
@@ -108,7 +87,7 @@ def imagenet_weights_status(backbone: str, timeout: float = 2.0) -> WeightsStatu
     checkpoint = imagenet_checkpoint_path(backbone)
     if checkpoint.is_file():
         return WeightsStatus("cached", checkpoint, f"{checkpoint.name} in {checkpoint.parent}")
-    url = IMAGENET_URLS[backbone]
+    url = imagenet_url(backbone)
     host = urllib.parse.urlsplit(url).netloc
     problem = _reachable(url, timeout)
     if problem is None:

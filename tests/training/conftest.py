@@ -36,7 +36,9 @@ def version1(store: Store, tmp_path: Path) -> Path:
 
 
 def small_config(weights: Path, **changes: object) -> RunConfig:
-    """A quick run: 32 px inputs, a few epochs."""
-    values: dict[str, object] = {"weights": str(weights), "image_size": 32, "epochs": 3}
+    """A quick run: 32 px inputs, a few epochs when fine-tuning."""
+    values: dict[str, object] = {"weights": str(weights), "image_size": 32}
+    if changes.get("mode") == "finetune":
+        values["epochs"] = 3
     values.update(changes)
     return RunConfig(**values)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from annotate2model.training import artifacts, head, runner, trainer
 from annotate2model.training.config import OPTIMIZERS, SCHEDULES, RunConfig
 from annotate2model.training.data import Preprocessing, load_image, to_input
 from annotate2model.training.device import use_bf16
+from annotate2model.training.head import C_GRID
 from tests.training.conftest import make_split_folder, small_config
 
 pytestmark = pytest.mark.training
@@ -35,10 +36,12 @@ def test_probe_default_records_everything(store: Store, version1: Path, weights:
     assert run.config["effective_precision"] == ("bf16" if use_bf16(CPU, "auto") else "fp32")
     assert run.config["effective_workers"] >= 1
     assert run.wall_seconds is not None and run.images_per_second and run.device
-    assert [row["epoch"] for row in run.history] == [1, 2, 3]
-    assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr", "seconds"} <= set(
+    # One row per C of the head's grid; the one with the lowest val loss is kept.
+    assert [row["C"] for row in run.history] == list(C_GRID)
+    assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "C", "seconds"} <= set(
         run.history[0]
     )
+    assert sum(1 for row in run.history if row.get("kept")) == 1
     val = run.metrics["splits"]["val"]
     assert val["n"] == 8 and 0 <= val["accuracy"] <= 1
     assert {"macro", "weighted", "per_class", "confusion", "top_k"} <= set(val)
@@ -48,8 +51,8 @@ def test_probe_default_records_everything(store: Store, version1: Path, weights:
     assert names == {"trunk.safetensors", "head.safetensors", "model.json", "history.csv"}
     card = json.loads((run_dir / "model.json").read_text())
     assert card["labels"] == ["ants", "bees"] and card["architecture"] == "resnet18"
-    assert card["version"] == 1 and card["config"]["epochs"] == 3
-    assert (run_dir / "history.csv").read_text().count("\n") == 4
+    assert card["version"] == 1 and card["config"]["mode"] == "probe"
+    assert (run_dir / "history.csv").read_text().count("\n") == len(C_GRID) + 1
     with store.read() as session:
         preds = store_runs.read_predictions(session, run.id)
     assert {p.split for p in preds} == {"train", "val"} and len(preds) == 32
@@ -63,11 +66,11 @@ def test_grown_version_extracts_only_new_images(
     assert first.extraction is not None and first.extraction.computed == 32
     make_split_folder(version1, {"ants": 18, "bees": 15}, {}, seed=0)
     import_folder(store, version1)
-    second = runner.train(store, small_config(weights, lr=0.003))
+    second = runner.train(store, small_config(weights, class_weights=True))
     assert second.run.version == 2
     assert second.extraction is not None
     assert second.extraction.cached == 32 and second.extraction.computed == 9
-    again = runner.train(store, small_config(weights, lr=0.001))
+    again = runner.train(store, small_config(weights))
     assert again.extraction is not None and again.extraction.computed == 0
 
 
@@ -115,8 +118,13 @@ def test_finetune_all_with_augmentation(store: Store, version1: Path, weights: P
 def test_optimisers_and_schedules(
     store: Store, version1: Path, weights: Path, optimizer: str, schedule: str
 ) -> None:
+    # A frozen backbone and a head trained by the torch loop (the notebooks' recipe).
     config = small_config(
         weights,
+        mode="finetune",
+        unfreeze="0",
+        head_init="random",
+        epochs=2,
         optimizer=optimizer,
         schedule=schedule,
         lr=1e-3,
@@ -136,7 +144,7 @@ def test_optimisers_and_schedules(
 
 
 def test_schedules_follow_torch() -> None:
-    config = RunConfig(epochs=10, lr=0.01)
+    config = RunConfig(mode="finetune", schedule="cyclic", epochs=10, lr=0.01, warmup_epochs=0)
     steps = 8
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
     cyclic = torch.optim.lr_scheduler.CyclicLR(
@@ -150,7 +158,7 @@ def test_schedules_follow_torch() -> None:
 
 def test_ensemble_is_recorded_as_a_run(store: Store, version1: Path, weights: Path) -> None:
     a = runner.train(store, small_config(weights)).run
-    b = runner.train(store, small_config(weights, optimizer="adamw", lr=1e-3)).run
+    b = runner.train(store, small_config(weights, views=2)).run
     ens = runner.ensemble(store, [a.id, b.id])
     assert ens.kind == "ensemble" and ens.status == "succeeded"
     assert ens.config["members"] == [a.id, b.id]
@@ -202,15 +210,15 @@ def test_interrupt_leaves_interrupted_run(
     store: Store, version1: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    real = head.evaluate
+    real = head._loss_and_accuracy
 
-    def interrupt_second_epoch(*args: object, **kwargs: object) -> tuple[float, float]:
-        calls["n"] += 1  # the probe's head judges itself on validation after each epoch
-        if calls["n"] == 2:
+    def interrupt_second_fit(*args: object, **kwargs: object) -> dict[str, float]:
+        calls["n"] += 1  # each fit of the grid is judged on train, then on val
+        if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(head, "evaluate", interrupt_second_epoch)
+    monkeypatch.setattr(head, "_loss_and_accuracy", interrupt_second_fit)
     with pytest.raises(KeyboardInterrupt):
         runner.train(store, small_config(weights))
     with store.read() as session:
@@ -266,13 +274,21 @@ def test_probe_with_cached_augmented_views(store: Store, version1: Path, weights
     assert outcome.run.status == "succeeded"
     # Three views of each of the 24 training images, one of each of the 8 validation images.
     assert outcome.extraction is not None and outcome.extraction.computed == 3 * 24 + 8
-    again = runner.train(store, small_config(weights, views=2, lr=0.001))
+    again = runner.train(store, small_config(weights, views=2, class_weights=True))
     assert again.extraction is not None and again.extraction.computed == 0
 
 
 def test_early_stopping_keeps_the_best_epoch(store: Store, version1: Path, weights: Path) -> None:
-    run = runner.train(
-        store, small_config(weights, epochs=30, early_stopping=2, schedule="constant", lr=0.5)
-    ).run
+    config = small_config(
+        weights,
+        mode="finetune",
+        unfreeze="0",
+        head_init="random",
+        epochs=30,
+        early_stopping=2,
+        schedule="constant",
+        lr=0.5,
+    )
+    run = runner.train(store, config).run
     assert run.status == "succeeded"
     assert len(run.history) < 30 and run.history[-1].get("stopped_early")

@@ -64,7 +64,7 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def offline(torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No ImageNet weights cached and their host unreachable (whatever network CI has)."""
     url = f"http://127.0.0.1:{_refused_port()}/models/resnet18-f37072fd.pth"
-    monkeypatch.setitem(weights_module.IMAGENET_URLS, "resnet18", url)
+    monkeypatch.setattr(weights_module, "imagenet_url", lambda _backbone: url)
     return torch_home
 
 
@@ -87,7 +87,7 @@ def weights_host(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/models/resnet18-f37072fd.pth"
-    monkeypatch.setitem(weights_module.IMAGENET_URLS, "resnet18", url)
+    monkeypatch.setattr(weights_module, "imagenet_url", lambda _backbone: url)
     try:
         yield served
     finally:
@@ -187,7 +187,7 @@ def test_imagenet_weights_are_fetched_before_the_run_then_a_cached_probe_needs_n
     # cache, so a probe still trains; fine-tuning needs the weights and is refused, no run left.
     checkpoint.unlink()
     url = f"http://127.0.0.1:{_refused_port()}/models/resnet18-f37072fd.pth"
-    monkeypatch.setitem(weights_module.IMAGENET_URLS, "resnet18", url)
+    monkeypatch.setattr(weights_module, "imagenet_url", lambda _backbone: url)
     code, out, err = run_cli(cli, "train", *QUICK, "--lr", "0.02", "--json")
     assert code == 0, err
     assert json.loads(out)["status"] == "succeeded"

