@@ -400,3 +400,27 @@ def test_bash_completion_installs_and_completes(tmp_path: Path) -> None:
     assert complete("studio", "") == ["up", "down", "status", "logs"]
     assert {"--json", "--workspace"} <= set(complete("versions", "-"))
     assert "mobilenet_v3_large" in complete("train", "--backbone", "")
+
+
+def test_log_lines_reach_stderr_and_a2m_debug_shows_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from annotate2model.cli import app as app_module
+
+    logger = logging.getLogger("annotate2model")
+    saved = (list(logger.handlers), logger.level)
+    try:
+        for debug in (False, True):
+            logger.handlers.clear()
+            app_module._log_to_stderr(debug=debug)
+            log = logging.getLogger("annotate2model.training.onnx_trunk")
+            log.warning("exporting failed; extracting with torch")
+            log.debug("the reason in detail")
+            err = capsys.readouterr().err
+            assert "a2m WARNING annotate2model.training.onnx_trunk: exporting failed" in err
+            assert ("the reason in detail" in err) is debug
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 from typing import Annotated, Any, NoReturn
@@ -113,10 +114,21 @@ def _unexpected(exc: BaseException) -> NoReturn:
     _fail(f"{_command_name(sys.argv[1:])} failed: {what} ({TRACEBACK_HINT}).", None, 1)
 
 
+def _log_to_stderr(debug: bool) -> None:
+    """The package's log lines go to stderr: warnings always (a fast path that fell back says
+    so), and with A2M_DEBUG=1 every debug line too (why each fallback was taken)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("a2m %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("annotate2model")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
 def main() -> None:
     """Console entry point; failures are reported by the rule in `annotate2model.errors`."""
     atexit.unregister(skip_final_collection)
     atexit.register(skip_final_collection)
+    _log_to_stderr(debug=bool(os.environ.get("A2M_DEBUG")))
     traceback_asked = bool(os.environ.get("A2M_TRACEBACK"))
     try:
         # standalone_mode=False: click hands usage errors to us instead of drawing its own panel.

@@ -332,6 +332,16 @@ SETTINGS: tuple[SettingRow, ...] = (
         "unset",
         "Set to 1: a failed command shows its Python traceback instead of `error:` and `hint:`.",
     ),
+    SettingRow(
+        "debug log",
+        "",
+        "-",
+        "A2M_DEBUG",
+        "-",
+        "unset",
+        "Set to 1: the package's debug lines on stderr, such as why a fast path fell back "
+        "(warnings are always shown).",
+    ),
 )
 
 

@@ -56,7 +56,8 @@ DeviceFlag = Annotated[
 
 def _per_mode(field: str) -> str:
     """A fine-tuning field's default, for --help (a probe's head is fitted without them)."""
-    return f"{MODE_DEFAULTS['finetune'][field]} (fine-tuning only; a probe's head is fitted by L-BFGS)"
+    default = MODE_DEFAULTS["finetune"][field]
+    return f"{default} (fine-tuning only; a probe's head is fitted by L-BFGS)"
 
 
 def _pct(value: Any) -> str:

@@ -36,6 +36,7 @@ the same version.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -101,6 +102,8 @@ __all__ = [
 ]
 
 CONFLICT_PROBLEM = "conflict:"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -370,7 +373,8 @@ def _prefetcher(reader: ImageReader, asked: Future[ProjectInfo], project_id: int
         if not config:
             try:
                 config.append(parse_label_config(asked.result().label_config, project_id))
-            except Exception:  # the sync itself meets the same error and reports it
+            except Exception as exc:  # the sync itself meets the same error and reports it
+                log.debug("no image prefetch while tasks are listed: %s", exc)
                 return
         reader.prefetch(page, config[0], {})
 

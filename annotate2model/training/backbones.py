@@ -6,7 +6,9 @@ Identity (the trunk, giving features), and a new Linear (the head).
 
 from __future__ import annotations
 
+import pickle
 import urllib.error
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +103,9 @@ def read_state_dict(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
         )
     try:
         loaded = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
+    # What torch.load raises for a file it cannot read: pickle's refusal under weights_only,
+    # a broken zip archive, a file cut short, a storage it cannot map.
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         if first.startswith("Weights only load failed"):
             raise TrainingError(

@@ -16,7 +16,7 @@ from annotate2model.errors import InputError
 from annotate2model.settings import SPLITS as SPLITS  # the one split order
 
 
-class Choice(str, enum.Enum):
+class Choice(enum.StrEnum):
     """A closed set of option values: typer lists them in `--help`, the config keeps the string."""
 
     def __str__(self) -> str:

@@ -142,7 +142,7 @@ def _train(
         )
         try:
             result = _run_trainer(job)
-        except Exception as exc:
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one; anything else goes on up
             if _is_oom(exc):
                 raise TrainingError(
                     _oom_message(config),
