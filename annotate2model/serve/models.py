@@ -1,4 +1,4 @@
-"""The models a server holds: a run on torch, or its exported ONNX file on ONNX Runtime.
+"""The models a server holds: a run through its Predictor, or its ONNX export on ONNX Runtime.
 
 Both take what the server has after decoding, a batch of centre-cropped uint8 RGB images
 (N, crop, crop, 3), and return class probabilities (N, classes). They are loaded once, at start-up.
@@ -20,7 +20,7 @@ from annotate2model.errors import InputError, NotFoundError
 from annotate2model.training.images import Preprocessing
 
 if TYPE_CHECKING:
-    import torch
+    from annotate2model.training.predictor import EnsemblePredictor, Predictor
 
 # Images per forward pass: requests that arrive together are run together, up to this many.
 DEFAULT_MAX_BATCH = 32
@@ -80,79 +80,32 @@ class ServedModel:
 
 
 class TorchModel(ServedModel):
-    """A run folder on torch: the run's network (an ensemble's members averaged) on `device`."""
+    """A run folder served through its Predictor (an ensemble's members averaged)."""
 
     engine = "torch"
     # OpenMP's threads wait at each layer's barrier for a thread a decoder has preempted.
     yields_to_decoding = False
 
-    def __init__(self, network: torch.nn.Module, card: dict[str, Any], device: torch.device):
-        self.network = network
-        self.card = card
-        self._device = device
-        self.device = str(device)
+    def __init__(self, predictor: Predictor | EnsemblePredictor) -> None:
+        self.predictor = predictor
+        prep = predictor.prep
+        self.card = {**predictor.card, "labels": predictor.labels, "preprocessing": prep.as_dict()}
+        self.device = str(predictor.device)
         # One forward pass at a time: a second caller (a test, a warm-up) waits its turn.
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, run_dir: Path, device: str = "auto") -> TorchModel:
-        import torch
+        from annotate2model.training.predictor import Predictor
 
-        from annotate2model.training.device import pick_device, use_bf16
-        from annotate2model.training.export import probability_model
-
-        dev = pick_device(device)
-        network, card = probability_model(run_dir)
-        network.bf16_trunk = card.get("precision") == "bf16" and use_bf16(dev, "auto")
-        network = network.to(dev)
-        if dev.type != "mps":
-            network = network.to(memory_format=torch.channels_last)
-        served: torch.nn.Module = network
-        if dev.type == "cpu" and not network.bf16_trunk:
-            served = _frozen(network, int(card["preprocessing"]["crop"]))
-        model = cls(served, card, dev)
+        model = cls(Predictor.load(run_dir, device))
+        # Builds the network now, at start-up, rather than on the first request.
         model.forward(np.zeros((1, model.prep.crop, model.prep.crop, 3), dtype=np.uint8))
         return model
 
     def forward(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        import torch
-
-        batch = torch.from_numpy(np.ascontiguousarray(images))
-        with self._lock, torch.inference_mode():
-            if self._device.type == "cuda":
-                batch = batch.pin_memory().to(self._device, non_blocking=True)
-            else:
-                batch = batch.to(self._device)
-            out = self.network(batch)
-            return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
-
-
-def _frozen(network: torch.nn.Module, crop: int) -> torch.nn.Module:
-    """The network traced and frozen for the CPU (batch norm folded into the convolutions,
-    weights as constants: about 1.5x eager PyTorch on a small CPU, as training/embeddings.py
-    measured for its trunks), kept only if it gives the network's probabilities; else the
-    network itself."""
-    import warnings
-
-    import torch
-
-    example = torch.from_numpy(
-        np.random.default_rng(0).integers(0, 256, (2, crop, crop, 3), dtype=np.uint8)
-    )
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch.jit's deprecation notices: TorchScript is still the fast frozen CPU graph.
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-                network.eval(), (example,), check_trace=False
-            )
-            frozen: torch.nn.Module = torch.jit.freeze(traced.eval())
-            expected, got = network(example), frozen(example)
-            if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5):
-                return network
-            return frozen
-    except Exception:  # only costs speed: the eager network serves
-        return network
+        with self._lock:
+            return self.predictor.forward(images)
 
 
 class OnnxModel(ServedModel):

@@ -29,13 +29,9 @@ from annotate2model.errors import InputError, TrainingError
 from annotate2model.fsutil import atomic_write
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training import artifacts
-from annotate2model.training.images import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageSource,
-    Preprocessing,
-    load_image,
-)
+from annotate2model.training.data import ImageInput
+from annotate2model.training.device import autocast
+from annotate2model.training.images import ImageSource, Preprocessing, load_image
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -49,6 +45,12 @@ PARITY_TOLERANCE = 1e-4
 SAMPLE_COUNT = 4
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Logits (N, classes) to probabilities, in fp32: the one softmax of every prediction (the
+    Predictor's and the exported graphs')."""
+    return torch.softmax(logits.float(), dim=1)
+
+
 class ProbabilityModel(torch.nn.Module):
     """uint8 NHWC images to class probabilities: normalise, each member's softmax, their mean.
 
@@ -56,33 +58,22 @@ class ProbabilityModel(torch.nn.Module):
     heads stay fp32, as the Predictor does); exports always use fp32.
     """
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
     def __init__(
-        self,
-        members: Sequence[tuple[torch.nn.Module, torch.nn.Module]],
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        self, members: Sequence[tuple[torch.nn.Module, torch.nn.Module]], prep: Preprocessing
     ) -> None:
         super().__init__()
+        self.normalise = ImageInput(prep)
         self.trunks = torch.nn.ModuleList([trunk for trunk, _ in members])
         self.heads = torch.nn.ModuleList([head for _, head in members])
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.bf16_trunk = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = self.normalise(images)
         total = torch.zeros(1, device=x.device)
         for trunk, head in zip(self.trunks, self.heads, strict=True):
-            if self.bf16_trunk:
-                with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                    features = trunk(x)
-            else:
+            with autocast(x.device, self.bf16_trunk):
                 features = trunk(x)
-            total = total + torch.softmax(head(features.float().flatten(1)), dim=1)
+            total = total + class_probabilities(head(features.float().flatten(1)))
         return total / len(self.trunks)
 
 
@@ -120,7 +111,7 @@ def probability_model(run_dir: Path) -> tuple[ProbabilityModel, dict[str, Any]]:
         head: torch.nn.Module = classifier.head  # type: ignore[assignment]
         members.append((trunk, head))
     assert prep is not None and labels is not None
-    model = ProbabilityModel(members, prep.mean, prep.std).eval()
+    model = ProbabilityModel(members, prep).eval()
     return model, {**card, "labels": labels, "preprocessing": prep.as_dict()}
 
 
@@ -201,13 +192,11 @@ def export_run(
         atomic_write(path, lambda tmp: _write_torchscript(model, prep, meta, tmp), mode=0o644)
         got = run_torchscript(path, batch)
     progress.end()
-    diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
-    if not diff <= PARITY_TOLERANCE:
+    try:
+        diff = check_parity(got, expected, f"the {fmt} file", "it was not kept")
+    except TrainingError:
         path.unlink(missing_ok=True)
-        raise TrainingError(
-            f"the {fmt} file gives probabilities up to {diff:.3g} away from the torch model "
-            f"(tolerance {PARITY_TOLERANCE}); it was not kept."
-        )
+        raise
     return ExportResult(
         path=path,
         format=fmt,
@@ -219,8 +208,40 @@ def export_run(
     )
 
 
+def check_parity(
+    got: NDArray[np.float32], expected: NDArray[np.float32], what: str, outcome: str
+) -> float:
+    """The largest difference between two (N, classes) probability arrays; TrainingError when it
+    passes PARITY_TOLERANCE (or the shapes differ), saying `what` differs and the `outcome`."""
+    diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
+    if not diff <= PARITY_TOLERANCE:
+        raise TrainingError(
+            f"{what} gives probabilities up to {diff:.3g} away from the torch model "
+            f"(tolerance {PARITY_TOLERANCE}); {outcome}."
+        )
+    return diff
+
+
+def traced(model: torch.nn.Module, example: torch.Tensor, freeze: bool = False) -> torch.nn.Module:
+    """`model` traced with `example` as TorchScript (`freeze`: batch norm folded into the
+    convolutions and the weights made constants, for the CPU), checked against `model` on
+    `example` by `check_parity`: the one trace of a2m, for `export` and the Predictor alike."""
+    with _quiet(), torch.no_grad():
+        script = torch.jit.trace(  # type: ignore[no-untyped-call]
+            model.eval(), (example,), check_trace=False
+        )
+        if freeze:
+            script = torch.jit.freeze(script.eval())
+        expected, got = model(example), script(example)
+    check_parity(
+        got.float().cpu().numpy(), expected.float().cpu().numpy(), "the traced model", "not used"
+    )
+    out: torch.nn.Module = script
+    return out
+
+
 def _example(prep: Preprocessing) -> torch.Tensor:
-    return torch.zeros((2, prep.crop, prep.crop, 3), dtype=torch.uint8)
+    return torch.from_numpy(sample_batch(prep, count=2))
 
 
 @contextlib.contextmanager
@@ -257,11 +278,9 @@ def _write_onnx(model: ProbabilityModel, prep: Preprocessing, meta: str, path: P
 
 
 def _write_torchscript(model: ProbabilityModel, prep: Preprocessing, meta: str, path: Path) -> None:
-    with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-            model, (_example(prep),), check_trace=False
-        )
-        torch.jit.save(traced, str(path), _extra_files={CARD_KEY: meta})
+    script = traced(model, _example(prep))
+    with _quiet():
+        torch.jit.save(script, str(path), _extra_files={CARD_KEY: meta})
 
 
 def run_onnx(path: Path, batch: NDArray[np.uint8]) -> NDArray[np.float32]:

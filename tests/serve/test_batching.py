@@ -85,6 +85,8 @@ def test_torch_and_onnx_models_agree_with_the_predictor(trained: Trained) -> Non
         TorchModel.load(trained.run_dir(1), "cpu"),
         OnnxModel.load(trained.run_dir(1) / "model.onnx", "cpu"),
     ]
+    # The eager server is the Predictor itself, on the images the server decoded.
+    assert isinstance(models[0], TorchModel) and isinstance(models[0].predictor, Predictor)
     for model in models:
         assert np.allclose(model.forward(batch), expected, atol=1e-4), model.engine
         assert model.labels == ["ants", "bees"] and model.run_id == 1

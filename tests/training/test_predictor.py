@@ -16,6 +16,7 @@ from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.training import EnsemblePredictor, Predictor, runner
 from annotate2model.training.embeddings import EmbeddingCache
+from annotate2model.training.images import load_image
 from tests.training.conftest import small_config
 
 pytestmark = pytest.mark.training
@@ -55,6 +56,9 @@ def test_predictor_needs_only_the_run_folder_and_reproduces_the_ledger(
     arrays = [np.asarray(img) for img in pil]
     for inputs in (paths, [str(p) for p in paths], pil, arrays):
         assert np.allclose(predictor.predict(inputs).probs, as_bytes.probs, atol=1e-5)
+    # Images a server has already decoded and cropped give the same answers too.
+    crops = np.stack([load_image(b, predictor.prep) for b in blobs])
+    assert np.allclose(predictor.forward(crops), as_bytes.probs, atol=1e-4)
     best = as_bytes.top(0, k=1)
     assert best[0][0] in predictor.labels and 0.5 <= best[0][1] <= 1
 
