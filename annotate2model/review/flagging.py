@@ -128,7 +128,7 @@ def _label_issues(
     with store.read() as session:
         items = [i for i in version_items(session, run.version) if i.label in labels]
     shas = [i.image_sha256 for i in items]
-    features = run_features(ctx, run, card, shas, progress)
+    features = run_features(ctx, run, shas, progress)
     kept = [i for i in items if i.image_sha256 in features]
     if not kept:
         return []
@@ -149,57 +149,25 @@ def _label_issues(
 
 
 def run_features(
-    ctx: RunContext,
-    run: RunRecord,
-    card: dict[str, Any],
-    shas: Sequence[str],
-    progress: Progress,
+    ctx: RunContext, run: RunRecord, shas: Sequence[str], progress: Progress
 ) -> dict[str, Any]:
-    """sha -> the run's trunk features (view 0): a probe's from the embedding cache, computing
-    only what is missing; a fine-tuned run's through its own trunk, cached under its own key."""
-    import torch
-
-    from annotate2model.training import artifacts
-    from annotate2model.training.config import eval_batch_size, resolve_workers
-    from annotate2model.training.data import Preprocessing
-    from annotate2model.training.device import pick_device, use_bf16
-    from annotate2model.training.embeddings import ExtractJob, extract, model_key
-
-    device = pick_device(ctx.device)
-    prep = Preprocessing(card["preprocessing"]["resize"], card["preprocessing"]["crop"])
-    bf16 = card.get("precision") == "bf16" and use_bf16(device, "auto")
-    key = card.get("embedding_key")
-    if not key or (card.get("precision") == "bf16" and not bf16):
-        identity = card["config"].get("weights_identity", "")
-        own = identity if key else f"{identity}+run-{run.id}"
-        key = model_key(card["architecture"], own, prep, bf16)
-
-    def trunk() -> torch.nn.Module:
-        model, _ = artifacts.load_classifier(ctx.run_dir(run.id))
-        module: torch.nn.Module = model.trunk  # type: ignore[assignment]
-        return module
+    """sha -> the run's trunk features, from its Predictor (`Predictor.features`): a probe's
+    from the embedding cache, computing only what is missing; a fine-tuned run's through its own
+    trunk, cached under its own key."""
+    from annotate2model.training.predictor import Predictor
+    from annotate2model.training.runner import load_predictor
 
     cache = ctx.embedding_cache()
     try:
-        found, stats = extract(
-            cache,
-            key,
-            f"run {run.id} trunk ({card['architecture']})",
-            [ExtractJob(sha, ctx.blob_path(sha), 0) for sha in shas],
-            trunk,
-            prep,
-            device,
-            bf16,
-            batch_size=eval_batch_size(device.type),
-            workers=resolve_workers(-1),
-            progress=progress,
-            max_pixels=ctx.max_pixels,
-        )
+        predictor = load_predictor(ctx, run, cache)
+        if not isinstance(predictor, Predictor):
+            raise TrainingError(f"run {run.id} is an ensemble: it has no features of its own.")
+        found = predictor.features([ctx.blob_path(s) for s in shas], keys=shas, progress=progress)
     finally:
         cache.close()
-    for sha, reason in stats.skipped:
-        progress.note(f"image {sha[:12]} left out: {reason}")
-    return {sha: vec for (sha, _view), vec in found.items()}
+    for i, reason in sorted(found.errors.items()):
+        progress.note(f"image {shas[i][:12]} left out: {reason}")
+    return {sha: found.rows[i] for i, sha in enumerate(shas) if i not in found.errors}
 
 
 def _uncertain(
