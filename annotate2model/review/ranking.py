@@ -242,13 +242,16 @@ def _lda_probs(
 
 
 def _log_softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
-    z = z - z.max(axis=1, keepdims=True)
-    out: NDArray[np.float64] = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    from scipy.special import log_softmax
+
+    out: NDArray[np.float64] = log_softmax(z, axis=1)
     return out
 
 
 def _softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
-    out: NDArray[np.float64] = np.exp(_log_softmax(z))
+    from scipy.special import softmax
+
+    out: NDArray[np.float64] = softmax(z, axis=1)
     return out
 
 

@@ -3,7 +3,7 @@ precision."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from annotate2model.store import Store
 from annotate2model.store.flags import (
@@ -25,7 +25,7 @@ PROJECT = 7
 
 def _setup(store: Store, n: int = 3) -> tuple[int, list[int]]:
     """n images with one labeled task each (annotation 100+i), a version and a run."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows: list[int] = []
     with store.write() as session:
         for i in range(n):
@@ -68,7 +68,7 @@ def _answer(session: object, task_row: int, annotation_id: int, label: str, upda
             label=label,
             result_json="[]",
             remote_updated_at=updated,
-            seen_at=datetime.now(timezone.utc),
+            seen_at=datetime.now(UTC),
         )
     )
 
