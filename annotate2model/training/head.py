@@ -22,9 +22,10 @@ from numpy.typing import ArrayLike, NDArray
 
 from annotate2model.progress import NullProgress, Progress
 
-# Inverse regularisation strengths tried, weakest regularisation last. On cached ResNet-18
-# features of a few hundred photos every C in this range lands within a point or two of the best.
-C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+# Inverse regularisation strengths tried, in half-decade steps, weakest regularisation last. On
+# the shared ResNet-18 features (hymenoptera 245 training photos, scenes_1200 988) the best val
+# loss is at 0.01, inside the grid, and every C lands within a few points of the best accuracy.
+C_GRID: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 # Iterations L-BFGS may take per fit (a few hundred rows converge in well under a hundred).
 MAX_ITER = 1000
 # The bias a class gets when it has no training rows: its probability is effectively zero.
@@ -63,6 +64,7 @@ def fit_head(
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     progress = progress or NullProgress()
     xt = np.asarray(x_train, dtype=np.float32)
@@ -80,13 +82,18 @@ def fit_head(
 
     history: list[dict[str, Any]] = []
     fits: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = []
+    # Along the grid each fit starts from the last one's solution (warm_start): the next C's
+    # optimum is near, and L-BFGS needs fewer steps to it.
+    model = LogisticRegression(
+        max_iter=MAX_ITER, class_weight="balanced" if class_weights else None, warm_start=True
+    )
     progress.begin("Fitting the head", total=len(grid))
     for number, c in enumerate(grid, start=1):
         started = time.perf_counter()
-        model = LogisticRegression(
-            C=c, max_iter=MAX_ITER, class_weight="balanced" if class_weights else None
-        )
-        with warnings.catch_warnings():
+        model.set_params(C=c)
+        # One BLAS thread: these products are small, and with more threads on a busy machine
+        # (measured on 2 cores under load: 2-5 s per fit against 0.1 s) they only wait.
+        with threadpool_limits(limits=1), warnings.catch_warnings():
             # A fit that stops at MAX_ITER is still a usable head; its row says how far it went.
             warnings.filterwarnings("ignore", message=".*(converge|ITERATIONS).*")
             model.fit(xt_std, yt)

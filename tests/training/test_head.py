@@ -55,7 +55,7 @@ def test_a_head_learns_separable_classes_and_reports_each_c() -> None:
     assert all(
         {"train_loss", "train_accuracy", "val_accuracy", "seconds"} <= set(r) for r in fit.history
     )
-    assert seen == [1, 2, 3, 4, 5, 5]
+    assert seen == [*range(1, len(C_GRID) + 1), len(C_GRID)]
     assert progress.events[0] == ("begin", len(C_GRID)) and progress.events[-1] == ("end", None)
 
 
@@ -68,7 +68,9 @@ def test_the_folded_head_is_the_fit_on_standardised_features() -> None:
     scaler = StandardScaler().fit(xt)
     reference = LogisticRegression(C=fit.C, max_iter=1000).fit(scaler.transform(xt), yt)
     expected = reference.predict_proba(scaler.transform(xv))
-    assert np.allclose(probabilities(xv, fit.weight, fit.bias), expected, atol=1e-5)
+    # The grid's fits start from the previous C's solution: the same optimum within L-BFGS's
+    # tolerance.
+    assert np.allclose(probabilities(xv, fit.weight, fit.bias), expected, atol=1e-3)
     assert np.allclose(fit.mean, scaler.mean_) and np.allclose(fit.std, scaler.scale_)
 
 
@@ -84,7 +86,7 @@ def test_two_classes_give_a_two_column_softmax() -> None:
     assert np.allclose(
         probabilities(xv, fit.weight, fit.bias),
         reference.predict_proba(scaler.transform(xv)),
-        atol=1e-5,
+        atol=1e-3,
     )
 
 
