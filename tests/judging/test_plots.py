@@ -4,8 +4,6 @@ matplotlib loaded only when a plot is drawn."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from annotate2model.judging.records import (
     LearningCurve,
     PairTest,
 )
-from tests.test_startup import run_a2m
 
 SIZE = (plots.WIDTH, plots.HEIGHT)
 
@@ -176,22 +173,3 @@ def test_accuracy_plots(tmp_path: Path) -> None:
 
 def test_learning_curve_plot(tmp_path: Path) -> None:
     assert_png(plots.learning_curve_plot(sample_curve(), tmp_path / "curve.png"))
-
-
-def test_importing_plots_loads_no_matplotlib(tmp_path: Path) -> None:
-    code = (
-        "import sys, annotate2model.judging.plots, annotate2model.judging.report, "
-        "annotate2model.cli.report; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'torch')))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
-    )
-    assert out.stdout.strip() == "[]"
-
-
-def test_help_loads_no_matplotlib(tmp_path: Path) -> None:
-    modules, proc = run_a2m(tmp_path, "--help")
-    assert "report" in proc.stdout
-    assert "annotate2model.cli.report" in modules
-    assert not [m for m in modules if m.split(".")[0] in ("matplotlib", "torch")]

@@ -25,7 +25,6 @@ from annotate2model.store.imports import import_folder
 from annotate2model.training.context import RunContext
 from tests.conftest import make_image_folder, run_cli
 from tests.judging.test_plots import SIZE, assert_png, sample_comparison, sample_curve
-from tests.test_startup import loaded_of, run_a2m
 from tests.training.conftest import make_split_folder
 
 # A label that is markup, shown as typed, never run (labels and file names are user input).
@@ -211,18 +210,6 @@ def test_gallery_is_capped_and_plots_follow_the_page_name(trained: Trained, tmp_
     text = _html_checks(out)
     assert text.count("<figure>") == 1
     assert f"{wrong - 1} more misclassified images not shown." in text
-
-
-@pytest.mark.training
-def test_a_run_report_loads_no_torch(trained: Trained, tmp_path: Path) -> None:
-    """Whole `a2m report RUN` process: matplotlib and Pillow, never torch (start-up is most of
-    what the user waits for)."""
-    modules, proc = run_a2m(
-        tmp_path, "report", str(trained.run), env={"A2M_HOME": str(trained.root)}
-    )
-    assert "report.html" in proc.stdout
-    assert "matplotlib" in modules and "PIL" in modules
-    assert loaded_of(modules, ["torch", "torchvision", "annotate2model.training.runner"]) == []
 
 
 @pytest.mark.training

@@ -29,11 +29,6 @@ def test_help_has_an_example(cli: CliRunner, command: str) -> None:
     assert code == 0 and "Example:" in out
 
 
-def test_cli_start_up_does_not_import_torch() -> None:
-    code = "import sys, annotate2model.cli.app; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
-
-
 def test_train_runs_evaluate_predict_ensemble(
     cli: CliRunner, store: Store, version1: Path, weights: Path
 ) -> None:
