@@ -116,7 +116,7 @@ def _default_backbone(settings: Settings | None) -> str:
 
 
 def _weights(backbone: str, timeout: float) -> Check:
-    from annotate2model.training.weights import imagenet_weights_status
+    from annotate2model.training.features.weights import imagenet_weights_status
 
     name = f"weights ({backbone})"
     try:

@@ -310,7 +310,7 @@ def baseline(ws: Any, run_id: int, items: dict[str, Any], truth: set[str]) -> tu
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    from annotate2model.training.embeddings import EmbeddingCache
+    from annotate2model.training.features.embeddings import EmbeddingCache
 
     card = json.loads((ws.runs_dir / str(run_id) / "model.json").read_text())
     cache = EmbeddingCache(ws.cache_dir / "embeddings")
@@ -542,7 +542,7 @@ def workspace_embeddings(
     under --splits hash): only the features are read, by image hash."""
     import numpy as np
 
-    from annotate2model.training.embeddings import EmbeddingCache
+    from annotate2model.training.features.embeddings import EmbeddingCache
 
     card_path = ws / ".a2m" / "runs" / "1" / "model.json"
     if not card_path.is_file():
@@ -616,7 +616,7 @@ def cached_scenes(tmp: Path, cache: Path) -> tuple[Any, Any]:
     """The scenes embeddings of the first round's run, with their true labels."""
     import numpy as np
 
-    from annotate2model.training.embeddings import EmbeddingCache
+    from annotate2model.training.features.embeddings import EmbeddingCache
 
     ws = tmp / "scenes-0"
     card = json.loads((ws / ".a2m" / "runs" / "1" / "model.json").read_text())

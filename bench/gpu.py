@@ -38,7 +38,7 @@ import json, sys, time
 import torch
 import torchvision
 from annotate2model.training.config import eval_batch_size
-from annotate2model.training.device import use_bf16
+from annotate2model.training.features.device import use_bf16
 
 device, seconds = torch.device(sys.argv[1]), float(sys.argv[2])
 bf16 = use_bf16(device, "auto")

@@ -123,7 +123,7 @@ class BareModel:
     def __init__(self, ws: Path, engine: str, device: str) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from annotate2model.serve.models import OnnxModel, ServedModel, TorchModel
-        from annotate2model.training.images import load_image
+        from annotate2model.training.features.images import load_image
 
         run_dir = ws / ".a2m" / "runs" / "1"
         self.model: ServedModel = (

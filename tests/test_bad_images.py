@@ -219,7 +219,7 @@ def test_importing_the_package_leaves_pillows_guard_alone() -> None:
 import PIL.Image
 before = PIL.Image.MAX_IMAGE_PIXELS
 import annotate2model, annotate2model.imaging, annotate2model.store, annotate2model.labelstudio
-import annotate2model.cli.app, annotate2model.training, annotate2model.training.runner
+import annotate2model.cli.app, annotate2model.training, annotate2model.training.runs.runner
 from annotate2model.imaging import decode_rgb, probe_image
 import io
 buf = io.BytesIO()

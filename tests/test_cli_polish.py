@@ -306,7 +306,7 @@ def test_every_listing_reads_whole_at_80_columns(
     from annotate2model.store.flags import NewFlag, mark_pushed, record_flags
     from annotate2model.store.models import Task
     from annotate2model.training.config import RunConfig
-    from annotate2model.training.runner import train
+    from annotate2model.training.runs.runner import train
 
     photos = make_image_folder(tmp_path / "photos", {"ants": 12, "bees": 12})
     import_folder(store, photos, note="first cut, before the summer batch")
@@ -415,11 +415,13 @@ def test_log_lines_reach_stderr_and_a2m_debug_shows_why(
         for debug in (False, True):
             logger.handlers.clear()
             app_module._log_to_stderr(debug=debug)
-            log = logging.getLogger("annotate2model.training.onnx_trunk")
+            log = logging.getLogger("annotate2model.training.features.onnx_trunk")
             log.warning("exporting failed; extracting with torch")
             log.debug("the reason in detail")
             err = capsys.readouterr().err
-            assert "a2m WARNING annotate2model.training.onnx_trunk: exporting failed" in err
+            assert (
+                "a2m WARNING annotate2model.training.features.onnx_trunk: exporting failed" in err
+            )
             assert ("the reason in detail" in err) is debug
     finally:
         logger.handlers[:] = saved[0]

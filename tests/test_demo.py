@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from annotate2model.demo import SMALL, DemoState, write_batch
+from annotate2model.demo.signs import SIGN_CLASSES
+from annotate2model.demo.tour import SMALL, DemoState, write_batch
 from annotate2model.labelstudio.flags import tab_title
 from annotate2model.settings import load_settings
-from annotate2model.signs import SIGN_CLASSES
 from annotate2model.store import Store
 from annotate2model.store.versions import list_versions
 from annotate2model.workspace import Workspace
@@ -167,8 +167,8 @@ def _check_demo(root: Path, out: dict[str, Any], env: dict[str, str]) -> None:
 def test_the_demo_trains_the_default_probe_when_imagenet_weights_are_cached_and_says_why_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from annotate2model.demo import _choose_config
-    from annotate2model.training import weights
+    from annotate2model.demo.tour import _choose_config
+    from annotate2model.training.features import weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     # Offline even on a machine with network: nothing listens on port 9 of the loopback.

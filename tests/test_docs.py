@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import typer.main
 
-from annotate2model.cli import reference
+from annotate2model import reference
 from annotate2model.cli.app import app
 from annotate2model.settings import Secret, load_settings
 from annotate2model.training.config import RunConfig
@@ -85,7 +85,7 @@ def test_config_reference_covers_every_field_and_train_flag() -> None:
     # Every field has a meaning, read from the comment above it in training/config.py.
     assert [name for name, (_, _, meaning) in rows.items() if not meaning] == []
     assert rows["epochs"][0] == "--epochs"
-    assert rows["epochs"][1] == "probe: 10, finetune: 5"
+    assert rows["epochs"][1] == "finetune: 5 (probes: unused)"
     assert rows["batch_size"][1] == "32"
     # Every `a2m train` option that sets a field is in the table (the others: --version, ...).
     flags = reference.train_flags()

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from annotate2model import doctor
 from annotate2model.labelstudio.server import free_port
 from annotate2model.store.db import SCHEMA_HEAD
-from annotate2model.training import weights
+from annotate2model.training.features import weights
 from annotate2model.workspace import Workspace
 from tests.conftest import run_cli
 

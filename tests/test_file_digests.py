@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from annotate2model import fsutil
-from annotate2model.training.weights import digest_memo, resolve_weights
+from annotate2model.training.features.weights import digest_memo, resolve_weights
 
 
 def _count_opens(monkeypatch: pytest.MonkeyPatch, target: Path) -> list[Path]:

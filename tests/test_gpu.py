@@ -28,7 +28,7 @@ CUDA = torch.device("cuda")
 
 def test_auto_picks_cuda_and_bf16_follows_the_device() -> None:
     from annotate2model.errors import InputError
-    from annotate2model.training.device import device_name, pick_device, use_bf16
+    from annotate2model.training.features.device import device_name, pick_device, use_bf16
 
     assert pick_device("auto").type == "cuda"
     assert pick_device("cuda").type == "cuda"
@@ -44,7 +44,7 @@ def test_auto_picks_cuda_and_bf16_follows_the_device() -> None:
 
 
 def test_bf16_autocast_runs_convolutions_in_bf16_close_to_fp32() -> None:
-    from annotate2model.training.device import autocast
+    from annotate2model.training.features.device import autocast
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3)).to(CUDA)
@@ -67,8 +67,8 @@ def test_bf16_autocast_runs_convolutions_in_bf16_close_to_fp32() -> None:
 def test_inputs_go_through_pinned_memory_and_land_channels_last() -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from annotate2model.training.data import to_input
-    from annotate2model.training.images import Preprocessing
+    from annotate2model.training.features.data import to_input
+    from annotate2model.training.features.images import Preprocessing
 
     prep = Preprocessing(32, 28)
     arrays = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 3), dtype=np.uint8)

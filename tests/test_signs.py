@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotate2model.signs import SIGN_CLASSES, draw_sign, sign_bytes, write_sign_images
+from annotate2model.demo.signs import SIGN_CLASSES, draw_sign, sign_bytes, write_sign_images
 
 
 def test_the_same_seed_draws_the_same_images_and_another_seed_others(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def demo(
 
     Example: [bold]a2m demo ./a2m-demo --small[/]
     """
-    from annotate2model.demo import run_demo
+    from annotate2model.demo.tour import run_demo
 
     def step(message: str) -> None:
         if not as_json:

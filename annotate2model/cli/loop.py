@@ -55,8 +55,8 @@ def loop_cmd(
 
     Example: [bold]a2m loop --requeue --max 100[/]
     """
+    from annotate2model.loop import last_config, run_loop
     from annotate2model.review.flagging import parse_reasons
-    from annotate2model.review.loop import last_config, run_loop
     from annotate2model.store.runs import list_runs
     from annotate2model.training.config import RunConfig, preset_config
 

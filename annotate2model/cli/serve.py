@@ -139,7 +139,7 @@ def export_cmd(
     """
     if format not in ("onnx", "torchscript"):
         raise typer.BadParameter("choose onnx or torchscript.", ctx, param_hint="'--format'")
-    from annotate2model.training.export import export_run
+    from annotate2model.training.runs.export import export_run
 
     (run_dir,) = _run_dirs(ctx, [run])
     result = export_run(run_dir, format, output, progress=RichProgress())

@@ -267,7 +267,7 @@ def train_cmd(
     _quiet_torch_deprecations()
     _stop_on_signals()
     store = state(ctx).store(device=device) if device else state(ctx).store()
-    from annotate2model.training.runner import train
+    from annotate2model.training.runs.runner import train
 
     _fast_exit()
     outcome = train(store, config, version, progress=RichProgress())
@@ -312,7 +312,7 @@ def runs_cmd(
 
     Example: [bold]a2m runs --hide-failed[/], [bold]a2m runs 3[/]
     """
-    from annotate2model.training.ledger import Ledger
+    from annotate2model.training.runs.ledger import Ledger
 
     store = state(ctx).store()
     ledger = Ledger(store)
@@ -510,7 +510,7 @@ def evaluate_cmd(
     _passive_omp_threads()
     _quiet_torch_deprecations()
     _stop_on_signals()
-    from annotate2model.training.runner import evaluate_run
+    from annotate2model.training.runs.runner import evaluate_run
 
     _fast_exit()
 
@@ -562,7 +562,7 @@ def predict_cmd(
     _passive_omp_threads()
     _quiet_torch_deprecations()
     _stop_on_signals()
-    from annotate2model.training.runner import predict_files
+    from annotate2model.training.runs.runner import predict_files
 
     _fast_exit()
 
@@ -644,7 +644,7 @@ def ensemble_cmd(
     _passive_omp_threads()
     _quiet_torch_deprecations()
     _stop_on_signals()
-    from annotate2model.training.runner import ensemble
+    from annotate2model.training.runs.runner import ensemble
 
     _fast_exit()
 

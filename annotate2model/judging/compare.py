@@ -289,8 +289,8 @@ def _predict(
     progress: Progress,
 ) -> dict[str, _Answer]:
     """Predict images a run has never judged (through the Predictor); kept in the ledger."""
-    from annotate2model.training.ledger import Ledger, prediction_rows
-    from annotate2model.training.runner import load_predictor
+    from annotate2model.training.runs.ledger import Ledger, prediction_rows
+    from annotate2model.training.runs.runner import load_predictor
 
     cache = ctx.embedding_cache()
     try:
@@ -450,7 +450,7 @@ def _config_differences(chosen: Sequence[RunRecord]) -> list[str]:
 
 
 def _record(store: Store, comparison: Comparison) -> None:
-    from annotate2model.training.ledger import Ledger
+    from annotate2model.training.runs.ledger import Ledger
 
     ledger = Ledger(store)
     test_set = comparison.test_set

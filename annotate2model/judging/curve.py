@@ -103,7 +103,7 @@ def learning_curve(
 ) -> LearningCurve:
     """Train on nested subsets, judge each model on the version's test split (val when the
     version has no test split), summarise and keep the curve."""
-    from annotate2model.training.runner import train_subset
+    from annotate2model.training.runs.runner import train_subset
 
     progress = progress or NullProgress()
     if repeats < 1:
@@ -220,7 +220,7 @@ def judge_curve(summary: Sequence[CurveSummary]) -> tuple[str, int | None]:
 
 
 def _keep(store: Store, curve: LearningCurve, judged: Sequence[str]) -> LearningCurve:
-    from annotate2model.training.ledger import signals_held
+    from annotate2model.training.runs.ledger import signals_held
 
     payload = {
         "test": curve.test_description,

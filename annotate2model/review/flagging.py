@@ -82,8 +82,8 @@ def find_doubts(
 ) -> list[Doubt]:
     """Every doubt of the run for the given reasons, most doubtful first. `project_id`: where
     the unlabeled tasks are (needed for `uncertain`)."""
-    from annotate2model.training import artifacts
     from annotate2model.training.context import RunContext
+    from annotate2model.training.runs import artifacts
 
     progress = progress or NullProgress()
     ctx = context or RunContext.from_store(store)
@@ -154,8 +154,8 @@ def run_features(
     """sha -> the run's trunk features, from its Predictor (`Predictor.features`): a probe's
     from the embedding cache, computing only what is missing; a fine-tuned run's through its own
     trunk, cached under its own key."""
-    from annotate2model.training.predictor import Predictor
-    from annotate2model.training.runner import load_predictor
+    from annotate2model.training.runs.predictor import Predictor
+    from annotate2model.training.runs.runner import load_predictor
 
     cache = ctx.embedding_cache()
     try:
@@ -178,7 +178,7 @@ def _uncertain(
     project_id: int,
     progress: Progress,
 ) -> list[Doubt]:
-    from annotate2model.training.runner import load_predictor
+    from annotate2model.training.runs.runner import load_predictor
 
     with store.read() as session:
         tasks = load_tasks(session, project_id)

@@ -52,7 +52,7 @@ from annotate2model.serve.batching import Batcher
 from annotate2model.serve.models import DEFAULT_MAX_BATCH, ServedModel
 from annotate2model.serve.page import page_html
 from annotate2model.settings import Secret
-from annotate2model.training.images import load_image
+from annotate2model.training.features.images import load_image
 
 log = logging.getLogger("annotate2model.serve")
 

@@ -17,14 +17,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from annotate2model.errors import InputError, NotFoundError
-from annotate2model.training.images import Preprocessing
+from annotate2model.training.features.images import Preprocessing
 
 if TYPE_CHECKING:
-    from annotate2model.training.predictor import EnsemblePredictor, Predictor
+    from annotate2model.training.runs.predictor import EnsemblePredictor, Predictor
 
 # Images per forward pass: requests that arrive together are run together, up to this many.
 DEFAULT_MAX_BATCH = 32
-CARD_KEY = "a2m_card"  # as training/export.py writes it (imported there with torch)
+CARD_KEY = "a2m_card"  # as training/runs/export.py writes it (imported there with torch)
 ONNX_INPUT = "images"
 ONNX_OUTPUT = "probabilities"
 
@@ -96,7 +96,7 @@ class TorchModel(ServedModel):
 
     @classmethod
     def load(cls, run_dir: Path, device: str = "auto") -> TorchModel:
-        from annotate2model.training.predictor import Predictor
+        from annotate2model.training.runs.predictor import Predictor
 
         model = cls(Predictor.load(run_dir, device))
         # Builds the network now, at start-up, rather than on the first request.

@@ -1,9 +1,13 @@
-"""Training: backbones, embedding cache, trainers, metrics, artifacts, the ledger and the Predictor.
+"""Training: a run configuration trained on a dataset version, and what a trained run does.
 
-Parts: `config` (RunConfig, choices), `context` (RunContext: what a run needs from outside),
-`probe` and `finetune` (trainers: compute and return a TrainResult), `ledger` (the one writer of
-runs), `runner` (orchestration), `predictor` (a run loaded once, for evaluate, predict, ensembles,
-review and serving).
+Shared words: `config` (RunConfig, choices, presets) and `context` (RunContext: what a run needs
+from outside). Then three rooms, imported one way (features <- fit <- runs):
+
+- `features/`: backbones and weights (torchvision), images to model input, the device, the
+  embedding cache and feature extraction (torch, or ONNX Runtime on the trunk's export).
+- `fit/`: the trainers: the probe (a scikit-learn head on cached features) and fine-tuning (the
+  torch loop), with what they are given and return.
+- `runs/`: orchestration, the ledger, a run's folder, metrics, the Predictor and export.
 
 Importing this package does not import torch; `Predictor` and friends load it when first used.
 """
@@ -15,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from annotate2model.training.config import RunConfig
     from annotate2model.training.context import RunContext
-    from annotate2model.training.predictor import EnsemblePredictor, Predictions, Predictor
+    from annotate2model.training.runs.predictor import EnsemblePredictor, Predictions, Predictor
 
 __all__ = ["EnsemblePredictor", "Predictions", "Predictor", "RunConfig", "RunContext"]
 
 _HOMES = {
-    "EnsemblePredictor": "annotate2model.training.predictor",
-    "Predictions": "annotate2model.training.predictor",
-    "Predictor": "annotate2model.training.predictor",
+    "EnsemblePredictor": "annotate2model.training.runs.predictor",
+    "Predictions": "annotate2model.training.runs.predictor",
+    "Predictor": "annotate2model.training.runs.predictor",
     "RunConfig": "annotate2model.training.config",
     "RunContext": "annotate2model.training.context",
 }

@@ -107,7 +107,8 @@ HEAD_INITS = ("probe", "random")
 # a logistic regression fitted by L-BFGS (head.py): none of these apply to it, and a probe's
 # config leaves them unset.
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "probe": {},
+    # A probe's extra views (`views`) are augmented ones whatever `augment` says.
+    "probe": {"augment": False},
     "finetune": {
         "optimizer": "adamw",
         "schedule": "cosine",
@@ -222,7 +223,11 @@ class RunConfig:
 
     def optimiser_fields_set(self) -> list[str]:
         """The fine-tuning-only fields a probe's config was given (they do not apply to it)."""
-        return [name for name, unset in UNSET.items() if getattr(self, name) != unset]
+        return [
+            name
+            for name, unset in UNSET.items()
+            if name != "augment" and getattr(self, name) != unset
+        ]
 
     def probe_stage(self) -> RunConfig:
         """Fine-tuning's first stage: the linear probe on the clean views, sharing what decides

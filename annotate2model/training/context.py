@@ -16,7 +16,7 @@ from annotate2model.imaging import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from annotate2model.store import Store
-    from annotate2model.training.embeddings import EmbeddingCache
+    from annotate2model.training.features.embeddings import EmbeddingCache
 
 
 def short_hash_names(shas: Sequence[str]) -> dict[str, str]:
@@ -42,7 +42,7 @@ class RunContext:
         return self.runs_dir / str(run_id)
 
     def embedding_cache(self) -> EmbeddingCache:
-        from annotate2model.training.embeddings import EmbeddingCache
+        from annotate2model.training.features.embeddings import EmbeddingCache
 
         return EmbeddingCache(self.cache_dir)
 

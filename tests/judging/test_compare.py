@@ -27,7 +27,7 @@ from annotate2model.store import runs as store_runs
 from annotate2model.store import versions as store_versions
 from annotate2model.store.imports import import_folder
 from annotate2model.training.context import RunContext
-from annotate2model.training.predictor import Predictor
+from annotate2model.training.runs.predictor import Predictor
 from tests.conftest import image_bytes, run_cli
 
 pytestmark = [pytest.mark.training, pytest.mark.slow]
@@ -55,7 +55,7 @@ def _write(folder: Path, label: str, seeds: range) -> None:
 
 def _train(store: Store, version: int, image_size: int = 32) -> int:
     from annotate2model.training.config import RunConfig
-    from annotate2model.training.runner import train
+    from annotate2model.training.runs.runner import train
 
     config = RunConfig(weights="none", image_size=image_size, epochs=3)
     return train(store, config, version).run.id

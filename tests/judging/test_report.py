@@ -49,7 +49,7 @@ class Trained:
 
 def _train(store: Store, version: int) -> int:
     from annotate2model.training.config import RunConfig
-    from annotate2model.training.runner import train
+    from annotate2model.training.runs.runner import train
 
     config = RunConfig(weights="none", image_size=32, epochs=3)
     return train(store, config, version).run.id
@@ -216,7 +216,7 @@ def test_gallery_is_capped_and_plots_follow_the_page_name(trained: Trained, tmp_
 def test_ensemble_report(trained: Trained, tmp_path: Path) -> None:
     """An ensemble has no epochs: no history plot or table (and none left from before), the rest
     as for any run."""
-    from annotate2model.training.runner import ensemble
+    from annotate2model.training.runs.runner import ensemble
 
     run = ensemble(trained.store, [str(trained.run), str(trained.run2)], "1")
     out = tmp_path / "report.html"

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from annotate2model.demo.signs import SIGN_CLASSES, sign_bytes
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.connection import (
     LOCAL_PASSWORD_SECRET,
@@ -38,7 +39,6 @@ from annotate2model.labelstudio.connection import (
     local_server,
 )
 from annotate2model.settings import Secret, SplitFractions
-from annotate2model.signs import SIGN_CLASSES, sign_bytes
 from annotate2model.store.versions import split_for
 from annotate2model.workspace import Workspace
 from tests.labelstudio.conftest import LEGACY_TOKEN, PASSWORD, choice, copy_server

@@ -19,7 +19,8 @@ from annotate2model.store.imports import import_folder
 from annotate2model.store.models import Task
 from annotate2model.store.runs import get_run
 from annotate2model.store.versions import version_items
-from annotate2model.training import Predictor, RunContext, artifacts, runner
+from annotate2model.training import Predictor, RunContext
+from annotate2model.training.runs import artifacts, runner
 from tests.training.conftest import make_split_folder, small_config
 
 pytestmark = pytest.mark.training

@@ -24,8 +24,8 @@ from annotate2model.labelstudio.server import free_port
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
 from annotate2model.store.imports import import_folder
-from annotate2model.training import runner
 from annotate2model.training.config import RunConfig
+from annotate2model.training.runs import runner
 from annotate2model.workspace import init_workspace
 from tests.conftest import make_image_folder
 

@@ -14,8 +14,8 @@ import pytest
 from annotate2model.serve.batching import Batcher
 from annotate2model.serve.models import OnnxModel, ServedModel, TorchModel
 from annotate2model.training import Predictor
-from annotate2model.training.export import sample_batch
-from annotate2model.training.images import Preprocessing
+from annotate2model.training.features.images import Preprocessing
+from annotate2model.training.runs.export import sample_batch
 from tests.conftest import image_bytes
 from tests.serve.conftest import Trained
 

@@ -12,14 +12,15 @@ import pytest
 
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
-from annotate2model.training import EnsemblePredictor, Predictor, runner
-from annotate2model.training.export import (
+from annotate2model.training import EnsemblePredictor, Predictor
+from annotate2model.training.features.images import Preprocessing
+from annotate2model.training.runs import runner
+from annotate2model.training.runs.export import (
     read_torchscript_card,
     run_onnx,
     run_torchscript,
     sample_batch,
 )
-from annotate2model.training.images import Preprocessing
 from annotate2model.workspace import Workspace
 from tests.serve.conftest import LABELS, Trained, a2m
 

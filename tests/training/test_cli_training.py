@@ -102,26 +102,52 @@ def test_runs_closes_a_run_whose_process_died(cli: CliRunner, store: Store, vers
     assert code == 0 and row["status"] == "failed" and f"pid {gone.pid}" in row["error"]
 
 
-def test_train_from_a_preset(cli: CliRunner, store: Store, version1: Path, weights: Path) -> None:
+@pytest.mark.parametrize("preset", ["resnet18-frozen-sgd", "resnet18-probe-adamw"])
+def test_train_from_a_preset(
+    cli: CliRunner, store: Store, version1: Path, weights: Path, preset: str
+) -> None:
+    """The notebooks' recipe and its AdamW twin: a frozen backbone and a head trained by the
+    torch loop (fine-tuning with nothing unfrozen)."""
     code, out, err = run_cli(
         cli,
         "train",
         "--preset",
-        "resnet18-probe-adamw",
+        preset,
         "--weights",
         str(weights),
         "--image-size",
         "32",
         "--epochs",
         "2",
+        "--views",
+        "2",
         "--json",
     )
     assert code == 0, err
-    config = json.loads(out)["config"]
-    assert config["preset"] == "resnet18-probe-adamw" and config["optimizer"] == "adamw"
-    assert config["epochs"] == 2 and config["schedule"] == "cosine"
+    run = json.loads(out)
+    config = run["config"]
+    assert config["preset"] == preset and config["mode"] == "finetune"
+    assert config["unfreeze"] == "0" and config["epochs"] == 2
+    expected = {
+        "resnet18-frozen-sgd": ("sgd", "cyclic"),
+        "resnet18-probe-adamw": ("adamw", "cosine"),
+    }
+    assert (config["optimizer"], config["schedule"]) == expected[preset]
+    assert [row["epoch"] for row in run["history"]] == [1, 2] and run["status"] == "succeeded"
     code, _, err = run_cli(cli, "train", "--preset", "nope")
     assert code == 1 and "unknown preset 'nope'" in err
+
+
+def test_a_probe_says_the_optimiser_options_do_not_apply(
+    cli: CliRunner, store: Store, version1: Path, weights: Path
+) -> None:
+    code, out, err = run_cli(
+        cli, "train", "--weights", str(weights), "--image-size", "32", "--lr", "0.1", "--json"
+    )
+    assert code == 0, err
+    assert "--lr apply to fine-tuning" in err and "L-BFGS" in err
+    run = json.loads(out)
+    assert run["config"]["mode"] == "probe" and any(row.get("kept") for row in run["history"])
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from annotate2model.training import device as dev
+from annotate2model.training.features import device as dev
 
 CPU = torch.device("cpu")
 

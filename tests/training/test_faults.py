@@ -13,8 +13,10 @@ from annotate2model.errors import InputError, TrainingError
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
-from annotate2model.training import backbones, runner, trainer
 from annotate2model.training.config import RunConfig
+from annotate2model.training.features import backbones
+from annotate2model.training.fit import trainer
+from annotate2model.training.runs import runner
 from tests.training.conftest import make_split_folder, small_config
 
 pytestmark = pytest.mark.training

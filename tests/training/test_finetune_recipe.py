@@ -14,18 +14,21 @@ from torch import nn
 from annotate2model.errors import InputError
 from annotate2model.store import Store
 from annotate2model.store.imports import import_folder
-from annotate2model.training import artifacts, runner, trainer
-from annotate2model.training.backbones import (
+from annotate2model.training.config import MODE_DEFAULTS, UNSET, RunConfig
+from annotate2model.training.features.backbones import (
     HEADS,
     blocks,
     build_trunk,
     freeze_batchnorm,
     split_trunk,
 )
-from annotate2model.training.config import MODE_DEFAULTS, UNSET, RunConfig
-from annotate2model.training.device import bf16_fast
-from annotate2model.training.finetune import StandardisedHead
-from annotate2model.training.predictor import Predictor
+from annotate2model.training.features.device import bf16_fast
+from annotate2model.training.features.tensors import read_tensors
+from annotate2model.training.fit import trainer
+from annotate2model.training.fit.finetune import StandardisedHead
+from annotate2model.training.fit.head import C_GRID
+from annotate2model.training.runs import artifacts, runner
+from annotate2model.training.runs.predictor import Predictor
 from tests.conftest import image_bytes
 from tests.training.conftest import small_config
 
@@ -52,9 +55,11 @@ def run_dir(store: Store, run_id: int) -> Path:
 
 
 def test_finetune_defaults_are_recorded_and_the_probe_keeps_its_own() -> None:
+    # A probe's head is fitted by L-BFGS: its optimiser fields stay unset, and say so.
     probe = RunConfig()
-    assert (probe.optimizer, probe.schedule, probe.lr, probe.epochs) == ("sgd", "cyclic", 1e-2, 10)
-    assert probe.augment is False and probe.views == 1 and probe.warmup_epochs == 0
+    assert (probe.optimizer, probe.schedule, probe.lr, probe.epochs) == ("", "", 0.0, 0)
+    assert probe.augment is False and probe.views == 1 and probe.optimiser_fields_set() == []
+    assert RunConfig(lr=0.1, epochs=3).optimiser_fields_set() == ["epochs", "lr"]
     tuned = RunConfig(mode="finetune")
     for name, value in MODE_DEFAULTS["finetune"].items():
         assert getattr(tuned, name) == value
@@ -67,9 +72,9 @@ def test_finetune_defaults_are_recorded_and_the_probe_keeps_its_own() -> None:
     assert RunConfig(mode="finetune", lr=0.01, optimizer="sgd").lr == 0.01
     with pytest.raises(InputError, match="augmented views"):
         RunConfig(mode="finetune", augment=False, views=2)
-    # The probe stage of a fine-tuning run is a probe with the probe's defaults.
+    # The probe stage of a fine-tuning run is a probe: no optimiser fields of its own.
     stage = RunConfig(mode="finetune", seed=3, label_smoothing=0.1, views=3).probe_stage()
-    assert stage.mode == "probe" and stage.lr == 1e-2 and stage.optimizer == "sgd"
+    assert stage.mode == "probe" and stage.optimiser_fields_set() == []
     assert stage.seed == 3 and stage.label_smoothing == 0.1 and stage.views == 1
 
 
@@ -92,9 +97,6 @@ def test_parameter_groups_and_their_learning_rates() -> None:
     assert lrs[:steps] == sorted(lrs[:steps]) and lrs[0] < 0.2e-3
     assert max(lrs) == pytest.approx(1e-3, rel=0.01)
     assert lrs[steps:] == sorted(lrs[steps:], reverse=True) and lrs[-1] < 1e-5
-    # The probe's schedule is unchanged by the warm-up machinery (none by default).
-    probe = RunConfig()
-    assert trainer.lr_at(0, probe, steps) == pytest.approx(1e-6)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +139,7 @@ def test_frozen_layers_and_batchnorm_statistics_stay(
         weights, mode="finetune", unfreeze="1", epochs=2, head_init="random", workers=0
     )
     run = runner.train(store, config).run
-    trained = artifacts.read_tensors(run_dir(store, run.id) / "trunk.safetensors")
+    trained = read_tensors(run_dir(store, run.id) / "trunk.safetensors")
     original = torch.load(weights, weights_only=True)
     for name, value in trained.items():
         statistic = "running_" in name or "num_batches_tracked" in name
@@ -164,7 +166,7 @@ def test_head_starts_from_the_probe_and_the_probe_is_kept_when_nothing_beats_it(
 ) -> None:
     folder = colour_folder(tmp_path / "photos", 12, 4)
     import_folder(store, folder)
-    probe = runner.train(store, small_config(weights, epochs=10)).run
+    probe = runner.train(store, small_config(weights)).run
     assert probe.metrics["val_accuracy"] == 1.0
     # A learning rate that wrecks the blocks: no fine-tuned epoch beats the probe.
     config = small_config(
@@ -172,13 +174,13 @@ def test_head_starts_from_the_probe_and_the_probe_is_kept_when_nothing_beats_it(
     )
     run = runner.train(store, config).run
     start = run.history[0]
-    assert start["epoch"] == 0 and start["stage"] == "probe" and start["probe_epochs"] == 10
+    assert start["epoch"] == 0 and start["stage"] == "probe" and start["probe_C"] in C_GRID
     # The start is the probe's own solution: the probe run's validation figures.
     assert start["val_accuracy"] == pytest.approx(probe.metrics["val_accuracy"])
     assert start["kept"] is True and not any(row.get("kept") for row in run.history[1:])
     assert run.metrics["val_accuracy"] == pytest.approx(probe.metrics["val_accuracy"])
-    ours = artifacts.read_tensors(run_dir(store, run.id) / "head.safetensors")
-    theirs = artifacts.read_tensors(run_dir(store, probe.id) / "head.safetensors")
+    ours = read_tensors(run_dir(store, run.id) / "head.safetensors")
+    theirs = read_tensors(run_dir(store, probe.id) / "head.safetensors")
     assert all(torch.allclose(ours[k], theirs[k]) for k in ("weight", "bias"))
     # The kept run still loads and predicts as it was judged.
     predictor = Predictor.load(run_dir(store, run.id), "cpu")

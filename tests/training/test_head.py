@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from annotate2model.progress import NullProgress
-from annotate2model.training.head import ABSENT_BIAS, C_GRID, fit_head, probabilities
+from annotate2model.training.fit.head import ABSENT_BIAS, C_GRID, fit_head, probabilities
 
 
 def blobs(

@@ -21,7 +21,7 @@ import pytest
 
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
-from annotate2model.training import artifacts, runner
+from annotate2model.training.runs import artifacts, runner
 from annotate2model.workspace import Workspace
 from tests.conftest import make_image_folder
 from tests.training.conftest import small_config

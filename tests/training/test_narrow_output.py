@@ -14,7 +14,7 @@ from rich.console import Console
 
 from annotate2model.cli.render import RichProgress
 from annotate2model.store import Store
-from annotate2model.training import runner
+from annotate2model.training.runs import runner
 from annotate2model.workspace import Workspace
 from tests.training.conftest import small_config
 

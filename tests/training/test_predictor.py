@@ -14,9 +14,10 @@ from PIL import Image
 from annotate2model.progress import NullProgress
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
-from annotate2model.training import EnsemblePredictor, Predictor, runner
-from annotate2model.training.embeddings import EmbeddingCache
-from annotate2model.training.images import load_image
+from annotate2model.training import EnsemblePredictor, Predictor
+from annotate2model.training.features.embeddings import EmbeddingCache
+from annotate2model.training.features.images import load_image
+from annotate2model.training.runs import runner
 from tests.training.conftest import small_config
 
 pytestmark = pytest.mark.training

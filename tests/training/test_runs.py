@@ -14,11 +14,13 @@ from annotate2model.progress import RecordingProgress
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
-from annotate2model.training import artifacts, head, runner, trainer
 from annotate2model.training.config import OPTIMIZERS, SCHEDULES, RunConfig
-from annotate2model.training.data import Preprocessing, load_image, to_input
-from annotate2model.training.device import use_bf16
-from annotate2model.training.head import C_GRID
+from annotate2model.training.features.data import Preprocessing, load_image, to_input
+from annotate2model.training.features.device import use_bf16
+from annotate2model.training.features.tensors import read_tensors
+from annotate2model.training.fit import head, trainer
+from annotate2model.training.fit.head import C_GRID
+from annotate2model.training.runs import artifacts, runner
 from tests.training.conftest import make_split_folder, small_config
 
 pytestmark = pytest.mark.training
@@ -82,7 +84,7 @@ def test_finetune_last_block_only(store: Store, version1: Path, weights: Path) -
     run = runner.train(store, config).run
     assert run.status == "succeeded" and len(run.history) == 2
     run_dir = store.settings.workspace.root / str(run.artifact_dir)
-    trained = artifacts.read_tensors(run_dir / "trunk.safetensors")
+    trained = read_tensors(run_dir / "trunk.safetensors")
     original = torch.load(weights, weights_only=True)
     assert torch.equal(trained["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
     assert not torch.equal(trained["layer4.1.conv2.weight"], original["layer4.1.conv2.weight"])
@@ -108,7 +110,7 @@ def test_finetune_all_with_augmentation(store: Store, version1: Path, weights: P
     run = runner.train(store, config).run
     assert run.status == "succeeded"
     run_dir = store.settings.workspace.root / str(run.artifact_dir)
-    trained = artifacts.read_tensors(run_dir / "trunk.safetensors")
+    trained = read_tensors(run_dir / "trunk.safetensors")
     original = torch.load(weights, weights_only=True)
     assert not torch.equal(trained["conv1.weight"], original["conv1.weight"])
 

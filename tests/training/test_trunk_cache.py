@@ -13,15 +13,21 @@ import torch
 
 from annotate2model.store import Store
 from annotate2model.store.imports import import_folder
-from annotate2model.training import onnx_trunk, runner
-from annotate2model.training.backbones import (
+from annotate2model.training.features import onnx_trunk
+from annotate2model.training.features.backbones import (
     build_trunk,
     load_state_dict,
     resolve_weights,
     trunk_state_from,
 )
-from annotate2model.training.data import Preprocessing
-from annotate2model.training.embeddings import EmbeddingCache, ExtractJob, extract, torch_network
+from annotate2model.training.features.data import Preprocessing
+from annotate2model.training.features.embeddings import (
+    EmbeddingCache,
+    ExtractJob,
+    extract,
+    torch_network,
+)
+from annotate2model.training.runs import runner
 from tests.training.conftest import make_split_folder, small_config
 
 pytestmark = pytest.mark.training
@@ -118,7 +124,7 @@ def test_a_runs_features_equal_torchvisions(
         torch_cache, "k", "d", jobs, lambda: _torchvision_trunk(weights), prep, CPU, False
     )
     torch_cache.close()
-    from annotate2model.training.images import load_image
+    from annotate2model.training.features.images import load_image
 
     images = np.stack([load_image(p, prep) for p in paths])
     got = onnx_trunk.run(session, images)
@@ -138,7 +144,7 @@ def test_a_failed_export_is_logged_and_torch_extracts(
         raise RuntimeError("exporter broke")
 
     monkeypatch.setattr(torch.onnx, "export", broken)
-    with caplog.at_level(logging.WARNING, logger="annotate2model.training.onnx_trunk"):
+    with caplog.at_level(logging.WARNING, logger="annotate2model.training.features.onnx_trunk"):
         outcome = runner.train(store, small_config(weights, precision="fp32"))
     assert outcome.run.status == "succeeded"
     assert outcome.extraction is not None and outcome.extraction.computed > 0

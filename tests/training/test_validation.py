@@ -24,10 +24,10 @@ from annotate2model.errors import InputError, TrainingError
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
-from annotate2model.training import runner
-from annotate2model.training import weights as weights_module
-from annotate2model.training.preflight import small_split_warnings
-from annotate2model.training.version import load_version_data
+from annotate2model.training.features import weights as weights_module
+from annotate2model.training.fit.preflight import small_split_warnings
+from annotate2model.training.fit.version import load_version_data
+from annotate2model.training.runs import runner
 from annotate2model.workspace import Workspace
 from tests.conftest import make_image_folder, run_cli
 from tests.training.conftest import make_split_folder, small_config

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from annotate2model.errors import InputError
-from annotate2model.training import weights
-from annotate2model.training.weights import imagenet_weights_status
+from annotate2model.training.features import weights
+from annotate2model.training.features.weights import imagenet_weights_status
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_the_url_is_torchvisions_default() -> None:
 
 
 def test_the_backbones_module_offers_it() -> None:
-    from annotate2model.training import backbones
+    from annotate2model.training.features import backbones
 
     assert backbones.imagenet_weights_status is imagenet_weights_status
     assert backbones.hub_checkpoint_path("vgg16").name == "vgg16-397923af.pth"

@@ -15,7 +15,7 @@ import torch
 from numpy.typing import NDArray
 
 from annotate2model.errors import InvalidImage
-from annotate2model.training.images import (
+from annotate2model.training.features.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessing,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from annotate2model.training.images import Preprocessing
+from annotate2model.training.features.images import Preprocessing
 
 if TYPE_CHECKING:
     from torch import nn
@@ -69,7 +69,7 @@ def export(trunk: nn.Module, prep: Preprocessing) -> tuple[bytes, Any] | None:
     the caller extracts with torch."""
     import torch
 
-    from annotate2model.training.data import ImageInput
+    from annotate2model.training.features.data import ImageInput
 
     model = torch.nn.Sequential(ImageInput(prep), trunk).eval()
     generator = torch.Generator().manual_seed(0)

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from annotate2model.demo.signs import EASY, SIGN_CLASSES, sign_bytes
 from annotate2model.errors import InputError
 from annotate2model.fsutil import atomic_write_bytes
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.settings import Settings, load_settings
-from annotate2model.signs import EASY, SIGN_CLASSES, sign_bytes
 from annotate2model.workspace import init_workspace
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ def run_demo(
 def _choose_config(timeout: float) -> tuple[RunConfig, str | None]:
     """The default configuration when resnet18's ImageNet weights can be had, else the offline one
     and why."""
-    from annotate2model.training.weights import imagenet_weights_status
+    from annotate2model.training.features.weights import imagenet_weights_status
 
     status = imagenet_weights_status("resnet18", timeout=timeout)
     if status.state == "offline":
@@ -354,7 +354,7 @@ def _first_version(
 ) -> None:
     from annotate2model.labelstudio import connection
     from annotate2model.labelstudio.sync import sync_project
-    from annotate2model.training.runner import train
+    from annotate2model.training.runs.runner import train
 
     step("sync 1", "Syncing the project into the store: the first dataset version.")
     with connection.open_client(settings) as client:
@@ -386,7 +386,7 @@ def _loop(
     """One iteration of `a2m loop`: sync, train, compare with the first version, flag."""
     from annotate2model.judging.report import compare_report
     from annotate2model.labelstudio import connection
-    from annotate2model.review.loop import run_loop
+    from annotate2model.loop import run_loop
     from annotate2model.training.context import RunContext
 
     step(

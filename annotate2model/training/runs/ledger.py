@@ -25,7 +25,7 @@ from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import EvaluationRecord, PredictionRecord, RunRecord
-from annotate2model.training.metrics import RunMetrics
+from annotate2model.training.runs.metrics import RunMetrics
 
 INTERRUPTED = "interrupted by the user (Ctrl-C)"
 

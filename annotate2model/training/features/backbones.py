@@ -18,13 +18,15 @@ from torch import nn
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.training.config import BACKBONES
 from annotate2model.training.config import HEADS as HEADS
-from annotate2model.training.weights import WeightsSource as WeightsSource
-from annotate2model.training.weights import WeightsStatus as WeightsStatus
-from annotate2model.training.weights import check_backbone as check_backbone
-from annotate2model.training.weights import file_sha256 as file_sha256
-from annotate2model.training.weights import imagenet_checkpoint_path
-from annotate2model.training.weights import imagenet_weights_status as imagenet_weights_status
-from annotate2model.training.weights import resolve_weights as resolve_weights
+from annotate2model.training.features.weights import WeightsSource as WeightsSource
+from annotate2model.training.features.weights import WeightsStatus as WeightsStatus
+from annotate2model.training.features.weights import check_backbone as check_backbone
+from annotate2model.training.features.weights import file_sha256 as file_sha256
+from annotate2model.training.features.weights import imagenet_checkpoint_path
+from annotate2model.training.features.weights import (
+    imagenet_weights_status as imagenet_weights_status,
+)
+from annotate2model.training.features.weights import resolve_weights as resolve_weights
 
 
 class Classifier(nn.Module):

@@ -74,7 +74,7 @@ def run_loop(
 ) -> LoopOutcome:
     """Sync, train a new version, compare it with the previous one, flag (see the module)."""
     from annotate2model.training.config import RunConfig
-    from annotate2model.training.runner import train
+    from annotate2model.training.runs.runner import train
 
     progress = progress or NullProgress()
     synced = sync_project(store, client, project_id, progress=progress, local=local)

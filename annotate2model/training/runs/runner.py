@@ -25,23 +25,28 @@ from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import PredictionRecord, RunRecord
-from annotate2model.training import artifacts
 from annotate2model.training.config import HEADS, SPLITS, RunConfig, resolve_workers
 from annotate2model.training.config import auto_workers as default_workers
 from annotate2model.training.context import RunContext
-from annotate2model.training.embeddings import EmbeddingCache, ExtractionStats
-from annotate2model.training.images import Preprocessing
-from annotate2model.training.jobs import TrainJob, TrainResult
-from annotate2model.training.ledger import Ledger, prediction_rows
-from annotate2model.training.metrics import RunMetrics, SplitMetrics, Timing, classification_metrics
-from annotate2model.training.preflight import check_run, small_split_warnings
-from annotate2model.training.probe import train_probe
-from annotate2model.training.version import VersionData, check_trainable
-from annotate2model.training.version import load_version_data as load_version_data
-from annotate2model.training.weights import digest_memo, resolve_weights
+from annotate2model.training.features.embeddings import EmbeddingCache, ExtractionStats
+from annotate2model.training.features.images import Preprocessing
+from annotate2model.training.features.weights import digest_memo, resolve_weights
+from annotate2model.training.fit.jobs import TrainJob, TrainResult
+from annotate2model.training.fit.preflight import check_run, small_split_warnings
+from annotate2model.training.fit.probe import train_probe
+from annotate2model.training.fit.version import VersionData, check_trainable
+from annotate2model.training.fit.version import load_version_data as load_version_data
+from annotate2model.training.runs import artifacts
+from annotate2model.training.runs.ledger import Ledger, prediction_rows
+from annotate2model.training.runs.metrics import (
+    RunMetrics,
+    SplitMetrics,
+    Timing,
+    classification_metrics,
+)
 
 if TYPE_CHECKING:
-    from annotate2model.training.predictor import EnsemblePredictor, Predictions, Predictor
+    from annotate2model.training.runs.predictor import EnsemblePredictor, Predictions, Predictor
 
 __all__ = [
     "Evaluation",
@@ -189,7 +194,7 @@ def _train(
 
 def _torch_device(requested: str, precision: str) -> tuple[str, bool, str]:
     """(device, bf16, the ledger's device text) as torch picks them."""
-    from annotate2model.training.device import device_name, pick_device, use_bf16
+    from annotate2model.training.features.device import device_name, pick_device, use_bf16
 
     device = pick_device(requested)
     return str(device), use_bf16(device, precision), device_name(device)
@@ -198,7 +203,7 @@ def _torch_device(requested: str, precision: str) -> tuple[str, bool, str]:
 def _run_trainer(job: TrainJob) -> TrainResult:
     """The job's trainer: the probe, or fine-tuning."""
     if job.config.mode != "probe":
-        from annotate2model.training.finetune import train_finetune
+        from annotate2model.training.fit.finetune import train_finetune
 
         return train_finetune(job)
     return train_probe(job)
@@ -306,7 +311,7 @@ def load_predictor(
     ctx: RunContext, run: RunRecord, cache: EmbeddingCache | None = None
 ) -> Predictor | EnsemblePredictor:
     """The Predictor of a succeeded run (its folder under the context's runs folder)."""
-    from annotate2model.training.predictor import Predictor
+    from annotate2model.training.runs.predictor import Predictor
 
     _usable(run)
     return Predictor.load(ctx.run_dir(run.id), ctx.device, cache, ctx.max_pixels)
@@ -460,7 +465,7 @@ def ensemble(
             raise TrainingError(f"run {m.id} is {m.status}; only succeeded runs can be members.")
     cache = ctx.embedding_cache()
     try:
-        from annotate2model.training.predictor import EnsemblePredictor
+        from annotate2model.training.runs.predictor import EnsemblePredictor
 
         predictor = EnsemblePredictor([load_predictor(ctx, m, cache) for m in members])
         labels = predictor.labels

@@ -29,23 +29,19 @@ from numpy.typing import NDArray
 from annotate2model.errors import TrainingError
 from annotate2model.imaging import DEFAULT_MAX_PIXELS
 from annotate2model.progress import NullProgress, Progress
-from annotate2model.training import artifacts
 from annotate2model.training.config import eval_batch_size, resolve_workers
-from annotate2model.training.device import pick_device, use_bf16
-from annotate2model.training.embeddings import (
+from annotate2model.training.features.device import pick_device, use_bf16
+from annotate2model.training.features.embeddings import (
     EmbeddingCache,
     ExtractJob,
     extract,
     forward_images,
     model_key,
 )
-from annotate2model.training.export import (
-    ProbabilityModel,
-    class_probabilities,
-    sample_batch,
-    traced,
-)
-from annotate2model.training.images import ImageSource, Preprocessing
+from annotate2model.training.features.images import ImageSource, Preprocessing
+from annotate2model.training.features.tensors import read_tensors
+from annotate2model.training.runs import artifacts
+from annotate2model.training.runs.export import ProbabilityModel, class_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +115,7 @@ class Predictor(_RunModel):
         self.workers = resolve_workers(workers)
         self._model: torch.nn.Module | None = None
         self._crops_model: torch.nn.Module | None = None
-        head = artifacts.read_tensors(run_dir / artifacts.HEAD_FILE)
+        head = read_tensors(run_dir / artifacts.HEAD_FILE)
         self._weight = head["weight"].float()
         self._bias = head["bias"].float()
         key = card.get("embedding_key")
@@ -292,7 +288,7 @@ class Predictor(_RunModel):
     def forward(self, crops: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Probabilities (N, classes) for images already decoded and centre-cropped as `prep`
         says ((N, crop, crop, 3) uint8, as `images.load_image` gives them): what a server runs.
-        The network is built on first use and kept (traced and frozen on a CPU in fp32)."""
+        The network is built on first use and kept; it runs in torch, eagerly."""
         model = self._probability_model()
         batch = torch.from_numpy(np.ascontiguousarray(crops))
         with torch.inference_mode():
@@ -315,15 +311,6 @@ class Predictor(_RunModel):
             if self.device.type != "mps":
                 model = model.to(memory_format=torch.channels_last)
         served: torch.nn.Module = model
-        if self.device.type == "cpu" and not self.bf16:
-            # Batch norm folded into the convolutions: 1.1-1.15x eager on a 2-core CPU
-            # (ResNet-18, 224 px, batches of 1 and 8).
-            try:
-                served = traced(model, torch.from_numpy(sample_batch(self.prep, count=2)), True)
-            except (TrainingError, RuntimeError) as exc:
-                log.info(
-                    "run %s runs eagerly: its traced network was not kept (%s)", self.run_id, exc
-                )
         self._crops_model = served
         return served
 

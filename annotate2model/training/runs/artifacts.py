@@ -14,11 +14,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from annotate2model.errors import NotFoundError, TrainingError
 from annotate2model.fsutil import atomic_write, atomic_write_bytes
+from annotate2model.training.features.tensors import Tensors, read_tensors, write_tensors
 
 FORMAT = "a2m-model/1"
 TRUNK_FILE = "trunk.safetensors"
@@ -29,28 +27,9 @@ HISTORY_FILE = "history.csv"
 if TYPE_CHECKING:
     import torch
 
-# Weights as a trainer hands them over: torch tensors (a trunk, a fine-tuned head), or numpy
-# arrays (a probe's scikit-learn head). Either way the same safetensors file is written.
-Tensors = dict[str, "torch.Tensor"] | dict[str, NDArray[Any]]
-
 
 def write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=0o644)
-
-
-def write_tensors(path: Path, tensors: Tensors, mode: int | None = 0o644) -> None:
-    """`tensors` as a safetensors file, written atomically (numpy arrays need no torch)."""
-    if all(isinstance(v, np.ndarray) for v in tensors.values()):
-        from safetensors.numpy import save_file as save_numpy
-
-        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        atomic_write(path, lambda tmp: save_numpy(arrays, str(tmp)), mode=mode)
-        return
-    import torch
-    from safetensors.torch import save_file
-
-    state = {k: torch.as_tensor(v).detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)), mode=mode)
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -121,20 +100,11 @@ def read_card(run_dir: Path) -> dict[str, Any]:
     return card
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise NotFoundError(f"{path} is missing from the run's folder.")
-    tensors: dict[str, torch.Tensor] = load_file(str(path))
-    return tensors
-
-
 def load_classifier(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a trained classifier from its folder (architecture from the card, safetensors)."""
     import torch
 
-    from annotate2model.training.backbones import Classifier, build_trunk
+    from annotate2model.training.features.backbones import Classifier, build_trunk
 
     card = read_card(run_dir)
     if card.get("kind") != "classifier":

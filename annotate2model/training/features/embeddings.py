@@ -28,8 +28,8 @@ from numpy.typing import NDArray
 from annotate2model.errors import InvalidImage
 from annotate2model.fsutil import read_verified, write_with_digest
 from annotate2model.progress import NullProgress, Progress
-from annotate2model.training import onnx_trunk
-from annotate2model.training.images import ImageSource, Preprocessing, load_image
+from annotate2model.training.features import onnx_trunk
+from annotate2model.training.features.images import ImageSource, Preprocessing, load_image
 
 if TYPE_CHECKING:
     import torch
@@ -180,7 +180,7 @@ class EmbeddingCache:
     ) -> None:
         """Keep a trunk's weights (torch tensors, or numpy arrays from the torch-free probe:
         the same safetensors file either way)."""
-        from annotate2model.training.artifacts import write_tensors
+        from annotate2model.training.features.tensors import write_tensors
 
         write_tensors(path, state, mode=None)
 
@@ -247,8 +247,8 @@ def torch_network(
     """`model` on `device` (eval mode, channels_last but on MPS) as a Network."""
     import torch
 
-    from annotate2model.training.data import to_input
-    from annotate2model.training.device import autocast
+    from annotate2model.training.features.data import to_input
+    from annotate2model.training.features.device import autocast
 
     # Grad mode is switched off around the network's own work only: the extraction loop is a
     # generator, suspended between batches, and its caller's code must not run in inference mode.

@@ -1,8 +1,8 @@
 """The generated reference pages: docs/commands.md from the CLI's own help, docs/config.md from
 the run configuration (RunConfig's fields, their comments and `a2m train` flags) and the settings.
 
-    python -m annotate2model.cli.reference --write docs    # rewrite both pages
-    python -m annotate2model.cli.reference commands        # print one page
+    python -m annotate2model.reference --write docs    # rewrite both pages
+    python -m annotate2model.reference commands        # print one page
 
 tests/test_docs.py fails when a written page differs from what this prints now, so the pages
 cannot drift from the code. Nothing here is machine-specific: the pages are the same everywhere.
@@ -29,7 +29,7 @@ from annotate2model.settings import DEFAULT_MAX_IMAGE_PIXELS
 from annotate2model.training import config as config_module
 from annotate2model.training.config import MODE_DEFAULTS, PRESETS, UNSET, RunConfig
 
-REGENERATE = "python -m annotate2model.cli.reference --write docs"
+REGENERATE = "python -m annotate2model.reference --write docs"
 PAGES = ("commands", "config")
 
 
@@ -358,8 +358,10 @@ def config_page() -> str:
         "builds it from its flags (a flag left out keeps the default, or the preset's value with "
         "`--preset`); `a2m loop` reuses the last succeeded run's. It is saved in the ledger "
         "(`a2m runs N --json`) and in the run's `model.json`, with the values the run really used: "
-        "fields whose default depends on the mode (probe or finetune) are filled in before the run "
-        "starts. Fine-tuning is explained in finetune.md.",
+        "a fine-tuning run's optimiser fields are filled in with their defaults before it starts; "
+        "a probe leaves them unset, because its head is a logistic regression fitted by L-BFGS "
+        "(scikit-learn) with its regularisation C chosen on the val split, and the C it kept is in "
+        "the run's history. Fine-tuning is explained in finetune.md.",
         "",
         "| field | `a2m train` flag | default | meaning |",
         "|---|---|---|---|",
@@ -414,7 +416,7 @@ def page(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m annotate2model.cli.reference",
+        prog="python -m annotate2model.reference",
         description="Print a generated reference page, or write them all.",
     )
     parser.add_argument("page", nargs="?", choices=PAGES, help="the page to print")

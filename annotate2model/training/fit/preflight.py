@@ -16,14 +16,13 @@ from pathlib import Path
 from annotate2model.errors import TrainingError
 from annotate2model.progress import Progress
 from annotate2model.training.config import RunConfig
-from annotate2model.training.embeddings import trunk_path
-from annotate2model.training.version import VersionData
-from annotate2model.training.weights import (
+from annotate2model.training.features.embeddings import trunk_path
+from annotate2model.training.features.weights import (
     WeightsSource,
     WeightsStatus,
-    imagenet_url,
     imagenet_weights_status,
 )
+from annotate2model.training.fit.version import VersionData
 
 # Below these, a split's accuracy is too noisy to compare runs on (one image of 20 is 5 points).
 SMALL_SPLIT = 20
@@ -36,7 +35,7 @@ def check_run(
     """Refuse a configuration that cannot train (see the module docstring); cheap when the
     weights were checked before (a probe whose trunk is in the embedding cache at `cache_dir`
     reads nothing: it needs neither the weights file nor the network)."""
-    from annotate2model.training.backbones import (
+    from annotate2model.training.features.backbones import (
         blocks,
         check_unfreeze,
         meta_trunk,
@@ -81,9 +80,7 @@ def fetch_imagenet_weights(backbone: str, progress: Progress) -> Path:
     progress.begin(f"Downloading the ImageNet weights of {backbone}")
     try:
         status.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(
-            imagenet_url(backbone), str(status.checkpoint), progress=False
-        )
+        torch.hub.download_url_to_file(status.url, str(status.checkpoint), progress=False)
     except (urllib.error.URLError, OSError) as exc:
         raise _offline(
             backbone, status, f"the download into {status.checkpoint} failed: {exc}"

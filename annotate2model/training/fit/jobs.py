@@ -16,13 +16,13 @@ from numpy.typing import NDArray
 
 from annotate2model.progress import Progress
 from annotate2model.store.records import VersionItemRecord
-from annotate2model.training.artifacts import Tensors
 from annotate2model.training.config import SPLITS, RunConfig, resolve_workers
 from annotate2model.training.context import RunContext
-from annotate2model.training.embeddings import ExtractionStats
-from annotate2model.training.images import Preprocessing
-from annotate2model.training.version import VersionData
-from annotate2model.training.weights import WeightsSource
+from annotate2model.training.features.embeddings import ExtractionStats
+from annotate2model.training.features.images import Preprocessing
+from annotate2model.training.features.tensors import Tensors
+from annotate2model.training.features.weights import WeightsSource
+from annotate2model.training.fit.version import VersionData
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,7 @@ from torch import nn
 
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.config import RunConfig
-from annotate2model.training.device import autocast
+from annotate2model.training.features.device import autocast
 
 
 def class_weights(targets: NDArray[np.intp], n_classes: int) -> NDArray[np.float64]:

@@ -31,8 +31,8 @@ from numpy.typing import NDArray
 from torch import nn
 
 from annotate2model.store.records import VersionItemRecord
-from annotate2model.training.artifacts import Tensors
-from annotate2model.training.backbones import (
+from annotate2model.training.config import SPLITS
+from annotate2model.training.features.backbones import (
     HEADS,
     Classifier,
     build_trunk,
@@ -43,18 +43,18 @@ from annotate2model.training.backbones import (
     split_trunk,
     trunk_state_from,
 )
-from annotate2model.training.config import SPLITS
-from annotate2model.training.data import ImageDataset, collate, to_input
-from annotate2model.training.embeddings import (
+from annotate2model.training.features.data import ImageDataset, collate, to_input
+from annotate2model.training.features.embeddings import (
     ExtractionStats,
     ExtractJob,
     forward_images,
     model_description,
     model_key,
 )
-from annotate2model.training.jobs import History, TrainJob, TrainResult, kept_items
-from annotate2model.training.probe import fit_probe_head, train_probe
-from annotate2model.training.trainer import (
+from annotate2model.training.features.tensors import Tensors
+from annotate2model.training.fit.jobs import History, TrainJob, TrainResult, kept_items
+from annotate2model.training.fit.probe import fit_probe_head, train_probe
+from annotate2model.training.fit.trainer import (
     Batches,
     ParamGroups,
     evaluate,
@@ -62,7 +62,7 @@ from annotate2model.training.trainer import (
     make_loss,
     predict,
 )
-from annotate2model.training.version import check_trainable
+from annotate2model.training.fit.version import check_trainable
 
 # The frozen part's outputs are kept in memory as float32 up to this size, as float16 up to twice
 # it; beyond that the images are decoded every epoch (ResNet-18 with layer4 unfrozen: 200 KB per
@@ -254,7 +254,10 @@ class _Stage:
             start.update(
                 {
                     "stage": "probe",
-                    "probe_epochs": len(self.probe.history),
+                    # The regularisation the probe's head kept (head.py's grid).
+                    "probe_C": next(
+                        (row.get("C") for row in self.probe.history if row.get("kept")), None
+                    ),
                     "seconds": self.probe_seconds,
                 }
             )

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.training.config import HEADS, SPLITS, RunConfig
-from annotate2model.training.embeddings import (
+from annotate2model.training.features.embeddings import (
     EmbeddingCache,
     ExtractJob,
     Network,
@@ -22,10 +22,10 @@ from annotate2model.training.embeddings import (
     model_description,
     model_key,
 )
-from annotate2model.training.head import fit_head, probabilities
-from annotate2model.training.jobs import TrainJob, TrainResult, kept_items
-from annotate2model.training.version import check_trainable
-from annotate2model.training.weights import WeightsSource
+from annotate2model.training.features.weights import WeightsSource
+from annotate2model.training.fit.head import fit_head, probabilities
+from annotate2model.training.fit.jobs import TrainJob, TrainResult, kept_items
+from annotate2model.training.fit.version import check_trainable
 
 if TYPE_CHECKING:
     import torch
@@ -93,8 +93,8 @@ def trunk_network(job: TrainJob, cache: EmbeddingCache, trunk_file: Path) -> Net
     """The frozen trunk as a Network: on the CPU in fp32, ONNX Runtime on the trunk's
     `torch.onnx.export` graph (cached; exported from the torch trunk on first use); elsewhere,
     or when the export fails its check, the torch trunk on the job's device."""
-    from annotate2model.training.backbones import build_trunk
-    from annotate2model.training.embeddings import onnx_network, torch_network
+    from annotate2model.training.features.backbones import build_trunk
+    from annotate2model.training.features.embeddings import onnx_network, torch_network
 
     config, prep = job.config, job.prep
     use_onnx = job.device_type == "cpu" and not job.bf16
@@ -176,8 +176,12 @@ def _trunk_state(
     and read from there after (no download, no check again: offline works once cached)."""
     import torch
 
-    from annotate2model.training.artifacts import read_tensors
-    from annotate2model.training.backbones import build_trunk, load_state_dict, trunk_state_from
+    from annotate2model.training.features.backbones import (
+        build_trunk,
+        load_state_dict,
+        trunk_state_from,
+    )
+    from annotate2model.training.features.tensors import read_tensors
 
     if trunk_file.is_file():
         return read_tensors(trunk_file)

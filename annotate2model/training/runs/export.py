@@ -28,10 +28,10 @@ from numpy.typing import NDArray
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.fsutil import atomic_write
 from annotate2model.progress import NullProgress, Progress
-from annotate2model.training import artifacts
-from annotate2model.training.data import ImageInput
-from annotate2model.training.device import autocast
-from annotate2model.training.images import ImageSource, Preprocessing, load_image
+from annotate2model.training.features.data import ImageInput
+from annotate2model.training.features.device import autocast
+from annotate2model.training.features.images import ImageSource, Preprocessing, load_image
+from annotate2model.training.runs import artifacts
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -222,16 +222,13 @@ def check_parity(
     return diff
 
 
-def traced(model: torch.nn.Module, example: torch.Tensor, freeze: bool = False) -> torch.nn.Module:
-    """`model` traced with `example` as TorchScript (`freeze`: batch norm folded into the
-    convolutions and the weights made constants, for the CPU), checked against `model` on
-    `example` by `check_parity`: the one trace of a2m, for `export` and the Predictor alike."""
+def traced(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """`model` traced with `example` as TorchScript, checked against `model` on `example` by
+    `check_parity` (`a2m export --format torchscript`)."""
     with _quiet(), torch.no_grad():
         script = torch.jit.trace(  # type: ignore[no-untyped-call]
             model.eval(), (example,), check_trace=False
         )
-        if freeze:
-            script = torch.jit.freeze(script.eval())
         expected, got = model(example), script(example)
     check_parity(
         got.float().cpu().numpy(), expected.float().cpu().numpy(), "the traced model", "not used"

@@ -2,7 +2,7 @@
 
 Also where weights come from and their content identity (`resolve_weights`). The weights' URL is
 torchvision's (its weights API) and the cache folder torch hub's (`torch.hub.get_dir()`): both
-are imported when a status is asked for. `annotate2model.training.backbones` re-exports this.
+are imported when a status is asked for. `backbones` re-exports this.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class WeightsStatus:
     checkpoint: Path
     # One line for a person: the file, or why it cannot be downloaded.
     detail: str
+    # Where torchvision's weights API downloads it from.
+    url: str = ""
 
 
 def imagenet_url(backbone: str) -> str:
@@ -85,9 +87,9 @@ def imagenet_weights_status(backbone: str, timeout: float = 2.0) -> WeightsStatu
     """Whether `backbone`'s ImageNet weights are cached by torch hub, can be downloaded (the host
     answers a HEAD request within `timeout` seconds), or neither ("offline")."""
     checkpoint = imagenet_checkpoint_path(backbone)
-    if checkpoint.is_file():
-        return WeightsStatus("cached", checkpoint, f"{checkpoint.name} in {checkpoint.parent}")
     url = imagenet_url(backbone)
+    if checkpoint.is_file():
+        return WeightsStatus("cached", checkpoint, f"{checkpoint.name} in {checkpoint.parent}", url)
     host = urllib.parse.urlsplit(url).netloc
     problem = _reachable(url, timeout)
     if problem is None:
@@ -95,11 +97,13 @@ def imagenet_weights_status(backbone: str, timeout: float = 2.0) -> WeightsStatu
             "downloadable",
             checkpoint,
             f"not cached; {host} answers (downloaded into {checkpoint.parent} on first use)",
+            url,
         )
     return WeightsStatus(
         "offline",
         checkpoint,
         f"not cached at {checkpoint} and {host} cannot be reached ({problem})",
+        url,
     )
 
 
