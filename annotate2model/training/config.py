@@ -148,8 +148,8 @@ class RunConfig:
     unfreeze: str = "1"
     # "sgd" (with `momentum`) or "adamw"; unset (""): the mode's default (MODE_DEFAULTS).
     optimizer: str = ""
-    # Learning-rate schedule over the whole run: cyclic (triangular2), cosine, onecycle, constant;
-    # unset (""): the mode's default.
+    # Learning-rate schedule over the whole run, torch's schedulers: cyclic (CyclicLR triangular2),
+    # cosine, onecycle, constant; unset (""): the mode's default.
     schedule: str = ""
     # Passes over the training split (fine-tuning: after the probe stage); 0: the mode's default.
     epochs: int = 0
@@ -171,7 +171,8 @@ class RunConfig:
     early_stopping: int = -1
     # Fine-tuning only: the unfrozen blocks' learning rate as a share of the head's `lr`.
     block_lr_scale: float = 0.1
-    # Epochs of linear learning-rate warm-up before the schedule; -1: the mode's default.
+    # Epochs of linear learning-rate warm-up before the schedule (onecycle: the length of its own
+    # rise); -1: the mode's default.
     warmup_epochs: float = -1.0
     # Fine-tuning only: "probe" starts the head from the linear probe's solution (trained first on
     # the cached features, and kept when no fine-tuned epoch beats it on validation); "random"

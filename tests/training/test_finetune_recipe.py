@@ -85,17 +85,21 @@ def test_parameter_groups_and_their_learning_rates() -> None:
         [(list(block.parameters()), config.block_lr_scale), (list(head.parameters()), 1.0)],
         config,
     )
-    assert isinstance(opt, trainer.TorchOptimizer)
-    head(block(torch.randn(4, 3))).sum().backward()
-    opt.step(1e-3)
-    rates = [group["lr"] for group in opt.inner.param_groups]
-    assert rates == pytest.approx([1e-4, 1e-3])
-    assert isinstance(opt.inner, torch.optim.AdamW)
-    # A warm-up epoch rises linearly to the peak, then cosine decay to zero.
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [group["lr"] for group in opt.param_groups] == pytest.approx([1e-4, 1e-3])
+    # A warm-up epoch rises linearly to the peak, then cosine decay to zero; the blocks' group
+    # follows at its share.
     steps = 10
-    lrs = [trainer.lr_at(s, config, steps) for s in range(4 * steps)]
+    schedule = trainer.make_schedule(opt, config, steps)
+    lrs, blocks = [], []
+    for _ in range(4 * steps):
+        lrs.append(max(schedule.get_last_lr()))
+        blocks.append(min(schedule.get_last_lr()))
+        opt.step()
+        schedule.step()
     assert lrs[:steps] == sorted(lrs[:steps]) and lrs[0] < 0.2e-3
     assert max(lrs) == pytest.approx(1e-3, rel=0.01)
+    assert blocks == pytest.approx([lr * 0.1 for lr in lrs])
     assert lrs[steps:] == sorted(lrs[steps:], reverse=True) and lrs[-1] < 1e-5
 
 

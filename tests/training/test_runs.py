@@ -142,20 +142,44 @@ def test_optimisers_and_schedules(
     model = torch.nn.Linear(4, 2)
     opt = trainer.make_optimizer(model.parameters(), config)
     model(torch.randn(3, 4)).sum().backward()
-    opt.step(1e-3)
+    opt.step()
 
 
-def test_schedules_follow_torch() -> None:
-    config = RunConfig(mode="finetune", schedule="cyclic", epochs=10, lr=0.01, warmup_epochs=0)
-    steps = 8
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
-    cyclic = torch.optim.lr_scheduler.CyclicLR(
-        opt, 1e-6, 0.01, step_size_up=16, mode="triangular2", cycle_momentum=False
+def _rates(schedule_name: str, epochs: int = 8, steps: int = 5, warmup: float = 0) -> list[float]:
+    config = RunConfig(
+        mode="finetune", schedule=schedule_name, epochs=epochs, lr=0.01, warmup_epochs=warmup
     )
-    for step in range(80):
-        assert trainer.lr_at(step, config, steps) == pytest.approx(cyclic.get_last_lr()[0])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    schedule = trainer.make_schedule(opt, config, steps)
+    rates = []
+    for _ in range(epochs * steps):
+        rates.append(schedule.get_last_lr()[0])
         opt.step()
-        cyclic.step()
+        schedule.step()
+    return rates
+
+
+def test_each_schedule_has_its_shape() -> None:
+    cyclic = _rates("cyclic")
+    # triangular2: from lr * 1e-4 up to lr in two epochs and back, the next peak at half.
+    assert cyclic[0] == pytest.approx(1e-6) and max(cyclic[:20]) == pytest.approx(0.01)
+    assert max(cyclic[20:]) == pytest.approx(0.005, rel=1e-3)
+    cosine = _rates("cosine")
+    assert cosine[0] == 0.01 and cosine == sorted(cosine, reverse=True) and cosine[-1] < 1e-4
+    onecycle = _rates("onecycle")
+    top = onecycle.index(max(onecycle))
+    # Its rise ends at step pct_start * total - 1 (torch's OneCycleLR): 0.3 * 40 - 1.
+    assert onecycle[0] == pytest.approx(0.01 / 25) and top == 11 and onecycle[-1] < 1e-5
+    assert _rates("constant") == [0.01] * 40
+    # A warm-up epoch rises linearly to the peak, then the schedule runs over the rest.
+    warmed = _rates("cosine", warmup=1)
+    assert warmed[:5] == pytest.approx([0.01 * (i + 1) / 6 for i in range(5)])
+    assert warmed[5] == pytest.approx(0.01) and warmed[5:] == sorted(warmed[5:], reverse=True)
+    # onecycle's own rise takes the warm-up epochs instead: 2 of 8, 10 of 40 steps.
+    warm_cycle = _rates("onecycle", warmup=2)
+    assert warm_cycle.index(max(warm_cycle)) == 9
+    # A run too short for onecycle's two phases decays as cosine does.
+    assert _rates("onecycle", epochs=3, steps=1) == _rates("cosine", epochs=3, steps=1)
 
 
 def test_ensemble_is_recorded_as_a_run(store: Store, version1: Path, weights: Path) -> None:

@@ -5,6 +5,7 @@ exported again when damaged, and a failed export that says so and extracts with 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import pytest
 import torch
 
 from annotate2model.store import Store
+from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
-from annotate2model.training.features import onnx_trunk
+from annotate2model.training.features import embeddings, onnx_trunk
 from annotate2model.training.features.backbones import (
     build_trunk,
     load_state_dict,
@@ -24,7 +26,7 @@ from annotate2model.training.features.data import Preprocessing
 from annotate2model.training.features.embeddings import (
     EmbeddingCache,
     ExtractJob,
-    extract,
+    extract_features,
     torch_network,
 )
 from annotate2model.training.runs import runner
@@ -120,8 +122,13 @@ def test_a_runs_features_equal_torchvisions(
     session = cache.load_onnx(_onnx_files(cache)[0])
     assert session is not None
     torch_cache = EmbeddingCache(tmp_path / "torch")
-    expected, _ = extract(
-        torch_cache, "k", "d", jobs, lambda: _torchvision_trunk(weights), prep, CPU, False
+    expected, _ = extract_features(
+        torch_cache,
+        "k",
+        "d",
+        jobs,
+        lambda: torch_network(_torchvision_trunk(weights), prep, CPU, False),
+        prep,
     )
     torch_cache.close()
     from annotate2model.training.features.images import load_image
@@ -152,6 +159,42 @@ def test_a_failed_export_is_logged_and_torch_extracts(
     cache = runner.embedding_cache(store)
     assert _onnx_files(cache) == []
     cache.close()
+
+
+def test_the_predictor_extracts_through_the_runs_onnx_trunk(
+    store: Store, version1: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluating a probe on the CPU in fp32 runs the ONNX graph its training exported (one
+    engine picks for both), and gives the probabilities the run recorded."""
+    outcome = runner.train(store, small_config(weights, precision="fp32"))
+    with store.read() as session:
+        recorded = {
+            p.image_sha256: p.probs
+            for p in store_runs.read_predictions(session, outcome.run.id)
+            if p.split == "val"
+        }
+    cache = runner.embedding_cache(store)
+    assert len(_onnx_files(cache)) == 1
+    cache.close()
+
+    def no_torch(*_args: object) -> None:
+        raise AssertionError("the trunk ran in torch")
+
+    monkeypatch.setattr(embeddings, "torch_network", no_torch)
+    # The run's features are cached: drop them, so that the evaluation computes them again.
+    db = store.settings.workspace.cache_dir / "embeddings" / "embeddings.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM vectors")
+    evaluation = runner.evaluate_run(store, outcome.run.id, split="val")
+    with store.read() as session:
+        again = {
+            p.image_sha256: p.probs
+            for p in store_runs.read_predictions(session, outcome.run.id)
+            if p.split == "val"
+        }
+    assert set(again) == set(recorded) and evaluation.metrics.n == len(recorded)
+    for sha, probs in recorded.items():
+        assert np.allclose(again[sha], probs, atol=1e-5)
 
 
 # vgg16's trunk holds its two 4096-wide Linears (120 M parameters): its export works the same

@@ -277,31 +277,33 @@ def onnx_network(session: Any) -> Network:
     return run
 
 
-def forward_images(
-    jobs: Sequence[ExtractJob],
-    network: Callable[[], torch.nn.Module],
+def frozen_trunk(
+    trunk: Callable[[], torch.nn.Module],
     prep: Preprocessing,
     device: torch.device,
     bf16: bool,
-    batch_size: int,
-    workers: int,
-    seed: int = 0,
-    rotation: float = 10.0,
-    max_pixels: int | None = None,
-    on_ready: Callable[[], None] | None = None,
-) -> Iterator[ForwardBatch]:
-    """`forward_batches` through a torch module built by `network()` on `device`."""
-    return forward_batches(
-        jobs,
-        lambda: torch_network(network(), prep, device, bf16),
-        prep,
-        batch_size,
-        workers,
-        seed,
-        rotation,
-        max_pixels,
-        on_ready,
-    )
+    cache: EmbeddingCache | None = None,
+    onnx_name: tuple[str, str] | None = None,
+) -> Network:
+    """A frozen trunk as a Network: the one place that picks the engine that extracts features.
+
+    On the CPU in fp32, with a `cache` and `onnx_name` (backbone, weights identity), ONNX Runtime
+    runs the trunk's `torch.onnx.export` graph, cached and exported from `trunk()` on first use;
+    elsewhere, or when the export fails its check (logged), `trunk()` runs in torch on `device`.
+    """
+    use_onnx = device.type == "cpu" and not bf16 and cache is not None and onnx_name is not None
+    if use_onnx:
+        assert cache is not None and onnx_name is not None
+        path = cache.onnx_path(onnx_name[0], onnx_name[1], prep.crop)
+        session = cache.load_onnx(path)
+        if session is not None:
+            return onnx_network(session)
+        module = trunk()
+        session = cache.save_onnx(path, module, prep)
+        if session is not None:
+            return onnx_network(session)
+        return torch_network(module, prep, device, bf16)
+    return torch_network(trunk(), prep, device, bf16)
 
 
 def forward_batches(
@@ -373,39 +375,6 @@ def forward_batches(
             yield ForwardBatch(kept, outputs, errors)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def extract(
-    cache: EmbeddingCache,
-    key: str,
-    description: str,
-    jobs: Sequence[ExtractJob],
-    trunk: Callable[[], torch.nn.Module],
-    prep: Preprocessing,
-    device: torch.device,
-    bf16: bool,
-    batch_size: int = 64,
-    workers: int = 1,
-    seed: int = 0,
-    rotation: float = 10.0,
-    progress: Progress | None = None,
-    max_pixels: int | None = None,
-) -> tuple[dict[tuple[str, int], NDArray[Any]], ExtractionStats]:
-    """`extract_features` through a torch module built by `trunk()` on `device`."""
-    return extract_features(
-        cache,
-        key,
-        description,
-        jobs,
-        lambda: torch_network(trunk(), prep, device, bf16),
-        prep,
-        batch_size=batch_size,
-        workers=workers,
-        seed=seed,
-        rotation=rotation,
-        progress=progress,
-        max_pixels=max_pixels,
-    )
 
 
 def extract_features(

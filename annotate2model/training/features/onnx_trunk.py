@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from annotate2model.training.features.images import Preprocessing
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,32 @@ def open_session(model_bytes: bytes) -> Any:
 
 
 def run(session: Any, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """Features of a uint8 NHWC batch, flattened per image."""
-    (out,) = session.run([OUTPUT], {INPUT: np.ascontiguousarray(images, dtype=np.uint8)})
+    """The graph's output for a uint8 NHWC batch, flattened per image."""
+    out = session.run(None, {INPUT: np.ascontiguousarray(images, dtype=np.uint8)})[0]
     result: NDArray[np.float32] = np.asarray(out, dtype=np.float32).reshape(len(images), -1)
     return result
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, output: str = OUTPUT) -> bytes:
+    """`model` (uint8 NHWC images in) as ONNX bytes, through `torch.onnx.export`: the one export
+    of a2m, for a frozen trunk here and a whole run in `a2m export`."""
+    import torch
+
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The exporters' notices about their own future are not the user's concern.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,  # type: ignore[arg-type]  # the TorchScript-based exporter takes a file
+            input_names=[INPUT],
+            output_names=[output],
+            dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()
 
 
 def export(trunk: nn.Module, prep: Preprocessing) -> tuple[bytes, Any] | None:
@@ -75,23 +98,10 @@ def export(trunk: nn.Module, prep: Preprocessing) -> tuple[bytes, Any] | None:
     generator = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, prep.crop, prep.crop, 3), generator=generator)
     example = example.to(torch.uint8)
-    buffer = io.BytesIO()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The exporters' notices about their own future are not the user's concern.
-            warnings.simplefilter("ignore")
+        with torch.no_grad():
             expected = model(example).float().flatten(1).numpy()
-            torch.onnx.export(
-                model,
-                (example,),
-                buffer,  # type: ignore[arg-type]  # the TorchScript-based exporter takes a file
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        data = buffer.getvalue()
+        data = to_onnx(model, example)
         session = open_session(data)
         got = run(session, example.numpy())
     except (RuntimeError, ValueError, OSError, ImportError) as exc:

@@ -47,9 +47,10 @@ from annotate2model.training.features.data import ImageDataset, collate, to_inpu
 from annotate2model.training.features.embeddings import (
     ExtractionStats,
     ExtractJob,
-    forward_images,
+    forward_batches,
     model_description,
     model_key,
+    torch_network,
 )
 from annotate2model.training.features.tensors import Tensors
 from annotate2model.training.fit.jobs import History, TrainJob, TrainResult, kept_items
@@ -352,12 +353,10 @@ class _Stage:
         started = time.perf_counter()
         job.progress.begin("Running the frozen blocks", total=len(jobs))
         try:
-            for batch in forward_images(
+            for batch in forward_batches(
                 jobs,
-                lambda: self.network(prefix),
+                lambda: torch_network(self.network(prefix), job.prep, job.torch_device, job.bf16),
                 job.prep,
-                job.torch_device,
-                job.bf16,
                 job.eval_batch,
                 job.workers,
                 config.seed,

@@ -19,6 +19,7 @@ from annotate2model.training.features.embeddings import (
     ExtractJob,
     Network,
     extract_features,
+    frozen_trunk,
     model_description,
     model_key,
 )
@@ -41,8 +42,16 @@ def train_probe(job: TrainJob) -> TrainResult:
     description = model_description(config.backbone, job.source.identity, prep, job.bf16)
     trunk_file = cache.trunk_path(job.source.identity, config.backbone)
 
+    def trunk() -> nn.Module:
+        from annotate2model.training.features.backbones import build_trunk
+
+        model = build_trunk(config.backbone)
+        model.load_state_dict(_trunk_state(config, job.source, trunk_file, cache, model))
+        return model
+
     def network() -> Network:
-        return trunk_network(job, cache, trunk_file)
+        onnx_name = (config.backbone, job.source.identity)
+        return frozen_trunk(trunk, prep, job.torch_device, job.bf16, cache, onnx_name)
 
     jobs = [
         ExtractJob(item.image_sha256, job.blob(item), view)
@@ -87,31 +96,6 @@ def train_probe(job: TrainJob) -> TrainResult:
         extraction=stats,
         embedding_key=key,
     )
-
-
-def trunk_network(job: TrainJob, cache: EmbeddingCache, trunk_file: Path) -> Network:
-    """The frozen trunk as a Network: on the CPU in fp32, ONNX Runtime on the trunk's
-    `torch.onnx.export` graph (cached; exported from the torch trunk on first use); elsewhere,
-    or when the export fails its check, the torch trunk on the job's device."""
-    from annotate2model.training.features.backbones import build_trunk
-    from annotate2model.training.features.embeddings import onnx_network, torch_network
-
-    config, prep = job.config, job.prep
-    use_onnx = job.device_type == "cpu" and not job.bf16
-    onnx_file = cache.onnx_path(config.backbone, job.source.identity, prep.crop)
-    if use_onnx:
-        session = cache.load_onnx(onnx_file)
-        if session is not None:
-            if not trunk_file.is_file():
-                _trunk_state(config, job.source, trunk_file, cache)
-            return onnx_network(session)
-    model = build_trunk(config.backbone)
-    model.load_state_dict(_trunk_state(config, job.source, trunk_file, cache, model), strict=True)
-    if use_onnx:
-        session = cache.save_onnx(onnx_file, model, prep)
-        if session is not None:
-            return onnx_network(session)
-    return torch_network(model, prep, job.torch_device, job.bf16)
 
 
 @dataclass

@@ -8,10 +8,11 @@ scikit-learn instead (head.py).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from torch import nn
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.config import RunConfig
 from annotate2model.training.features.device import autocast
+
+log = logging.getLogger(__name__)
 
 
 def class_weights(targets: NDArray[np.intp], n_classes: int) -> NDArray[np.float64]:
@@ -32,37 +35,6 @@ def class_weights(targets: NDArray[np.intp], n_classes: int) -> NDArray[np.float
     weights = np.zeros(n_classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=targets)
     return weights
-
-
-def lr_at(step: int, config: RunConfig, steps_per_epoch: int) -> float:
-    """The learning rate of optimiser step `step` (0-based): a linear warm-up over
-    `warmup_epochs`, then the run's schedule over the remaining steps."""
-    warm = min(round(config.warmup_epochs * steps_per_epoch), steps_per_epoch * config.epochs - 1)
-    if warm > 0:
-        if step < warm:
-            return config.lr * (step + 1) / (warm + 1)
-        step -= warm
-    total = max(1, steps_per_epoch * config.epochs - max(0, warm))
-    peak = config.lr
-    if config.schedule == "cyclic":
-        # triangular2 (as torch's CyclicLR): half-cycles of two epochs between lr * 1e-4 and lr,
-        # the amplitude halving every cycle.
-        base = peak * 1e-4
-        half = max(1, 2 * steps_per_epoch)
-        cycle = math.floor(1 + step / (2 * half))
-        x = abs(step / half - 2 * cycle + 1)
-        return float(base + (peak - base) * max(0.0, 1 - x) / (2.0 ** (cycle - 1)))
-    if config.schedule == "cosine":
-        return peak * (1 + math.cos(math.pi * min(step, total) / total)) / 2
-    if config.schedule == "onecycle":
-        # As torch's OneCycleLR with cosine annealing: 30% warm-up from lr/25, down to lr/25e4.
-        initial, final = peak / 25, peak / 25e4
-        warm = max(1, round(0.3 * total))
-        if step < warm:
-            return initial + (peak - initial) * (1 - math.cos(math.pi * step / warm)) / 2
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return final + (peak - final) * (1 + math.cos(math.pi * t)) / 2
-    return peak
 
 
 def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -82,47 +54,8 @@ def beats(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-class Optimizer(Protocol):
-    """What the loop needs of an optimiser: clear gradients, step at a given learning rate."""
-
-    def zero_grad(self) -> None: ...
-
-    def step(self, lr: float) -> None: ...
-
-
 # Parameters with the share of the schedule's learning rate they train at.
 ParamGroups = list[tuple[list[nn.Parameter], float]]
-
-
-class TorchOptimizer:
-    """torch.optim's SGD or AdamW, driven by the schedule through its learning rate; each
-    parameter group steps at its own share of that rate (fine-tuning: blocks slower than the
-    head)."""
-
-    def __init__(self, params: Iterable[nn.Parameter] | ParamGroups, config: RunConfig) -> None:
-        groups = as_groups(params)
-        self.scales = [scale for _, scale in groups]
-        torch_groups = [{"params": ps, "lr": config.lr * scale} for ps, scale in groups]
-        self.inner: torch.optim.Optimizer
-        if config.optimizer == "adamw":
-            self.inner = torch.optim.AdamW(
-                torch_groups, lr=config.lr, weight_decay=config.weight_decay
-            )
-        else:
-            self.inner = torch.optim.SGD(
-                torch_groups,
-                lr=config.lr,
-                momentum=config.momentum,
-                weight_decay=config.weight_decay,
-            )
-
-    def zero_grad(self) -> None:
-        self.inner.zero_grad(set_to_none=True)
-
-    def step(self, lr: float) -> None:
-        for group, scale in zip(self.inner.param_groups, self.scales, strict=True):
-            group["lr"] = lr * scale
-        self.inner.step()
 
 
 def as_groups(params: Iterable[nn.Parameter] | ParamGroups) -> ParamGroups:
@@ -135,8 +68,72 @@ def as_groups(params: Iterable[nn.Parameter] | ParamGroups) -> ParamGroups:
     return [(ps, scale) for ps, scale in groups if ps]
 
 
-def make_optimizer(params: Iterable[nn.Parameter] | ParamGroups, config: RunConfig) -> Optimizer:
-    return TorchOptimizer(params, config)
+def make_optimizer(
+    params: Iterable[nn.Parameter] | ParamGroups, config: RunConfig
+) -> torch.optim.Optimizer:
+    """torch.optim's SGD (with momentum) or AdamW; each parameter group at its own share of the
+    learning rate (fine-tuning: blocks slower than the head)."""
+    groups = [{"params": ps, "lr": config.lr * scale} for ps, scale in as_groups(params)]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+# The fewest optimiser steps torch's OneCycleLR can divide into its rise and fall.
+ONECYCLE_STEPS = 4
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers for the whole run, stepped once per optimiser step: a linear warm-up
+    over `warmup_epochs`, then `schedule` over the remaining steps, every group scaled alike.
+
+    cyclic: triangular2 (half-cycles of two epochs between lr * 1e-4 and lr, the amplitude
+    halving every cycle); cosine: down to 0; onecycle: its own cosine warm-up from lr / 25 (over
+    the warm-up epochs, else 30% of the run) and down to lr / 25e4; constant.
+    """
+    from torch.optim import lr_scheduler
+
+    total = max(1, steps_per_epoch * config.epochs)
+    warm = max(0, min(round(config.warmup_epochs * steps_per_epoch), total - 1))
+    peaks = [float(group["lr"]) for group in optimizer.param_groups]
+    if config.schedule == "onecycle" and total >= ONECYCLE_STEPS:
+        # torch's two phases need a step or more each: the rise is kept within them.
+        rise = min(max(warm / total if warm else 0.3, 2 / total), (total - 2) / total)
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=peaks,
+            total_steps=total,
+            pct_start=rise,
+            div_factor=25,
+            final_div_factor=1e4,
+            cycle_momentum=False,
+        )
+    if config.schedule == "onecycle":
+        log.info("a run of %d steps is too short for onecycle: cosine decay instead", total)
+    main: lr_scheduler.LRScheduler
+    if config.schedule == "cyclic":
+        main = lr_scheduler.CyclicLR(
+            optimizer,
+            base_lr=[peak * 1e-4 for peak in peaks],
+            max_lr=peaks,
+            step_size_up=max(1, 2 * steps_per_epoch),
+            mode="triangular2",
+            cycle_momentum=False,
+        )
+    elif config.schedule in ("cosine", "onecycle"):
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm))
+    else:
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if not warm:
+        return main
+    warmup = lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / (warm + 1), end_factor=1.0, total_iters=warm
+    )
+    return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[warm])
 
 
 def make_loss(
@@ -152,15 +149,15 @@ def make_loss(
 def train_one_epoch(
     model: nn.Module,
     batches: Batches,
-    optimizer: Optimizer,
-    lr: Callable[[], float],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
     loss_fn: nn.Module,
     device: torch.device,
     bf16: bool,
     progress: Progress,
     prepare: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over `batches`; `lr()` gives the rate of each step (it advances the schedule)."""
+    """One pass over `batches`; the schedule advances after every optimiser step."""
     model.train()
     if prepare is not None:
         prepare(model)
@@ -172,12 +169,13 @@ def train_one_epoch(
             continue
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=True)
         with autocast(device, bf16):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         loss.backward()
-        optimizer.step(lr())
+        optimizer.step()
+        schedule.step()
         n = y.shape[0]
         total_loss += float(loss.detach()) * n
         correct += int((logits.argmax(1) == y).sum())
@@ -251,13 +249,7 @@ def fit(
     """
     progress = progress or NullProgress()
     optimizer = make_optimizer(params if params is not None else model.parameters(), config)
-    step = 0
-
-    def next_lr() -> float:
-        nonlocal step
-        rate = lr_at(step, config, steps_per_epoch)
-        step += 1
-        return rate
+    schedule = make_schedule(optimizer, config, steps_per_epoch)
 
     eval_loss = nn.CrossEntropyLoss()
     history: list[dict[str, Any]] = []
@@ -280,7 +272,8 @@ def fit(
         progress.begin("Training the head", total=config.epochs)
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        lr = lr_at(step, config, steps_per_epoch)
+        # The full rate (the head's, when groups train slower) at the epoch's first step.
+        lr = max(schedule.get_last_lr())
         if per_epoch_bars:
             progress.begin(f"Epoch {epoch}/{config.epochs}", total=steps_per_epoch)
         row: dict[str, Any] = {"epoch": epoch, "lr": lr}
@@ -289,7 +282,7 @@ def fit(
                 model,
                 train_batches(epoch),
                 optimizer,
-                next_lr,
+                schedule,
                 loss_fn,
                 device,
                 bf16,

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.fsutil import atomic_write
 from annotate2model.progress import NullProgress, Progress
+from annotate2model.training.features import onnx_trunk
 from annotate2model.training.features.data import ImageInput
 from annotate2model.training.features.device import autocast
 from annotate2model.training.features.images import ImageSource, Preprocessing, load_image
@@ -37,9 +38,7 @@ FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 # Name of the card in an exported file's metadata (ONNX metadata_props, TorchScript extra files).
 CARD_KEY = "a2m_card"
-INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
-ONNX_OPSET = 18
 # Largest difference in any probability between the file and the torch model that passes.
 PARITY_TOLERANCE = 1e-4
 SAMPLE_COUNT = 4
@@ -253,19 +252,7 @@ def _quiet() -> Iterator[None]:
 def _write_onnx(model: ProbabilityModel, prep: Preprocessing, meta: str, path: Path) -> None:
     import onnx
 
-    with _quiet():
-        torch.onnx.export(
-            model,
-            (_example(prep),),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-            external_data=False,
-        )
-    proto = onnx.load(str(path))
+    proto = onnx.load_from_string(onnx_trunk.to_onnx(model, _example(prep), OUTPUT_NAME))
     entry = proto.metadata_props.add()
     entry.key = CARD_KEY
     entry.value = meta
@@ -282,11 +269,7 @@ def _write_torchscript(model: ProbabilityModel, prep: Preprocessing, meta: str, 
 
 def run_onnx(path: Path, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
     """The ONNX file's probabilities for `batch` under onnxruntime (CPU)."""
-    import onnxruntime  # type: ignore[import-untyped]
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-    return np.asarray(out, dtype=np.float32)
+    return onnx_trunk.run(onnx_trunk.open_session(path.read_bytes()), batch)
 
 
 def run_torchscript(path: Path, batch: NDArray[np.uint8]) -> NDArray[np.float32]:

@@ -17,7 +17,7 @@ runs it here: evaluate, predict, ensemble, compare, flag and serve (export write
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,12 @@ from annotate2model.training.features.device import pick_device, use_bf16
 from annotate2model.training.features.embeddings import (
     EmbeddingCache,
     ExtractJob,
-    extract,
-    forward_images,
+    Network,
+    extract_features,
+    forward_batches,
+    frozen_trunk,
     model_key,
+    torch_network,
 )
 from annotate2model.training.features.images import ImageSource, Preprocessing
 from annotate2model.training.features.tensors import read_tensors
@@ -127,9 +130,12 @@ class Predictor(_RunModel):
         self.embedding_key: str | None = key or None
         # Where `features` caches the trunk's features: a probe's are the backbone's own; a
         # fine-tuned trunk's are this run's alone.
+        trunk_identity = identity if self.embedding_key else f"{identity}+run-{self.run_id}"
         self.features_key = self.embedding_key or model_key(
-            card["architecture"], f"{identity}+run-{self.run_id}", self.prep, self.bf16
+            card["architecture"], trunk_identity, self.prep, self.bf16
         )
+        # The trunk's ONNX export in the cache: a probe shares its training's.
+        self._onnx_name = (str(card["architecture"]), trunk_identity)
 
     @staticmethod
     def load(
@@ -206,15 +212,16 @@ class Predictor(_RunModel):
             position: dict[str, list[int]] = {}
             for i, name in enumerate(names):
                 position.setdefault(name, []).append(i)
-            found, stats = extract(
-                self.cache,
+            cache = self.cache
+            found, stats = extract_features(
+                cache,
                 self.features_key,
                 f"run {self.run_id} trunk ({self.card['architecture']})",
                 [ExtractJob(k, src, 0) for k, src in zip(names, images, strict=True)],
-                self._trunk,
+                lambda: frozen_trunk(
+                    self._trunk, self.prep, self.device, self.bf16, cache, self._onnx_name
+                ),
                 self.prep,
-                self.device,
-                self.bf16,
                 batch_size=self.batch_size,
                 workers=self.workers,
                 progress=progress,
@@ -226,7 +233,8 @@ class Predictor(_RunModel):
             vectors = {i: found[(names[i], 0)] for i in range(n) if i not in errors}
         elif n:
             progress.begin(title, total=n)
-            for batch in self._forward_images(images, self._trunk):
+            trunk = lambda: frozen_trunk(self._trunk, self.prep, self.device, self.bf16)  # noqa: E731
+            for batch in self._forward_images(images, trunk):
                 for job, reason in batch.errors:
                     errors[int(job.sha256)] = reason
                 for job, row in zip(batch.kept, batch.outputs, strict=True):
@@ -239,17 +247,10 @@ class Predictor(_RunModel):
             rows[i] = vec
         return Features(rows, errors)
 
-    def _forward_images(self, images: Sequence[ImageSource], network: Any) -> Any:
+    def _forward_images(self, images: Sequence[ImageSource], network: Callable[[], Network]) -> Any:
         jobs = [ExtractJob(str(i), src, 0) for i, src in enumerate(images)]
-        return forward_images(
-            jobs,
-            network,
-            self.prep,
-            self.device,
-            self.bf16,
-            self.batch_size,
-            self.workers,
-            max_pixels=self.max_pixels,
+        return forward_batches(
+            jobs, network, self.prep, self.batch_size, self.workers, max_pixels=self.max_pixels
         )
 
     def predict(
@@ -276,7 +277,8 @@ class Predictor(_RunModel):
         if n == 0:
             return Predictions(self.labels, probs, errors)
         progress.begin("Predicting", total=n)
-        for batch in self._forward_images(images, self._network):
+        network = lambda: torch_network(self._network(), self.prep, self.device, self.bf16)  # noqa: E731
+        for batch in self._forward_images(images, network):
             for job, reason in batch.errors:
                 errors[int(job.sha256)] = reason
             if batch.kept:
