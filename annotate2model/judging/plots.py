@@ -83,7 +83,8 @@ def history_plot(history: Sequence[dict[str, Any]], path: Path) -> Path:
                 ax.plot(xs, ys, marker="o", markersize=3, color=color, label=split)
                 drawn = True
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        # A probe's rows are its head's fits, one per C; fine-tuning's are epochs.
+        ax.set_xlabel("fit (one per C)" if any("C" in row for row in history) else "epoch")
         ax.xaxis.set_major_locator(_integer_ticks())
         ax.grid(alpha=0.3)
         if drawn:

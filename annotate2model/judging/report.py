@@ -297,13 +297,17 @@ def _config_value(value: Any) -> str:
 
 
 def _history_table(history: Sequence[dict[str, Any]]) -> str:
-    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+    # A probe's history has a row per C its head was fitted with; fine-tuning's, per epoch.
+    probe = any("C" in row for row in history)
+    rate = "C" if probe else "lr"
+    keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", rate, "seconds")
     rows = [
-        [_e(row.get("epoch", i + 1))]
-        + [_num(row.get(k), 6 if k == "lr" else (2 if k == "seconds" else 3)) for k in keys]
+        [_e(str(row.get("epoch", i + 1)) + (" (kept)" if row.get("kept") else ""))]
+        + [_num(row.get(k), 6 if k == rate else (2 if k == "seconds" else 3)) for k in keys]
         for i, row in enumerate(history)
     ]
-    headers = ["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"]
+    first = "fit" if probe else "epoch"
+    headers = [first, "train loss", "train acc", "val loss", "val acc", rate, "seconds"]
     return _table(headers, rows, id="history-table", numeric=range(7))
 
 

@@ -164,6 +164,10 @@ def test_run_report_in_chromium(trained: Trained, browser: Any, artifacts: Path)
         assert [[int(v) for v in row[1:]] for row in confusion] == test["confusion"]
         assert _loaded(page, "#confusion-plot") == [SIZE[0]]
         assert _loaded(page, "#history-plot") == [SIZE[0]]
+        # A probe's history: a row per C its head was fitted with, the one it kept marked.
+        history = _cells(page, "#history-table")
+        assert len(history) == len(run.history)
+        assert [row[0].endswith("(kept)") for row in history].count(True) == 1
 
         # The gallery: every misclassified val/test image, worst first, thumbnails loaded.
         with trained.store.read() as session:
