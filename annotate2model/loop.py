@@ -69,6 +69,7 @@ def run_loop(
     max_count: int | None = None,
     min_score: float = 0.0,
     requeue: bool = False,
+    recheck_confirmed: bool = False,
     progress: Progress | None = None,
     local: LocalFiles | None = None,
 ) -> LoopOutcome:
@@ -115,6 +116,7 @@ def run_loop(
         max_count=max_count,
         min_score=min_score,
         requeue=requeue,
+        recheck_confirmed=recheck_confirmed,
         progress=progress,
     )
     return outcome

@@ -20,7 +20,7 @@ import pytest
 
 from annotate2model.demo.signs import SIGN_CLASSES
 from annotate2model.demo.tour import SMALL, DemoState, write_batch
-from annotate2model.labelstudio.flags import tab_title
+from annotate2model.labelstudio.flags import REVIEW_TAB
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
 from annotate2model.store.versions import list_versions
@@ -141,7 +141,7 @@ def _check_demo(root: Path, out: dict[str, Any], env: dict[str, str]) -> None:
             return response.json()
 
         views = api("/api/dm/views", project=out["project"])
-        (view,) = [v for v in views if v["data"]["title"] == tab_title(2)]
+        (view,) = [v for v in views if v["data"]["title"] == REVIEW_TAB]
         assert view["data"]["title"] == out["tab"]
         listed = api("/api/tasks", project=out["project"], view=view["id"], page_size=1000)
         flagged = {_task_path(t) for t in listed["tasks"]}

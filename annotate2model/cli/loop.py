@@ -48,6 +48,13 @@ def loop_cmd(
     requeue: Annotated[
         bool, typer.Option("--requeue", help="Return flagged tasks to the labeling queue.")
     ] = False,
+    recheck_confirmed: Annotated[
+        bool,
+        typer.Option(
+            "--recheck-confirmed",
+            help="Also flag tasks whose label a person confirmed (kept back by default).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """One iteration: sync; train a new version with the last configuration (or the options
@@ -97,6 +104,7 @@ def loop_cmd(
             reasons=chosen_reasons,
             max_count=max_count,
             requeue=requeue,
+            recheck_confirmed=recheck_confirmed,
             progress=None if as_json else RichProgress(),
             local=connection.local_files(settings),
         )
@@ -149,7 +157,11 @@ def loop_cmd(
         console.print(f"No comparison: {outcome.comparison_note}")
     f = outcome.flags
     if f is not None:
+        from annotate2model.cli.review import evidence_lines, flag_notes
+
+        for line in evidence_lines(f.evidence):
+            console.print(line)
         found = ", ".join(f"{n} {r}" for r, n in f.found.items()) or "nothing"
         console.print(f"Flagged {f.flagged} task(s) ({found}).")
-        if f.url:
-            console.print(f"They wait in the tab [bold]{f.tab}[/]: {f.url}")
+        for line in flag_notes(f):
+            console.print(f"  {line}")

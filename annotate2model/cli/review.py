@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -23,6 +23,9 @@ from annotate2model.cli.render import (
 from annotate2model.labelstudio import connection
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.connection import NotConnected
+
+if TYPE_CHECKING:
+    from annotate2model.review.flagging import Evidence, FlagOutcome
 
 app = typer.Typer()
 
@@ -68,9 +71,17 @@ def flag_cmd(
             "labeling queue with the old answer pre-filled.",
         ),
     ] = False,
+    recheck_confirmed: Annotated[
+        bool,
+        typer.Option(
+            "--recheck-confirmed",
+            help="Also flag tasks whose label a person confirmed after an earlier flag (kept "
+            "back by default unless the run doubts them at 0.99 or more).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Send a run's doubts to Label Studio: a prediction, a review field and a tab per run.
+    """Send a run's doubts to Label Studio, into the project's review tab (a2m review).
 
     Example: [bold]a2m flag 3 --reasons label-issue --max 50 --requeue[/]
     """
@@ -91,7 +102,9 @@ def flag_cmd(
             max_count=max_count,
             min_score=min_score,
             requeue=requeue,
+            recheck_confirmed=recheck_confirmed,
             progress=None if as_json else RichProgress(),
+            on_evidence=None if as_json else print_evidence,
         )
     if as_json:
         print_json(outcome)
@@ -101,19 +114,67 @@ def flag_cmd(
     console.print(
         f"Run [bold]{outcome.run}[/]: flagged {outcome.flagged} task(s) ({found}) in project "
         f"{outcome.project} in {push.seconds:.1f} s: {push.predictions_added} prediction(s) "
-        f"and {push.fields_written} review field(s) added"
+        f"added, {push.predictions_updated} updated"
         + (f", {len(push.requeued)} requeued" if requeue else "")
         + "."
     )
+    for line in flag_notes(outcome):
+        console.print(f"  {line}")
+
+
+def print_evidence(evidence: Evidence) -> None:
+    """What the data say of the flags, printed before they are sent."""
+    for line in evidence_lines(evidence):
+        console.print(line)
+
+
+def evidence_lines(evidence: Evidence) -> list[str]:
+    lines = []
+    if evidence.estimated_wrong is not None:
+        expected = evidence.expected_precision
+        lines.append(
+            f"cleanlab estimates {evidence.estimated_wrong} of {evidence.training_images} "
+            "training labels are wrong"
+            + (
+                f"; with held-out accuracy {evidence.held_out_accuracy:.2f}, about "
+                f"{expected:.0%} of misclassified flags can be expected to be wrong labels."
+                if expected is not None and evidence.held_out_accuracy is not None
+                else "."
+            )
+        )
+    warning = evidence.warning()
+    if warning:
+        lines.append(f"[yellow]warning:[/] {escape(warning)}")
+    return lines
+
+
+def flag_notes(outcome: FlagOutcome) -> list[str]:
+    """The lines after a flagging: what was kept back or carried, where the flags wait."""
+    lines = []
+    if outcome.kept_back:
+        lines.append(
+            f"{outcome.kept_back} task(s) a person confirmed were not flagged again (doubt below "
+            f"{outcome.recheck_score:.2f}; --recheck-confirmed flags them anyway)."
+        )
+    if outcome.carried:
+        lines.append(
+            f"{outcome.carried} task(s) already waited in review for an earlier run: they stay, "
+            f"with run {outcome.run}'s score."
+        )
+    if outcome.retired:
+        lines.append(f"{outcome.retired} answered task(s) left the review tab.")
     if outcome.without_task:
-        console.print(
-            f"  {outcome.without_task} doubted image(s) have no task in the project that still "
+        lines.append(
+            f"{outcome.without_task} doubted image(s) have no task in the project that still "
             "carries the label the run saw."
         )
-    if push.missing:
-        console.print(f"  {len(push.missing)} task(s) no longer exist in Label Studio.")
+    if outcome.push.missing:
+        lines.append(f"{len(outcome.push.missing)} task(s) no longer exist in Label Studio.")
     if outcome.url:
-        console.print(f"They wait in the tab [bold]{outcome.tab}[/]: {outcome.url}")
+        lines.append(
+            f"They wait in the tab [bold]{outcome.tab}[/], highest score first: {outcome.url}"
+        )
+    return lines
 
 
 @app.command("unflag")
@@ -122,7 +183,7 @@ def unflag_cmd(
     run: Annotated[str, typer.Argument(help="Run id whose flags to take back.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Take a run's flags out of Label Studio (predictions, review field, tab, requeued drafts).
+    """Take a run's flags out of Label Studio (predictions, review fields, requeued drafts).
 
     Example: [bold]a2m unflag 3[/]
     """
@@ -141,7 +202,7 @@ def unflag_cmd(
         f"Run [bold]{outcome.run}[/]: {outcome.withdrawn} pending flag(s) withdrawn; removed "
         f"{outcome.predictions_removed} prediction(s), {outcome.fields_removed} review "
         f"field(s)"
-        + (", the tab" if outcome.tab_removed else "")
+        + (", the review tab (no flag left pending)" if outcome.tab_removed else "")
         + (
             f"; {outcome.drafts_restored} draft(s) back to annotations"
             if outcome.drafts_restored
@@ -161,7 +222,7 @@ def flags_cmd(
 
     Example: [bold]a2m flags 3 --json[/]
     """
-    from annotate2model.store.flags import flag_precision, list_flags
+    from annotate2model.store.flags import flag_precision, list_flags, suppressed_counts
     from annotate2model.store.runs import get_run
     from annotate2model.store.versions import image_sources
 
@@ -169,7 +230,9 @@ def flags_cmd(
     with store.read() as session:
         run_id = get_run(session, run).id if run is not None else None
         records = list_flags(session, run_id)
-        precision = flag_precision(session, {r.run_id for r in records if r.run_id is not None})
+        run_ids = {r.run_id for r in records if r.run_id is not None}
+        precision = flag_precision(session, run_ids)
+        kept_back = suppressed_counts(session, run_ids)
         sources = image_sources(session, (r.image_sha256 for r in records))
     ls_url = store.settings.labelstudio.url
     if as_json:
@@ -206,6 +269,7 @@ def flags_cmd(
                     }
                     for k, v in sorted(precision.items())
                 },
+                "kept_back": {str(k): v for k, v in sorted(kept_back.items())},
             }
         )
         return
@@ -246,8 +310,14 @@ def flags_cmd(
         table.add_row(*(cells[col] for col in columns))
     console.print(table)
     print_task_links((r.project_id for r in records if r.project_id and r.task_id), ls_url)
-    for run_key, (resolved, relabeled) in sorted(precision.items()):
-        console.print(
-            f"Run {run_key}: {resolved} flag(s) resolved, {relabeled} relabeled: precision "
-            f"{relabeled / resolved:.2f}."
-        )
+    for run_key in sorted(set(precision) | set(kept_back)):
+        resolved, relabeled = precision.get(run_key, (0, 0))
+        line = f"Run {run_key}: "
+        if resolved:
+            line += f"{resolved} flag(s) resolved, {relabeled} relabeled: precision "
+            line += f"{relabeled / resolved:.2f}"
+        else:
+            line += "no flag resolved yet"
+        if kept_back.get(run_key):
+            line += f"; {kept_back[run_key]} kept back (confirmed by a person before)"
+        console.print(line + ".")

@@ -405,3 +405,5 @@ def sync_cmd(
     if result.flags_resolved:
         settled = ", ".join(f"{n} {kind}" for kind, n in sorted(result.flags_resolved.items()))
         console.print(f"Flags settled by this sync: {settled} ([bold]a2m flags[/] lists them).")
+        if result.review_retired:
+            console.print(f"  {result.review_retired} answered task(s) left the review tab.")

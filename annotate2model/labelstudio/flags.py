@@ -1,31 +1,36 @@
-"""Flags in Label Studio: what `a2m flag` puts on a task, and what `a2m unflag` takes off again.
+"""Flags in Label Studio: what `a2m flag` puts on a task, what a sync takes off once a person has
+answered it, and what `a2m unflag` takes back.
 
-For a run, each flagged task gets
-- a prediction with model version `a2m-run-<id>`, the suggested choice and the flag's score
-  (the Data Manager sorts and filters on it), created for all tasks in one bulk request;
-- a review note in its data under `a2m_review_run_<id>` (reason, run, suggested label): a column
-  in the Data Manager and what the run's tab filters on, set with Label Studio's "add data field"
-  Data Manager action, one request per distinct note (a PATCH per task costs its server ~0.3 s);
-- a place in the saved Data Manager tab `a2m run <id>`, whose one filter is "the review field is
-  not empty": it lists exactly the run's flagged tasks, and `/next?view=` obeys it;
+Every pending flag of a project waits in one standing Data Manager tab, `a2m review`. A flagged
+task gets
+- a prediction with model version `a2m-review`: the suggested choice and the flag's score. The
+  project's model version is set to it (unless the project uses another model's), so that Label
+  Studio's score column shows and sorts, and the labeling screen shows the suggestion;
+- two data fields, `a2m_reason` (misclassified, label-issue, uncertain) and `a2m_run` (the newest
+  run that doubts it), set with Label Studio's "add data field" Data Manager action: one request
+  per distinct value, however many tasks;
 - with `requeue`, its annotation converted to a draft: the task is unlabeled again, so it comes
   back in the labeling queue with the old answer pre-filled. No annotation is ever deleted.
 
-Predictions are added only to tasks that do not hold the run's yet, the field is set (not added),
-the tab is found by title and a requeued task has no annotation left to convert, so pushing twice,
-or again after Label Studio died halfway, leaves one prediction, one field and one tab per task.
-Unflag removes the run's predictions, its field (a PATCH per task: the key goes, not only its
-value) and its tab, and turns a requeued draft that nobody answered back into an annotation.
-Per-task requests run on a few threads.
+The tab lists the tasks whose reason is not empty, highest score first, and shows the image, the
+current label, the suggested label, the reason, the score and the run. A task doubted again while
+it waits keeps its one prediction, with the newest run's score. Once a sync has settled a flag,
+`retire_answered` empties the task's fields and removes its prediction: it leaves the tab.
+
+Pushing twice, or again after Label Studio died halfway, leaves one prediction, one pair of fields
+and one tab. Writes are sent one at a time: Label Studio on SQLite answers concurrent writes with
+"database is locked" (and may have committed part of them). Flags pushed before the standing tab
+(a tab `a2m run N`, a field `a2m_review_run_N`, model version `a2m-run-N`) are still taken back by
+`a2m unflag N`.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from annotate2model.errors import LabelStudioError
@@ -33,13 +38,24 @@ from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.config import LabelingConfig, parse_label_config
 from annotate2model.labelstudio.results import prediction
 from annotate2model.progress import NullProgress, Progress
+from annotate2model.store import Store
+from annotate2model.store import flags as store_flags
 
-# Concurrent per-task requests (PATCH, convert, delete): Label Studio answers each in ~40 ms.
-WORKERS = 8
+# Per-task writes (PATCH, convert, delete) in flight at once: one. Label Studio answers each in
+# ~40 ms; on SQLite, concurrent ones fill its log with "database is locked".
+WORKERS = 1
 # Predictions per bulk import request.
 PREDICTION_CHUNK = 500
 
+REVIEW_TAB = "a2m review"
+REVIEW_VERSION = "a2m-review"
+REASON_FIELD = "a2m_reason"
+RUN_FIELD = "a2m_run"
+
 T = TypeVar("T")
+
+
+# Where flags pushed before the standing tab live (one model version, field and tab per run).
 
 
 def model_version(run_id: int) -> str:
@@ -52,13 +68,6 @@ def review_field(run_id: int) -> str:
 
 def tab_title(run_id: int) -> str:
     return f"a2m run {run_id}"
-
-
-def review_note(reason: str, run_id: int, suggested: str | None) -> str:
-    """The text of the review field: what the run doubts, in one line (the score is the
-    prediction's, where the Data Manager sorts on it)."""
-    suggestion = f", suggested {suggested}" if suggested else ""
-    return f"{reason} (run {run_id}{suggestion})"
 
 
 def set_field(
@@ -118,6 +127,9 @@ class PushResult:
 
     view_id: int | None = None
     predictions_added: int = 0
+    # Tasks that already held a review prediction (doubted again): its score and suggestion now
+    # the newest run's.
+    predictions_updated: int = 0
     fields_written: int = 0
     # Flag id -> (annotation id, draft id) of each requeued task (annotation id 0: unknown,
     # requeued by an earlier push that was cut short).
@@ -140,34 +152,34 @@ def push_flags(
     progress: Progress | None = None,
     workers: int = WORKERS,
 ) -> PushResult:
-    """Put the run's flags on their tasks (see the module docstring); idempotent."""
+    """Put run `run_id`'s flags on their tasks, in the review tab (see the module docstring);
+    idempotent."""
     started = time.monotonic()
     out = result if result is not None else PushResult()
     progress = progress or NullProgress()
     config = _config(client, project_id)
-    version, key = model_version(run_id), review_field(run_id)
     live = _task_ids(client, project_id, progress)
     present = [i for i in items if i.task_id in live]
     out.missing = [i.flag_id for i in items if i.task_id not in live]
 
-    # 1. Predictions: one bulk import of those the tasks do not hold yet.
-    have = {task for task, _pid, _v in _predictions(client, project_id, version)}
-    wanted = [
-        {
-            "task": i.task_id,
-            **prediction(config, i.suggested_label, model_version=version, score=i.score),
-        }
-        for i in present
-        if i.suggested_label is not None
-        and i.suggested_label in config.labels
-        and i.task_id not in have
+    # 1. Predictions: one bulk import of those the tasks do not hold yet; a task that holds one
+    # (doubted again) gets the newest score and suggestion.
+    have = {task: pid for task, pid, _v in _predictions(client, project_id, REVIEW_VERSION)}
+    suggested = [
+        i for i in present if i.suggested_label is not None and i.suggested_label in config.labels
     ]
+
+    def body(i: PushItem) -> dict[str, Any]:
+        assert i.suggested_label is not None
+        return prediction(config, i.suggested_label, model_version=REVIEW_VERSION, score=i.score)
+
+    wanted = [{"task": i.task_id, **body(i)} for i in suggested if i.task_id not in have]
     progress.begin("Adding predictions", total=len(wanted))
     for start in range(0, len(wanted), PREDICTION_CHUNK):
         chunk = wanted[start : start + PREDICTION_CHUNK]
 
         def missing(chunk: list[dict[str, Any]] = chunk) -> list[dict[str, Any]]:
-            have = {t for t, _pid, _v in _predictions(client, project_id, version)}
+            have = {t for t, _pid, _v in _predictions(client, project_id, REVIEW_VERSION)}
             return [p for p in chunk if p["task"] not in have]
 
         added = _once_then_check(
@@ -180,25 +192,36 @@ def push_flags(
         out.predictions_added += added
         progress.advance(len(chunk))
     progress.end()
+    again = [i for i in suggested if i.task_id in have]
 
-    # 2. The review field: one Data Manager action per distinct note (a PATCH per task costs
-    # Label Studio about 0.3 s; the action sets a field on hundreds of tasks in one).
-    groups: dict[str, list[int]] = {}
+    def update(i: PushItem) -> None:
+        pid = have[i.task_id]
+        client.json("PATCH", f"/api/predictions/{pid}/", f"update prediction {pid}", json=body(i))
+
+    _each(again, update, "Updating predictions", progress, workers)
+    out.predictions_updated += len(again)
+
+    # 2. The fields: one Data Manager action per distinct value (a PATCH per task costs Label
+    # Studio about 0.3 s; the action sets a field on a thousand tasks in one).
+    by_reason: dict[str, list[int]] = {}
     for i in present:
-        groups.setdefault(review_note(i.reason, run_id, i.suggested_label), []).append(i.task_id)
+        by_reason.setdefault(i.reason, []).append(i.task_id)
     progress.begin("Writing review fields", total=len(present))
-    for note, task_ids in groups.items():
-        set_field(client, project_id, task_ids, key, note, workers=workers)
-        out.fields_written += len(task_ids)
-        progress.advance(len(task_ids))
+    task_ids = [i.task_id for i in present]
+    set_field(client, project_id, task_ids, RUN_FIELD, str(run_id), workers=workers)
+    for reason, ids in by_reason.items():
+        set_field(client, project_id, ids, REASON_FIELD, reason, workers=workers)
+        out.fields_written += len(ids)
+        progress.advance(len(ids))
     progress.end()
 
-    # 3. The tab listing exactly the tasks that carry the field.
-    out.view_id = ensure_tab(client, project_id, run_id)
+    # 3. The tab, and the project's model version that makes the score column work.
+    out.view_id = ensure_review_tab(client, project_id, config)
+    if wanted or again:
+        _use_review_version(client, project_id)
 
     # 4. Requeue: annotations become drafts (their answer pre-filled for the annotator). One at a
-    # time: a conversion is not idempotent, and Label Studio's SQLite answers concurrent writes
-    # with "database is locked" after committing part of them.
+    # time: a conversion is not idempotent.
     if requeue:
         tasks = _read_tasks(client, project_id, [i.task_id for i in present], progress)
         progress.begin("Requeueing", total=len(present))
@@ -213,15 +236,45 @@ def push_flags(
     return out
 
 
-def ensure_tab(client: LabelStudioClient, project_id: int, run_id: int) -> int:
-    """The run's Data Manager tab (created once; its filter set again if someone changed it)."""
+def review_url(client: LabelStudioClient, project_id: int, view_id: int | None) -> str:
+    """Where a person opens the review tab."""
+    tab = f"?tab={view_id}" if view_id is not None else ""
+    return f"{client.url}/projects/{project_id}/data{tab}"
+
+
+def ensure_review_tab(
+    client: LabelStudioClient, project_id: int, config: LabelingConfig | None = None
+) -> int:
+    """The project's review tab (made once; its filter, order and columns set again when someone
+    changed them): the tasks with a review reason, highest score first, showing the image, the
+    current and suggested labels, the reason, the score and the run."""
+    config = config or _config(client, project_id)
+    shown = [
+        f"tasks:data.{config.image_field}",
+        "tasks:annotations_results",
+        "tasks:predictions_results",
+        f"tasks:data.{REASON_FIELD}",
+        "tasks:predictions_score",
+        f"tasks:data.{RUN_FIELD}",
+    ]
+    listed = client.json(
+        "GET", "/api/dm/columns", "list the Data Manager columns", params={"project": project_id}
+    )
+    columns = [
+        "tasks:" + (f"{c['parent']}." if c.get("parent") else "") + str(c["id"])
+        for c in (listed or {}).get("columns", [])
+        if c.get("target", "tasks") == "tasks"
+    ]
+    hidden = [c for c in columns if c not in shown]
     data = {
-        "title": tab_title(run_id),
+        "title": REVIEW_TAB,
+        "type": "list",
+        "target": "tasks",
         "filters": {
             "conjunction": "and",
             "items": [
                 {
-                    "filter": f"filter:tasks:data.{review_field(run_id)}",
+                    "filter": f"filter:tasks:data.{REASON_FIELD}",
                     "operator": "empty",
                     "type": "String",
                     "value": False,
@@ -229,38 +282,116 @@ def ensure_tab(client: LabelStudioClient, project_id: int, run_id: int) -> int:
             ],
         },
         "ordering": ["-tasks:predictions_score"],
+        "hiddenColumns": {"explore": hidden, "labeling": hidden},
     }
-    existing = find_tab(client, project_id, run_id)
+    existing = _find_view(client, project_id, REVIEW_TAB)
     if existing is None:
         made = client.json(
             "POST",
             "/api/dm/views",
-            f"create the tab of run {run_id}",
+            "create the review tab",
             json={"project": project_id, "data": data},
         )
         return int(made["id"])
     view_id, current = existing
-    if current.get("filters") != data["filters"]:
+    if any(current.get(k) != v for k, v in data.items()):
         client.json(
             "PATCH",
             f"/api/dm/views/{view_id}",
-            f"update the tab of run {run_id}",
+            "update the review tab",
             json={"project": project_id, "data": {**current, **data}},
         )
     return view_id
 
 
-def find_tab(
-    client: LabelStudioClient, project_id: int, run_id: int
+def _use_review_version(client: LabelStudioClient, project_id: int) -> None:
+    """The project's model version becomes the review predictions' (Label Studio shows and sorts
+    on the scores of that version only), unless it names another model's."""
+    project = client.json("GET", f"/api/projects/{project_id}", f"read project {project_id}")
+    current = str(project.get("model_version") or "")
+    if current and not current.startswith("a2m"):
+        return
+    if current != REVIEW_VERSION:
+        client.json(
+            "PATCH",
+            f"/api/projects/{project_id}",
+            "set the project's model version",
+            json={"model_version": REVIEW_VERSION},
+        )
+
+
+def retire(
+    client: LabelStudioClient,
+    project_id: int,
+    task_ids: Sequence[int],
+    *,
+    progress: Progress | None = None,
+    workers: int = WORKERS,
+) -> int:
+    """Take tasks out of the review tab: their fields emptied (one action per field) and their
+    review prediction removed. Returns how many predictions went. Idempotent."""
+    progress = progress or NullProgress()
+    wanted = sorted(set(task_ids))
+    if not wanted:
+        return 0
+    for key in (REASON_FIELD, RUN_FIELD):
+        set_field(client, project_id, wanted, key, "", workers=workers)
+    ours = [
+        pid
+        for task, pid, _v in _predictions(client, project_id, REVIEW_VERSION)
+        if task in set(wanted)
+    ]
+    _each(ours, lambda pid: _delete_prediction(client, pid), "Removing predictions", progress, 1)
+    return len(ours)
+
+
+def retire_answered(
+    store: Store, client: LabelStudioClient, project_id: int, progress: Progress | None = None
+) -> int:
+    """Take the tasks whose flags a sync settled (or unflag withdrew) out of the review tab,
+    unless another pending flag holds them there; the store then knows nothing of theirs is left
+    in Label Studio. Returns how many tasks left the tab."""
+    with store.read() as session:
+        ended = store_flags.answered_in_review(session, project_id, REASON_FIELD)
+    if not ended:
+        return 0
+    tasks = sorted({task for _flag, task in ended})
+    retire(client, project_id, tasks, progress=progress)
+    with store.write() as session:
+        store_flags.mark_retired(session, [flag for flag, _task in ended])
+    return len(tasks)
+
+
+def _find_view(
+    client: LabelStudioClient, project_id: int, title: str
 ) -> tuple[int, dict[str, Any]] | None:
     views = client.json(
         "GET", "/api/dm/views", "list the Data Manager tabs", params={"project": project_id}
     )
     for view in views or []:
         data = view.get("data") or {}
-        if data.get("title") == tab_title(run_id):
+        if data.get("title") == title:
             return int(view["id"]), dict(data)
     return None
+
+
+def _delete_view(client: LabelStudioClient, project_id: int, title: str) -> bool:
+    found = _find_view(client, project_id, title)
+    if found is None:
+        return False
+    response = client.request("DELETE", f"/api/dm/views/{found[0]}")
+    if response.status_code not in (204, 404):
+        client.json("DELETE", f"/api/dm/views/{found[0]}", f"remove the tab {title}")
+    return True
+
+
+def _delete_prediction(client: LabelStudioClient, pid: int) -> None:
+    response = client.request("DELETE", f"/api/predictions/{pid}/")
+    if response.status_code not in (204, 404):
+        raise LabelStudioError(
+            f"Label Studio at {client.url} refused to remove prediction {pid}: HTTP "
+            f"{response.status_code}."
+        )
 
 
 @dataclass
@@ -280,6 +411,9 @@ class UnflagItem:
     task_id: int
     # The draft a requeue made (None: not requeued).
     draft_id: int | None
+    # The data field the flag was pushed under: REASON_FIELD (the review tab), or the run's own
+    # field for a flag pushed before the review tab; None: never pushed.
+    field: str | None = REASON_FIELD
 
 
 def unflag_tasks(
@@ -288,69 +422,54 @@ def unflag_tasks(
     run_id: int,
     items: Sequence[UnflagItem],
     *,
+    keep: Iterable[int] = (),
+    drop_tab: bool = False,
     progress: Progress | None = None,
     workers: int = WORKERS,
 ) -> UnflagResult:
-    """Take the run's predictions, review field and tab off the tasks; a requeued draft that was
-    not answered becomes an annotation again (its result as it is now). Idempotent."""
+    """Take run `run_id`'s flags out of Label Studio. Its tasks leave the review tab, but those
+    another pending flag still holds there (`keep`: their task ids); a requeued draft nobody
+    answered becomes an annotation again (its result as it is now); a flag pushed before the
+    review tab loses the run's own prediction, field and tab. `drop_tab`: no flag of the project
+    is pending any more, and the review tab goes too. Idempotent."""
     started = time.monotonic()
     out = UnflagResult()
     progress = progress or NullProgress()
-    lock = threading.Lock()
-    version, key = model_version(run_id), review_field(run_id)
-    wanted = {i.task_id for i in items}
-    # Predictions: where a task holds only the run's, one bulk action clears them; elsewhere
-    # each of the run's is deleted alone, so no other model's prediction is touched.
-    every = _predictions(client, project_id, None)
-    ours = [(task, pid) for task, pid, v in every if v == version and task in wanted]
-    others = {task for task, _pid, v in every if v != version}
-    only_ours = sorted({task for task, _pid in ours if task not in others})
-    if only_ours:
-        client.json(
-            "POST",
-            "/api/dm/actions",
-            f"remove the predictions of run {run_id}",
-            params={"id": "delete_tasks_predictions", "project": project_id},
-            json={"selectedItems": {"all": False, "included": only_ours}},
-        )
-        out.predictions_removed += sum(1 for task, _pid in ours if task not in others)
-    singles = [pid for task, pid in ours if task in others]
+    kept = set(keep)
+    leaving = sorted({i.task_id for i in items if i.field == REASON_FIELD} - kept)
+    out.predictions_removed += retire(client, project_id, leaving, progress=progress)
+    out.fields_removed += len(leaving)
+    legacy = sorted({i.task_id for i in items if i.field == review_field(run_id)})
+    if legacy:
+        ours = [
+            pid
+            for task, pid, _v in _predictions(client, project_id, model_version(run_id))
+            if task in set(legacy)
+        ]
+        delete = partial(_delete_prediction, client)
+        _each(ours, delete, "Removing predictions", progress, workers)
+        out.predictions_removed += len(ours)
+    requeued = [i for i in items if i.draft_id is not None]
+    tasks = _read_tasks(client, project_id, legacy + [i.task_id for i in requeued], progress)
+    key = review_field(run_id)
+    with_field = [t for t in legacy if key in (tasks.get(t, {}).get("data") or {})]
 
-    def delete(pid: int) -> None:
-        response = client.request("DELETE", f"/api/predictions/{pid}/")
-        if response.status_code not in (204, 404):
-            raise LabelStudioError(
-                f"Label Studio at {client.url} refused to remove prediction {pid}: HTTP "
-                f"{response.status_code}."
-            )
-        with lock:
-            out.predictions_removed += 1
+    def clean(task_id: int) -> None:
+        data = dict(tasks[task_id].get("data") or {})
+        del data[key]
+        _patch_data(client, task_id, data)
 
-    _each(singles, delete, "Removing predictions", progress, workers)
-    tasks = _read_tasks(client, project_id, wanted, progress)
-    present = [i for i in items if i.task_id in tasks]
-
-    def clean(item: UnflagItem) -> None:
-        task = tasks[item.task_id]
-        data = dict(task.get("data") or {})
-        if key in data:
-            del data[key]
-            _patch_data(client, item.task_id, data)
-            with lock:
-                out.fields_removed += 1
-
-    _each(present, clean, "Removing review fields", progress, workers)
+    _each(with_field, clean, "Removing review fields", progress, workers)
+    out.fields_removed += len(with_field)
     # Requeued drafts nobody answered become annotations again, one at a time (not idempotent).
-    for item in present:
-        if item.draft_id is not None and _restore(client, tasks[item.task_id], item.draft_id):
+    for item in requeued:
+        task = tasks.get(item.task_id)
+        if task is not None and item.draft_id is not None and _restore(client, task, item.draft_id):
             out.drafts_restored += 1
             out.restored.append(item.flag_id)
-    tab = find_tab(client, project_id, run_id)
-    if tab is not None:
-        response = client.request("DELETE", f"/api/dm/views/{tab[0]}")
-        if response.status_code not in (204, 404):
-            client.json("DELETE", f"/api/dm/views/{tab[0]}", f"remove the tab of run {run_id}")
-        out.tab_removed = True
+    out.tab_removed = _delete_view(client, project_id, tab_title(run_id))
+    if drop_tab:
+        out.tab_removed = _delete_view(client, project_id, REVIEW_TAB) or out.tab_removed
     out.seconds = time.monotonic() - started
     return out
 
@@ -467,6 +586,11 @@ def _restore(client: LabelStudioClient, task: dict[str, Any], draft_id: int) -> 
         return True
     client.json("POST", path, f"restore the annotation of task {task_id}", json=body)
     return True
+
+
+def live_task_ids(client: LabelStudioClient, project_id: int) -> set[int]:
+    """Every task id of the project (one light listing)."""
+    return _task_ids(client, project_id, NullProgress())
 
 
 def _task_ids(client: LabelStudioClient, project_id: int, progress: Progress) -> set[int]:

@@ -55,6 +55,7 @@ from annotate2model.labelstudio.downloads import (
     TaskImages,
     download_images,
 )
+from annotate2model.labelstudio.flags import retire_answered
 from annotate2model.labelstudio.policies import POLICIES, Answer, Policy, resolve_label
 from annotate2model.labelstudio.reading import (
     TASK_FIELDS,
@@ -121,6 +122,8 @@ class SyncResult:
     deleted_tasks: int = 0
     # Flags this sync settled, by outcome (relabeled / confirmed / labeled).
     flags_resolved: dict[str, int] = field(default_factory=dict)
+    # Tasks taken out of the review tab because their flags were settled.
+    review_retired: int = 0
     # (task id, reason) for every live task that gives no row in the version.
     skipped: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -261,6 +264,14 @@ def sync_project(
         note=note or sync_note(project_id, policy),
     )
 
+    retired = 0
+    if outcome.flags_resolved:
+        # Answered tasks leave the review tab; should Label Studio refuse now, the next sync or
+        # `a2m flag` takes them out (the store keeps them marked until then).
+        try:
+            retired = retire_answered(store, client, project_id, progress)
+        except LabelStudioError as exc:
+            log.warning("the answered tasks stay in the review tab for now: %s", exc)
     result = SyncResult(
         project_id=project_id,
         version=outcome.version,
@@ -274,6 +285,7 @@ def sync_project(
         unlabeled=plan.unlabeled,
         deleted_tasks=len(plan.deleted),
         flags_resolved=outcome.flags_resolved,
+        review_retired=retired,
         skipped=plan.skipped,
     )
     result.seconds = time.monotonic() - started

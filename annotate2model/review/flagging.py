@@ -1,14 +1,16 @@
 """`a2m flag` and `a2m unflag`: a run's doubts found, recorded as flags and handed to Label Studio.
 
 `find_doubts` gathers what the ranking needs from the store and the run (held-out predictions,
-features of every labeled image, predictions for unlabeled tasks) and returns ranked `Doubt`s;
-`flag_run` maps them to the project's tasks, records them (store/flags.py) and has
+features of every labeled image, predictions for unlabeled tasks) and returns ranked `Doubt`s
+with the `Evidence` for them (how many training labels cleanlab thinks are wrong, the run's
+held-out accuracy, what precision its flags can be expected to have); `flag_run` maps them to the
+project's tasks, keeps back what a person confirmed, records them (store/flags.py) and has
 labelstudio/flags.py push them; `unflag_run` takes them back. Nothing here talks HTTP itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +19,14 @@ import numpy as np
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.flags import (
+    REASON_FIELD,
+    REVIEW_TAB,
     PushItem,
     PushResult,
     UnflagItem,
     push_flags,
-    tab_title,
+    retire_answered,
+    review_url,
     unflag_tasks,
 )
 from annotate2model.progress import NullProgress, Progress
@@ -47,6 +52,56 @@ if TYPE_CHECKING:
 HELD_OUT = ("val", "test")
 # Which reason wins when one task is doubted for two (a task carries one flag per run).
 PRIORITY = {"misclassified": 0, "label-issue": 1, "uncertain": 2}
+# A doubt about a label a person confirmed on that task is sent again only from this score up
+# (1 - the probability the run gives the confirmed label), or with --recheck-confirmed.
+RECHECK_SCORE = 0.99
+
+
+@dataclass
+class Evidence:
+    """What the run's data say of its flags before they are sent."""
+
+    # Training images, and how many of their labels cleanlab estimates are wrong (out-of-fold
+    # probabilities on the run's features); None where the run has no features of its own.
+    training_images: int = 0
+    estimated_wrong: int | None = None
+    # The run's accuracy on its own validation and test images.
+    held_out_accuracy: float | None = None
+    held_out_images: int = 0
+
+    @property
+    def noise_rate(self) -> float | None:
+        if self.estimated_wrong is None or not self.training_images:
+            return None
+        return self.estimated_wrong / self.training_images
+
+    @property
+    def expected_precision(self) -> float | None:
+        """The share of misclassified flags that can be expected to be wrong labels: the label
+        noise rate over the held-out error rate (assuming the held-out images are as noisy as
+        the training ones, and the run predicts the true class of a mislabeled image)."""
+        noise, accuracy = self.noise_rate, self.held_out_accuracy
+        if noise is None or accuracy is None:
+            return None
+        return 1.0 if accuracy >= 1.0 else min(1.0, noise / (1.0 - accuracy))
+
+    @property
+    def accuracy_bar(self) -> float | None:
+        """The held-out accuracy below which most misclassified flags are the run's own errors
+        (expected precision under one half): 1 - 2 x the noise rate."""
+        noise = self.noise_rate
+        return None if noise is None else max(0.0, 1.0 - 2.0 * noise)
+
+    def warning(self) -> str | None:
+        """One line when most flags will be false alarms, with what would help."""
+        bar, accuracy = self.accuracy_bar, self.held_out_accuracy
+        if bar is None or accuracy is None or accuracy >= bar:
+            return None
+        return (
+            f"this run's held-out accuracy is {accuracy:.2f}, below {bar:.2f} (1 - 2 x the "
+            f"{self.noise_rate:.1%} of labels estimated wrong): most of its flags will be its own "
+            "errors, not wrong labels. More labels, a stronger backbone or fine-tuning would help."
+        )
 
 
 def parse_reasons(text: str) -> list[str]:
@@ -79,28 +134,45 @@ def find_doubts(
     seed: int = 0,
     progress: Progress | None = None,
     context: RunContext | None = None,
+    evidence: Evidence | None = None,
 ) -> list[Doubt]:
     """Every doubt of the run for the given reasons, most doubtful first. `project_id`: where
-    the unlabeled tasks are (needed for `uncertain`)."""
+    the unlabeled tasks are (needed for `uncertain`). `evidence` is filled in on the way: the
+    held-out accuracy always, the estimate of wrong training labels when the run has features
+    of its own (the label-issue flags are capped by it)."""
     from annotate2model.training.context import RunContext
     from annotate2model.training.runs import artifacts
 
     progress = progress or NullProgress()
+    evidence = evidence if evidence is not None else Evidence()
     ctx = context or RunContext.from_store(store)
     run = _run(store, run_ref)
     card = artifacts.read_card(ctx.run_dir(run.id))
     labels: list[str] = list(card["labels"])
     doubts: list[Doubt] = []
+    with store.read() as session:
+        held_out = [
+            Scored(p.image_sha256, p.label, p.probs)
+            for p in read_predictions(session, run.id, run.version)
+            if p.split in HELD_OUT
+        ]
+    index = {name: i for i, name in enumerate(labels)}
+    judged = [r for r in held_out if r.label in index and len(r.probs) == len(labels)]
+    if judged:
+        right = sum(int(np.argmax(r.probs)) == index[str(r.label)] for r in judged)
+        evidence.held_out_accuracy = right / len(judged)
+        evidence.held_out_images = len(judged)
     if "misclassified" in reasons:
-        with store.read() as session:
-            rows = [
-                Scored(p.image_sha256, p.label, p.probs)
-                for p in read_predictions(session, run.id, run.version)
-                if p.split in HELD_OUT
-            ]
-        doubts += misclassified(rows, labels)
-    if "label-issue" in reasons:
-        doubts += _label_issues(store, ctx, run, card, labels, folds, seed, progress)
+        doubts += misclassified(held_out, labels)
+    if {"misclassified", "label-issue"} & set(reasons) and card.get("kind") == "classifier":
+        issues = _label_issues(store, ctx, run, labels, folds, seed, progress, evidence)
+        if "label-issue" in reasons:
+            doubts += issues
+    elif "label-issue" in reasons:
+        raise TrainingError(
+            f"run {run.id} is an ensemble: label issues need the features of one network; "
+            "flag one of its members."
+        )
     if "uncertain" in reasons:
         if project_id is None:
             raise InputError("finding uncertain tasks needs a Label Studio project.")
@@ -112,19 +184,17 @@ def _label_issues(
     store: Store,
     ctx: RunContext,
     run: RunRecord,
-    card: dict[str, Any],
     labels: list[str],
     folds: int,
     seed: int,
     progress: Progress,
+    evidence: Evidence,
 ) -> list[Doubt]:
     """k-fold probabilities on the run's own features of every labeled image of its version;
-    the training images among them may be flagged."""
-    if card.get("kind") != "classifier":
-        raise TrainingError(
-            f"run {run.id} is an ensemble: label issues need the features of one network; "
-            "flag one of its members."
-        )
+    the training images among them may be flagged, at most as many as cleanlab estimates are
+    mislabeled among them (recorded in `evidence`)."""
+    from cleanlab.count import num_label_issues
+
     with store.read() as session:
         items = [i for i in version_items(session, run.version) if i.label in labels]
     shas = [i.image_sha256 for i in items]
@@ -137,6 +207,10 @@ def _label_issues(
     y = np.array([index[i.label] for i in kept], dtype=np.int64)
     progress.begin("Finding label issues")
     probs = out_of_fold_probs(x, y, len(labels), folds=folds, seed=seed)
+    train = np.array([i.split == "train" for i in kept])
+    evidence.training_images = int(train.sum())
+    if train.any() and len(np.unique(y[train])) > 1:
+        evidence.estimated_wrong = int(num_label_issues(labels=y[train], pred_probs=probs[train]))
     found = label_issues(
         [i.image_sha256 for i in kept],
         [i.label for i in kept],
@@ -145,6 +219,8 @@ def _label_issues(
         eligible={i.image_sha256 for i in kept if i.split == "train"},
     )
     progress.end()
+    if evidence.estimated_wrong is not None:
+        found = ranked(found, max_count=evidence.estimated_wrong)
     return found
 
 
@@ -217,6 +293,15 @@ class FlagOutcome:
     # Doubted images with no live task in the project that still carries the doubted label
     # (imported from a folder, deleted, or relabeled since the run).
     without_task: int
+    # Doubts kept back because a person confirmed that label on that task (below RECHECK_SCORE).
+    kept_back: int = 0
+    recheck_score: float = RECHECK_SCORE
+    # Flagged tasks that already waited in review for an earlier run's flag: still one entry
+    # there, now with this run's score.
+    carried: int = 0
+    # Tasks whose flags were answered since the last push, taken out of the review tab first.
+    retired: int = 0
+    evidence: Evidence = field(default_factory=Evidence)
     push: PushResult = field(default_factory=PushResult)
     tab: str = ""
     url: str = ""
@@ -232,36 +317,80 @@ def flag_run(
     max_count: int | None = None,
     min_score: float = 0.0,
     requeue: bool = False,
+    recheck_confirmed: bool = False,
     progress: Progress | None = None,
     context: RunContext | None = None,
+    on_evidence: Callable[[Evidence], None] | None = None,
 ) -> FlagOutcome:
-    """Find the run's doubts, record them as flags on the project's tasks and push them."""
+    """Find the run's doubts, record them as flags on the project's tasks and push them.
+
+    Label Studio is asked first (a dead server or a rejected token fails before any work).
+    A doubt about a label a person confirmed on that task is kept back unless it scores at least
+    RECHECK_SCORE (`recheck_confirmed`: all are sent). `on_evidence` sees what the data say of the
+    flags (estimated wrong labels, held-out accuracy) before they are sent."""
     progress = progress or NullProgress()
+    client.check()
     run = _run(store, run_ref)
+    if "uncertain" in reasons:
+        _check_synced(store, client, project_id)
+    retired = retire_answered(store, client, project_id, progress)
+    evidence = Evidence()
     doubts = find_doubts(
-        store, run.id, reasons, project_id=project_id, progress=progress, context=context
+        store,
+        run.id,
+        reasons,
+        project_id=project_id,
+        progress=progress,
+        context=context,
+        evidence=evidence,
     )
+    if on_evidence is not None:
+        on_evidence(evidence)
     doubts = ranked(doubts, max_count=None, min_score=min_score)
     placed = _on_tasks(store, project_id, doubts)
     without_task = len({d.image_sha256 for d in doubts}) - len({f.image_sha256 for f in placed})
-    new = placed[:max_count] if max_count is not None else placed
+    rows = [f.task_row_id for f in placed]
+    with store.read() as session:
+        confirmed = store_flags.confirmed_before(session, rows)
+        waiting = store_flags.pending_elsewhere(session, run.id, rows)
+    kept_back = [
+        f
+        for f in placed
+        if not recheck_confirmed
+        and (f.task_row_id, f.image_sha256, f.current_label) in confirmed
+        and f.score < RECHECK_SCORE
+    ]
+    held = {f.task_row_id for f in kept_back}
+    chosen = [f for f in placed if f.task_row_id not in held]
+    new = chosen[:max_count] if max_count is not None else chosen
     found: dict[str, int] = {}
     for f in new:
         found[f.reason] = found.get(f.reason, 0) + 1
     with store.write() as session:
-        records = store_flags.record_flags(session, run.id, new)
+        records = store_flags.record_flags(session, run.id, new, baselines=waiting)
+        store_flags.record_suppressed(session, run.id, kept_back)
     items = [
         PushItem(r.id, r.task_id, r.reason, r.score, r.suggested_label)
         for r in records
         if r.task_id is not None
     ]
-    result = PushResult()
+    outcome = FlagOutcome(
+        run=run.id,
+        project=project_id,
+        found=found,
+        flagged=len(items),
+        without_task=without_task,
+        kept_back=len(kept_back),
+        carried=sum(1 for f in new if f.task_row_id in waiting),
+        retired=retired,
+        evidence=evidence,
+    )
+    if not items:  # nothing to push: no empty tab either
+        outcome.flagged = 0
+        return outcome
     # Known requeues of an earlier push are not requeued twice.
     requeued_before = {r.id for r in records if r.draft_id is not None}
-    if not items:  # nothing to push: no empty tab either
-        return FlagOutcome(
-            run=run.id, project=project_id, found=found, flagged=0, without_task=without_task
-        )
+    result = outcome.push
     try:
         push_flags(
             client,
@@ -280,26 +409,27 @@ def flag_run(
                 store_flags.mark_requeued(session, fresh)
             if result.done:
                 store_flags.mark_pushed(
-                    session, result.done, review_field=_field(run.id), view_id=result.view_id
+                    session, result.done, review_field=REASON_FIELD, view_id=result.view_id
                 )
-    return FlagOutcome(
-        run=run.id,
-        project=project_id,
-        found=found,
-        flagged=len(items),
-        without_task=without_task,
-        push=result,
-        tab=tab_title(run.id),
-        url=f"{client.url}/projects/{project_id}/data?tab={result.view_id}"
-        if result.view_id
-        else "",
-    )
+    outcome.tab = REVIEW_TAB
+    outcome.url = review_url(client, project_id, result.view_id)
+    return outcome
 
 
-def _field(run_id: int) -> str:
-    from annotate2model.labelstudio.flags import review_field
+def _check_synced(store: Store, client: LabelStudioClient, project_id: int) -> None:
+    """Uncertain flags are chosen among the tasks the store knows: refuse when Label Studio
+    holds tasks the last sync has not seen, saying how many."""
+    from annotate2model.labelstudio.flags import live_task_ids
 
-    return review_field(run_id)
+    with store.read() as session:
+        known = {t.task_id for t in load_tasks(session, project_id).values()}
+    unseen = live_task_ids(client, project_id) - known
+    if unseen:
+        raise InputError(
+            f"{len(unseen)} task(s) of project {project_id} came to Label Studio after the last "
+            "sync, and uncertain flags are chosen among the synced ones.",
+            hint="run `a2m sync` first (`a2m loop` does both).",
+        )
 
 
 def _on_tasks(store: Store, project_id: int, doubts: Sequence[Doubt]) -> list[store_flags.NewFlag]:
@@ -359,16 +489,37 @@ def unflag_run(
     *,
     progress: Progress | None = None,
 ) -> UnflagOutcome:
-    """Take the run's flags out of Label Studio; pending flags become withdrawn."""
+    """Take the run's flags out of Label Studio; pending flags become withdrawn. A task another
+    run's pending flag holds stays in the review tab; with no flag pending in the project, the
+    tab goes."""
+    client.check()
     with store.read() as session:
         run = get_run(session, run_ref)
         records = store_flags.list_flags(session, run.id, project_id)
-    pending = sum(1 for r in records if r.resolution is None)
-    items = [UnflagItem(r.id, r.task_id, r.draft_id) for r in records if r.task_id is not None]
-    result = unflag_tasks(client, project_id, run.id, items, progress=progress)
+        others = [
+            r
+            for r in store_flags.list_flags(session, None, project_id)
+            if r.run_id != run.id and r.outcome == "pending"
+        ]
+    pending = sum(1 for r in records if r.outcome == "pending")
+    items = [
+        UnflagItem(r.id, r.task_id, r.draft_id, r.review_field)
+        for r in records
+        if r.task_id is not None and r.review_field is not None
+    ]
+    result = unflag_tasks(
+        client,
+        project_id,
+        run.id,
+        items,
+        keep={r.task_id for r in others if r.task_id is not None},
+        drop_tab=not others,
+        progress=progress,
+    )
     with store.write() as session:
         store_flags.withdraw(session, run.id)
         store_flags.clear_requeue(session, result.restored)
+        store_flags.mark_retired(session, [i.flag_id for i in items])
     return UnflagOutcome(
         run=run.id,
         withdrawn=pending,

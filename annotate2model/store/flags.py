@@ -6,6 +6,11 @@ label changed, `confirmed` when the same label came back, `labeled` for an uncer
 task that got its first label. Unflagging withdraws the flags still pending; resolved ones stay
 as they ended, so a run's flag precision (the share of its resolved flags that changed the label)
 keeps counting them.
+
+Verdicts are remembered: a doubt about an image and label a person confirmed on that task is
+recorded `suppressed` (kept back, never pushed) unless the flagging asks to recheck them. A task
+that waits in review for an earlier run's flag gets the new run's flag with the same starting
+point (what counts as answered again is measured from the first flag), so one answer settles both.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ RELABELED = "relabeled"
 CONFIRMED = "confirmed"
 LABELED = "labeled"
 WITHDRAWN = "withdrawn"
+# A doubt about a label a person confirmed on that task: recorded, not sent.
+SUPPRESSED = "suppressed"
 # Outcomes that say whether the doubt was right (precision counts these).
 JUDGED = (RELABELED, CONFIRMED)
 
@@ -65,15 +72,26 @@ class FlagRecord:
 
     @property
     def outcome(self) -> str:
-        """relabeled / confirmed / labeled / withdrawn, pending once pushed, else not pushed."""
+        """relabeled / confirmed / labeled / withdrawn / kept back (confirmed before), pending
+        once pushed, else not pushed."""
+        if self.resolution == SUPPRESSED:
+            return "kept back (confirmed before)"
         if self.resolution:
             return self.resolution
         return "pending" if self.pushed_at else "not pushed"
 
 
-def record_flags(session: Session, run_id: int, flags: Sequence[NewFlag]) -> list[FlagRecord]:
-    """Add the run's new flags and refresh its open ones (score, labels); a withdrawn flag opens
-    again. Resolved flags are left as they ended and not returned. Returns the open flags of
+def record_flags(
+    session: Session,
+    run_id: int,
+    flags: Sequence[NewFlag],
+    *,
+    baselines: dict[int, str] | None = None,
+) -> list[FlagRecord]:
+    """Add the run's new flags and refresh its open ones (score, labels); a withdrawn or kept
+    back flag opens again. Resolved flags are left as they ended and not returned. `baselines`:
+    task row -> the answers an earlier run's pending flag of the task started from (its
+    `answers_json`), taken over so that one answer settles both. Returns the open flags of
     `flags`, in their order."""
     now = datetime.now(UTC)
     existing = {
@@ -93,14 +111,16 @@ def record_flags(session: Session, run_id: int, flags: Sequence[NewFlag]) -> lis
         if row is None:
             row = Flag(run_id=run_id, task_row_id=f.task_row_id, created_at=now)
             session.add(row)
-        elif row.resolution == WITHDRAWN:
+        elif row.resolution in (WITHDRAWN, SUPPRESSED):
             row.resolution = None
             row.resolved_at = None
             row.pushed_at = None
             row.created_at = now
         if row.pushed_at is None:
-            # What counts as "answered again" is measured from when the flag (re)opened.
-            row.answers_json = json.dumps(answers.get(f.task_row_id, []))
+            # What counts as "answered again" is measured from when the flag (re)opened, or
+            # from when the earlier flag that holds the task in review did.
+            carried = (baselines or {}).get(f.task_row_id)
+            row.answers_json = carried or json.dumps(answers.get(f.task_row_id, []))
         row.image_sha256 = f.image_sha256
         row.reason = f.reason
         row.score = f.score
@@ -109,6 +129,104 @@ def record_flags(session: Session, run_id: int, flags: Sequence[NewFlag]) -> lis
         rows.append(row)
     session.flush()
     return _records(session, [r.id for r in rows])
+
+
+def record_suppressed(session: Session, run_id: int, flags: Sequence[NewFlag]) -> int:
+    """Record doubts kept back because a person confirmed the label (resolution `suppressed`,
+    never pushed); a flag of the run already open or resolved for the task is left alone.
+    Returns how many were recorded."""
+    if not flags:
+        return 0
+    now = datetime.now(UTC)
+    existing = {
+        row.task_row_id: row
+        for row in session.scalars(
+            select(Flag).where(
+                Flag.run_id == run_id, Flag.task_row_id.in_([f.task_row_id for f in flags])
+            )
+        )
+    }
+    count = 0
+    for f in flags:
+        row = existing.get(f.task_row_id)
+        if row is not None and row.resolution not in (WITHDRAWN, SUPPRESSED):
+            continue
+        if row is None:
+            row = Flag(run_id=run_id, task_row_id=f.task_row_id, created_at=now)
+            session.add(row)
+        row.image_sha256 = f.image_sha256
+        row.reason = f.reason
+        row.score = f.score
+        row.current_label = f.current_label
+        row.suggested_label = f.suggested_label
+        row.resolution = SUPPRESSED
+        row.resolved_at = now
+        row.pushed_at = None
+        count += 1
+    session.flush()
+    return count
+
+
+def confirmed_before(session: Session, task_rows: Sequence[int]) -> set[tuple[int, str, str]]:
+    """(task row, image, label) that a person confirmed: a flag on the task doubted that label
+    of that image, and the task was answered again with the same label."""
+    out: set[tuple[int, str, str]] = set()
+    for start in range(0, len(task_rows), 500):
+        chunk = list(task_rows[start : start + 500])
+        rows = session.execute(
+            select(Flag.task_row_id, Flag.image_sha256, Flag.current_label).where(
+                Flag.task_row_id.in_(chunk), Flag.resolution == CONFIRMED
+            )
+        )
+        out.update((task, sha, label) for task, sha, label in rows if task and label)
+    return out
+
+
+def pending_elsewhere(session: Session, run_id: int, task_rows: Sequence[int]) -> dict[int, str]:
+    """Task row -> the starting answers (`answers_json`) of a pushed, still pending flag of
+    another run on it: the task already waits in review."""
+    out: dict[int, str] = {}
+    for start in range(0, len(task_rows), 500):
+        chunk = list(task_rows[start : start + 500])
+        rows = session.execute(
+            select(Flag.task_row_id, Flag.answers_json)
+            .where(
+                Flag.task_row_id.in_(chunk),
+                Flag.run_id != run_id,
+                Flag.resolution.is_(None),
+                Flag.pushed_at.is_not(None),
+            )
+            .order_by(Flag.created_at)
+        )
+        for task, answers in rows:
+            if task is not None:
+                out.setdefault(task, answers or "[]")
+    return out
+
+
+def answered_in_review(session: Session, project_id: int, field: str) -> list[tuple[int, int]]:
+    """(flag id, Label Studio task id) of the project's flags that ended (settled, withdrawn)
+    but are still marked under `field` in Label Studio, on tasks that no pending flag holds
+    there: what the review tab should no longer list."""
+    marked = session.execute(
+        select(Flag.id, Flag.task_row_id, Flag.resolution, Flag.pushed_at, Task.task_id)
+        .join(Task, Task.id == Flag.task_row_id)
+        .where(Task.project_id == project_id, Flag.review_field == field)
+    ).all()
+    held = {row for _id, row, resolution, pushed, _t in marked if resolution is None and pushed}
+    return [
+        (flag_id, task_id)
+        for flag_id, row, resolution, _pushed, task_id in marked
+        if resolution is not None and row not in held and task_id is not None
+    ]
+
+
+def mark_retired(session: Session, flag_ids: Iterable[int]) -> None:
+    """Nothing of these flags is left in Label Studio any more."""
+    for row in _rows(session, flag_ids):
+        row.review_field = None
+        row.view_id = None
+    session.flush()
 
 
 def mark_pushed(
@@ -239,6 +357,19 @@ def flag_precision(session: Session, run_ids: Iterable[int]) -> dict[int, tuple[
         resolved, relabeled = out.get(run_id, (0, 0))
         out[run_id] = (resolved + count, relabeled + (count if resolution == RELABELED else 0))
     return out
+
+
+def suppressed_counts(session: Session, run_ids: Iterable[int]) -> dict[int, int]:
+    """Run id -> how many of its doubts were kept back because a person had confirmed them."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Flag.run_id, func.count())
+        .where(Flag.run_id.in_(ids), Flag.resolution == SUPPRESSED)
+        .group_by(Flag.run_id)
+    )
+    return {int(run): int(n) for run, n in rows if run is not None}
 
 
 def _answers(

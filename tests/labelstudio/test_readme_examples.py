@@ -237,7 +237,7 @@ def test_readme_bash_blocks_run_in_order(
         (2, "succeeded"),
         (3, "succeeded"),
     ]
-    assert "They wait in the tab a2m run 2" in text
+    assert "They wait in the tab a2m review, highest score first" in text
     # The served model answered the curl with its top labels for the photo.
     answer, _ = json.JSONDecoder().raw_decode(text[text.index('{"run"') :])
     assert answer["run"] == 3
