@@ -20,7 +20,7 @@ import numpy as np
 
 from annotate2model.errors import InputError, TrainingError
 from annotate2model.judging import stats
-from annotate2model.judging.records import CurvePoint, CurveSummary, LearningCurve
+from annotate2model.judging.records import CurvePoint, CurveSummary, Interval, LearningCurve
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.store import Store
 from annotate2model.store import curves as store_curves
@@ -126,6 +126,8 @@ def learning_curve(
     val = [i for i in items if i.split == "val"] if judged_split == "test" else judged
     ctx = context or RunContext.from_store(store)
     points: list[CurvePoint] = []
+    # Right/wrong per judged image of every model, by fraction: the bootstrap of the last gain.
+    answers: dict[float, list[list[bool]]] = {}
     total = len(fractions) * repeats
     progress.begin("Learning curve", total=total)
     for repeat in range(repeats):
@@ -142,21 +144,23 @@ def learning_curve(
                 judged,
                 context=ctx,
             )
+            correct = [t == p for t, p in zip(truth, predicted, strict=True)]
+            answers.setdefault(fraction, []).append(correct)
             points.append(
                 CurvePoint(
                     fraction=fraction,
                     repeat=repeat,
                     train_images=len(subset),
-                    accuracy=float(
-                        np.mean([t == p for t, p in zip(truth, predicted, strict=True)])
-                    ),
+                    accuracy=float(np.mean(correct)),
                     macro_f1=stats.macro_f1(truth, predicted),
                 )
             )
             progress.advance(1)
     progress.end()
     summary = summarise(points)
-    verdict, per_point = judge_curve(summary)
+    steps = sorted(answers)
+    gain = gain_interval(answers[steps[-2]], answers[steps[-1]]) if len(steps) > 1 else None
+    verdict, per_point = judge_curve(summary, gain)
     curve = LearningCurve(
         id=None,
         version=version.number,
@@ -190,33 +194,69 @@ def summarise(points: Sequence[CurvePoint]) -> list[CurveSummary]:
     return out
 
 
-def judge_curve(summary: Sequence[CurveSummary]) -> tuple[str, int | None]:
-    """One line on whether the curve has flattened, and roughly how many more labeled images the
-    next point of accuracy would take, read from the last step of the curve: accuracy is taken to
-    grow linearly in log(images), at the rate of that step (points per doubling)."""
+def gain_interval(previous: Sequence[Sequence[bool]], last: Sequence[Sequence[bool]]) -> Interval:
+    """Bootstrap interval, over the judged images, of the accuracy gained between two points.
+
+    Each argument holds one row per repeat of right/wrong per judged image (the same images, in
+    the same order); an image's gain is its share of right answers at the last point less that at
+    the previous one, so the mean gain is exactly the difference of the points' mean accuracies.
+    """
+    before = np.asarray(previous, dtype=np.float64).mean(axis=0)
+    after = np.asarray(last, dtype=np.float64).mean(axis=0)
+    return stats.bootstrap_interval(after - before)
+
+
+def judge_curve(
+    summary: Sequence[CurveSummary], gain: Interval | None = None
+) -> tuple[str, int | None]:
+    """One line on whether accuracy still rises with more images, read from the last step.
+
+    The step counts as a rise only when its gain exceeds its own spread: the spread of the
+    repeats at either point, and `gain`, the bootstrap interval of the gain over the judged
+    images, must lie above zero. Only then does the line say roughly how many more labeled images
+    the next point of accuracy would take (accuracy taken to grow linearly in log(images), at
+    the rate of that step). A gain inside the spread is "cannot tell yet", with no figure.
+    """
     if len(summary) < 2:
         return "one point only: no trend to read.", None
     last, previous = summary[-1], summary[-2]
     n_last, n_prev = last.train_images, max(previous.train_images, 1)
-    gain = last.mean - previous.mean
-    doublings = math.log2(n_last / n_prev) if n_last > n_prev else 0.0
-    per_doubling = gain / doublings if doublings > 0 else 0.0
-    noise = max(last.std, previous.std)
-    step = f"{n_prev} -> {n_last} training images changed accuracy by {gain * 100:+.1f} points" + (
-        f" (spread {noise * 100:.1f})" if noise > 0 else ""
+    diff = last.mean - previous.mean
+    spread = max(last.std, previous.std)
+    noise = [f"repeats {spread * 100:.1f}"] if spread > 0 else []
+    if gain is not None and not math.isnan(gain.low):
+        noise.append(f"{gain.level:.0%} interval {gain.low * 100:+.1f} to {gain.high * 100:+.1f}")
+    step = f"{n_prev} -> {n_last} training images changed accuracy by {diff * 100:+.1f} points" + (
+        f" (spread: {', '.join(noise)})" if noise else ""
     )
-    more: int | None = None
+    if n_last <= n_prev:
+        return f"Cannot tell yet: the last two points train on {n_last} images each.", None
     if 1.0 - last.mean <= 0.01:
-        tail = f"accuracy is already {last.mean:.1%}: little is left to gain."
-    elif per_doubling <= 0.001:
-        tail = "more images of the same kind may not help; look at the flagged labels instead."
-    else:
-        needed = n_last * 2.0 ** (0.01 / per_doubling)
-        more = max(1, round(needed - n_last))
+        return f"The curve is at its top: {step}; accuracy is already {last.mean:.1%}.", None
+    doublings = math.log2(n_last / n_prev)
+    # Without repeats or a bootstrap there is no spread to measure the gain against.
+    measured = spread > 0 or (gain is not None and not math.isnan(gain.low))
+    beyond_spread = measured and diff > spread and (gain is None or gain.low > 0)
+    if beyond_spread:
+        per_doubling = diff / doublings
+        more = max(1, round(n_last * 2.0 ** (0.01 / per_doubling) - n_last))
+        # Flattening: under one point of accuracy per doubling of the training images.
+        head = "The curve is flattening" if per_doubling < 0.01 else "The curve is still rising"
         tail = f"the next point of accuracy would take roughly {more} more labeled images."
-    # Flattened: under one point of accuracy per doubling of the training images.
-    head = "The curve has flattened" if per_doubling < 0.01 else "The curve is still rising"
-    return f"{head}: {step}; {tail}", more
+        return f"{head}: {step}; {tail}", more
+    high = max(diff + spread, gain.high if gain is not None else diff)
+    if measured and high / doublings < 0.01:
+        return (
+            f"The curve has flattened: {step}; even the top of the spread is under one point per "
+            "doubling, so more images of the same kind may not help; look at the flagged labels "
+            "instead.",
+            None,
+        )
+    return (
+        f"Cannot tell yet whether more images help: {step}, within its spread. More repeats "
+        "(--repeats) or more test images would tell.",
+        None,
+    )
 
 
 def _keep(store: Store, curve: LearningCurve, judged: Sequence[str]) -> LearningCurve:
