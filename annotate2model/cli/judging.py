@@ -1,4 +1,4 @@
-"""Judging commands: `compare` (runs of several versions on common test images) and `curve`.
+"""Judging commands: `compare` (runs of several versions on the same unseen images) and `curve`.
 
 `compare` reads predictions the ledger already holds, so it usually imports no torch; `curve`
 trains, and imports torch only once it starts.
@@ -47,20 +47,28 @@ def compare_cmd(
         str | None,
         typer.Option(
             "--test-of",
-            help="Judge every run on this version's test split (default: the test images all "
-            "compared versions share).",
+            help="Judge every run on this version's test split (default: every image of the "
+            "newest version that no compared run trained on or chose its epoch on).",
         ),
     ] = None,
+    shared: Annotated[
+        bool,
+        typer.Option(
+            "--shared",
+            help="Judge only on the test images all compared versions share (fewer images).",
+        ),
+    ] = False,
     plots: Annotated[
         bool, typer.Option("--plots/--no-plots", help="Write accuracy-vs-images/time PNGs.")
     ] = True,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Compare runs of dataset versions on the SAME test images: accuracy with a 95% interval,
-    macro F1, size and time, and whether the difference is real (McNemar).
+    """Compare runs of dataset versions on the SAME images: accuracy with a 95% (Wilson)
+    interval, macro F1, size and time, and whether the difference is real (McNemar).
 
-    Without options: the latest succeeded run of every version that has one.
+    Without options: the latest succeeded run of every version that has one, judged on every
+    image of the newest version that none of them trained on or chose its epoch on.
 
     Example: [bold]a2m compare --versions 3,4[/]
     """
@@ -70,12 +78,15 @@ def compare_cmd(
         raise typer.BadParameter("give --versions or --runs, not both.")
     if as_csv and as_json:
         raise typer.BadParameter("give --csv or --json, not both.")
+    if shared and test_of is not None:
+        raise typer.BadParameter("give --test-of or --shared, not both.")
     store = state(ctx).store()
     result = compare(
         store,
         versions=parse_ids(versions, "version"),
         runs=parse_ids(runs, "run"),
         test_of=test_of,
+        shared=shared,
         progress=RichProgress(),
     )
     written: list[Path] = []
@@ -244,7 +255,9 @@ def curve_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Learning curve: the same configuration on nested, class-stratified subsets of the
-    training split, judged on the same test images. Says whether more labels still pay.
+    training split, judged on the same test images. Says whether more labels still pay: a rise
+    counts only when it exceeds the spread of the repeats and of the judged images; otherwise
+    "cannot tell yet".
 
     Example: [bold]a2m curve 4 --fractions 0.25,0.5,1.0 --repeats 3[/]
     """

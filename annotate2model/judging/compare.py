@@ -1,11 +1,14 @@
-"""`a2m compare`: runs of several dataset versions judged on the SAME test images.
+"""`a2m compare`: runs of several dataset versions judged on the SAME images.
 
 Each version has its own val/test images, so the accuracies `a2m runs` lists are not comparable.
-Hash splits are stable, so the test images that all compared versions share are many; every run is
-judged on those (or on one pinned version's test split), with a bootstrap interval per run and
-McNemar's exact test between consecutive runs. Predictions already in the ledger are reused (a
-run's own test predictions cover the shared images), so a comparison usually needs no torch; the
-missing ones go through the Predictor and are kept in the ledger, as is each judgement.
+By default every run is judged on every image of the newest compared version that none of the
+compared runs trained on or chose its epoch on (an ensemble counts its members' versions): more
+than the test images all versions share, since a newer version's new test images are unseen by
+every older run. `shared` asks for that intersection, `test_of` for one version's test split. Each
+run gets a Wilson interval of its accuracy and consecutive runs McNemar's exact test.
+Predictions already in the ledger are reused; the missing ones (an older run has not seen a newer
+version's new test images) go through the Predictor once and are kept in the ledger, as is each
+judgement, so a repeated comparison needs no torch.
 """
 
 from __future__ import annotations
@@ -117,22 +120,49 @@ def _label(run: RunRecord) -> str:
     return f"run {run.id} (v{run.version})"
 
 
+def learned_versions(run: RunRecord, by_id: dict[int, RunRecord]) -> set[int]:
+    """The versions whose train and val images a run learned from or chose its epoch on: its own,
+    or for an ensemble its members' (it trained nothing itself)."""
+    if run.kind != "ensemble":
+        return {run.version}
+    out: set[int] = set()
+    for member in run.config.get("members", []):
+        found = by_id.get(int(member))
+        if found is not None and found.id != run.id:
+            out |= learned_versions(found, by_id)
+    return out or {run.version}
+
+
 def compare(
     store: Store,
     *,
     versions: Sequence[int] | None = None,
     runs: Sequence[int] | None = None,
     test_of: int | str | None = None,
+    shared: bool = False,
     context: RunContext | None = None,
     progress: Progress | None = None,
     record: bool = True,
 ) -> Comparison:
-    """Judge the chosen runs on common test images; `record` keeps each judgement in the ledger."""
+    """Judge the chosen runs on the same images; `record` keeps each judgement in the ledger.
+
+    The images: those of the newest compared version that no compared run trained on or chose
+    its epoch on; with `shared`, the test images all compared versions share; with `test_of`,
+    that version's test split.
+    """
+    if shared and test_of is not None:
+        raise InputError("give test_of or shared, not both.")
     progress = progress or NullProgress()
     with store.read() as session:
-        chosen = choose_runs(store_runs.list_runs(session), versions, runs)
+        all_runs = store_runs.list_runs(session)
+        chosen = choose_runs(all_runs, versions, runs)
+        by_id = {r.id: r for r in all_runs}
+        learned = {r.id: learned_versions(r, by_id) for r in chosen}
         numbers = sorted({r.version for r in chosen})
-        items = {n: store_versions.version_items(session, n) for n in numbers}
+        items = {
+            n: store_versions.version_items(session, n)
+            for n in sorted(set(numbers).union(*learned.values()))
+        }
         pinned = test_of is not None
         if pinned:
             truth_version = store_versions.get_version(session, test_of).number
@@ -153,17 +183,35 @@ def compare(
             "the compared versions have no test split: the runs are judged on validation images, "
             "which they also used to pick their best epoch."
         )
+    kind = "pinned" if pinned else "shared" if shared or split == "val" else "unseen"
     truth_items = {i.image_sha256: i for i in items[truth_version] if i.split == split}
-    if pinned:
+    if kind == "pinned":
         common = sorted(truth_items)
         where = f"version {truth_version}'s {split} split"
         if not common:
             raise TrainingError(f"version {truth_version} has no {split} images to judge on.")
+    elif kind == "unseen":
+        seen = {
+            i.image_sha256
+            for run in chosen
+            for n in learned[run.id]
+            for i in items[n]
+            if i.split in ("train", "val")
+        }
+        truth_items = {i.image_sha256: i for i in items[truth_version]}
+        common = sorted(set(truth_items) - seen)
+        where = f"the images none of the {len(chosen)} runs trained on or chose its epoch on"
+        if not common:
+            raise TrainingError(
+                f"every image of version {truth_version} was trained on or used to choose an "
+                "epoch by one of the compared runs.",
+                hint="judge them all on one version's test split: `a2m compare --test-of V`.",
+            )
     else:
-        shared = set(truth_items)
+        in_all = set(truth_items)
         for n in numbers:
-            shared &= {i.image_sha256 for i in items[n] if i.split == split}
-        common = sorted(shared)
+            in_all &= {i.image_sha256 for i in items[n] if i.split == split}
+        common = sorted(in_all)
         where = (
             f"the {split} images all {len(numbers)} versions share"
             if len(numbers) > 1
@@ -177,17 +225,16 @@ def compare(
                 hint="judge them all on one version's test split: `a2m compare --test-of V`.",
             )
     warnings.extend(_relabeled(common, items, truth_version))
-    warnings.extend(_leaks(chosen, common, items, split))
+    warnings.extend(_leaks(chosen, learned, common, items, split))
     answers = _answers(store, chosen, common, truth_version, truth_items, stored, context, progress)
     unreadable = {sha for got in answers.values() for sha in common if sha not in got}
     if unreadable:
         warnings.append(
-            f"{len(unreadable)} common test image(s) could not be read by every run and are left "
-            "out."
+            f"{len(unreadable)} judged image(s) could not be read by every run and are left out."
         )
         common = [sha for sha in common if sha not in unreadable]
     if not common:
-        raise TrainingError("no common test image could be judged by every run.")
+        raise TrainingError("no image could be judged by every run.")
     with store.read() as session:
         names = image_names(session, common)
     truth = [truth_items[sha].label for sha in common]
@@ -196,14 +243,15 @@ def compare(
         split=split,
         version=truth_version,
         pinned=pinned,
+        kind=kind,
         images=list(common),
         labels=truth,
         names=[names.get(sha, sha[:12]) for sha in common],
     )
     if len(common) < stats.SMALL_TEST_SET:
         warnings.append(
-            f"only {len(common)} common test images: the intervals are wide and small "
-            "differences mean little."
+            f"only {len(common)} judged images: the intervals are wide and small differences "
+            "mean little."
         )
     warnings.extend(_config_differences(chosen))
     rows: list[CompareRow] = []
@@ -330,7 +378,7 @@ def _row(
         weights=str(c.get("weights") or ""),
         val_accuracy=float(val) if isinstance(val, int | float) else None,
         accuracy=sum(correct) / len(correct),
-        interval=stats.bootstrap_interval(correct),
+        interval=stats.accuracy_interval(correct),
         macro_f1=stats.macro_f1(truth, predicted),
         per_class=stats.per_class_accuracy(truth, predicted),
         wall_seconds=run.wall_seconds,
@@ -384,7 +432,11 @@ def _pair(
             broken,
             len(truth),
             p,
-            images=f"common {test_set.split} images",
+            images=(
+                "images none of the runs trained on"
+                if test_set.kind == "unseen"
+                else f"common {test_set.split} images"
+            ),
         ),
         per_class_delta={c: acc_b[c] - acc_a[c] for c in acc_a},
         # Fixed first, then broken; each group by name.
@@ -412,32 +464,41 @@ def _relabeled(
 
 def _leaks(
     chosen: Sequence[RunRecord],
+    learned: dict[int, set[int]],
     common: Sequence[str],
     items: dict[int, list[VersionItemRecord]],
     split: str,
 ) -> list[str]:
+    """Runs that trained on (or chose their epoch on) some of the judged images."""
     out = []
     wanted = set(common)
+    # Judged on val (no test split anywhere): choosing the epoch on them is said elsewhere.
+    learned_from = {"train", "val"} - {split}
     for run in chosen:
-        seen = [i for i in items[run.version] if i.image_sha256 in wanted and i.split != split]
-        trained = sum(1 for i in seen if i.split == "train")
+        seen = {
+            i.image_sha256: i.split
+            for n in sorted(learned[run.id])
+            for i in items[n]
+            if i.image_sha256 in wanted and i.split in learned_from
+        }
+        trained = sum(1 for s in seen.values() if s == "train")
         if seen:
             out.append(
-                f"{_label(run)} saw {len(seen)} of the common test images during training "
+                f"{_label(run)} saw {len(seen)} of the judged images during training "
                 f"({trained} in its training split): its score on them is optimistic."
             )
     return out
 
 
 def _config_differences(chosen: Sequence[RunRecord]) -> list[str]:
+    """Model settings that differ between the runs, among the runs whose configuration has them
+    (an ensemble's holds its members, not a backbone or an input size)."""
     out = []
     for key, words in _MODEL_KEYS:
         values: dict[str, list[int]] = {}
         for run in chosen:
-            value = run.config.get(key)
-            if run.kind == "ensemble":
-                value = "ensemble"
-            values.setdefault(str(value), []).append(run.id)
+            if key in run.config:
+                values.setdefault(str(run.config[key]), []).append(run.id)
         if len(values) > 1:
             detail = "; ".join(
                 f"{value} (run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))})"

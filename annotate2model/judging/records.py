@@ -8,7 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Interval:
-    """A bootstrap confidence interval of an accuracy (95% unless `level` says otherwise)."""
+    """A confidence interval (95% unless `level` says otherwise): Wilson's for an accuracy, a
+    bootstrap's for a learning curve's gain."""
 
     low: float
     high: float
@@ -18,7 +19,7 @@ class Interval:
 @dataclass(frozen=True)
 class CompareRow:
     """One run in a comparison: its version's make-up, its configuration, and its scores on the
-    common test images (not on its own version's test split)."""
+    judged images (the comparison's set, not its own version's test split)."""
 
     run: int
     version: int
@@ -31,7 +32,7 @@ class CompareRow:
     weights: str
     # The run's own validation accuracy (its version's val split), from the ledger.
     val_accuracy: float | None
-    # On the common test images.
+    # On the judged images; the interval is Wilson's.
     accuracy: float
     interval: Interval
     macro_f1: float | None
@@ -76,7 +77,8 @@ class PairTest:
 class CommonTestSet:
     """The images every compared run is judged on."""
 
-    # "the 120 test images all 3 versions share" or "version 4's test split (120 images)".
+    # "the images none of the 2 runs trained on or chose its epoch on (27 images, ...)", or with
+    # `shared`, "the test images all 3 versions share (...)", or "version 4's test split (...)".
     description: str
     # The version whose labels are the truth (the newest compared, or the pinned one).
     version: int
@@ -86,6 +88,9 @@ class CommonTestSet:
     names: list[str]
     # "test", or "val" where the compared versions have no test split.
     split: str = "test"
+    # How the set was chosen: "unseen" (no compared run trained or chose its epoch on an image;
+    # the default), "shared" (the test images all compared versions share) or "pinned".
+    kind: str = "unseen"
 
 
 @dataclass(frozen=True)
@@ -139,9 +144,10 @@ class LearningCurve:
     config: dict[str, Any]
     points: list[CurvePoint]
     summary: list[CurveSummary]
-    # One line: flattened or not, and roughly how many more labeled images the next point takes.
+    # One line: rising, flattened or "cannot tell yet", from the last step's gain against its
+    # spread; only a rise beyond the spread comes with an images-per-point figure.
     verdict: str
-    # Estimated extra labeled images for one more point of accuracy (None: no estimate).
+    # Estimated extra labeled images for one more point of accuracy (None: no evidence to say).
     images_per_point: int | None
     seconds: float
 

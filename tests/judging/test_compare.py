@@ -98,10 +98,10 @@ def _predictor_labels(ws: Workspace2, run: int, shas: list[str]) -> list[str]:
     return [predictor.labels[int(k)] for k in np.argmax(result.probs, axis=1)]
 
 
-def test_common_test_set_is_the_intersection_and_the_numbers_are_the_predictors(
+def test_shared_test_set_is_the_intersection_and_the_numbers_are_the_predictors(
     ws: Workspace2,
 ) -> None:
-    result = compare(ws.store, runs=[ws.run1, ws.run2])
+    result = compare(ws.store, runs=[ws.run1, ws.run2], shared=True)
     test1, test2 = _items(ws.store, 1, "test"), _items(ws.store, 2, "test")
     assert test1 and len(test2) > len(test1)
     expected = sorted(set(test1) & set(test2))
@@ -117,7 +117,9 @@ def test_common_test_set_is_the_intersection_and_the_numbers_are_the_predictors(
         assert result.predicted[run] == predicted[run]
         hits = [t == p for t, p in zip(truth, predicted[run], strict=True)]
         assert row.accuracy == pytest.approx(sum(hits) / len(hits))
+        # Wilson's interval: it holds the accuracy and never shrinks to a point.
         assert row.interval.low <= row.accuracy <= row.interval.high
+        assert row.interval.low < row.interval.high
         # The ledger's own prediction rows for these images say the same.
         with ws.store.read() as session:
             stored = {
@@ -202,7 +204,12 @@ def test_cli_compare_table_json_csv(ws: Workspace2) -> None:
     )
     code, out, _ = run_cli(runner, "compare", "--runs", f"{ws.run1},{ws.run2}", "--no-plots")
     assert code == 0
-    assert "Judged on the test images all 2 versions share" in out
+    # Hash splits: every test image of version 2 is unseen by both runs, not only the shared ones.
+    n = len(_items(ws.store, 2, "test"))
+    assert (
+        f"Judged on the images none of the 2 runs trained on or chose its epoch on ({n} images"
+        in " ".join(out.split())
+    )
     assert "Training images per class: run" in out and "other " in out and "red " in out
     assert f"run {ws.run2} (v2)" in out or "no evidence of a difference" in out.lower()
     code, _, err = run_cli(runner, "compare", "--runs", "1,2", "--versions", "1,2")
@@ -237,6 +244,13 @@ def test_learning_curve_is_kept_and_its_points_are_nested(ws: Workspace2) -> Non
     assert [s.fraction for s in curve.summary] == [0.5, 1.0]
     assert curve.test_n == len(_items(ws.store, 2, "test"))
     assert curve.verdict
+    # An images-per-point figure only where the last gain exceeds the spread of the repeats.
+    before, last = curve.summary
+    if curve.images_per_point is not None:
+        assert last.mean - before.mean > max(before.std, last.std)
+        assert f"roughly {curve.images_per_point} more" in curve.verdict
+    else:
+        assert "more labeled images" not in curve.verdict
     kept = latest_curve(ws.store, 2)
     assert kept is not None and kept.id == curve.id
     assert kept.points == curve.points and kept.verdict == curve.verdict
