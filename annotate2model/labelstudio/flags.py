@@ -6,14 +6,15 @@ task gets
 - a prediction with model version `a2m-review`: the suggested choice and the flag's score. The
   project's model version is set to it (unless the project uses another model's), so that Label
   Studio's score column shows and sorts, and the labeling screen shows the suggestion;
-- two data fields, `a2m_reason` (misclassified, label-issue, uncertain) and `a2m_run` (the newest
-  run that doubts it), set with Label Studio's "add data field" Data Manager action: one request
-  per distinct value, however many tasks;
+- four data fields, the columns a reviewer reads: `a2m_label` (the label doubted), `a2m_suggested`,
+  `a2m_reason` (misclassified, label-issue, uncertain) and `a2m_run` (the newest run that doubts
+  it), set with Label Studio's "add data field" Data Manager action: one request per distinct
+  value, however many tasks;
 - with `requeue`, its annotation converted to a draft: the task is unlabeled again, so it comes
   back in the labeling queue with the old answer pre-filled. No annotation is ever deleted.
 
 The tab lists the tasks whose reason is not empty, highest score first, and shows the image, the
-current label, the suggested label, the reason, the score and the run. A task doubted again while
+label, the suggested label, the reason, the score and the run. A task doubted again while
 it waits keeps its one prediction, with the newest run's score. Once a sync has settled a flag,
 `retire_answered` empties the task's fields and removes its prediction: it leaves the tab.
 
@@ -51,6 +52,11 @@ REVIEW_TAB = "a2m review"
 REVIEW_VERSION = "a2m-review"
 REASON_FIELD = "a2m_reason"
 RUN_FIELD = "a2m_run"
+# The label the run doubted and the one it suggests, as plain text (Label Studio shows results
+# as JSON).
+LABEL_FIELD = "a2m_label"
+SUGGESTED_FIELD = "a2m_suggested"
+REVIEW_FIELDS = (LABEL_FIELD, SUGGESTED_FIELD, REASON_FIELD, RUN_FIELD)
 
 T = TypeVar("T")
 
@@ -118,6 +124,8 @@ class PushItem:
     reason: str
     score: float
     suggested_label: str | None
+    # The label the run doubted (None: an unlabeled task).
+    current_label: str | None = None
 
 
 @dataclass
@@ -203,17 +211,22 @@ def push_flags(
 
     # 2. The fields: one Data Manager action per distinct value (a PATCH per task costs Label
     # Studio about 0.3 s; the action sets a field on a thousand tasks in one).
-    by_reason: dict[str, list[int]] = {}
+    values: dict[tuple[str, str], list[int]] = {}
     for i in present:
-        by_reason.setdefault(i.reason, []).append(i.task_id)
-    progress.begin("Writing review fields", total=len(present))
-    task_ids = [i.task_id for i in present]
-    set_field(client, project_id, task_ids, RUN_FIELD, str(run_id), workers=workers)
-    for reason, ids in by_reason.items():
-        set_field(client, project_id, ids, REASON_FIELD, reason, workers=workers)
-        out.fields_written += len(ids)
-        progress.advance(len(ids))
+        for key, value in (
+            (LABEL_FIELD, i.current_label or "-"),
+            (SUGGESTED_FIELD, i.suggested_label or "-"),
+            (RUN_FIELD, str(run_id)),
+            # Last: the tab lists a task once its reason is set, with its other columns filled.
+            (REASON_FIELD, i.reason),
+        ):
+            values.setdefault((key, value), []).append(i.task_id)
+    progress.begin("Writing review fields", total=len(values))
+    for (key, value), ids in values.items():
+        set_field(client, project_id, ids, key, value, workers=workers)
+        progress.advance()
     progress.end()
+    out.fields_written += len(present)
 
     # 3. The tab, and the project's model version that makes the score column work.
     out.view_id = ensure_review_tab(client, project_id, config)
@@ -251,11 +264,8 @@ def ensure_review_tab(
     config = config or _config(client, project_id)
     shown = [
         f"tasks:data.{config.image_field}",
-        "tasks:annotations_results",
-        "tasks:predictions_results",
-        f"tasks:data.{REASON_FIELD}",
         "tasks:predictions_score",
-        f"tasks:data.{RUN_FIELD}",
+        *(f"tasks:data.{key}" for key in REVIEW_FIELDS),
     ]
     listed = client.json(
         "GET", "/api/dm/columns", "list the Data Manager columns", params={"project": project_id}
@@ -334,7 +344,12 @@ def retire(
     wanted = sorted(set(task_ids))
     if not wanted:
         return 0
-    for key in (REASON_FIELD, RUN_FIELD):
+    for key in (
+        REASON_FIELD,
+        LABEL_FIELD,
+        SUGGESTED_FIELD,
+        RUN_FIELD,
+    ):  # reason first: out of the tab
         set_field(client, project_id, wanted, key, "", workers=workers)
     ours = [
         pid

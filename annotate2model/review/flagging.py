@@ -370,7 +370,7 @@ def flag_run(
         records = store_flags.record_flags(session, run.id, new, baselines=waiting)
         store_flags.record_suppressed(session, run.id, kept_back)
     items = [
-        PushItem(r.id, r.task_id, r.reason, r.score, r.suggested_label)
+        PushItem(r.id, r.task_id, r.reason, r.score, r.suggested_label, r.current_label)
         for r in records
         if r.task_id is not None
     ]

@@ -21,10 +21,13 @@ from typer.testing import CliRunner
 from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.flags import (
+    LABEL_FIELD,
     REASON_FIELD,
+    REVIEW_FIELDS,
     REVIEW_TAB,
     REVIEW_VERSION,
     RUN_FIELD,
+    SUGGESTED_FIELD,
     PushItem,
     PushResult,
     UnflagItem,
@@ -128,13 +131,11 @@ def test_the_review_tab_lists_the_flags_by_score_and_unflag_takes_it_all_back(
     hidden = set(view["hiddenColumns"]["explore"])
     shown = {
         "tasks:data.image",
-        "tasks:annotations_results",
-        "tasks:predictions_results",
-        f"tasks:data.{REASON_FIELD}",
         "tasks:predictions_score",
-        f"tasks:data.{RUN_FIELD}",
+        *(f"tasks:data.{key}" for key in REVIEW_FIELDS),
     }
-    assert not shown & hidden and {"tasks:id", "tasks:data.keep", "tasks:created_at"} <= hidden
+    assert not shown & hidden
+    assert {"tasks:id", "tasks:data.keep", "tasks:annotations_results"} <= hidden
     for n, task_id in enumerate(flagged):
         task = _task(ls_server, task_id)
         (pred,) = _ours(task)
@@ -142,6 +143,7 @@ def test_the_review_tab_lists_the_flags_by_score_and_unflag_takes_it_all_back(
         assert pred["result"][0]["value"]["choices"] == ["bee"]
         assert task["data"][REASON_FIELD] == ("label-issue" if n else "misclassified")
         assert task["data"][RUN_FIELD] == str(RUN)
+        assert (task["data"][LABEL_FIELD], task["data"][SUGGESTED_FIELD]) == ("-", "bee")
         assert task["data"]["keep"] == ids.index(task_id)  # the rest of the data is untouched
         # Requeued: no annotation left, the old answer waits as a draft.
         assert task["annotations"] == []
