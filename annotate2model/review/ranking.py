@@ -33,7 +33,7 @@ UncertaintyMethod = Literal["margin", "entropy"]
 # many as its confident joint estimates to be mislabeled. On scenes_1200 with 10% flips it keeps
 # precision near 0.7 where its default (prune by noise rate) lands near 0.6, and its other
 # filters (both, confident_learning) find fewer flips at lower precision
-# (bench/flag_quality.py --offline).
+# (bench/flag_quality.py --offline, as of commit 0779f9c).
 FILTER_BY = "low_self_confidence"
 
 
@@ -138,13 +138,17 @@ def out_of_fold_probs(
     0.72 (both), but cleanlab counts 137 likely errors among the training images on the knn
     probabilities (precision 0.65, recall 0.94), 113 on lda's (0.75, 0.86) and 126 on both
     (0.70, 0.90); on hymenoptera_data, where these features are weak, all three are alike
-    (bench/flag_quality.py --offline). That is the features' limit, not the method's: fitted on
-    the true labels instead of the flipped ones, the same ranking reaches a precision of 0.722
-    at recall 0.9, because about 40 of the data set's own images are flagged whatever their
-    flips (their label is wrong or doubtful to these features). Weights of the mean, the
-    number of neighbours, a temperature, a logistic-regression third member, and features
-    averaged with the horizontally flipped image's: none gained more than 0.01. A class with
-    fewer members than folds or neighbours still gets its column.
+    (bench/flag_quality.py --offline, as of commit 0779f9c). That is the features' limit, not
+    the method's: fitted on the true labels instead of the flipped ones, the same ranking
+    reaches a precision of 0.722 at recall 0.9, because about 40 of the data set's own images
+    are flagged whatever their flips (their label is wrong or doubtful to these features).
+    Weights of the mean, the number of neighbours, a temperature, a logistic-regression third
+    member, and features averaged with the horizontally flipped image's: none gained more than
+    0.01. Plain 5-fold logistic regression (scikit-learn) in its place, on flips it was not tuned
+    on (seeds 20-29): precision 0.734 at recall 0.9 against this mean's 0.778 on scenes_1200,
+    lower on 9 of 10 seeds; a tie on hymenoptera_data (0.137 and 0.136), where neither is far
+    above the 0.10 of chance (bench/flag_quality.py --ranking). A class with fewer members than
+    folds or neighbours still gets its column.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(targets, dtype=np.int64)

@@ -57,6 +57,37 @@ def test_label_issues_find_every_flipped_label() -> None:
     assert {d.image_sha256 for d in only} == some
 
 
+def test_a_clear_flip_is_ranked_first() -> None:
+    # One wasp, deep in its own cluster, labeled ant; three bees moved halfway to the wasps and
+    # labeled wasp, doubtful but not clearly wrong.
+    x, y = _clusters(7)
+    noisy = y.copy()
+    wasps = np.flatnonzero(y == 2)
+    clear = int(wasps[np.argmin(np.linalg.norm(x[wasps] - x[wasps].mean(0), axis=1))])
+    noisy[clear] = 0
+    for i in np.flatnonzero(y == 1)[:3]:
+        x[i] = (x[i] + x[wasps].mean(0)) / 2
+        noisy[i] = 2
+    shas = [f"{i:064x}" for i in range(len(y))]
+    probs = out_of_fold_probs(x, noisy, len(LABELS))
+    doubts = label_issues(shas, [LABELS[i] for i in noisy], probs, LABELS)
+    assert doubts[0].image_sha256 == shas[clear]
+    assert (doubts[0].current_label, doubts[0].suggested_label) == ("ant", "wasp")
+    doubt = 1 - probs[np.arange(len(noisy)), noisy]
+    assert np.argsort(-doubt)[0] == clear and np.sort(doubt)[-2] < doubt[clear]
+
+
+def test_the_same_seed_gives_the_same_ranking() -> None:
+    x, y = _clusters(8)
+    noisy = y.copy()
+    noisy[::15] = (noisy[::15] + 1) % len(LABELS)
+    shas = [f"{i:064x}" for i in range(len(y))]
+    given = [LABELS[i] for i in noisy]
+    runs = [out_of_fold_probs(x, noisy, len(LABELS), seed=4) for _ in range(2)]
+    assert np.array_equal(runs[0], runs[1])
+    assert label_issues(shas, given, runs[0], LABELS) == label_issues(shas, given, runs[1], LABELS)
+
+
 def test_clean_labels_give_no_issue() -> None:
     x, y = _clusters(2)
     shas = [f"{i:064x}" for i in range(len(y))]
