@@ -130,15 +130,19 @@ def print_evidence(evidence: Evidence) -> None:
 
 def evidence_lines(evidence: Evidence) -> list[str]:
     lines = []
+    if evidence.held_out_accuracy is not None:
+        lines.append(
+            f"Held-out accuracy {evidence.held_out_accuracy:.2f} on "
+            f"{evidence.held_out_images} validation and test images."
+        )
     if evidence.estimated_wrong is not None:
         expected = evidence.expected_precision
         lines.append(
             f"cleanlab estimates {evidence.estimated_wrong} of {evidence.training_images} "
             "training labels are wrong"
             + (
-                f"; with held-out accuracy {evidence.held_out_accuracy:.2f}, about "
-                f"{expected:.0%} of misclassified flags can be expected to be wrong labels."
-                if expected is not None and evidence.held_out_accuracy is not None
+                f"; about {expected:.0%} of misclassified flags can be expected to be wrong labels."
+                if expected is not None
                 else "."
             )
         )

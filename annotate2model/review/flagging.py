@@ -55,6 +55,9 @@ PRIORITY = {"misclassified": 0, "label-issue": 1, "uncertain": 2}
 # A doubt about a label a person confirmed on that task is sent again only from this score up
 # (1 - the probability the run gives the confirmed label), or with --recheck-confirmed.
 RECHECK_SCORE = 0.99
+# Below this held-out accuracy, `flag` warns that most flags will be the run's own errors: a run
+# that errs on 10% of unseen images outnumbers wrong labels unless over 5% of labels are wrong.
+ACCURACY_BAR = 0.90
 
 
 @dataclass
@@ -79,28 +82,27 @@ class Evidence:
     def expected_precision(self) -> float | None:
         """The share of misclassified flags that can be expected to be wrong labels: the label
         noise rate over the held-out error rate (assuming the held-out images are as noisy as
-        the training ones, and the run predicts the true class of a mislabeled image)."""
+        the training ones, and the run predicts the true class of a mislabeled image). Only for a
+        run at ACCURACY_BAR or above: below it, cleanlab's estimate counts the run's own
+        confusions as wrong labels (measured: 24.5% estimated on hymenoptera's clean labels with
+        a 0.70 run, 4.6% on scenes_1200's with a 0.86 one)."""
         noise, accuracy = self.noise_rate, self.held_out_accuracy
-        if noise is None or accuracy is None:
+        if noise is None or accuracy is None or accuracy < ACCURACY_BAR:
             return None
         return 1.0 if accuracy >= 1.0 else min(1.0, noise / (1.0 - accuracy))
 
-    @property
-    def accuracy_bar(self) -> float | None:
-        """The held-out accuracy below which most misclassified flags are the run's own errors
-        (expected precision under one half): 1 - 2 x the noise rate."""
-        noise = self.noise_rate
-        return None if noise is None else max(0.0, 1.0 - 2.0 * noise)
-
     def warning(self) -> str | None:
-        """One line when most flags will be false alarms, with what would help."""
-        bar, accuracy = self.accuracy_bar, self.held_out_accuracy
-        if bar is None or accuracy is None or accuracy >= bar:
+        """One line when the run is too weak for its flags to be mostly wrong labels."""
+        accuracy = self.held_out_accuracy
+        if accuracy is None or accuracy >= ACCURACY_BAR:
             return None
+        error = 1.0 - accuracy
         return (
-            f"this run's held-out accuracy is {accuracy:.2f}, below {bar:.2f} (1 - 2 x the "
-            f"{self.noise_rate:.1%} of labels estimated wrong): most of its flags will be its own "
-            "errors, not wrong labels. More labels, a stronger backbone or fine-tuning would help."
+            f"this run's held-out accuracy is {accuracy:.2f} (below {ACCURACY_BAR:.2f}): it errs "
+            f"on {error:.0%} of the images it never saw, so unless more than {error / 2:.0%} of "
+            "the labels are wrong, most of its flags will be its own errors, not wrong labels "
+            "(cleanlab's estimate counts them too). More labels, a stronger backbone or "
+            "fine-tuning would help."
         )
 
 
