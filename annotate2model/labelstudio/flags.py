@@ -200,14 +200,27 @@ def push_flags(
         out.predictions_added += added
         progress.advance(len(chunk))
     progress.end()
+    # Doubted again: the old review prediction goes (one action for the tasks that hold no other
+    # model's prediction) and the new one comes in bulk, so a thousand cost two requests.
     again = [i for i in suggested if i.task_id in have]
+    if again:
+        _remove_review_predictions(client, project_id, [i.task_id for i in again], progress)
+        fresh = [{"task": i.task_id, **body(i)} for i in again]
+        for start in range(0, len(fresh), PREDICTION_CHUNK):
+            chunk = fresh[start : start + PREDICTION_CHUNK]
 
-    def update(i: PushItem) -> None:
-        pid = have[i.task_id]
-        client.json("PATCH", f"/api/predictions/{pid}/", f"update prediction {pid}", json=body(i))
+            def lacking(chunk: list[dict[str, Any]] = chunk) -> list[dict[str, Any]]:
+                have = {t for t, _pid, _v in _predictions(client, project_id, REVIEW_VERSION)}
+                return [p for p in chunk if p["task"] not in have]
 
-    _each(again, update, "Updating predictions", progress, workers)
-    out.predictions_updated += len(again)
+            _once_then_check(
+                client,
+                f"/api/projects/{project_id}/import/predictions",
+                chunk,
+                lacking,
+                f"update the predictions of run {run_id}",
+            )
+        out.predictions_updated += len(again)
 
     # 2. The fields: one Data Manager action per distinct value (a PATCH per task costs Label
     # Studio about 0.3 s; the action sets a field on a thousand tasks in one).
@@ -351,12 +364,30 @@ def retire(
         RUN_FIELD,
     ):  # reason first: out of the tab
         set_field(client, project_id, wanted, key, "", workers=workers)
-    ours = [
-        pid
-        for task, pid, _v in _predictions(client, project_id, REVIEW_VERSION)
-        if task in set(wanted)
-    ]
-    _each(ours, lambda pid: _delete_prediction(client, pid), "Removing predictions", progress, 1)
+    return _remove_review_predictions(client, project_id, wanted, progress)
+
+
+def _remove_review_predictions(
+    client: LabelStudioClient, project_id: int, task_ids: Sequence[int], progress: Progress
+) -> int:
+    """The review predictions of the tasks: one Data Manager action for the tasks that hold no
+    other prediction, one DELETE per prediction elsewhere (no other model's is touched).
+    Returns how many went."""
+    wanted = set(task_ids)
+    every = _predictions(client, project_id, None)
+    ours = [(task, pid) for task, pid, v in every if v == REVIEW_VERSION and task in wanted]
+    others = {task for task, _pid, v in every if v != REVIEW_VERSION}
+    only_ours = sorted({task for task, _pid in ours if task not in others})
+    for start in range(0, len(only_ours), 1000):
+        client.json(
+            "POST",
+            "/api/dm/actions",
+            "remove review predictions",
+            params={"id": "delete_tasks_predictions", "project": project_id},
+            json={"selectedItems": {"all": False, "included": only_ours[start : start + 1000]}},
+        )
+    singles = [pid for task, pid in ours if task in others]
+    _each(singles, partial(_delete_prediction, client), "Removing predictions", progress, 1)
     return len(ours)
 
 
