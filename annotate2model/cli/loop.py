@@ -52,7 +52,8 @@ def loop_cmd(
         bool,
         typer.Option(
             "--recheck-confirmed",
-            help="Also flag tasks whose label a person confirmed (kept back by default).",
+            help="Also flag tasks whose label a person confirmed after a flag from a run on the "
+            "same features (kept back by default).",
         ),
     ] = False,
     as_json: JsonFlag = False,

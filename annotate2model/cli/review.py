@@ -75,8 +75,8 @@ def flag_cmd(
         bool,
         typer.Option(
             "--recheck-confirmed",
-            help="Also flag tasks whose label a person confirmed after an earlier flag (kept "
-            "back by default unless the run doubts them at 0.99 or more).",
+            help="Also flag tasks whose label a person confirmed after a flag from a run on the "
+            "same features (kept back by default).",
         ),
     ] = False,
     as_json: JsonFlag = False,
@@ -157,8 +157,9 @@ def flag_notes(outcome: FlagOutcome) -> list[str]:
     lines = []
     if outcome.kept_back:
         lines.append(
-            f"{outcome.kept_back} task(s) a person confirmed were not flagged again (doubt below "
-            f"{outcome.recheck_score:.2f}; --recheck-confirmed flags them anyway)."
+            f"{outcome.kept_back} task(s) whose label a person confirmed after a flag from a run "
+            "on the same features were not flagged again (a run on other features, or "
+            "--recheck-confirmed, flags them)."
         )
     if outcome.carried:
         lines.append(

@@ -52,9 +52,10 @@ if TYPE_CHECKING:
 HELD_OUT = ("val", "test")
 # Which reason wins when one task is doubted for two (a task carries one flag per run).
 PRIORITY = {"misclassified": 0, "label-issue": 1, "uncertain": 2}
-# A doubt about a label a person confirmed on that task is sent again only from this score up
-# (1 - the probability the run gives the confirmed label), or with --recheck-confirmed.
-RECHECK_SCORE = 0.99
+# What a run doubts is a judgement of its features: a label a person confirmed after a flag is
+# doubted again only by a run on other features (another backbone or weights, or a fine-tuned
+# trunk) or with --recheck-confirmed. A run retrained on the same features keeps its old doubts
+# (on bench/flag_quality.py's scenes, even at p(label) < 1e-6), which the person has answered.
 # Below this held-out accuracy, `flag` warns that most flags will be the run's own errors: a run
 # that errs on 10% of unseen images outnumbers wrong labels unless over 5% of labels are wrong.
 ACCURACY_BAR = 0.90
@@ -137,11 +138,13 @@ def find_doubts(
     progress: Progress | None = None,
     context: RunContext | None = None,
     evidence: Evidence | None = None,
+    reserve: list[Doubt] | None = None,
 ) -> list[Doubt]:
     """Every doubt of the run for the given reasons, most doubtful first. `project_id`: where
     the unlabeled tasks are (needed for `uncertain`). `evidence` is filled in on the way: the
     held-out accuracy always, the estimate of wrong training labels when the run has features
-    of its own (the label-issue flags are capped by it)."""
+    of its own. `reserve` receives the other training images as label-issue doubts, most
+    doubtful first: what `flag_run` sends in place of doubts a person already answered."""
     from annotate2model.training.context import RunContext
     from annotate2model.training.runs import artifacts
 
@@ -167,9 +170,11 @@ def find_doubts(
     if "misclassified" in reasons:
         doubts += misclassified(held_out, labels)
     if {"misclassified", "label-issue"} & set(reasons) and card.get("kind") == "classifier":
-        issues = _label_issues(store, ctx, run, labels, folds, seed, progress, evidence)
+        issues, rest = _label_issues(store, ctx, run, labels, folds, seed, progress, evidence)
         if "label-issue" in reasons:
             doubts += issues
+            if reserve is not None:
+                reserve += rest
     elif "label-issue" in reasons:
         raise TrainingError(
             f"run {run.id} is an ensemble: label issues need the features of one network; "
@@ -191,10 +196,11 @@ def _label_issues(
     seed: int,
     progress: Progress,
     evidence: Evidence,
-) -> list[Doubt]:
+) -> tuple[list[Doubt], list[Doubt]]:
     """k-fold probabilities on the run's own features of every labeled image of its version;
-    the training images among them may be flagged, at most as many as cleanlab estimates are
-    mislabeled among them (recorded in `evidence`)."""
+    the training images among them may be flagged. Returns cleanlab's label issues, and the
+    other training images as doubts (score 1 - p(given label)), both most doubtful first; how
+    many training labels cleanlab estimates are wrong goes into `evidence`."""
     from cleanlab.count import num_label_issues
 
     with store.read() as session:
@@ -203,7 +209,7 @@ def _label_issues(
     features = run_features(ctx, run, shas, progress)
     kept = [i for i in items if i.image_sha256 in features]
     if not kept:
-        return []
+        return [], []
     index = {name: n for n, name in enumerate(labels)}
     x = np.stack([features[i.image_sha256] for i in kept])
     y = np.array([index[i.label] for i in kept], dtype=np.int64)
@@ -221,9 +227,19 @@ def _label_issues(
         eligible={i.image_sha256 for i in kept if i.split == "train"},
     )
     progress.end()
-    if evidence.estimated_wrong is not None:
-        found = ranked(found, max_count=evidence.estimated_wrong)
-    return found
+    chosen = {d.image_sha256 for d in found}
+    rest = [
+        Doubt(
+            image_sha256=item.image_sha256,
+            reason="label-issue",
+            score=float(min(1.0, max(0.0, 1.0 - probs[n, y[n]]))),
+            current_label=item.label,
+            suggested_label=labels[int(np.argmax(probs[n]))],
+        )
+        for n, item in enumerate(kept)
+        if train[n] and item.image_sha256 not in chosen and int(np.argmax(probs[n])) != y[n]
+    ]
+    return found, ranked(rest)
 
 
 def run_features(
@@ -295,9 +311,9 @@ class FlagOutcome:
     # Doubted images with no live task in the project that still carries the doubted label
     # (imported from a folder, deleted, or relabeled since the run).
     without_task: int
-    # Doubts kept back because a person confirmed that label on that task (below RECHECK_SCORE).
+    # Doubts kept back because a person confirmed that label on that task after a flag from a
+    # run on the same features.
     kept_back: int = 0
-    recheck_score: float = RECHECK_SCORE
     # Flagged tasks that already waited in review for an earlier run's flag: still one entry
     # there, now with this run's score.
     carried: int = 0
@@ -327,9 +343,9 @@ def flag_run(
     """Find the run's doubts, record them as flags on the project's tasks and push them.
 
     Label Studio is asked first (a dead server or a rejected token fails before any work).
-    A doubt about a label a person confirmed on that task is kept back unless it scores at least
-    RECHECK_SCORE (`recheck_confirmed`: all are sent). `on_evidence` sees what the data say of the
-    flags (estimated wrong labels, held-out accuracy) before they are sent."""
+    A doubt about a label a person confirmed on that task after a flag from a run on the same
+    features is kept back (`recheck_confirmed`: all are sent). `on_evidence` sees what the data
+    say of the flags (estimated wrong labels, held-out accuracy) before they are sent."""
     progress = progress or NullProgress()
     client.check()
     run = _run(store, run_ref)
@@ -337,6 +353,7 @@ def flag_run(
         _check_synced(store, client, project_id)
     retired = retire_answered(store, client, project_id, progress)
     evidence = Evidence()
+    reserve: list[Doubt] = []
     doubts = find_doubts(
         store,
         run.id,
@@ -345,6 +362,7 @@ def flag_run(
         progress=progress,
         context=context,
         evidence=evidence,
+        reserve=reserve,
     )
     if on_evidence is not None:
         on_evidence(evidence)
@@ -355,15 +373,22 @@ def flag_run(
     with store.read() as session:
         confirmed = store_flags.confirmed_before(session, rows)
         waiting = store_flags.pending_elsewhere(session, run.id, rows)
-    kept_back = [
-        f
-        for f in placed
-        if not recheck_confirmed
-        and (f.task_row_id, f.image_sha256, f.current_label) in confirmed
-        and f.score < RECHECK_SCORE
-    ]
+
+    with store.read() as session:
+        views = {
+            rid: _features_of(get_run(session, rid)) for rid in {run.id}.union(*confirmed.values())
+        }
+
+    def overruled(f: store_flags.NewFlag) -> bool:
+        key = (f.task_row_id, f.image_sha256, f.current_label or "")
+        if recheck_confirmed or key not in confirmed:
+            return False
+        return any(views[rid] == views[run.id] for rid in confirmed[key])
+
+    kept_back = [f for f in placed if overruled(f)]
     held = {f.task_row_id for f in kept_back}
     chosen = [f for f in placed if f.task_row_id not in held]
+    chosen = _cap_label_issues(store, project_id, chosen, reserve, evidence, overruled, min_score)
     new = chosen[:max_count] if max_count is not None else chosen
     found: dict[str, int] = {}
     for f in new:
@@ -418,6 +443,19 @@ def flag_run(
     return outcome
 
 
+def _features_of(run: RunRecord) -> tuple[str, ...]:
+    """What a run's doubts are a judgement of: a frozen backbone's features (architecture,
+    weights, input size), or a fine-tuned run's own trunk."""
+    config = run.config
+    if config.get("mode") == "finetune":
+        return ("run", str(run.id))
+    return (
+        str(config.get("backbone")),
+        str(config.get("weights_identity") or config.get("weights")),
+        str(config.get("image_size")),
+    )
+
+
 def _check_synced(store: Store, client: LabelStudioClient, project_id: int) -> None:
     """Uncertain flags are chosen among the tasks the store knows: refuse when Label Studio
     holds tasks the last sync has not seen, saying how many."""
@@ -432,6 +470,35 @@ def _check_synced(store: Store, client: LabelStudioClient, project_id: int) -> N
             "sync, and uncertain flags are chosen among the synced ones.",
             hint="run `a2m sync` first (`a2m loop` does both).",
         )
+
+
+def _cap_label_issues(
+    store: Store,
+    project_id: int,
+    chosen: list[store_flags.NewFlag],
+    reserve: Sequence[Doubt],
+    evidence: Evidence,
+    overruled: Callable[[store_flags.NewFlag], bool],
+    min_score: float,
+) -> list[store_flags.NewFlag]:
+    """As many label-issue flags as cleanlab estimates training labels are wrong: the least
+    doubtful beyond that go, and where doubts a person already answered were kept back, the
+    next most doubtful training images (`reserve`) take their places."""
+    estimate = evidence.estimated_wrong
+    if estimate is None:
+        return chosen
+    issues = [f for f in chosen if f.reason == "label-issue"]
+    others = [f for f in chosen if f.reason != "label-issue"]
+    if len(issues) < estimate and reserve:
+        taken = {f.task_row_id for f in chosen}
+        extra = [
+            f
+            for f in _on_tasks(store, project_id, ranked(reserve, min_score=min_score))
+            if f.task_row_id not in taken and not overruled(f)
+        ]
+        issues += extra[: estimate - len(issues)]
+    issues = sorted(issues, key=lambda f: (-f.score, f.task_row_id))[:estimate]
+    return sorted([*others, *issues], key=lambda f: (-f.score, f.task_row_id))
 
 
 def _on_tasks(store: Store, project_id: int, doubts: Sequence[Doubt]) -> list[store_flags.NewFlag]:

@@ -167,18 +167,23 @@ def record_suppressed(session: Session, run_id: int, flags: Sequence[NewFlag]) -
     return count
 
 
-def confirmed_before(session: Session, task_rows: Sequence[int]) -> set[tuple[int, str, str]]:
-    """(task row, image, label) that a person confirmed: a flag on the task doubted that label
-    of that image, and the task was answered again with the same label."""
-    out: set[tuple[int, str, str]] = set()
+def confirmed_before(
+    session: Session, task_rows: Sequence[int]
+) -> dict[tuple[int, str, str], set[int]]:
+    """(task row, image, label) that a person confirmed -> the runs whose flags they overruled:
+    a flag on the task doubted that label of that image, and the task was answered again with
+    the same label."""
+    out: dict[tuple[int, str, str], set[int]] = {}
     for start in range(0, len(task_rows), 500):
         chunk = list(task_rows[start : start + 500])
         rows = session.execute(
-            select(Flag.task_row_id, Flag.image_sha256, Flag.current_label).where(
+            select(Flag.task_row_id, Flag.image_sha256, Flag.current_label, Flag.run_id).where(
                 Flag.task_row_id.in_(chunk), Flag.resolution == CONFIRMED
             )
         )
-        out.update((task, sha, label) for task, sha, label in rows if task and label)
+        for task, sha, label, run in rows:
+            if task and label:
+                out.setdefault((task, sha, label), set()).update([run] if run else [])
     return out
 
 

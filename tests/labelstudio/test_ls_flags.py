@@ -468,13 +468,10 @@ def test_flag_answer_sync_resolves_flags_through_the_cli(
     code, out, _ = run_cli(cli, "flags", "2", "--json")
     confirmed = labeled[1]["task"]
     mine = {f["task"]: f for f in json.loads(out)["flags"]}
+    # Run 2 looks through the same features as run 1: what a person confirmed stays answered.
     if confirmed in mine:
-        f = mine[confirmed]
-        if f["score"] < 0.99:
-            assert f["outcome"] == "kept back (confirmed before)" and second["kept_back"] >= 1
-            assert json.loads(out)["kept_back"]["2"] >= 1
-        else:
-            assert f["outcome"] == "pending"
+        assert mine[confirmed]["outcome"] == "kept back (confirmed before)"
+        assert second["kept_back"] >= 1 and json.loads(out)["kept_back"]["2"] >= 1
     # Tasks that still wait for run 1 are carried: one entry each in the tab, run 2's score.
     carried = [t for t in untouched if t in mine and mine[t]["outcome"] == "pending"]
     assert second["carried"] == len(carried)
@@ -572,12 +569,12 @@ def test_loop_syncs_trains_compares_and_flags_end_to_end(
     rows = second["comparison"]["rows"]
     assert [r["run"] for r in rows] == [first["run"]["id"], second["run"]["id"]]
     assert second["flags"]["run"] == second["run"]["id"]
-    # What the oracle confirmed is not sent back to it (but for a doubt of 0.99 or more).
+    # What the oracle confirmed is not sent back to it: run 2 sees the same features.
     confirmed = {f["task"] for f in listed if f["current_label"] == truth[f["task"]]}
     code, out, _ = run_cli(cli, "flags", str(second["run"]["id"]), "--json")
     again = json.loads(out)["flags"]
     reflagged = [f for f in again if f["task"] in confirmed and f["outcome"] == "pending"]
-    assert all(f["score"] >= 0.99 for f in reflagged), reflagged
+    assert reflagged == []
     assert second["flags"]["kept_back"] == sum(
         1 for f in again if f["outcome"] == "kept back (confirmed before)"
     )
