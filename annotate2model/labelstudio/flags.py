@@ -234,8 +234,9 @@ def push_flags(
             (REASON_FIELD, i.reason),
         ):
             values.setdefault((key, value), []).append(i.task_id)
+    order = (LABEL_FIELD, SUGGESTED_FIELD, RUN_FIELD, REASON_FIELD)
     progress.begin("Writing review fields", total=len(values))
-    for (key, value), ids in values.items():
+    for (key, value), ids in sorted(values.items(), key=lambda kv: order.index(kv[0][0])):
         set_field(client, project_id, ids, key, value, workers=workers)
         progress.advance()
     progress.end()
