@@ -368,8 +368,9 @@ def flag_run(
         on_evidence(evidence)
     doubts = ranked(doubts, max_count=None, min_score=min_score)
     placed = _on_tasks(store, project_id, doubts)
+    spare = _on_tasks(store, project_id, ranked(reserve, min_score=min_score))
     without_task = len({d.image_sha256 for d in doubts}) - len({f.image_sha256 for f in placed})
-    rows = [f.task_row_id for f in placed]
+    rows = [f.task_row_id for f in [*placed, *spare]]
     with store.read() as session:
         confirmed = store_flags.confirmed_before(session, rows)
         waiting = store_flags.pending_elsewhere(session, run.id, rows)
@@ -388,7 +389,7 @@ def flag_run(
     kept_back = [f for f in placed if overruled(f)]
     held = {f.task_row_id for f in kept_back}
     chosen = [f for f in placed if f.task_row_id not in held]
-    chosen = _cap_label_issues(store, project_id, chosen, reserve, evidence, overruled, min_score)
+    chosen = _cap_label_issues(chosen, spare, evidence, overruled)
     new = chosen[:max_count] if max_count is not None else chosen
     found: dict[str, int] = {}
     for f in new:
@@ -473,29 +474,22 @@ def _check_synced(store: Store, client: LabelStudioClient, project_id: int) -> N
 
 
 def _cap_label_issues(
-    store: Store,
-    project_id: int,
     chosen: list[store_flags.NewFlag],
-    reserve: Sequence[Doubt],
+    spare: Sequence[store_flags.NewFlag],
     evidence: Evidence,
     overruled: Callable[[store_flags.NewFlag], bool],
-    min_score: float,
 ) -> list[store_flags.NewFlag]:
     """As many label-issue flags as cleanlab estimates training labels are wrong: the least
     doubtful beyond that go, and where doubts a person already answered were kept back, the
-    next most doubtful training images (`reserve`) take their places."""
+    next most doubtful training images (`spare`, on their tasks) take their places."""
     estimate = evidence.estimated_wrong
     if estimate is None:
         return chosen
     issues = [f for f in chosen if f.reason == "label-issue"]
     others = [f for f in chosen if f.reason != "label-issue"]
-    if len(issues) < estimate and reserve:
+    if len(issues) < estimate:
         taken = {f.task_row_id for f in chosen}
-        extra = [
-            f
-            for f in _on_tasks(store, project_id, ranked(reserve, min_score=min_score))
-            if f.task_row_id not in taken and not overruled(f)
-        ]
+        extra = [f for f in spare if f.task_row_id not in taken and not overruled(f)]
         issues += extra[: estimate - len(issues)]
     issues = sorted(issues, key=lambda f: (-f.score, f.task_row_id))[:estimate]
     return sorted([*others, *issues], key=lambda f: (-f.score, f.task_row_id))
