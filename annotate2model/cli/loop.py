@@ -8,7 +8,13 @@ import typer
 from rich.table import Table
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json
+from annotate2model.cli.render import (
+    JsonFlag,
+    RecheckConfirmedFlag,
+    RichProgress,
+    console,
+    print_json,
+)
 from annotate2model.labelstudio import connection
 from annotate2model.labelstudio.connection import NotConnected
 from annotate2model.training.config import PRESETS, Backbone, Mode
@@ -48,14 +54,7 @@ def loop_cmd(
     requeue: Annotated[
         bool, typer.Option("--requeue", help="Return flagged tasks to the labeling queue.")
     ] = False,
-    recheck_confirmed: Annotated[
-        bool,
-        typer.Option(
-            "--recheck-confirmed",
-            help="Also flag tasks whose label a person confirmed after a flag from a run on the "
-            "same features (kept back by default).",
-        ),
-    ] = False,
+    recheck_confirmed: RecheckConfirmedFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """One iteration: sync; train a new version with the last configuration (or the options

@@ -34,6 +34,15 @@ err_console = Console(stderr=True)
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print JSON (on stdout, nothing else) instead of text.")
 ]
+# `a2m flag` and `a2m loop`: send again what a person confirmed.
+RecheckConfirmedFlag = Annotated[
+    bool,
+    typer.Option(
+        "--recheck-confirmed",
+        help="Also flag tasks whose label a person confirmed after a flag from a run on the "
+        "same features (kept back by default).",
+    ),
+]
 
 
 def to_jsonable(value: Any) -> Any:

@@ -11,6 +11,7 @@ from annotate2model.cli.context import state
 from annotate2model.cli.render import (
     HASH_SHOWN,
     JsonFlag,
+    RecheckConfirmedFlag,
     RichProgress,
     console,
     image_cell,
@@ -71,14 +72,7 @@ def flag_cmd(
             "labeling queue with the old answer pre-filled.",
         ),
     ] = False,
-    recheck_confirmed: Annotated[
-        bool,
-        typer.Option(
-            "--recheck-confirmed",
-            help="Also flag tasks whose label a person confirmed after a flag from a run on the "
-            "same features (kept back by default).",
-        ),
-    ] = False,
+    recheck_confirmed: RecheckConfirmedFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Send a run's doubts to Label Studio, into the project's review tab (a2m review).

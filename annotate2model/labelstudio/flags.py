@@ -183,22 +183,9 @@ def push_flags(
 
     wanted = [{"task": i.task_id, **body(i)} for i in suggested if i.task_id not in have]
     progress.begin("Adding predictions", total=len(wanted))
-    for start in range(0, len(wanted), PREDICTION_CHUNK):
-        chunk = wanted[start : start + PREDICTION_CHUNK]
-
-        def missing(chunk: list[dict[str, Any]] = chunk) -> list[dict[str, Any]]:
-            have = {t for t, _pid, _v in _predictions(client, project_id, REVIEW_VERSION)}
-            return [p for p in chunk if p["task"] not in have]
-
-        added = _once_then_check(
-            client,
-            f"/api/projects/{project_id}/import/predictions",
-            chunk,
-            missing,
-            f"add the predictions of run {run_id}",
-        )
-        out.predictions_added += added
-        progress.advance(len(chunk))
+    out.predictions_added += _import_predictions(
+        client, project_id, wanted, f"add the predictions of run {run_id}", progress
+    )
     progress.end()
     # Doubted again: the old review prediction goes (one action for the tasks that hold no other
     # model's prediction) and the new one comes in bulk, so a thousand cost two requests.
@@ -206,20 +193,9 @@ def push_flags(
     if again:
         _remove_review_predictions(client, project_id, [i.task_id for i in again], progress)
         fresh = [{"task": i.task_id, **body(i)} for i in again]
-        for start in range(0, len(fresh), PREDICTION_CHUNK):
-            chunk = fresh[start : start + PREDICTION_CHUNK]
-
-            def lacking(chunk: list[dict[str, Any]] = chunk) -> list[dict[str, Any]]:
-                have = {t for t, _pid, _v in _predictions(client, project_id, REVIEW_VERSION)}
-                return [p for p in chunk if p["task"] not in have]
-
-            _once_then_check(
-                client,
-                f"/api/projects/{project_id}/import/predictions",
-                chunk,
-                lacking,
-                f"update the predictions of run {run_id}",
-            )
+        _import_predictions(
+            client, project_id, fresh, f"update the predictions of run {run_id}", NullProgress()
+        )
         out.predictions_updated += len(again)
 
     # 2. The fields: one Data Manager action per distinct value (a PATCH per task costs Label
@@ -557,6 +533,30 @@ def _predictions(
         if version is None or v == version:
             out.append((int(p["task"]), int(p["id"]), v))
     return out
+
+
+def _import_predictions(
+    client: LabelStudioClient,
+    project_id: int,
+    rows: Sequence[dict[str, Any]],
+    doing: str,
+    progress: Progress,
+) -> int:
+    """Review predictions ({"task": id, ...}) in bulk requests, each sent once and then only
+    what did not land; returns how many were added."""
+    added = 0
+    for start in range(0, len(rows), PREDICTION_CHUNK):
+        chunk = list(rows[start : start + PREDICTION_CHUNK])
+
+        def missing(chunk: list[dict[str, Any]] = chunk) -> list[dict[str, Any]]:
+            have = {t for t, _pid, _v in _predictions(client, project_id, REVIEW_VERSION)}
+            return [p for p in chunk if p["task"] not in have]
+
+        added += _once_then_check(
+            client, f"/api/projects/{project_id}/import/predictions", chunk, missing, doing
+        )
+        progress.advance(len(chunk))
+    return added
 
 
 def _once_then_check(

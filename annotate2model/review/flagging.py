@@ -374,8 +374,6 @@ def flag_run(
     with store.read() as session:
         confirmed = store_flags.confirmed_before(session, rows)
         waiting = store_flags.pending_elsewhere(session, run.id, rows)
-
-    with store.read() as session:
         views = {
             rid: _features_of(get_run(session, rid)) for rid in {run.id}.union(*confirmed.values())
         }
@@ -558,12 +556,9 @@ def unflag_run(
     client.check()
     with store.read() as session:
         run = get_run(session, run_ref)
-        records = store_flags.list_flags(session, run.id, project_id)
-        others = [
-            r
-            for r in store_flags.list_flags(session, None, project_id)
-            if r.run_id != run.id and r.outcome == "pending"
-        ]
+        every = store_flags.list_flags(session, None, project_id)
+    records = [r for r in every if r.run_id == run.id]
+    others = [r for r in every if r.run_id != run.id and r.outcome == "pending"]
     pending = sum(1 for r in records if r.outcome == "pending")
     items = [
         UnflagItem(r.id, r.task_id, r.draft_id, r.review_field)
