@@ -54,9 +54,12 @@ class AppState:
     def store(self, **overrides: Any) -> Store:
         if self._store is None or overrides:
             from annotate2model.store import Store
+            from annotate2model.store.runs import close_dead
 
             self.close()
             self._store = Store.open(self.settings(**overrides))
+            # A training killed with -9 shows as failed in whatever command comes next.
+            close_dead(self._store)
         return self._store
 
     def close(self) -> None:

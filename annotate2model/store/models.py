@@ -185,8 +185,11 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Folder under .a2m/runs/ holding weights and the model card, relative to the workspace.
     artifact_dir: Mapped[str | None] = mapped_column(Text)
-    # Process id of the training process while status is running (to tell a dead run).
+    # The training process while status is running, to tell a dead run: its id, the host it runs
+    # on and the operating system's start time of that process (a reused pid starts later).
     pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    process_started: Mapped[float | None] = mapped_column(Float)
 
 
 class Prediction(Base):

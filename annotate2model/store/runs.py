@@ -5,16 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from annotate2model.errors import InputError, NotFoundError
 from annotate2model.store.models import Evaluation, Prediction, Run
+
+if TYPE_CHECKING:
+    from annotate2model.store.db import Store
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")
 
@@ -81,6 +85,8 @@ def create_run(
         history_json="[]",
         metrics_json="{}",
         pid=os.getpid(),
+        host=socket.gethostname(),
+        process_started=_process_started(os.getpid()),
     )
     session.add(row)
     session.flush()
@@ -118,6 +124,7 @@ def finish_run(
     row.ended_at = now
     row.wall_seconds = (now - row.started_at).total_seconds()
     row.pid = None
+    row.process_started = None
     if metrics is not None:
         row.metrics_json = json.dumps(metrics)
     if history is not None:
@@ -135,31 +142,77 @@ def set_metrics(session: Session, run_id: int, metrics: dict[str, Any]) -> None:
     _row(session, run_id).metrics_json = json.dumps(metrics)
 
 
-def close_dead_runs(session: Session) -> list[int]:
-    """Mark `running` rows whose process no longer exists (killed -9, machine reset) as failed.
+def dead_runs(session: Session, *, local_store: bool) -> list[int]:
+    """`running` rows whose training process is gone: killed -9, the machine restarted.
 
-    Only meaningful where runs start on this machine (the SQLite store in the workspace).
+    A run is judged only on the host it runs on; there, its process is gone when no process has
+    its pid, or the one that has it started at another time (the pid was reused). A row from
+    before hosts were recorded is judged by its pid alone, and only in a store that lives on this
+    machine (`local_store`); another host's run is left as it is.
     """
-    closed = []
-    for row in session.scalars(select(Run).where(Run.status == "running")):
-        if row.pid is not None and not _alive(row.pid):
-            row.status = "failed"
-            row.ended_at = datetime.now(UTC)
-            row.error = f"the training process (pid {row.pid}) ended without closing the run"
-            row.pid = None
-            closed.append(row.id)
+    rows = session.execute(
+        select(Run.id, Run.pid, Run.host, Run.process_started).where(Run.status == "running")
+    ).all()
+    here = socket.gethostname()
+    dead = []
+    for run_id, pid, host, started in rows:
+        if pid is None or (host is None and not local_store) or (host not in (None, here)):
+            continue
+        if not _still_running(pid, started):
+            dead.append(run_id)
+    return dead
+
+
+def close_dead_runs(session: Session, *, local_store: bool = True) -> list[int]:
+    """Mark the rows of `dead_runs` as failed, with the reason."""
+    closed = dead_runs(session, local_store=local_store)
+    for row in session.scalars(select(Run).where(Run.id.in_(closed))):
+        row.status = "failed"
+        row.ended_at = datetime.now(UTC)
+        row.error = f"the training process (pid {row.pid}) ended without closing the run"
+        row.pid = None
+        row.process_started = None
     session.flush()
     return closed
 
 
-def _alive(pid: int) -> bool:
+def close_dead(store: Store) -> list[int]:
+    """`close_dead_runs` in its own write, taken only when a read found a dead run (every command
+    that opens the store calls this: a killed training shows as failed at once)."""
+    local = store.settings.database_url.startswith("sqlite")
+    with store.read() as session:
+        if not dead_runs(session, local_store=local):
+            return []
+    with store.write() as session:
+        return close_dead_runs(session, local_store=local)
+
+
+# Start times are read back from the operating system with a clock tick's resolution.
+START_TOLERANCE_S = 1.0
+
+
+def _process_started(pid: int) -> float:
+    """When process `pid` started, in seconds since the epoch (psutil.Error if unknown)."""
+    import psutil
+
+    return float(psutil.Process(pid).create_time())
+
+
+def _still_running(pid: int, started: float | None) -> bool:
+    """Whether process `pid` exists and, when its start time was recorded, is that process."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False  # killed, and only waiting for its parent to read its exit status
+        now = float(process.create_time())
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.Error:
+        # Access denied (another user's process): it exists; assume it may be ours.
         return True
-    return True
+    return started is None or abs(now - started) <= START_TOLERANCE_S
 
 
 def get_run(session: Session, run_id: int | str) -> RunRecord:

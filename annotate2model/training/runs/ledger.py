@@ -170,11 +170,9 @@ class Ledger:
         return [run.id for run in gone]
 
     def close_dead_runs(self) -> list[int]:
-        """Close `running` rows whose process is gone; pid-based, so only for a local store."""
-        if not self.store.settings.database_url.startswith("sqlite"):
-            return []
-        with signals_held(), self.store.write() as session:
-            return store_runs.close_dead_runs(session)
+        """Close `running` rows whose process is gone (store/runs.py's dead_runs says which)."""
+        with signals_held():
+            return store_runs.close_dead(self.store)
 
 
 def prediction_rows(
