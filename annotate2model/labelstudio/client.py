@@ -32,6 +32,15 @@ SAFE_RETRY_STATUS = frozenset({429, 503})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 DEFAULT_ATTEMPTS = 6
 DEFAULT_BACKOFF = 0.5
+# Answers that one URL failing can give while the server itself is fine: Label Studio answers
+# 500 for an uploaded file missing from its disk, a proxy 502 / 504 for one slow file. A request
+# made with `status_attempts` (a media file) stops retrying them after that many answers and
+# returns the last one, so the caller can ask /health whether the server is up (`server_up`)
+# instead of spending the whole back-off meant for a server that restarts. 429 and 503 speak
+# for the whole server and keep the full back-off.
+PATH_FAILURE_STATUS = frozenset({500, 502, 504})
+# How long one look at /health stands for the failures around it (`server_up`).
+HEALTH_FRESH_S = 2.0
 # Attempts while the server has never answered this client: a stopped server or a wrong URL is
 # said within a second, instead of after the ~16 s of back-off meant for a server that restarts.
 FIRST_CONTACT_ATTEMPTS = 2
@@ -113,6 +122,9 @@ class LabelStudioClient:
         # Whether the server narrows whole tasks to the fields asked for (see `_full_params`);
         # cleared by the first answer that shows it does not.
         self._narrowing = True
+        # The last look at /health: (monotonic time, whether it answered UP); see `server_up`.
+        self._health: tuple[float, bool] | None = None
+        self._health_lock = threading.Lock()
         # Not the SDK's client: Label Studio's dev server answers `Connection: close` twice as fast.
         self._http = httpx.Client(
             timeout=timeout,
@@ -164,16 +176,20 @@ class LabelStudioClient:
         *,
         attempts: int | None = None,
         idempotent: bool | None = None,
+        status_attempts: int | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """One request with bounded retries on connection errors, timeouts and 5xx; a request
         that is not `idempotent` (default: POST and PATCH are not) only where it cannot have
-        been acted on."""
+        been acted on. `status_attempts`: after that many answers of a `PATH_FAILURE_STATUS`,
+        the last such answer is returned instead of retried (connection errors keep the whole
+        back-off)."""
         # Not the SDK's retries: it sends a POST again after a 500 or a dropped connection.
         target = path if path.startswith("http") else f"{self.url}{path}"
         last = ""
         attempts = attempts or self._attempts
         safe = method.upper() in IDEMPOTENT if idempotent is None else idempotent
+        failed_answers = 0
         for attempt in range(attempts):
             if attempt:
                 time.sleep(min(self._backoff * 2 ** (attempt - 1), 8.0))
@@ -201,6 +217,10 @@ class LabelStudioClient:
             self._answered = True
             if response.status_code in (RETRY_STATUS if safe else SAFE_RETRY_STATUS):
                 last = f"HTTP {response.status_code}"
+                if status_attempts is not None and response.status_code in PATH_FAILURE_STATUS:
+                    failed_answers += 1
+                    if failed_answers >= status_attempts:
+                        return response
                 continue
             return response
         raise LabelStudioError(
@@ -217,7 +237,9 @@ class LabelStudioClient:
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """An authenticated request; a PAT's access token is refreshed once on a 401."""
+        """An authenticated request; a PAT's access token is refreshed once on a 401.
+
+        Keyword arguments go to httpx, but for `status_attempts` (see `_send`)."""
         headers = dict(kwargs.pop("headers", {}) or {})
         response = self._send(method, path, headers={**headers, **self._auth_header()}, **kwargs)
         if response.status_code == 401 and self.kind == "pat":
@@ -276,6 +298,22 @@ class LabelStudioClient:
                 f"{self.url} does not look like a Label Studio server (/health answered HTTP "
                 f"{health.status_code})."
             )
+
+    def server_up(self) -> bool:
+        """Whether the server answers /health with UP: told apart from one URL failing, the
+        server being down. One look (two attempts at most) stands for `HEALTH_FRESH_S`, so that
+        many failing URLs at once cost one look, not one each; callers on other threads wait
+        for the look under way."""
+        with self._health_lock:
+            if self._health is not None and time.monotonic() - self._health[0] < HEALTH_FRESH_S:
+                return self._health[1]
+            try:
+                answer = self._send("GET", "/health", attempts=2)
+                up = answer.status_code == 200 and '"UP"' in answer.text.replace("'", '"')
+            except LabelStudioError:
+                up = False
+            self._health = (time.monotonic(), up)
+            return up
 
     def check(self) -> dict[str, Any]:
         """Reach the server and check the token; returns the user it belongs to (TokenRejected

@@ -2,8 +2,11 @@
 
 Image URLs come in four kinds (Label Studio's own `/data/...`, `http(s)://`, `data:` and anything
 else); an image that cannot be read or is no usable image is a problem of its task alone, while
-Label Studio itself failing stops the sync. Blobs are written here, before any row points at
-them; their rows are written by the sync's commit.
+Label Studio itself failing stops the sync. Which of the two a failing `/data/...` URL is, its
+answer and then `/health` say: a file the server answers 404 or 500 for while `/health` answers
+UP is that task's problem (an upload deleted from the server's disk gives 500 for ever); no
+answer, or `/health` failing too, is the server down. Blobs are written here, before any row
+points at them; their rows are written by the sync's commit.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from annotate2model.errors import InvalidImage, LabelStudioError
-from annotate2model.labelstudio.client import LabelStudioClient
+from annotate2model.labelstudio.client import PATH_FAILURE_STATUS, LabelStudioClient
 from annotate2model.labelstudio.config import LabelingConfig
 from annotate2model.progress import Progress
 from annotate2model.store.blobs import BlobStore
@@ -31,6 +34,11 @@ if TYPE_CHECKING:
 
 # Every image problem starts so; a task with one is retried by the next sync.
 IMAGE_PROBLEM = "image: "
+# Answers of a failing status (500, 502, 504) a Label Studio image URL gets before /health is
+# asked whether the server is up: one retry, half a second, for what a restart would outlast.
+MEDIA_ATTEMPTS = 2
+# A URL named in a task's problem is cut to this many characters.
+MAX_URL_SHOWN = 300
 
 
 @dataclass(frozen=True)
@@ -166,8 +174,9 @@ def download_images(
     may have started some of them already); without one, a reader of `workers` threads.
 
     An image that cannot be read or is not a usable image is a per-task problem and the rest
-    proceeds; Label Studio itself failing (its own /data/ URLs) raises LabelStudioError, and
-    the downloads not yet started are dropped so the error comes promptly.
+    proceeds; Label Studio itself failing (not answering its own /data/ URLs, or failing one
+    while its /health fails too) raises LabelStudioError, and the downloads not yet started
+    are dropped so the error comes promptly.
     """
     urls = {tid: _image_url(task, config) for tid, task in tasks.items()}
     shas: dict[int, str | None] = {}
@@ -242,11 +251,20 @@ def _read_image(client: LabelStudioClient, url: str) -> bytes:
         except (binascii.Error, ValueError):
             raise _ImageUnavailable("the data: URL is not valid base64") from None
     if url.startswith("/"):
-        # Served by Label Studio itself: an unreachable server aborts the sync (no partial read).
-        response = client.request("GET", url)
-        if response.status_code >= 400:
-            raise _ImageUnavailable(f"Label Studio answered HTTP {response.status_code} for {url}")
-        return response.content
+        # Served by Label Studio itself: an unreachable server aborts the sync (no partial read),
+        # while one file it fails to serve is a problem of its task alone (an upload missing
+        # from its disk answers 500 for ever): a couple of tries, then a look at /health says
+        # which. A task with an image problem is tried again by the next sync.
+        response = client.request("GET", url, status_attempts=MEDIA_ATTEMPTS)
+        if response.status_code < 400:
+            return response.content
+        problem = f"Label Studio answered HTTP {response.status_code} for {url[:MAX_URL_SHOWN]}"
+        if response.status_code in PATH_FAILURE_STATUS and not client.server_up():
+            raise LabelStudioError(
+                f"{problem}, and its /health does not answer UP either; check that it is "
+                "running and retry."
+            )
+        raise _ImageUnavailable(problem)
     if url.startswith(("http://", "https://")):
         try:
             return client.get_external(url)

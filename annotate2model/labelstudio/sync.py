@@ -55,7 +55,7 @@ from annotate2model.labelstudio.downloads import (
     TaskImages,
     download_images,
 )
-from annotate2model.labelstudio.flags import retire_answered
+from annotate2model.labelstudio.flags import retire_answered, settle_interrupted
 from annotate2model.labelstudio.policies import POLICIES, Answer, Policy, resolve_label
 from annotate2model.labelstudio.reading import (
     TASK_FIELDS,
@@ -254,6 +254,11 @@ def sync_project(
     )
     if project.server_time is not None:
         plan = replace(plan, watermark=project.server_time)
+    # A flag push killed halfway: what reached Label Studio is pushed, and this sync settles it.
+    try:
+        settle_interrupted(store, client, project_id, progress)
+    except LabelStudioError as exc:
+        log.warning("flags whose push was cut short stay unsettled for now: %s", exc)
     outcome = commit(
         store,
         project_id,
@@ -261,7 +266,7 @@ def sync_project(
         images.staged,
         config,
         policy,
-        note=note or sync_note(project_id, policy),
+        note=(note or sync_note(project_id, policy)) + left_out_note(plan.skipped),
     )
 
     retired = 0
@@ -600,6 +605,20 @@ POLICY_WORDS: dict[Policy, str] = {
 def sync_note(project_id: int, policy: Policy) -> str:
     """A synced version's default note: where it came from and how its labels were picked."""
     return f"sync of Label Studio project {project_id}; labels: {POLICY_WORDS[policy]}"
+
+
+def left_out_note(skipped: list[tuple[int, str]]) -> str:
+    """What a synced version's note adds about the live tasks that give it no row, so that
+    `a2m versions` does not pass a version short of a task for the whole project: the task
+    and why when it is one, how many of each reason when they are several."""
+    if not skipped:
+        return ""
+    if len(skipped) == 1:
+        task_id, reason = skipped[0]
+        return f"; 1 task left out (task {task_id}, {reason})"
+    counts = Counter(reason.split(":")[0] for _, reason in skipped)
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.items()))
+    return f"; {len(skipped)} tasks left out ({kinds}; a2m sync lists them)"
 
 
 @dataclass(frozen=True)
