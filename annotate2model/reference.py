@@ -319,9 +319,21 @@ SETTINGS: tuple[SettingRow, ...] = (
         "",
         "never",
         "A2M_SERVE_TOKEN",
-        "`a2m serve --token`",
-        "none (no authentication)",
-        "The token `a2m serve` asks of every route but / and /health.",
+        "`a2m serve --token -` (read from stdin)",
+        "none (no authentication; refused beyond loopback without --no-auth)",
+        "The token `a2m serve` asks of every route but / and /health. Prefer the variable or "
+        "stdin: a value written after --token shows in `ps`.",
+    ),
+    SettingRow(
+        "model server image hosts",
+        "serve_image_hosts",
+        "[serve] image_hosts",
+        "A2M_SERVE_IMAGE_HOSTS",
+        "-",
+        "none (only Label Studio's own media)",
+        'Hosts ("name" or "name:port", a list or separated by commas) whose http(s) task '
+        "images `a2m serve`'s ML backend may read, without the Label Studio token; never a "
+        "loopback or link-local address.",
     ),
     SettingRow(
         "tracebacks",

@@ -85,6 +85,9 @@ class Settings:
     labelstudio: LabelStudioSettings = field(default_factory=LabelStudioSettings)
     # Torch device for training: "auto" picks CUDA, then MPS, then CPU.
     device: str = "auto"
+    # Hosts ("name" or "name:port") whose http(s) image URLs `a2m serve` may fetch for a Label
+    # Studio task; none: only the connected Label Studio's own media.
+    serve_image_hosts: tuple[str, ...] = ()
 
 
 def load_settings(
@@ -133,6 +136,7 @@ def load_settings(
         token=Secret(str(token)) if token else None,
     )
     device = str(pick("device", "A2M_DEVICE", "training", "device") or "auto")
+    hosts = pick("serve_image_hosts", "A2M_SERVE_IMAGE_HOSTS", "serve", "image_hosts")
     return Settings(
         workspace=workspace,
         database_url=str(database_url),
@@ -140,6 +144,7 @@ def load_settings(
         max_image_pixels=max_pixels or DEFAULT_MAX_IMAGE_PIXELS,
         labelstudio=labelstudio,
         device=device,
+        serve_image_hosts=_host_list(hosts),
     )
 
 
@@ -150,3 +155,11 @@ def _as_int(value: Any, name: str, default: int | None) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise SettingsError(f"{name} must be a whole number, got {value!r}.") from None
+
+
+def _host_list(value: Any) -> tuple[str, ...]:
+    """Host names from a TOML list or a string separated by commas or spaces, lower-cased."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else str(value).replace(",", " ").split()
+    return tuple(str(item).strip().lower() for item in items if str(item).strip())

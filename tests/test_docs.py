@@ -111,6 +111,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "labelstudio.project_id": ("7", 7),
     "labelstudio.token": ("t0ken", Secret("t0ken")),
     "device": ("cpu", "cpu"),
+    "serve_image_hosts": ("img.example, cdn.example:8443", ("img.example", "cdn.example:8443")),
 }
 
 
