@@ -8,18 +8,35 @@ machine is: `a2m studio up` allows ML backends on loopback). A token is sent as 
 password, the only authentication Label Studio offers a backend.
 
 `TaskImages` reads the image of a task that Label Studio sends to `/predict`: the server's own
-`/data/...` URLs through the saved connection (from disk when it is the workspace's own server),
-`data:` URLs inline, `http(s)` URLs directly.
+media (`/data/upload/...`, `/data/local-files/?d=...`) through the saved connection (from disk
+when it is the workspace's own server), `data:` URLs inline, and http(s) URLs only from the hosts
+named in `[serve] image_hosts`. Whoever can call `/predict` chooses these URLs, so nothing else
+is fetched: no Label Studio API path (the request would carry the workspace's token), no other
+host, no loopback or link-local address.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+import httpx
 
 from annotate2model.errors import InvalidImage, LabelStudioError
 from annotate2model.labelstudio.client import LabelStudioClient
-from annotate2model.labelstudio.connection import LocalFiles, local_files, open_client, project_id
+from annotate2model.labelstudio.connection import (
+    LOCAL_DOWN_HINT,
+    LocalFiles,
+    is_local_server,
+    local_files,
+    open_client,
+    project_id,
+)
 from annotate2model.labelstudio.downloads import _ImageUnavailable, _read_image, _read_local
 from annotate2model.settings import Secret, Settings
 
@@ -117,34 +134,223 @@ def _refusal(ls_url: str, url: str, status: int, text: str) -> str:
     )
 
 
-class TaskImages:
-    """Reads task images for the backend's `/predict` (thread-safe; one client, kept open)."""
+# How long one task image may take to read, and how many tries it gets: a prediction request
+# has its own deadline, and a retry with back-off (meant for a sync) would only eat into it.
+READ_SECONDS = 10.0
+READ_ATTEMPTS = 1
+# The largest image read from another host (Label Studio's own media are not capped here).
+MAX_IMAGE_BYTES = 20 << 20
+# Label Studio's own media: uploads and Local Files storage (never its API).
+UPLOAD_PREFIX = "/data/upload/"
+LOCAL_FILES_PATH = "/data/local-files/"
 
-    def __init__(self, client: LabelStudioClient | None, local: LocalFiles | None) -> None:
+
+class ImageRefused(InvalidImage):
+    """A task image URL this server will not read (not Label Studio's media, nor an allowed
+    host); nothing was sent anywhere."""
+
+
+class TaskImages:
+    """Reads task images for the backend's `/predict` (thread-safe; one client, kept open).
+
+    A task's image is read only from the connected Label Studio's own media paths
+    (`/data/upload/...`, `/data/local-files/?d=...`, relative or on its own origin), from a
+    `data:` URL, or from the http(s) hosts named in `[serve] image_hosts`. Anything else (an
+    API path, another host, a loopback or link-local address that is not the connected Label
+    Studio) is refused before any request leaves. Each read is one try with a short timeout.
+    """
+
+    def __init__(
+        self,
+        client: LabelStudioClient | None,
+        local: LocalFiles | None,
+        hosts: Sequence[str] = (),
+        *,
+        max_bytes: int = MAX_IMAGE_BYTES,
+    ) -> None:
         self.client = client
         self.local = local
+        self.hosts = frozenset(h.lower() for h in hosts)
+        self.max_bytes = max_bytes
+        self._origin = _origin(client.url) if client is not None else None
+        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
 
     def read(self, url: str) -> bytes:
+        if url.startswith("data:"):
+            try:
+                # A data: URL is decoded in place; the client is never used for it.
+                return _read_image(cast(LabelStudioClient, None), url)
+            except _ImageUnavailable as exc:
+                raise InvalidImage(str(exc)) from None
+        path = self._media_path(url)
+        if path is not None:
+            return self._read_media(path)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImageRefused(
+                f"not read: {_shown(url)} is not one of Label Studio's media paths "
+                f"({UPLOAD_PREFIX}..., {LOCAL_FILES_PATH}?d=...)"
+            )
+        return self._read_external(url)
+
+    def _media_path(self, url: str) -> str | None:
+        """The media path to ask the connected Label Studio for, for a relative URL or one on its
+        own origin; None for a URL on another origin. A relative URL that is not a media path
+        (an API path, `..`) is refused."""
+        parts = urlsplit(url)
+        if parts.scheme or parts.netloc:
+            if self._origin is None or _origin(url) != self._origin:
+                return None
+            base_path = urlsplit(cast(LabelStudioClient, self.client).url).path.rstrip("/")
+            if not parts.path.startswith(base_path + "/"):
+                raise ImageRefused(f"not read: {_shown(url)} is not one of Label Studio's media")
+            parts = parts._replace(path=parts.path[len(base_path) :])
+        path = _canonical_media(parts.path, parts.query, parts.fragment)
+        if path is None:
+            raise ImageRefused(
+                f"not read: {_shown(url)} is not one of Label Studio's media paths "
+                f"({UPLOAD_PREFIX}..., {LOCAL_FILES_PATH}?d=...)"
+            )
+        return path
+
+    def _read_media(self, path: str) -> bytes:
         if self.local is not None:
-            data = _read_local(self.local, url)
+            data = _read_local(self.local, path)
             if data is not None:
                 return data
-        if self.client is None and not url.startswith("data:"):
+        if self.client is None:
             raise LabelStudioError("no Label Studio connection is configured to read task images.")
+        response = self.client.request("GET", path)
+        if response.status_code >= 400:
+            raise InvalidImage(f"Label Studio answered HTTP {response.status_code} for {path}")
+        return response.content
+
+    def _read_external(self, url: str) -> bytes:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
         try:
-            # A data: URL is decoded in place; the client is only used for the other kinds.
-            return _read_image(cast(LabelStudioClient, self.client), url)
-        except _ImageUnavailable as exc:
-            raise InvalidImage(str(exc)) from None
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ImageRefused(f"not read: {_shown(url)} has no valid port") from None
+        if parts.username is not None or parts.password is not None:
+            raise ImageRefused(f"not read: {_shown(url)} carries credentials")
+        if host not in self.hosts and f"{host}:{port}" not in self.hosts:
+            raise ImageRefused(
+                f"not read: {host} is not Label Studio nor a host named in [serve] image_hosts"
+            )
+        address = _public_address(host, port)
+        # Connect to the address just checked (not a second lookup that could answer another);
+        # the Host header and TLS name stay the URL's own.
+        pinned = httpx.URL(url).copy_with(host=address)
+        headers = {"Host": parts.netloc.rpartition("@")[2]}
+        try:
+            with self._external_client().stream(
+                "GET", pinned, headers=headers, extensions={"sni_hostname": host}
+            ) as response:
+                if response.status_code >= 400:
+                    raise InvalidImage(f"HTTP {response.status_code} from {host}")
+                if response.status_code >= 300:
+                    raise InvalidImage(f"{host} answered a redirect, which is not followed")
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise InvalidImage(
+                            f"the image from {host} is over {self.max_bytes:,} bytes"
+                        )
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise LabelStudioError(f"cannot download from {host} ({type(exc).__name__})") from None
+
+    def _external_client(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(
+                    timeout=httpx.Timeout(READ_SECONDS, connect=3.0),
+                    follow_redirects=False,
+                    trust_env=False,
+                )
+            return self._http
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+        if self._http is not None:
+            self._http.close()
+
+
+def _canonical_media(path: str, query: str, fragment: str) -> str | None:
+    """`path?query` rebuilt as one of Label Studio's media paths, or None when it is none: an
+    upload under /data/upload/, or a Local Files path relative to its root, without `..`."""
+    if fragment or "\\" in path:
+        return None
+    if path.startswith(UPLOAD_PREFIX) and not query:
+        rel = unquote(path[len(UPLOAD_PREFIX) :])
+    elif path == LOCAL_FILES_PATH:
+        fields = parse_qs(query, keep_blank_values=True)
+        if list(fields) != ["d"] or len(fields["d"]) != 1:
+            return None
+        rel = fields["d"][0]
+    else:
+        return None
+    segments = rel.split("/")
+    if not rel or rel.startswith("/") or "\\" in rel or any(s in ("", ".", "..") for s in segments):
+        return None
+    if path == LOCAL_FILES_PATH:
+        return f"{LOCAL_FILES_PATH}?{urlencode({'d': rel}, quote_via=quote, safe='/')}"
+    return UPLOAD_PREFIX + quote(rel, safe="/")
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname.lower(), port
+
+
+def _public_address(host: str, port: int) -> str:
+    """The address to connect to for an allowed host: refused when any address it resolves to is
+    loopback, link-local, unspecified or multicast (this machine or its cloud's metadata)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise LabelStudioError(f"cannot resolve {host} ({exc})") from None
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
+    for address in addresses:
+        plain = getattr(address, "ipv4_mapped", None) or address
+        if plain.is_loopback or plain.is_link_local or plain.is_unspecified or plain.is_multicast:
+            raise ImageRefused(
+                f"not read: {host} resolves to {address}, a loopback or link-local address"
+            )
+    if not addresses:
+        raise LabelStudioError(f"cannot resolve {host}")
+    return str(addresses[0])
+
+
+def _shown(url: str) -> str:
+    return repr(url[:80])
 
 
 def task_images(settings: Settings) -> TaskImages:
-    """A reader through the saved connection (none configured: `data:` URLs only)."""
+    """A reader through the saved connection (none configured: `data:` URLs and the allowed
+    hosts only), with one try and a short timeout per image."""
     ls = settings.labelstudio
+    hosts = settings.serve_image_hosts
     if not ls.url or ls.token is None:
-        return TaskImages(None, None)
-    return TaskImages(open_client(settings), local_files(settings))
+        return TaskImages(None, None, hosts)
+    hint = LOCAL_DOWN_HINT if is_local_server(settings) else None
+    client = LabelStudioClient(
+        ls.url,
+        ls.token,
+        timeout=READ_SECONDS,
+        attempts=READ_ATTEMPTS,
+        unreachable_hint=hint,
+    )
+    return TaskImages(client, local_files(settings), hosts)
