@@ -164,6 +164,24 @@ def probe_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
     return ImageInfo(format=fmt, width=width, height=height, mode=mode)
 
 
+def decoded_size(
+    source: bytes | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """The (width, height) that `decode_rgb(source, max_pixels, draft_size)` decodes to, read
+    from the header alone: a JPEG's reduced size, any other format's full size (before EXIF
+    rotation). What a caller with a memory budget checks before paying for the decode."""
+    img = _open(source, max_pixels)
+    try:
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", draft_size)
+        width, height = img.size
+        return width, height
+    finally:
+        img.close()
+
+
 def decode_rgb(
     source: bytes | Path,
     max_pixels: int = DEFAULT_MAX_PIXELS,
