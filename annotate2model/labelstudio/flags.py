@@ -385,6 +385,33 @@ def retire_answered(
     return len(tasks)
 
 
+def settle_interrupted(
+    store: Store, client: LabelStudioClient, project_id: int, progress: Progress | None = None
+) -> int:
+    """Flags whose push was cut short (the process killed) and reached their task anyway are
+    pushed: the task's reason and run fields, written last, name the flag's run; the tab and the
+    project's model version are made sure of. The others stay "push interrupted" until `a2m flag`
+    pushes them again or `a2m unflag` takes them back. Returns how many became pushed."""
+    with store.read() as session:
+        cut = store_flags.interrupted_pushes(session, project_id)
+    if not cut:
+        return 0
+    tasks = _read_tasks(client, project_id, [task for _f, _r, task in cut], NullProgress())
+
+    def reached(run_id: int, task_id: int) -> bool:
+        data = tasks.get(task_id, {}).get("data") or {}
+        return bool(data.get(REASON_FIELD)) and str(data.get(RUN_FIELD)) == str(run_id)
+
+    done = [flag for flag, run, task in cut if reached(run, task)]
+    if done:
+        # The push's last steps, which the cut may have left undone (both are idempotent).
+        view_id = ensure_review_tab(client, project_id, _config(client, project_id))
+        _use_review_version(client, project_id)
+        with store.write() as session:
+            store_flags.mark_pushed(session, done, review_field=REASON_FIELD, view_id=view_id)
+    return len(done)
+
+
 def _find_view(
     client: LabelStudioClient, project_id: int, title: str
 ) -> tuple[int, dict[str, Any]] | None:

@@ -27,6 +27,7 @@ from annotate2model.labelstudio.flags import (
     push_flags,
     retire_answered,
     review_url,
+    settle_interrupted,
     unflag_tasks,
 )
 from annotate2model.progress import NullProgress, Progress
@@ -351,6 +352,7 @@ def flag_run(
     run = _run(store, run_ref)
     if "uncertain" in reasons:
         _check_synced(store, client, project_id)
+    settle_interrupted(store, client, project_id, progress)
     retired = retire_answered(store, client, project_id, progress)
     evidence = Evidence()
     reserve: list[Doubt] = []
@@ -395,6 +397,10 @@ def flag_run(
     with store.write() as session:
         records = store_flags.record_flags(session, run.id, new, baselines=waiting)
         store_flags.record_suppressed(session, run.id, kept_back)
+        # Before the first write to Label Studio: a push killed halfway is known as such.
+        store_flags.mark_push_started(
+            session, [r.id for r in records if r.task_id is not None], review_field=REASON_FIELD
+        )
     items = [
         PushItem(r.id, r.task_id, r.reason, r.score, r.suggested_label, r.current_label)
         for r in records
@@ -437,6 +443,8 @@ def flag_run(
                 store_flags.mark_pushed(
                     session, result.done, review_field=REASON_FIELD, view_id=result.view_id
                 )
+            # Their tasks are gone from Label Studio: nothing of theirs can be there.
+            store_flags.mark_retired(session, result.missing)
     outcome.tab = REVIEW_TAB
     outcome.url = review_url(client, project_id, result.view_id)
     return outcome

@@ -33,6 +33,8 @@ WITHDRAWN = "withdrawn"
 SUPPRESSED = "suppressed"
 # Outcomes that say whether the doubt was right (precision counts these).
 JUDGED = (RELABELED, CONFIRMED)
+# The outcome of an open flag whose push began and never reported back (see mark_push_started).
+PUSH_INTERRUPTED = "push interrupted"
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,15 @@ class FlagRecord:
     @property
     def outcome(self) -> str:
         """relabeled / confirmed / labeled / withdrawn / kept back (confirmed before), pending
-        once pushed, else not pushed."""
+        once pushed, push interrupted when a push began and never reported back (the process
+        was killed: Label Studio may hold part of it), else not pushed."""
         if self.resolution == SUPPRESSED:
             return "kept back (confirmed before)"
         if self.resolution:
             return self.resolution
-        return "pending" if self.pushed_at else "not pushed"
+        if self.pushed_at:
+            return "pending"
+        return PUSH_INTERRUPTED if self.review_field else "not pushed"
 
 
 def record_flags(
@@ -214,14 +219,15 @@ def answered_in_review(session: Session, project_id: int, field: str) -> list[tu
     but are still marked under `field` in Label Studio, on tasks that no pending flag holds
     there: what the review tab should no longer list."""
     marked = session.execute(
-        select(Flag.id, Flag.task_row_id, Flag.resolution, Flag.pushed_at, Task.task_id)
+        select(Flag.id, Flag.task_row_id, Flag.resolution, Task.task_id)
         .join(Task, Task.id == Flag.task_row_id)
         .where(Task.project_id == project_id, Flag.review_field == field)
     ).all()
-    held = {row for _id, row, resolution, pushed, _t in marked if resolution is None and pushed}
+    # An open flag holds its task, pushed or with its push interrupted (it may be in the tab).
+    held = {row for _id, row, resolution, _t in marked if resolution is None}
     return [
         (flag_id, task_id)
-        for flag_id, row, resolution, _pushed, task_id in marked
+        for flag_id, row, resolution, task_id in marked
         if resolution is not None and row not in held and task_id is not None
     ]
 
@@ -232,6 +238,31 @@ def mark_retired(session: Session, flag_ids: Iterable[int]) -> None:
         row.review_field = None
         row.view_id = None
     session.flush()
+
+
+def mark_push_started(session: Session, flag_ids: Iterable[int], *, review_field: str) -> None:
+    """A push of these flags is about to begin: until `mark_pushed`, Label Studio may hold any
+    part of it (under `review_field`), and `a2m unflag` takes them back like pushed ones."""
+    for row in _rows(session, flag_ids):
+        if row.pushed_at is None:
+            row.review_field = review_field
+    session.flush()
+
+
+def interrupted_pushes(session: Session, project_id: int) -> list[tuple[int, int, int]]:
+    """(flag id, run id, task id) of the project's open flags whose push began and never
+    reported back."""
+    rows = session.execute(
+        select(Flag.id, Flag.run_id, Task.task_id)
+        .join(Task, Task.id == Flag.task_row_id)
+        .where(
+            Task.project_id == project_id,
+            Flag.resolution.is_(None),
+            Flag.pushed_at.is_(None),
+            Flag.review_field.is_not(None),
+        )
+    ).all()
+    return [(f, r, t) for f, r, t in rows if r is not None and t is not None]
 
 
 def mark_pushed(

@@ -9,8 +9,11 @@ from annotate2model.store import Store
 from annotate2model.store.flags import (
     NewFlag,
     flag_precision,
+    interrupted_pushes,
     list_flags,
+    mark_push_started,
     mark_pushed,
+    mark_retired,
     record_flags,
     resolve_flags,
     withdraw,
@@ -143,8 +146,28 @@ def test_withdraw_keeps_resolved_flags_and_a_new_flag_reopens(store: Store) -> N
         session.get(Task, rows[0]).label = "bee"  # type: ignore[union-attr]
         resolve_flags(session, PROJECT)
         withdrawn = withdraw(session, run)
+        mark_retired(session, [f.id for f in withdrawn])  # as unflag does, in the same write
     assert {f.outcome for f in withdrawn} == {"relabeled", "withdrawn"}
     with store.write() as session:
         reopened = record_flags(session, run, _flags(rows))
     assert [f.task_id for f in reopened] == [11]  # the relabeled one stays closed
     assert reopened[0].outcome == "not pushed"
+
+
+def test_a_push_that_began_and_never_reported_back_is_interrupted_not_unpushed(
+    store: Store,
+) -> None:
+    run, rows = _setup(store, 2)
+    with store.write() as session:
+        flags = record_flags(session, run, _flags(rows))
+        mark_push_started(session, [f.id for f in flags], review_field="f")
+    with store.read() as session:
+        assert {f.outcome for f in list_flags(session, run)} == {"push interrupted"}
+        assert sorted(t for _f, _r, t in interrupted_pushes(session, PROJECT)) == [10, 11]
+    with store.write() as session:
+        mark_pushed(session, [flags[0].id], review_field="f", view_id=None)
+        mark_retired(session, [flags[1].id])  # its task was gone from Label Studio
+    with store.read() as session:
+        outcomes = [f.outcome for f in list_flags(session, run)]
+        assert sorted(outcomes) == ["not pushed", "pending"]
+        assert interrupted_pushes(session, PROJECT) == []
