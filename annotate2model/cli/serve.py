@@ -7,6 +7,7 @@ torch, FastAPI and uvicorn are imported inside the commands, so `a2m --help` sta
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ import typer
 
 from annotate2model.cli.context import state
 from annotate2model.cli.render import JsonFlag, RichProgress, console, err_console, print_json
-from annotate2model.errors import NotFoundError, TrainingError
+from annotate2model.errors import InputError, NotFoundError, TrainingError
 from annotate2model.settings import Secret
 
 app = typer.Typer()
@@ -25,14 +26,36 @@ DEFAULT_BACKEND_URL = "http://127.0.0.1:9090"
 TokenFlag = Annotated[
     str | None,
     typer.Option(
-        help=f"Bearer token the server demands (default: ${TOKEN_ENV}; none: no authentication).",
+        help=(
+            f"Bearer token the server demands. Best set ${TOKEN_ENV} instead (the default), or "
+            "pass `--token -` to read it from stdin (asked for at a terminal): a value written "
+            "here shows in `ps`."
+        ),
         show_default=False,
     ),
 ]
 
 
 def _token(ctx: typer.Context, flag: str | None) -> Secret | None:
-    value = flag if flag is not None else state(ctx).env.get(TOKEN_ENV, "")
+    """The token from `--token -` (stdin), `--token VALUE` or $A2M_SERVE_TOKEN; None: none."""
+    if flag == "-":
+        if sys.stdin.isatty():
+            import getpass
+
+            value = getpass.getpass("Token: ").strip()
+        else:
+            value = sys.stdin.readline().strip()
+        if not value:
+            raise InputError("`--token -` read no token from stdin.")
+        return Secret(value)
+    if flag is not None:
+        if flag:
+            err_console.print(
+                f"[yellow]note:[/] a token written after --token shows in the process list "
+                f"(`ps`); set {TOKEN_ENV} or pass `--token -` to read it from stdin."
+            )
+        return Secret(flag) if flag else None
+    value = state(ctx).env.get(TOKEN_ENV, "")
     return Secret(value) if value else None
 
 
@@ -62,6 +85,14 @@ def serve_cmd(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 9090,
     token: TokenFlag = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="Listen beyond loopback without a token (refused otherwise); prints what anyone "
+            "who reaches the server can then do.",
+        ),
+    ] = False,
     onnx: Annotated[
         bool,
         typer.Option("--onnx", help="Serve each run's model.onnx on ONNX Runtime (no torch)."),
@@ -72,17 +103,46 @@ def serve_cmd(
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 20,
     max_files: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
     max_batch: Annotated[int, typer.Option(help="Most images in one forward pass.")] = 32,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            help="Most pixels one image may decode to (a JPEG at its reduced decoding size); "
+            "a request's images together: 4 times as many, at least 100,000,000. 413 beyond."
+        ),
+    ] = 25_000_000,
+    max_tasks: Annotated[
+        int, typer.Option(help="Most Label Studio tasks in one /predict request.")
+    ] = 512,
 ) -> None:
     """Serve runs: a page at /, a REST API (/v1/predict) and a Label Studio ML backend.
 
-    Example: [bold]a2m serve 3 --port 9090 --token $A2M_SERVE_TOKEN[/]
+    The server listens on loopback unless --host says otherwise; beyond loopback it needs a token
+    (set A2M_SERVE_TOKEN) or --no-auth. For a Label Studio task, /predict reads the image only
+    from the connected Label Studio's media (/data/upload/..., /data/local-files/...), `data:`
+    URLs, or the hosts in \\[serve] image_hosts (A2M_SERVE_IMAGE_HOSTS).
+
+    Example: [bold]a2m serve 3 --host 0.0.0.0 --token -[/]
     """
-    from annotate2model.serve.app import ServeSettings, create_app, exposure_warning
+    from annotate2model.serve.app import (
+        DEFAULT_REQUEST_PIXELS,
+        ServeSettings,
+        create_app,
+        exposure,
+    )
     from annotate2model.serve.models import OnnxModel, ServedModel, TorchModel
     from annotate2model.serve.server import run_server
 
     settings = state(ctx).settings()
     secret = _token(ctx, token)
+    if no_auth and secret is not None:
+        raise InputError("--no-auth and a token exclude each other: choose one.")
+    exposed = exposure(host, secret)
+    if exposed and not no_auth:
+        raise InputError(
+            f"refusing to listen on {host} without a token.",
+            hint=f"set {TOKEN_ENV} (or pass `--token -` and type it), or pass --no-auth if "
+            "anyone who can reach the server may use it.",
+        )
     dirs = _run_dirs(ctx, runs)
     chosen = device or settings.device
     models: list[ServedModel] = []
@@ -108,11 +168,13 @@ def serve_cmd(
         max_upload_bytes=int(max_upload_mb * (1 << 20)),
         max_files=max_files,
         max_batch=max_batch,
-        max_pixels=settings.max_image_pixels,
+        max_pixels=max_pixels,
+        max_request_pixels=max(4 * max_pixels, DEFAULT_REQUEST_PIXELS),
+        max_source_pixels=settings.max_image_pixels,
+        max_tasks=max_tasks,
     )
-    warning = exposure_warning(host, secret)
-    if warning:
-        err_console.print(f"[yellow]warning:[/] {warning} Pass --token to require one.")
+    if exposed:
+        err_console.print(f"[yellow]warning (--no-auth):[/] {exposed}")
     shown = "[::1]" if host == "::1" else host
     served = ", ".join(f"{m.run_id} ({m.engine} on {m.device})" for m in models)
     err_console.print(f"Serving run {served} at http://{shown}:{port}/ (Ctrl-C stops).")
@@ -171,7 +233,10 @@ def connect_backend_cmd(
 ) -> None:
     """Register a running `a2m serve` as the connected project's ML backend.
 
-    Example: [bold]a2m connect-backend http://127.0.0.1:9090 --token $A2M_SERVE_TOKEN[/]
+    The token (Label Studio sends it as the Basic-auth password) comes from A2M_SERVE_TOKEN,
+    like the server's, or `--token -` (stdin).
+
+    Example: [bold]a2m connect-backend http://127.0.0.1:9090[/]
     """
     from annotate2model.cli.studio import _connection_hints
     from annotate2model.labelstudio.backend import connect_backend

@@ -11,11 +11,19 @@ prints nothing. Routes:
 - the ML backend (`/setup`, `/predict`, `/versions`, `/webhook`, `/health`), at the root for the
   first run and under `/runs/ID/` for any other.
 
-Limits: a request body over `max_upload_bytes` or with more than `max_files` images answers 413,
-an image over the pixel limit (decompression bomb) 413, anything that is not an image 415 with the
-reason; no response ever carries a traceback. With a token, every route but `/` and `/health`
-wants `Authorization: Bearer TOKEN`, or Basic auth with the token as password (Label Studio can
-only send Basic auth to a backend).
+Limits: a request body over `max_upload_bytes` or with more than `max_files` images answers 413;
+so does an image that would decode to more than `max_pixels` (a JPEG counts at the reduced size
+it is decoded at), the images of one request past `max_request_pixels` in all, and a
+decompression bomb; anything that is not an image answers 415 with the reason. No response ever
+carries a traceback. With a token, every route but `/` and `/health` wants
+`Authorization: Bearer TOKEN`, or Basic auth with the token as password (Label Studio can only
+send Basic auth to a backend).
+
+The ML backend's `/predict` reads each task's image through a `TaskImageReader` (which decides
+what may be read at all), on a few threads of its own, at most `max_tasks` tasks per request,
+within `task_seconds`, and stops asking after a few failed reads; a task whose image cannot be
+had gets an empty result in its place. `/health` runs on the event loop itself, so it answers
+whatever the readers and decoders are doing.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import ipaddress
 import logging
 import os
 import sys
@@ -44,8 +53,8 @@ from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from annotate2model.errors import A2MError, InvalidImage
-from annotate2model.imaging import DEFAULT_MAX_PIXELS
+from annotate2model.errors import A2MError, InvalidImage, LabelStudioError
+from annotate2model.imaging import DEFAULT_MAX_PIXELS, decoded_size
 from annotate2model.labelstudio.config import LabelingConfig, parse_label_config
 from annotate2model.labelstudio.results import prediction
 from annotate2model.serve.batching import Batcher
@@ -59,6 +68,23 @@ log = logging.getLogger("annotate2model.serve")
 DEFAULT_MAX_UPLOAD_BYTES = 20 << 20
 DEFAULT_MAX_FILES = 16
 DEFAULT_TOP_K = 5
+# The most pixels one image may decode to. The model sees about 224 px, so a larger decode only
+# costs memory: a 13,000 x 13,000 PNG of 190 KB took ~820 MB and 4.4 s (a 5,000 x 5,000 image
+# takes ~75 MB). A JPEG is decoded at 1/2, 1/4 or 1/8 of its size (Pillow's draft) and counts so.
+DEFAULT_SERVE_MAX_PIXELS = 25_000_000
+# The most pixels the images of one request may decode to in all.
+DEFAULT_REQUEST_PIXELS = 4 * DEFAULT_SERVE_MAX_PIXELS
+# The most tasks in one /predict request, and the seconds it may spend reading their images
+# (Label Studio waits 100 s for a backend's answer by default).
+DEFAULT_MAX_TASKS = 512
+DEFAULT_TASK_SECONDS = 60.0
+# Threads reading task images for every /predict request together, and reads one request may
+# have under way at once (so that one large request does not hold every reader).
+TASK_READERS = 8
+READS_PER_REQUEST = 4
+# Failed reads (Label Studio or a host erring, timing out, unreachable) after which a request
+# asks no more: the rest of its tasks get an empty result (80 bad tasks once cost 480 requests).
+MAX_FAILED_READS = 8
 # The nice value of the decoding threads beside torch's forward passes (see _Server).
 DECODE_NICE = 10
 # The Basic-auth user name connect-backend registers (Label Studio wants one; any is accepted).
@@ -77,8 +103,19 @@ class ServeSettings:
     max_files: int = DEFAULT_MAX_FILES
     # Most images in one forward pass (requests arriving together are batched up to it).
     max_batch: int = DEFAULT_MAX_BATCH
-    # Decompression-bomb guard: images with more pixels answer 413.
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    # Most pixels one image may decode to (a JPEG at its reduced decoding size); 413 beyond.
+    max_pixels: int = DEFAULT_SERVE_MAX_PIXELS
+    # Most pixels the images of one request may decode to in all; 413 beyond (/predict: the
+    # tasks past it get an empty result).
+    max_request_pixels: int = DEFAULT_REQUEST_PIXELS
+    # Decompression-bomb guard on the image as sent, before any reduction (the workspace's
+    # [images] max_pixels); 413 beyond.
+    max_source_pixels: int = DEFAULT_MAX_PIXELS
+    # Most tasks in one /predict request; 413 beyond.
+    max_tasks: int = DEFAULT_MAX_TASKS
+    # Seconds one /predict request may spend reading task images; the tasks not read by then
+    # get an empty result.
+    task_seconds: float = DEFAULT_TASK_SECONDS
 
 
 class TaskImageReader(Protocol):
@@ -96,6 +133,31 @@ class _NoTaskImages:
 
 class _TooLarge(Exception):
     pass
+
+
+class _OverLimit(Exception):
+    """An image or a request that would decode to more pixels than the server allows (413)."""
+
+
+class _NotRead(Exception):
+    """A task image left unread: the request's time or failure allowance is spent."""
+
+
+class PixelBudget:
+    """The pixels the images of one request may still decode to (thread-safe)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.left = total
+        self._lock = threading.Lock()
+
+    def take(self, pixels: int) -> bool:
+        """Take `pixels` from the budget; False (and nothing taken) when too few are left."""
+        with self._lock:
+            if pixels > self.left:
+                return False
+            self.left -= pixels
+            return True
 
 
 class BodyLimit:
@@ -233,10 +295,14 @@ class _Server:
         # their barriers (bench/serve.py, 16 clients on 2 cores: 31 -> 46 requests/s). ONNX
         # Runtime keeps its pace beside Starlette's threads (no gain measured from this).
         self.decoders: ThreadPoolExecutor | None = None
+        # Task images are read on threads of their own: a slow or failing source never takes
+        # the threads that decode or answer other requests.
+        self.readers: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         for batcher in self.batchers.values():
             batcher.start()
+        self.readers = ThreadPoolExecutor(TASK_READERS, thread_name_prefix="a2m-read")
         if any(not m.yields_to_decoding for m in self.models.values()):
             self.decoders = ThreadPoolExecutor(
                 os.cpu_count() or 2, thread_name_prefix="a2m-decode", initializer=_lower_priority
@@ -248,6 +314,10 @@ class _Server:
         if self.decoders is not None:
             self.decoders.shutdown(wait=True, cancel_futures=True)
             self.decoders = None
+        if self.readers is not None:
+            # A read under way ends by its own timeout; nothing waits for it.
+            self.readers.shutdown(wait=False, cancel_futures=True)
+            self.readers = None
 
     def model(self, run: str | int | None) -> ServedModel:
         if run is None or run == "":
@@ -262,28 +332,89 @@ class _Server:
             raise HTTPException(404, f"run {number} is not served here (served: {served}).")
         return found
 
-    async def decode(self, model: ServedModel, data: bytes, name: str) -> NDArray[np.uint8]:
-        max_pixels = self.settings.max_pixels
+    async def decode(
+        self, model: ServedModel, data: bytes, name: str, budget: PixelBudget
+    ) -> NDArray[np.uint8]:
+        """The model's input for one image, its pixels taken from the request's `budget`: 413
+        when it or the request would decode to too many, 415 when it is no image."""
         try:
             if not model.yields_to_decoding and self.decoders is not None:
                 decoded: NDArray[np.uint8] = await asyncio.get_running_loop().run_in_executor(
-                    self.decoders, load_image, data, model.prep, None, 10.0, max_pixels
+                    self.decoders, self._decode, model, data, budget
                 )
                 return decoded
-            array: NDArray[np.uint8] = await run_in_threadpool(
-                load_image, data, model.prep, None, 10.0, max_pixels
-            )
+            array: NDArray[np.uint8] = await run_in_threadpool(self._decode, model, data, budget)
             return array
+        except _OverLimit as exc:
+            raise HTTPException(413, f"{name}: {exc}") from None
         except InvalidImage as exc:
             # imaging.py words every pixel-limit refusal with "decompression-bomb guard".
             bomb = "decompression-bomb" in str(exc)
             raise HTTPException(413 if bomb else 415, f"{name}: {exc}") from None
+
+    def _decode(self, model: ServedModel, data: bytes, budget: PixelBudget) -> NDArray[np.uint8]:
+        # The header says what the decode will cost before any of it is paid.
+        limits = self.settings
+        side = model.prep.resize
+        width, height = decoded_size(data, limits.max_source_pixels, (side, side))
+        pixels = width * height
+        if pixels > limits.max_pixels:
+            raise _OverLimit(
+                f"it would decode to {width:,} x {height:,} = {pixels:,} pixels, over this "
+                f"server's limit of {limits.max_pixels:,} per image (the model sees "
+                f"{model.prep.crop} px); send a smaller image"
+            )
+        if not budget.take(pixels):
+            raise _OverLimit(
+                f"the images of this request would decode to more than "
+                f"{budget.total:,} pixels in all, this server's limit per request; send fewer "
+                "or smaller images"
+            )
+        return load_image(data, model.prep, None, 10.0, limits.max_source_pixels)
+
+    async def read_task_images(self, urls: Sequence[str]) -> dict[str, asyncio.Future[bytes]]:
+        """Start reading each distinct URL once, within the request's allowances."""
+        reading = _TaskReading(self)
+        return {url: asyncio.ensure_future(reading.read(url)) for url in dict.fromkeys(urls)}
 
     async def probabilities(
         self, model: ServedModel, images: Sequence[NDArray[np.uint8]]
     ) -> NDArray[np.float32]:
         future = self.batchers[model.run_id].submit(np.stack(images))
         return await asyncio.wrap_future(future)
+
+
+class _TaskReading:
+    """One /predict request's reads: a few at a time, until its deadline or too many failures."""
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+        self.seconds = server.settings.task_seconds
+        self.deadline = asyncio.get_running_loop().time() + self.seconds
+        self.slots = asyncio.Semaphore(READS_PER_REQUEST)
+        self.failures = 0
+
+    async def read(self, url: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        async with self.slots:
+            if self.failures >= MAX_FAILED_READS:
+                raise _NotRead(f"not read: {self.failures} reads of this request failed already")
+            left = self.deadline - loop.time()
+            if left <= 0:
+                raise _NotRead(f"not read: the request's {self.seconds:g} s for images are spent")
+            future = loop.run_in_executor(self.server.readers, self.server.reader.read, url)
+            try:
+                return await asyncio.wait_for(future, left)
+            except TimeoutError:
+                self.failures += 1
+                raise _NotRead(
+                    f"not read within the request's {self.seconds:g} s for images"
+                ) from None
+            except LabelStudioError:
+                # The source erred, timed out or is down: worth counting. A refused URL or an
+                # answer that is no image is the task's own problem and is not.
+                self.failures += 1
+                raise
 
 
 def create_app(
@@ -336,7 +467,7 @@ def create_app(
     async def page() -> HTMLResponse:
         return HTMLResponse(page_html(), headers={"Cache-Control": "no-store"})
 
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {
             "status": "UP",
             "model_class": "annotate2model",
@@ -365,6 +496,8 @@ def create_app(
                 "max_files": settings.max_files,
                 "max_batch": batcher.max_batch,
                 "max_pixels": settings.max_pixels,
+                "max_request_pixels": settings.max_request_pixels,
+                "max_tasks": settings.max_tasks,
             },
             "batches": vars(batcher.stats).copy(),
         }
@@ -379,10 +512,11 @@ def create_app(
         started = time.perf_counter()
         uploads = await _uploads(request, settings.max_files)
         read = time.perf_counter()
+        budget = PixelBudget(settings.max_request_pixels)
         if len(uploads) == 1:  # the usual request: no task to gather
-            images = [await server.decode(model, uploads[0][1], uploads[0][0])]
+            images = [await server.decode(model, uploads[0][1], uploads[0][0], budget)]
         else:
-            images = await asyncio.gather(*(server.decode(model, d, n) for n, d in uploads))
+            images = await asyncio.gather(*(server.decode(model, d, n, budget) for n, d in uploads))
         decoded = time.perf_counter()
         probs = await server.probabilities(model, images)
         done = time.perf_counter()
@@ -422,25 +556,31 @@ def create_app(
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             raise HTTPException(422, "the body has no list of tasks.")
-        if len(tasks) > settings.max_files * 64:
-            raise HTTPException(413, f"at most {settings.max_files * 64} tasks per request.")
+        if len(tasks) > settings.max_tasks:
+            raise HTTPException(
+                413,
+                f"at most {settings.max_tasks} tasks per request (this one has {len(tasks)}); "
+                "send them in smaller batches.",
+            )
         config = _label_config(str(body.get("label_config") or ""))
         usable = _usable_labels(model, config)
+        urls = [_task_url(task, config.image_field) for task in tasks]
+        reads = await server.read_task_images([u for u in urls if u])
+        budget = PixelBudget(settings.max_request_pixels)
 
-        async def one(task: Any) -> NDArray[np.uint8] | None:
-            url = (
-                (task.get("data") or {}).get(config.image_field) if isinstance(task, dict) else None
-            )
+        async def one(task: Any, url: str | None) -> NDArray[np.uint8] | None:
+            name = f"task {task.get('id') if isinstance(task, dict) else '?'}"
             if not url:
                 return None
             try:
-                raw = await run_in_threadpool(server.reader.read, str(url))
-                return await server.decode(model, raw, f"task {task.get('id')}")
-            except (A2MError, HTTPException) as exc:
-                log.warning("task %s: %s", task.get("id"), getattr(exc, "detail", exc))
+                raw = await reads[url]
+                return await server.decode(model, raw, name, budget)
+            except (A2MError, HTTPException, _NotRead) as exc:
+                detail = str(getattr(exc, "detail", exc))
+                log.warning("%s", detail if detail.startswith(name) else f"{name}: {detail}")
                 return None
 
-        images = await asyncio.gather(*(one(t) for t in tasks))
+        images = await asyncio.gather(*(one(t, u) for t, u in zip(tasks, urls, strict=True)))
         good = [i for i, img in enumerate(images) if img is not None]
         probs = (
             await server.probabilities(model, [images[i] for i in good])  # type: ignore[misc]
@@ -477,6 +617,11 @@ def create_app(
         app.add_middleware(TokenGuard, token=settings.token)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     return app
+
+
+def _task_url(task: Any, field: str) -> str | None:
+    value = (task.get("data") or {}).get(field) if isinstance(task, dict) else None
+    return str(value) if value else None
 
 
 def _by_score(pair: tuple[str, float]) -> float:
@@ -545,11 +690,25 @@ def _lower_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICE)
 
 
-def exposure_warning(host: str, token: Secret | None) -> str | None:
-    """What to warn about when a server without a token listens beyond this machine."""
-    if token is not None or host in ("127.0.0.1", "localhost", "::1"):
+def is_loopback(host: str) -> bool:
+    """Whether `host` is an address (or the name) of this machine's loopback interface only."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure(host: str, token: Secret | None) -> str | None:
+    """What anyone who can reach the server may do when it listens on `host` beyond this machine
+    without a token; None when it needs a token or only listens on loopback."""
+    if token is not None or is_loopback(host):
         return None
     return (
-        f"the server listens on {host} without a token: anyone who can reach it can use the "
-        "model and see its metrics."
+        f"the server listens on {host} without a token: anyone who can reach it can run the "
+        "model on images they send (the page, /v1/predict), read the served runs' labels, "
+        "dataset versions and metrics (/v1/models), and have it read task images through "
+        "/predict: the connected Label Studio's media, with this workspace's Label Studio "
+        "token, and the hosts named in [serve] image_hosts."
     )

@@ -99,16 +99,27 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(workspace: Path, *args: str, log: Path) -> Iterator[Served]:
-    """`a2m serve ARGS` on a free loopback port until the block ends (SIGTERM, then SIGKILL)."""
+def serving(
+    workspace: Path,
+    *args: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+) -> Iterator[Served]:
+    """`a2m serve ARGS` on a free loopback port until the block ends (SIGTERM, then SIGKILL);
+    `env` is added to the process's environment, `stdin` written to its standard input."""
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "annotate2model", "serve", *args, "--port", str(port)],
-            env=_env(workspace),
+            env={**_env(workspace), **(env or {})},
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    if stdin is not None and proc.stdin is not None:
+        proc.stdin.write(stdin.encode())
+        proc.stdin.close()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

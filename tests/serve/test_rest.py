@@ -194,14 +194,16 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
     assert out.stdout.strip() == "[]"
 
 
-def test_serving_beyond_loopback_without_a_token_is_warned_about() -> None:
-    from annotate2model.serve.app import exposure_warning
+def test_serving_beyond_loopback_without_a_token_says_what_anyone_can_do() -> None:
+    from annotate2model.serve.app import exposure
     from annotate2model.settings import Secret
 
-    assert exposure_warning("127.0.0.1", None) is None
-    assert exposure_warning("0.0.0.0", Secret("t")) is None
-    warning = exposure_warning("0.0.0.0", None)
-    assert warning is not None and "without a token" in warning
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert exposure(host, None) is None, host
+    assert exposure("0.0.0.0", Secret("t")) is None
+    for host in ("0.0.0.0", "::", "192.0.2.7", "example.com"):
+        said = exposure(host, None)
+        assert said is not None and "without a token" in said and "/predict" in said
 
 
 def test_serving_onnx_without_an_export_says_how_to_make_one(trained: Trained) -> None:
