@@ -37,17 +37,3 @@ class NullProgress:
 
     def note(self, message: str) -> None:
         pass
-
-
-class RecordingProgress(NullProgress):
-    """Keeps the notes it was given; handy for tests and for callers that render later."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-        self.stages: list[str] = []
-
-    def begin(self, description: str, total: float | None = None) -> None:
-        self.stages.append(description)
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)

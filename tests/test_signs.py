@@ -5,26 +5,23 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from annotate2model.demo.signs import SIGN_CLASSES, draw_sign, sign_bytes, write_sign_images
+from annotate2model.demo.signs import SIGN_CLASSES, draw_sign, sign_bytes
 
 
-def test_the_same_seed_draws_the_same_images_and_another_seed_others(tmp_path: Path) -> None:
-    first = write_sign_images(tmp_path / "a", per_class=6, seed=3)
-    again = write_sign_images(tmp_path / "b", per_class=6, seed=3)
-    other = write_sign_images(tmp_path / "c", per_class=6, seed=4)
-    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
-    assert {p.read_bytes() for p in first}.isdisjoint({p.read_bytes() for p in other})
-    assert sorted({p.parent.name for p in first}) == sorted(SIGN_CLASSES)
-    # A second batch continues the numbering and adds new images.
-    more = write_sign_images(tmp_path / "a", per_class=6, seed=3, start=6)
-    assert {p.name for p in more}.isdisjoint({p.name for p in first})
-    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in first + more}) == 24
+def test_the_same_seed_draws_the_same_images_and_another_seed_others() -> None:
+    first = [sign_bytes(label, 3, i) for label in SIGN_CLASSES for i in range(6)]
+    again = [sign_bytes(label, 3, i) for label in SIGN_CLASSES for i in range(6)]
+    other = [sign_bytes(label, 4, i) for label in SIGN_CLASSES for i in range(6)]
+    assert first == again
+    assert set(first).isdisjoint(other)
+    # Further indexes draw new images.
+    more = [sign_bytes(label, 3, i) for label in SIGN_CLASSES for i in range(6, 12)]
+    assert len({hashlib.sha256(b).hexdigest() for b in first + more}) == 24
 
 
 def test_images_are_real_varied_jpegs() -> None:

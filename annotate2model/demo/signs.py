@@ -15,7 +15,6 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -294,18 +293,3 @@ def sign_bytes(label: str, seed: int, index: int, size: int = 160, style: Style 
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=90)
     return out.getvalue()
-
-
-def write_sign_images(
-    root: Path, per_class: int, seed: int = 0, start: int = 0, size: int = 160
-) -> list[Path]:
-    """Write images start..start+per_class-1 of each class under root/<class>/; their paths."""
-    written = []
-    for label in SIGN_CLASSES:
-        folder = root / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + per_class):
-            path = folder / f"{label}_{i:04d}.jpg"
-            path.write_bytes(sign_bytes(label, seed, i, size))
-            written.append(path)
-    return written

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -295,9 +294,6 @@ class RunConfig:
                 f"unknown head init {self.head_init!r}; choose one of {', '.join(HEAD_INITS)}."
             )
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -305,10 +301,6 @@ class RunConfig:
         extra.update({k: v for k, v in data.items() if k not in known})
         values = {k: v for k, v in data.items() if k in known and k != "extra"}
         return cls(**values, extra=extra)
-
-    @classmethod
-    def from_json(cls, text: str) -> RunConfig:
-        return cls.from_dict(json.loads(text))
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

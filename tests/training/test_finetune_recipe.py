@@ -4,7 +4,7 @@ beats it), and what the run records."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -65,7 +65,7 @@ def test_finetune_defaults_are_recorded_and_the_probe_keeps_its_own() -> None:
         assert getattr(tuned, name) == value
     assert tuned.views == 1 and tuned.head_init == "probe"
     # Nothing is left to "null" in the saved form: it says what ran.
-    saved = json.loads(tuned.to_json())
+    saved = dataclasses.asdict(tuned)
     assert saved["augment"] is True
     assert all(saved[name] is not None and saved[name] != UNSET[name] for name in UNSET)
     # A value given by the user wins over the mode's default; no augmentation means one view.

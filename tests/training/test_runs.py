@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from annotate2model.progress import RecordingProgress
+from annotate2model.progress import NullProgress
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
@@ -25,6 +25,16 @@ from tests.training.conftest import make_split_folder, small_config
 
 pytestmark = pytest.mark.training
 CPU = torch.device("cpu")
+
+
+class RecordingProgress(NullProgress):
+    """Keeps the notes it was given."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
 
 def test_probe_default_records_everything(store: Store, version1: Path, weights: Path) -> None:

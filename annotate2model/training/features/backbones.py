@@ -207,19 +207,6 @@ def build_trunk(backbone: str) -> nn.Module:
     return model
 
 
-def build_classifier(
-    backbone: str,
-    num_classes: int,
-    trunk_state: dict[str, torch.Tensor] | None,
-    seed: int = 0,
-) -> Classifier:
-    torch.manual_seed(seed)
-    trunk = build_trunk(backbone)
-    if trunk_state is not None:
-        trunk.load_state_dict(trunk_state, strict=True)
-    return Classifier(trunk, nn.Linear(HEADS[backbone][1], num_classes))
-
-
 def blocks(backbone: str, trunk: nn.Module) -> list[nn.Module]:
     """The trunk's blocks in forward order; fine-tuning (`--unfreeze N`) trains the last N.
 

@@ -96,10 +96,6 @@ class SplitMetrics:
     top_k: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def compute(cls, targets: NDArray[Any], probs: NDArray[Any], labels: list[str]) -> SplitMetrics:
-        return cls.from_dict(classification_metrics(targets, probs, labels))
-
-    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SplitMetrics:
         def averages(value: Any) -> Averages | None:
             return Averages(**value) if isinstance(value, dict) else None
