@@ -14,7 +14,10 @@
    to the blob store, concurrently. The images that need no request to Label Studio (its files
    on this disk, other hosts, `data:` URLs) start as each page of tasks arrives, so that they are
    read while the server lists the rest (`downloads.ImageReader`); a first sync's first page is
-   small for that reason.
+   small for that reason. An image that cannot be read (one file Label Studio fails to serve
+   while its /health answers UP included) is its task's problem: the task is skipped with the
+   reason, the version is made from the rest and names what it left out, and the next sync
+   tries that image again.
 5. `resolve_labels`: parse the answers (`results`), pick each task's label (`policies`), mark
    images labeled differently by two tasks, and work out the version rows and task changes (pure).
 6. `commit`: image rows, task rows, annotation revisions, the watermark and the new version in one
