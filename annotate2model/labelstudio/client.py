@@ -293,7 +293,7 @@ class LabelStudioClient:
             raise LabelStudioError(
                 f"cannot reach Label Studio at {self.url}; is the URL right and the server up?"
             ) from None
-        if health.status_code != 200 or '"UP"' not in health.text.replace("'", '"'):
+        if not _says_up(health):
             raise LabelStudioError(
                 f"{self.url} does not look like a Label Studio server (/health answered HTTP "
                 f"{health.status_code})."
@@ -309,7 +309,7 @@ class LabelStudioClient:
                 return self._health[1]
             try:
                 answer = self._send("GET", "/health", attempts=2)
-                up = answer.status_code == 200 and '"UP"' in answer.text.replace("'", '"')
+                up = _says_up(answer)
             except LabelStudioError:
                 up = False
             self._health = (time.monotonic(), up)
@@ -567,6 +567,11 @@ def _whole_answers(tasks: list[dict[str, Any]], fields: Sequence[str]) -> bool:
                 if not isinstance(annotation, dict) or not {"id", "result"}.issubset(annotation):
                     return False
     return True
+
+
+def _says_up(health: httpx.Response) -> bool:
+    """Whether an answer of /health is Label Studio's `{"status": "UP"}`."""
+    return health.status_code == 200 and '"UP"' in health.text.replace("'", '"')
 
 
 def _refused(exc: httpx.ConnectError) -> str:

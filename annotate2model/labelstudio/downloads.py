@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 # Every image problem starts so; a task with one is retried by the next sync.
 IMAGE_PROBLEM = "image: "
 # Answers of a failing status (500, 502, 504) a Label Studio image URL gets before /health is
-# asked whether the server is up: one retry, half a second, for what a restart would outlast.
+# asked whether the server is up: one retry, half a second later. (A server that restarts
+# refuses connections, which keep the client's whole back-off.)
 MEDIA_ATTEMPTS = 2
 # A URL named in a task's problem is cut to this many characters.
 MAX_URL_SHOWN = 300
