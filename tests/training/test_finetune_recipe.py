@@ -14,9 +14,8 @@ from torch import nn
 from annotate2model.errors import InputError
 from annotate2model.store import Store
 from annotate2model.store.imports import import_folder
-from annotate2model.training.config import MODE_DEFAULTS, UNSET, RunConfig
+from annotate2model.training.config import HEADS, MODE_DEFAULTS, UNSET, RunConfig
 from annotate2model.training.features.backbones import (
-    HEADS,
     blocks,
     build_trunk,
     freeze_batchnorm,

@@ -19,7 +19,6 @@ from annotate2model.training.features import embeddings, onnx_trunk
 from annotate2model.training.features.backbones import (
     build_trunk,
     load_state_dict,
-    resolve_weights,
     trunk_state_from,
 )
 from annotate2model.training.features.data import Preprocessing
@@ -29,6 +28,7 @@ from annotate2model.training.features.embeddings import (
     extract_features,
     torch_network,
 )
+from annotate2model.training.features.weights import resolve_weights
 from annotate2model.training.runs import runner
 from tests.training.conftest import make_split_folder, small_config
 

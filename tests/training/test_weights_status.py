@@ -116,8 +116,5 @@ def test_the_url_is_torchvisions_default() -> None:
     assert weights.imagenet_url("vgg16").endswith("/vgg16-397923af.pth")
 
 
-def test_the_backbones_module_offers_it() -> None:
-    from annotate2model.training.features import backbones
-
-    assert backbones.imagenet_weights_status is imagenet_weights_status
-    assert backbones.hub_checkpoint_path("vgg16").name == "vgg16-397923af.pth"
+def test_the_checkpoint_is_named_as_torch_hub_names_it() -> None:
+    assert weights.imagenet_checkpoint_path("vgg16").name == "vgg16-397923af.pth"

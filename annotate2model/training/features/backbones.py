@@ -10,23 +10,17 @@ import pickle
 import urllib.error
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from annotate2model.errors import InputError, TrainingError
-from annotate2model.training.config import BACKBONES
-from annotate2model.training.config import HEADS as HEADS
-from annotate2model.training.features.weights import WeightsSource as WeightsSource
-from annotate2model.training.features.weights import WeightsStatus as WeightsStatus
-from annotate2model.training.features.weights import check_backbone as check_backbone
-from annotate2model.training.features.weights import file_sha256 as file_sha256
-from annotate2model.training.features.weights import imagenet_checkpoint_path
+from annotate2model.training.config import BACKBONES, HEADS
 from annotate2model.training.features.weights import (
-    imagenet_weights_status as imagenet_weights_status,
+    WeightsSource,
+    check_backbone,
+    imagenet_checkpoint_path,
 )
-from annotate2model.training.features.weights import resolve_weights as resolve_weights
 
 
 class Classifier(nn.Module):
@@ -49,27 +43,18 @@ def _tv_model(backbone: str) -> nn.Module:
     return model
 
 
-def default_weights_enum(backbone: str) -> Any:
-    import torchvision
-
-    return torchvision.models.get_model_weights(backbone).DEFAULT
-
-
-def hub_checkpoint_path(backbone: str) -> Path:
-    """Where torch hub keeps (or would keep) the default weights file of `backbone`."""
-    return imagenet_checkpoint_path(backbone)
-
-
 def load_state_dict(backbone: str, source: WeightsSource) -> dict[str, torch.Tensor] | None:
     """The weights as a state dict (None for random initialisation). Never unpickles objects."""
     if source.kind == "none":
         return None
     if source.kind == "imagenet":
-        enum = default_weights_enum(backbone)
+        import torchvision
+
+        enum = torchvision.models.get_model_weights(backbone).DEFAULT
         try:
             state: dict[str, torch.Tensor] = enum.get_state_dict(progress=False, check_hash=False)
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            target = hub_checkpoint_path(backbone)
+            target = imagenet_checkpoint_path(backbone)
             raise TrainingError(
                 f"cannot download the ImageNet weights of {backbone} ({exc}); without network, "
                 f"use a local state_dict file, or put {target.name} into the torch hub cache "

@@ -2,7 +2,7 @@
 
 Also where weights come from and their content identity (`resolve_weights`). The weights' URL is
 torchvision's (its weights API) and the cache folder torch hub's (`torch.hub.get_dir()`): both
-are imported when a status is asked for. `backbones` re-exports this.
+are imported when a status is asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from annotate2model.errors import InputError
-from annotate2model.fsutil import file_sha256 as file_sha256
+from annotate2model.fsutil import file_sha256
 from annotate2model.training.config import BACKBONES
 
 WeightsState = Literal["cached", "downloadable", "offline"]

@@ -31,9 +31,8 @@ from numpy.typing import NDArray
 from torch import nn
 
 from annotate2model.store.records import VersionItemRecord
-from annotate2model.training.config import SPLITS
+from annotate2model.training.config import HEADS, SPLITS
 from annotate2model.training.features.backbones import (
-    HEADS,
     Classifier,
     build_trunk,
     freeze_batchnorm,

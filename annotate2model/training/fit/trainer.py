@@ -233,7 +233,6 @@ def fit(
     progress: Progress | None = None,
     on_epoch: Callable[[list[dict[str, Any]]], None] | None = None,
     prepare: Callable[[nn.Module], None] | None = None,
-    per_epoch_bars: bool = True,
     params: ParamGroups | None = None,
     start: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
@@ -268,14 +267,11 @@ def fit(
         best_loss = start["val_loss"]
         best_state = copy.deepcopy(model.state_dict())
     stale = 0
-    if not per_epoch_bars:
-        progress.begin("Training the head", total=config.epochs)
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         # The full rate (the head's, when groups train slower) at the epoch's first step.
         lr = max(schedule.get_last_lr())
-        if per_epoch_bars:
-            progress.begin(f"Epoch {epoch}/{config.epochs}", total=steps_per_epoch)
+        progress.begin(f"Epoch {epoch}/{config.epochs}", total=steps_per_epoch)
         row: dict[str, Any] = {"epoch": epoch, "lr": lr}
         row.update(
             train_one_epoch(
@@ -286,7 +282,7 @@ def fit(
                 loss_fn,
                 device,
                 bf16,
-                NullProgress() if not per_epoch_bars else progress,
+                progress,
                 prepare,
             )
         )
@@ -299,11 +295,8 @@ def fit(
             f"loss {row['train_loss']:.3f} acc {row['train_accuracy']:.3f} "
             f"val_loss {row['val_loss']:.3f} val_acc {row['val_accuracy']:.3f}"
         )
-        if per_epoch_bars:
-            progress.advance(0, status=status)
-            progress.end()
-        else:
-            progress.advance(1, status=status)
+        progress.advance(0, status=status)
+        progress.end()
         if on_epoch is not None:
             on_epoch(history)
         better = beats(row, best_row) if start is not None else val["loss"] < best_loss - 1e-6
@@ -318,8 +311,6 @@ def fit(
             if config.early_stopping and stale >= config.early_stopping:
                 row["stopped_early"] = True
                 break
-    if not per_epoch_bars:
-        progress.end()
     if best_state is not None:
         model.load_state_dict(best_state)
         if best_row is not None:
