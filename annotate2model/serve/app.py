@@ -547,7 +547,7 @@ def create_app(
         body = await _json(request)
         schema = body.get("schema") or body.get("label_config")
         if schema:
-            _usable_labels(model, _label_config(str(schema)))
+            _usable_labels(model, await run_in_threadpool(_label_config, str(schema)))
         return {"model_version": model.model_version}
 
     async def ls_predict(request: Request, run: str | None = None) -> dict[str, Any]:
@@ -562,7 +562,8 @@ def create_app(
                 f"at most {settings.max_tasks} tasks per request (this one has {len(tasks)}); "
                 "send them in smaller batches.",
             )
-        config = _label_config(str(body.get("label_config") or ""))
+        # Off the event loop: the first config parsed imports Label Studio's SDK (about a second).
+        config = await run_in_threadpool(_label_config, str(body.get("label_config") or ""))
         usable = _usable_labels(model, config)
         urls = [_task_url(task, config.image_field) for task in tasks]
         reads = await server.read_task_images([u for u in urls if u])
