@@ -10,7 +10,7 @@ Every doubt carries a score in [0, 1], higher meaning more doubt, so that one or
   leave-one-out votes of nearest neighbours, each weighted by how well its own label fits its
   neighbourhood, and k-fold linear discriminant analysis), for the images that cleanlab's
   confident learning finds;
-- uncertain: 1 - margin (top-1 minus top-2 probability), or the normalised entropy.
+- uncertain: 1 - margin (top-1 minus top-2 probability).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from annotate2model.errors import InputError
 
 REASONS = ("misclassified", "label-issue", "uncertain")
 Reason = Literal["misclassified", "label-issue", "uncertain"]
-UncertaintyMethod = Literal["margin", "entropy"]
 
 # cleanlab's filter: the examples of lowest self-confidence (probability of the given label), as
 # many as its confident joint estimates to be mislabeled. On scenes_1200 with 10% flips it keeps
@@ -83,9 +82,7 @@ def misclassified(rows: Iterable[Scored], labels: Sequence[str]) -> list[Doubt]:
     return ranked(out)
 
 
-def uncertain(
-    rows: Iterable[Scored], labels: Sequence[str], method: UncertaintyMethod = "margin"
-) -> list[Doubt]:
+def uncertain(rows: Iterable[Scored], labels: Sequence[str]) -> list[Doubt]:
     """Every (unlabeled) image, least sure first: the order in which annotating helps most."""
     out: list[Doubt] = []
     k = len(labels)
@@ -96,11 +93,7 @@ def uncertain(
         if not np.isfinite(p).all():
             continue
         top = np.sort(p)[::-1]
-        if method == "margin":
-            score = 1.0 - (top[0] - (top[1] if k > 1 else 0.0))
-        else:
-            q = np.clip(p, 1e-12, 1.0)
-            score = float(-(q * np.log(q)).sum() / np.log(k)) if k > 1 else 0.0
+        score = 1.0 - (top[0] - (top[1] if k > 1 else 0.0))
         out.append(
             Doubt(
                 image_sha256=row.image_sha256,

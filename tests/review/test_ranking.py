@@ -118,15 +118,14 @@ def test_misclassified_keeps_wrong_predictions_worst_first() -> None:
     assert doubts[1].current_label == "ant" and doubts[1].score == pytest.approx(0.6)
 
 
-@pytest.mark.parametrize("method", ["margin", "entropy"])
-def test_uncertain_puts_the_closest_call_first(method: str) -> None:
+def test_uncertain_puts_the_closest_call_first() -> None:
     rows = [
         Scored("a" * 64, None, [0.98, 0.01, 0.01]),
         Scored("b" * 64, None, [0.34, 0.33, 0.33]),
         Scored("c" * 64, None, [0.6, 0.4, 0.0]),
         Scored("d" * 64, None, [float("nan")] * 3),  # unreadable image: left out
     ]
-    doubts = uncertain(rows, LABELS, method)  # type: ignore[arg-type]
+    doubts = uncertain(rows, LABELS)
     assert [d.image_sha256[0] for d in doubts] == ["b", "c", "a"]
     assert doubts[0].suggested_label == "ant" and doubts[0].current_label is None
     assert all(0.0 <= d.score <= 1.0 for d in doubts)
