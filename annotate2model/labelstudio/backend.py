@@ -177,6 +177,12 @@ class TaskImages:
         self._lock = threading.Lock()
 
     def read(self, url: str) -> bytes:
+        try:
+            return self._read(url)
+        except ValueError:  # urllib's word for a URL it cannot split (`http://[::1`)
+            raise ImageRefused(f"not read: {_shown(url)} is not a valid URL") from None
+
+    def _read(self, url: str) -> bytes:
         if url.startswith("data:"):
             try:
                 # A data: URL is decoded in place; the client is never used for it.
@@ -297,7 +303,13 @@ def _canonical_media(path: str, query: str, fragment: str) -> str | None:
     else:
         return None
     segments = rel.split("/")
-    if not rel or rel.startswith("/") or "\\" in rel or any(s in ("", ".", "..") for s in segments):
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or any(ord(c) < 32 for c in rel)
+        or any(s in ("", ".", "..") for s in segments)
+    ):
         return None
     if path == LOCAL_FILES_PATH:
         return f"{LOCAL_FILES_PATH}?{urlencode({'d': rel}, quote_via=quote, safe='/')}"

@@ -580,6 +580,10 @@ def create_app(
                 detail = str(getattr(exc, "detail", exc))
                 log.warning("%s", detail if detail.startswith(name) else f"{name}: {detail}")
                 return None
+            except Exception:
+                # One task's surprise is its own: the others are still answered.
+                log.error("%s: unexpected error", name, exc_info=True)
+                return None
 
         images = await asyncio.gather(*(one(t, u) for t, u in zip(tasks, urls, strict=True)))
         good = [i for i, img in enumerate(images) if img is not None]

@@ -235,6 +235,42 @@ def test_predict_reads_label_studio_media_and_nothing_else(setup: Setup) -> None
     assert "Traceback" not in log
 
 
+def test_the_reader_refuses_before_sending_anything() -> None:
+    """The reader alone (no server): whatever the URL, nothing that is not Label Studio's media
+    or a named host that is not loopback or link-local reaches the network."""
+    from annotate2model.labelstudio.backend import ImageRefused
+    from annotate2model.labelstudio.client import LabelStudioClient
+    from annotate2model.settings import Secret
+
+    with listening(fake_label_studio) as ls, listening(image_host) as named:
+        hosts = ["169.254.169.254", f"127.0.0.1:{named.port}", "localhost", "[::1]"]
+        client = LabelStudioClient(ls.url, Secret(LS_TOKEN), attempts=1)
+        reader = TaskImages(client, None, hosts)
+        try:
+            for url in [
+                "http://[::1",
+                "/data/upload/1/a\x00b.png",
+                "/data/upload/1/a\\..\\..\\api",
+                "/data/upload/1/good.png#/../../api/projects",
+                "/data/local-files/?d=a.png&next=/api/projects",
+                "/data/local-files/?d=a.png&d=b.png",
+                " /api/projects",
+                f"HTTP://127.0.0.1:{ls.port}/api/projects",
+                f"http://127.0.0.1:{ls.port}/data/../api/projects",
+                "http://169.254.169.254/latest/meta-data/",
+                f"http://127.0.0.1:{named.port}/cat.png",
+                f"http://localhost:{named.port}/cat.png",
+                f"http://user:pw@127.0.0.1:{named.port}/cat.png",
+            ]:
+                with pytest.raises(ImageRefused):
+                    reader.read(url)
+            assert reader.read(f"HTTP://127.0.0.1:{ls.port}/data/upload/1/good.png") == GOOD
+        finally:
+            reader.close()
+    assert ls.paths() == ["/data/upload/1/good.png"]
+    assert named.seen == []
+
+
 def test_a_host_named_in_the_setting_is_read_without_the_token(setup: Setup) -> None:
     if setup.public is None or setup.public_ip is None:
         pytest.skip("this machine has no address beyond loopback")
