@@ -463,3 +463,17 @@ def test_a_token_read_from_stdin_is_not_in_the_process_list(
             assert http.post("/v1/predict", files=files).status_code == 200
         log = served.log.read_text()
     assert "warning" not in log and "shows in the process list" not in log
+
+
+def test_the_cli_defaults_are_the_servers() -> None:
+    """`a2m serve` imports the server lazily, so its defaults are written twice: they agree."""
+    import typer.main
+
+    from annotate2model.cli.app import app
+    from annotate2model.serve.app import DEFAULT_MAX_TASKS, DEFAULT_SERVE_MAX_PIXELS
+
+    root: Any = typer.main.get_command(app)
+    defaults = {p.name: p.default for p in root.commands["serve"].params}
+    assert defaults["max_pixels"] == DEFAULT_SERVE_MAX_PIXELS
+    assert defaults["max_tasks"] == DEFAULT_MAX_TASKS
+    assert defaults["host"] == "127.0.0.1" and defaults["no_auth"] is False
