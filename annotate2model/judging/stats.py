@@ -2,7 +2,7 @@
 
 An accuracy's interval is scipy's Wilson score interval: unlike a bootstrap over the images, it
 never collapses to a point (a perfect score on 10 images is not "[1.0, 1.0]"). No torch here, so
-`a2m compare` stays light; scipy is imported where an interval is asked for.
+`a2m compare` stays light; scipy and scikit-learn are imported when first used.
 """
 
 from __future__ import annotations
@@ -66,18 +66,15 @@ def bootstrap_interval(
 
 
 def mcnemar_p(fixed: int, broken: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs against 1/2.
+    """Two-sided exact McNemar p-value: scipy's binomial test of the discordant pairs against 1/2.
 
     `fixed`: images the first run got wrong and the second right; `broken`: the reverse.
     """
-    if fixed < 0 or broken < 0:
-        raise ValueError("counts cannot be negative")
-    n = fixed + broken
-    if n == 0:
+    from scipy.stats import binomtest
+
+    if fixed + broken == 0:
         return 1.0
-    k = min(fixed, broken)
-    tail = sum(math.comb(n, i) for i in range(k + 1))
-    return min(1.0, 2.0 * tail / float(2**n))
+    return float(binomtest(min(fixed, broken), fixed + broken).pvalue)
 
 
 def _p_text(p: float) -> str:
@@ -105,23 +102,18 @@ def pair_sentence(
 
 def macro_f1(truth: Sequence[str], predicted: Sequence[str]) -> float | None:
     """Macro-averaged F1 over the classes present in `truth` (a class never predicted counts 0)."""
+    from sklearn.metrics import f1_score
+
     classes = sorted(set(truth))
     if not classes:
         return None
-    scores = []
-    for c in classes:
-        tp = sum(1 for t, p in zip(truth, predicted, strict=True) if t == c and p == c)
-        fp = sum(1 for t, p in zip(truth, predicted, strict=True) if t != c and p == c)
-        fn = sum(1 for t, p in zip(truth, predicted, strict=True) if t == c and p != c)
-        denominator = 2 * tp + fp + fn
-        scores.append(2 * tp / denominator if denominator else 0.0)
-    return float(np.mean(scores))
+    return float(f1_score(truth, predicted, labels=classes, average="macro", zero_division=0))
 
 
 def per_class_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
     """Recall of each true class: the share of its images predicted as it."""
-    out: dict[str, float] = {}
-    for c in sorted(set(truth)):
-        rows = [p == c for t, p in zip(truth, predicted, strict=True) if t == c]
-        out[c] = sum(rows) / len(rows)
-    return out
+    from sklearn.metrics import recall_score
+
+    classes = sorted(set(truth))
+    recall = recall_score(truth, predicted, labels=classes, average=None, zero_division=0)
+    return {c: float(r) for c, r in zip(classes, recall, strict=True)}

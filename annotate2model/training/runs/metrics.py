@@ -1,4 +1,4 @@
-"""Classification metrics from labels and probabilities (numpy only), and their typed forms."""
+"""Classification metrics from labels and probabilities (scikit-learn's), and their typed forms."""
 
 from __future__ import annotations
 
@@ -12,21 +12,20 @@ from numpy.typing import NDArray
 def classification_metrics(
     targets: NDArray[Any], probs: NDArray[Any], labels: list[str]
 ) -> dict[str, Any]:
-    """Accuracy, macro/weighted precision-recall-F1, per-class report, confusion matrix, top-k."""
+    """Accuracy, macro/weighted precision-recall-F1, per-class report, confusion matrix, top-k.
+    Macro averages are over the classes present among `targets`."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     n_classes = len(labels)
     n = int(targets.shape[0])
     if n == 0:
         return {"n": 0}
     predicted = probs.argmax(axis=1)
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (targets, predicted), 1)
-    tp = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1).astype(np.float64)
-    predicted_count = confusion.sum(axis=0).astype(np.float64)
-    precision = np.divide(tp, predicted_count, out=np.zeros_like(tp), where=predicted_count > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    classes = np.arange(n_classes)
+    confusion = confusion_matrix(targets, predicted, labels=classes)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, predicted, labels=classes, zero_division=0
+    )
     weights = support / support.sum()
     present = support > 0
     order = np.argsort(-probs, axis=1)
