@@ -196,13 +196,12 @@ def test_kill_9_at_ten_seeded_moments_leaves_a_whole_store_and_resync_equals_cle
         while process.poll() is None and time.monotonic() - started < moment:
             time.sleep(0.005)
         if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.communicate()
-            assert process.returncode == -signal.SIGKILL
+            os.kill(process.pid, signal.SIGKILL)  # it may end on its own meanwhile: then 0
+        _, err = process.communicate()
+        assert process.returncode in (0, -signal.SIGKILL), err[-2000:]
+        if process.returncode:
             outcome = f"killed at {moment:.2f} s"
         else:
-            _, err = process.communicate()
-            assert process.returncode == 0, err[-2000:]
             outcome = f"done before {moment:.2f} s"
         blobs = sum(1 for p in killed_ws.blobs_dir.glob("*/*") if len(p.name) == 64)
         counts = check_store(killed_ws, project)
