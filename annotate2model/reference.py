@@ -292,7 +292,7 @@ SETTINGS: tuple[SettingRow, ...] = (
         "labelstudio.token",
         "never (kept in .a2m/secrets.toml, mode 0600)",
         "LABEL_STUDIO_API_KEY",
-        "`a2m connect --token T`",
+        "`a2m connect --token -` (stdin)",
         "none (`a2m studio up` saves its own)",
         "A personal access token or a legacy token.",
     ),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
+import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -57,10 +59,10 @@ LABELS_AS: dict[LabelsAsChoice, LabelsAs] = {
 
 # How to fix a missing piece of the connection with this tool.
 _CONNECT_HINTS = {
-    "url": "run `a2m studio up`, or `a2m connect URL --token T --project ID` (or set "
+    "url": "run `a2m studio up`, or `a2m connect URL --token - --project ID` (or set "
     "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY).",
-    "token": "pass --token or set LABEL_STUDIO_API_KEY (Account & Settings > Personal Access "
-    "Token), or run `a2m studio up` for a local server.",
+    "token": "set LABEL_STUDIO_API_KEY or run `a2m connect --token -` (Account & Settings > "
+    "Personal Access Token), or run `a2m studio up` for a local server.",
     "project": "run `a2m connect --project ID` or `a2m connect --create TITLE --labels a,b`.",
 }
 
@@ -185,8 +187,10 @@ def connect_cmd(
     token: Annotated[
         str | None,
         typer.Option(
-            help="Personal access token or legacy token (default: LABEL_STUDIO_API_KEY or the "
-            "saved one).",
+            help="Personal access token or legacy token; `-` reads it from standard input (one "
+            "line; at a terminal, asked for without echo). Prefer `-` or LABEL_STUDIO_API_KEY: "
+            "a token written here shows in `ps` to every user of the machine. Default: "
+            "LABEL_STUDIO_API_KEY, else the saved one.",
             show_default=False,
         ),
     ] = None,
@@ -203,9 +207,9 @@ def connect_cmd(
     """Check a server, token and project (or create one), and save the connection.
 
     URL, token and project default to the saved ones, so a new token alone is `a2m connect
-    --token T`.
+    --token -` (it asks for the token). The token is saved in .a2m/secrets.toml (mode 0600).
 
-    Example: [bold]a2m connect http://localhost:8080 --token $TOKEN --project 3[/]
+    Example: [bold]a2m connect http://localhost:8080 --token - --project 3[/]
     """
     if project is not None and create is not None:
         raise typer.BadParameter(
@@ -217,6 +221,8 @@ def connect_cmd(
         raise typer.BadParameter(
             "needed with --create, e.g. --labels cat,dog.", ctx, param_hint="'--labels'"
         )
+    if token == "-":
+        token = _read_token(ctx)
     settings = state(ctx).settings(labelstudio_url=url, labelstudio_token=token)
     with _connection_hints():
         made = connection.connect(
@@ -230,6 +236,19 @@ def connect_cmd(
         f"{verb} project [bold]{made.project}[/] “{made.title}” at {made.url} as {made.user} "
         f"({made.token_kind} token): labels {', '.join(made.labels)}."
     )
+
+
+def _read_token(ctx: typer.Context) -> str:
+    """The token of `--token -`: a line typed without echo at a terminal, else stdin's first."""
+    typed = sys.stdin.isatty()
+    token = (getpass.getpass("Label Studio token: ") if typed else sys.stdin.readline()).strip()
+    if not token:
+        raise typer.BadParameter(
+            "`-` reads the token from standard input, which gave none.",
+            ctx,
+            param_hint="'--token'",
+        )
+    return token
 
 
 @app.command("collect")
