@@ -22,6 +22,7 @@ from annotate2model.cli.render import (
     err_console,
     listing,
     print_json,
+    score,
 )
 from annotate2model.judging.records import Comparison, LearningCurve
 
@@ -29,10 +30,6 @@ app = typer.Typer()
 
 # How many changed images `compare` lists per pair (all of them are in --json).
 SHOWN_CHANGES = 5
-
-
-def _acc(value: float | None) -> str:
-    return f"{value:.3f}" if value is not None else "-"
 
 
 @app.command("compare")
@@ -193,9 +190,9 @@ def _print_comparison(result: Comparison) -> None:
         if len(models) > 1:
             cells.append(escape(f"{r.backbone} {r.mode}" if r.kind == "train" else "ensemble"))
         cells += [
-            _acc(r.val_accuracy),
+            score(r.val_accuracy),
             f"{r.accuracy:.3f} ({r.interval.low:.2f}-{r.interval.high:.2f})",
-            _acc(r.macro_f1),
+            score(r.macro_f1),
             f"{r.wall_seconds:.1f}s" if r.wall_seconds is not None else "-",
             f"{r.images_per_second:.0f}" if r.images_per_second else "-",
         ]
@@ -261,13 +258,11 @@ def curve_cmd(
 
     Example: [bold]a2m curve 4 --fractions 0.25,0.5,1.0 --repeats 3[/]
     """
-    from annotate2model.cli.training import _passive_omp_threads, _stop_on_signals
+    from annotate2model.cli.training import _torch_store
 
-    _passive_omp_threads()
-    _stop_on_signals()
+    store = _torch_store(ctx, None)
     from annotate2model.judging.curve import learning_curve, parse_fractions
 
-    store = state(ctx).store()
     curve = learning_curve(
         store,
         version,

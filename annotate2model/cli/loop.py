@@ -14,6 +14,7 @@ from annotate2model.cli.render import (
     RichProgress,
     console,
     print_json,
+    score,
 )
 from annotate2model.labelstudio import connection
 from annotate2model.labelstudio.connection import NotConnected
@@ -26,10 +27,6 @@ _CONNECT_HINT = {
     "token": "pass a token with `a2m connect`, or run `a2m studio up` for a local server.",
     "project": "run `a2m connect --project ID`.",
 }
-
-
-def _pct(value: float | None) -> str:
-    return f"{value:.3f}" if value is not None else "-"
 
 
 @app.command("loop")
@@ -135,7 +132,7 @@ def loop_cmd(
     m = outcome.run.metrics
     console.print(
         f"Run [bold]{outcome.run.id}[/] trained on version {outcome.run.version}: val accuracy "
-        f"{_pct(m.get('val_accuracy'))}, test accuracy {_pct(m.get('test_accuracy'))}."
+        f"{score(m.get('val_accuracy'))}, test accuracy {score(m.get('test_accuracy'))}."
     )
     if outcome.comparison is not None:
         c = outcome.comparison

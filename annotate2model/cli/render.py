@@ -114,6 +114,11 @@ def when(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
+def score(value: Any) -> str:
+    """An accuracy, F1 or loss as a table cell: three decimals, "-" when there is none."""
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
 class RichProgress:
     """The CLI's implementation of annotate2model.progress.Progress (drawn on stderr).
 

@@ -25,6 +25,7 @@ from annotate2model.cli.render import (
     console,
     err_console,
     print_json,
+    score,
     to_jsonable,
     when,
 )
@@ -58,10 +59,6 @@ def _per_mode(field: str) -> str:
     """A fine-tuning field's default, for --help (a probe's head is fitted without them)."""
     default = MODE_DEFAULTS["finetune"][field]
     return f"{default} (fine-tuning only; a probe's head is fitted by L-BFGS)"
-
-
-def _pct(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else "-"
 
 
 def _fast_exit() -> None:
@@ -108,6 +105,16 @@ def _passive_omp_threads() -> None:
     """
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _torch_store(ctx: typer.Context, device: str | None) -> Store:
+    """Ready a command that runs torch (signals, quiet warnings, idle threads asleep, a fast
+    exit) and open its store, on `device` when one is given."""
+    _passive_omp_threads()
+    _quiet_torch_deprecations()
+    _stop_on_signals()
+    _fast_exit()
+    return state(ctx).store(device=device) if device else state(ctx).store()
 
 
 @app.command("train")
@@ -263,13 +270,9 @@ def train_cmd(
             "regression fitted by L-BFGS, with its regularisation chosen on the val split. "
             "For a frozen backbone with a trained head: --preset resnet18-frozen-sgd."
         )
-    _passive_omp_threads()
-    _quiet_torch_deprecations()
-    _stop_on_signals()
-    store = state(ctx).store(device=device) if device else state(ctx).store()
+    store = _torch_store(ctx, device)
     from annotate2model.training.runs.runner import train
 
-    _fast_exit()
     outcome = train(store, config, version, progress=RichProgress())
     run = outcome.run
     if as_json:
@@ -285,8 +288,8 @@ def train_cmd(
     m = run.metrics
     console.print(
         f"Run [bold]{run.id}[/] {run.status} on version {run.version} in "
-        f"{run.wall_seconds or 0:.1f} s: val accuracy {_pct(m.get('val_accuracy'))}, "
-        f"test accuracy {_pct(m.get('test_accuracy'))}. Saved in {run.artifact_dir}."
+        f"{run.wall_seconds or 0:.1f} s: val accuracy {score(m.get('val_accuracy'))}, "
+        f"test accuracy {score(m.get('test_accuracy'))}. Saved in {run.artifact_dir}."
     )
 
 
@@ -410,8 +413,8 @@ def runs_cmd(
             "started": r.started_at.astimezone().strftime("%m-%d %H:%M"),
             "secs": f"{r.wall_seconds:.1f}" if r.wall_seconds is not None else "-",
             "img/s": f"{r.images_per_second:.0f}" if r.images_per_second else "-",
-            "val": _pct(r.metrics.get("val_accuracy")),
-            "test": _pct(r.metrics.get("test_accuracy")),
+            "val": score(r.metrics.get("val_accuracy")),
+            "test": score(r.metrics.get("test_accuracy")),
             "flags": f"{relabeled}/{resolved}" if resolved else "-",
             "note": escape(_short(r.error or c.get("note") or "", 32)),
         }
@@ -457,9 +460,9 @@ def _show_run(store: Store, run_ref: str, as_json: bool) -> None:
             table.add_row(
                 split,
                 str(m.get("n", "-")),
-                _pct(m.get("accuracy")),
-                _pct((m.get("macro") or {}).get("f1")),
-                _pct(m.get("loss")),
+                score(m.get("accuracy")),
+                score((m.get("macro") or {}).get("f1")),
+                score(m.get("loss")),
             )
         console.print(table)
     if evaluations:
@@ -475,8 +478,8 @@ def _show_run(store: Store, run_ref: str, as_json: bool) -> None:
                 str(e.version),
                 e.split,
                 str(e.n),
-                _pct(e.accuracy),
-                _pct(e.macro_f1),
+                score(e.accuracy),
+                score(e.macro_f1),
                 e.images_hash[:8],
             )
         console.print(table)
@@ -507,14 +510,9 @@ def evaluate_cmd(
 
     Example: [bold]a2m evaluate 3 --version 5 --split test[/]
     """
-    _passive_omp_threads()
-    _quiet_torch_deprecations()
-    _stop_on_signals()
+    store = _torch_store(ctx, device)
     from annotate2model.training.runs.runner import evaluate_run
 
-    _fast_exit()
-
-    store = state(ctx).store(device=device) if device else state(ctx).store()
     result = evaluate_run(store, run, version, split, progress=RichProgress())
     if as_json:
         print_json(result.to_dict())
@@ -522,16 +520,16 @@ def evaluate_cmd(
     m = result.metrics
     console.print(
         f"Run [bold]{result.run}[/] on version {result.version} {split} "
-        f"({m.n} images): accuracy {_pct(m.accuracy)}, macro F1 "
-        f"{_pct(m.macro.f1 if m.macro else None)}, weighted F1 "
-        f"{_pct(m.weighted.f1 if m.weighted else None)}, "
-        + ", ".join(f"{k} {_pct(v)}" for k, v in m.top_k.items())
+        f"({m.n} images): accuracy {score(m.accuracy)}, macro F1 "
+        f"{score(m.macro.f1 if m.macro else None)}, weighted F1 "
+        f"{score(m.weighted.f1 if m.weighted else None)}, "
+        + ", ".join(f"{k} {score(v)}" for k, v in m.top_k.items())
     )
     table = Table(title="Per class")
     for col in ("label", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "label" else "right")
     for label, c in m.per_class.items():
-        table.add_row(label, _pct(c.precision), _pct(c.recall), _pct(c.f1), str(c.support))
+        table.add_row(label, score(c.precision), score(c.recall), score(c.f1), str(c.support))
     console.print(table)
     labels = list(m.per_class)
     # Said in a line of its own: as the table's title it wrapped at the width of two columns.
@@ -559,14 +557,9 @@ def predict_cmd(
 
     Example: [bold]a2m predict 3 photos/ extra.jpg --top-k 2[/]
     """
-    _passive_omp_threads()
-    _quiet_torch_deprecations()
-    _stop_on_signals()
+    store = _torch_store(ctx, device)
     from annotate2model.training.runs.runner import predict_files
 
-    _fast_exit()
-
-    store = state(ctx).store(device=device) if device else state(ctx).store()
     results = predict_files(store, run, images, top_k, progress=RichProgress())
     failed = sum(1 for r in results if "error" in r)
     if as_json:
@@ -641,20 +634,15 @@ def ensemble_cmd(
 
     Example: [bold]a2m ensemble 3 4[/]
     """
-    _passive_omp_threads()
-    _quiet_torch_deprecations()
-    _stop_on_signals()
+    store = _torch_store(ctx, device)
     from annotate2model.training.runs.runner import ensemble
 
-    _fast_exit()
-
-    store = state(ctx).store(device=device) if device else state(ctx).store()
     run = ensemble(store, runs, version, progress=RichProgress())
     if as_json:
         print_json(run)
         return
     console.print(
         f"Run [bold]{run.id}[/] (ensemble of {', '.join(runs)}) on version {run.version}: "
-        f"val accuracy {_pct(run.metrics.get('val_accuracy'))}, "
-        f"test accuracy {_pct(run.metrics.get('test_accuracy'))}."
+        f"val accuracy {score(run.metrics.get('val_accuracy'))}, "
+        f"test accuracy {score(run.metrics.get('test_accuracy'))}."
     )
