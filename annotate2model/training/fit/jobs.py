@@ -68,15 +68,7 @@ class TrainJob:
         return self.context.blob_path(item.image_sha256)
 
     def report_skipped(self, skipped: dict[str, str], already: set[str] | None = None) -> None:
-        """One warning per image that could not be used, naming it as the user knows it."""
-        new = sorted(sha for sha in skipped if already is None or sha not in already)
-        if not new:
-            return
-        names = self.context.image_names(new)
-        for sha in new:
-            self.progress.note(f"{names.get(sha, sha[:12])} skipped: {skipped[sha]}")
-            if already is not None:
-                already.add(sha)
+        report_skipped(self.context, self.progress, skipped, already)
 
 
 @dataclass
@@ -105,3 +97,21 @@ def kept_items(data: VersionData, skipped: dict[str, str]) -> dict[str, list[Ver
         split: [i for i in data.splits.get(split, []) if i.image_sha256 not in skipped]
         for split in SPLITS
     }
+
+
+def report_skipped(
+    context: RunContext,
+    progress: Progress,
+    skipped: dict[str, str],
+    already: set[str] | None = None,
+) -> None:
+    """One warning per image that could not be used (and is not in `already`, which it joins),
+    naming it as the user knows it."""
+    new = sorted(sha for sha in skipped if already is None or sha not in already)
+    if not new:
+        return
+    names = context.image_names(new)
+    for sha in new:
+        progress.note(f"{names.get(sha, sha[:12])} skipped: {skipped[sha]}")
+    if already is not None:
+        already.update(new)

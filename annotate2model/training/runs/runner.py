@@ -31,7 +31,7 @@ from annotate2model.training.context import RunContext
 from annotate2model.training.features.embeddings import EmbeddingCache, ExtractionStats
 from annotate2model.training.features.images import Preprocessing
 from annotate2model.training.features.weights import digest_memo, resolve_weights
-from annotate2model.training.fit.jobs import TrainJob, TrainResult
+from annotate2model.training.fit.jobs import TrainJob, TrainResult, report_skipped
 from annotate2model.training.fit.preflight import check_run, small_split_warnings
 from annotate2model.training.fit.probe import train_probe
 from annotate2model.training.fit.version import VersionData, check_trainable
@@ -102,16 +102,7 @@ def train(
 
     `context`: where caches, run folders and images are (default: the store's workspace).
     """
-    return _train(store, config, version_ref, progress or NullProgress(), context)
-
-
-def _train(
-    store: Store,
-    config: RunConfig,
-    version_ref: int | str | None,
-    progress: Progress,
-    context: RunContext | None,
-) -> RunOutcome:
+    progress = progress or NullProgress()
     ctx = context or RunContext.from_store(store)
     data = load_version_data(store, version_ref)
     check_trainable(data)
@@ -353,7 +344,7 @@ def evaluate_run(
     finally:
         cache.close()
     skipped = {items[i].image_sha256: reason for i, reason in result.errors.items()}
-    _report(ctx, progress, skipped)
+    report_skipped(ctx, progress, skipped)
     ok = result.ok
     kept = [item for item, good in zip(items, ok, strict=True) if good]
     index = {label: n for n, label in enumerate(predictor.labels)}
@@ -382,14 +373,6 @@ def _check_learned(data: VersionData, labels: Sequence[str], who: str) -> None:
         raise TrainingError(
             f"version {data.version.number} has classes {who} never learned: {', '.join(unknown)}."
         )
-
-
-def _report(ctx: RunContext, progress: Progress, skipped: dict[str, str]) -> None:
-    if not skipped:
-        return
-    names = ctx.image_names(sorted(skipped))
-    for sha, reason in sorted(skipped.items()):
-        progress.note(f"{names.get(sha, sha[:12])} skipped: {reason}")
 
 
 def expand_inputs(paths: Sequence[Path]) -> list[Path]:
