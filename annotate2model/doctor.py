@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import shlex
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from annotate2model.errors import A2MError
 from annotate2model.settings import Settings
+from annotate2model.workspace import DATA_DIR_NAME
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -203,6 +206,38 @@ def _disk(settings: Settings) -> Check:
     return Check("disk", "ok", detail, required=False)
 
 
+def _permissions(settings: Settings) -> Check:
+    """Whether other users of this machine can open the workspace's secrets: the tokens in
+    secrets.toml and in the local Label Studio's database, the store, the images."""
+    ws = settings.workspace
+    name = "permissions"
+
+    def shown(paths: Iterable[Path]) -> str:
+        return ", ".join(str(p.relative_to(ws.root)) for p in paths)
+
+    still = ws.exposed()
+    if still:
+        quoted = " ".join(shlex.quote(str(p)) for p in still)
+        return Check(
+            name,
+            "fail",
+            f"other users of this machine can open {shown(still)}: the Label Studio tokens, "
+            "the store and the images are in there",
+            fix=f"chmod go-rwx {quoted} (any a2m command its owner runs here does it)",
+        )
+    if ws.repaired:
+        return Check(
+            name,
+            "warn",
+            f"{shown(ws.repaired)} could be opened by other users of this machine: made private "
+            "now (folders 0700, files 0600)",
+            fix="if someone may have read a token, make a new one in Label Studio (Account & "
+            "Settings) and run `a2m connect --token -`",
+            required=False,
+        )
+    return Check(name, "ok", f"{DATA_DIR_NAME}/ and its secrets are only yours (0700, 0600)")
+
+
 def _label_studio(settings: Settings, timeout: float) -> Check:
     from annotate2model.errors import LabelStudioError
     from annotate2model.labelstudio import connection
@@ -325,6 +360,7 @@ def run_checks(
             fix = problem.hint if problem and problem.hint else "a2m init"
             workspace = [Check("workspace", "fail", detail, fix=fix)]
         else:
+            workspace.append(_permissions(settings))
             workspace.append(_disk(settings))
         checks.append(_guarded("weights", weights.result))
         checks += workspace

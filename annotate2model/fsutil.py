@@ -3,17 +3,120 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import re
+import socket
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# Temp files are named `.tmp-<name>-<random>.part` beside their target, so a clean-up can find
-# the ones a killed writer left behind.
+# Temp files are named `.tmp-w<pid>.<start>.<where>-<name>-<random>.part` beside their target:
+# the writer's pid, its start time (clock ticks after boot, 0 where unknown) and a tag of the
+# machine boot and pid namespace its pid means something in. A clean-up finds the ones a killed
+# writer left behind, and removes those whose writer is dead at once (`temp_writer_alive`).
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".part"
+_TEMP_WRITER = re.compile(r"\.tmp-w(\d{1,10})\.(\d{1,20})\.([0-9a-f]{8})-")
+
+# The workspace's private folders and files: its owner only (secrets, images, the store).
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+# The permission bits that let anyone other than the owner in.
+_OTHERS = stat.S_IRWXG | stat.S_IRWXO
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks after boot) of a process from /proc; None if unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: fields count after it.
+    fields = text.rsplit(")", 1)[-1].split()
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+@functools.cache
+def _where() -> str:
+    """Names the pid namespace of this machine's current boot (the same in a forked child)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        place = f"{boot}:{namespace}"
+    except OSError:
+        place = f"host:{socket.gethostname()}"
+    return hashlib.sha256(place.encode()).hexdigest()[:8]
+
+
+def _writer_tag() -> str:
+    pid = os.getpid()
+    own = _proc_stat(pid)
+    return f"w{pid}.{own[1] if own else 0}.{_where()}"
+
+
+def temp_writer_alive(name: str) -> bool | None:
+    """Whether the process that named a temp file `name` still runs: False when it is dead for
+    certain (its temp file can go at once), None when this cannot be told here (an older name, a
+    writer on another machine or in another pid namespace)."""
+    match = _TEMP_WRITER.match(name)
+    if match is None or match.group(3) != _where():
+        return None
+    pid, started = int(match.group(1)), match.group(2)
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    except OverflowError:
+        return None
+    if started == "0":
+        return True  # no start time known: a living pid may be the writer
+    info = _proc_stat(pid)
+    if info is None:
+        # Gone since the kill() above, unless this system has no /proc to ask.
+        return None if _proc_stat(os.getpid()) is None else False
+    state, start = info
+    # A zombie writes no more; another start time is another process under a reused pid.
+    return state not in ("Z", "X") and start == started
+
+
+def make_private(paths: Iterable[Path]) -> list[Path]:
+    """Take group and other permissions off those of `paths` that exist (folders then stay 0700,
+    files 0600 at most); returns the ones changed. One that cannot be changed (another owner, a
+    read-only disk) is left as it is: `exposed` still names it."""
+    changed = []
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & _OTHERS:
+                os.chmod(path, mode & ~_OTHERS)
+                changed.append(path)
+        except OSError:
+            continue
+    return changed
+
+
+def exposed(paths: Iterable[Path]) -> list[Path]:
+    """Those of `paths` that exist and let group or others in."""
+    found = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mode & _OTHERS:
+                found.append(path)
+    return found
+
+
+def private_dir(path: Path) -> Path:
+    """Make a folder (and missing parents) for the owner only; an existing one is left as it is."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    return path
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], mode: int | None = None) -> None:
@@ -24,7 +127,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], mode: int | None = N
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}-", suffix=TEMP_SUFFIX
+        dir=path.parent, prefix=f"{TEMP_PREFIX}{_writer_tag()}-{path.name}-", suffix=TEMP_SUFFIX
     )
     tmp = Path(tmp_name)
     try:

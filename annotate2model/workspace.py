@@ -9,14 +9,20 @@ import contextlib
 import os
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
 from annotate2model.errors import WorkspaceError
-from annotate2model.fsutil import atomic_write_bytes
+from annotate2model.fsutil import (
+    PRIVATE_FILE_MODE,
+    atomic_write_bytes,
+    exposed,
+    make_private,
+    private_dir,
+)
 
 CONFIG_NAME = "a2m.toml"
 DATA_DIR_NAME = ".a2m"
@@ -47,6 +53,9 @@ class Workspace:
     """Paths of one workspace. Creating the object touches nothing on disk."""
 
     root: Path
+    # What opening it (`find_workspace`, `init_workspace`) found open to other users and made
+    # private; not part of its identity.
+    repaired: tuple[Path, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def config_path(self) -> Path:
@@ -84,6 +93,52 @@ class Workspace:
     @property
     def lock_path(self) -> Path:
         return self.data_dir / "store.lock"
+
+    @property
+    def labelstudio_dir(self) -> Path:
+        """The local Label Studio of `a2m studio up`: its database (with every user's token) is
+        in data/."""
+        return self.data_dir / "labelstudio"
+
+    def private_paths(self) -> list[Path]:
+        """The folders and files only the workspace's owner may open: the store, the images, the
+        secrets, the local Label Studio's database. Folders first: a private folder keeps others
+        out of everything below it, so the many files inside (blobs, runs, uploads) need no
+        visit of their own."""
+        studio = self.labelstudio_dir
+        studio_data = studio / "data"
+        folders = [
+            self.data_dir,
+            self.blobs_dir,
+            self.runs_dir,
+            self.cache_dir,
+            self.reports_dir,
+            studio,
+            studio_data,
+            studio / "home",
+        ]
+        sqlite_files = [
+            path.with_name(path.name + suffix)
+            for path in (self.store_path, studio_data / "label_studio.sqlite3")
+            for suffix in ("", "-wal", "-shm", "-journal")
+        ]
+        files = [
+            self.secrets_path,
+            self.lock_path,
+            studio_data / ".env",
+            studio / "server.log",
+            studio / "server.json",
+        ]
+        return folders + sqlite_files + files
+
+    def make_private(self) -> list[Path]:
+        """Take group and other permissions off `private_paths`; returns what was changed. A few
+        dozen system calls: cheap enough for every command."""
+        return make_private(self.private_paths())
+
+    def exposed(self) -> list[Path]:
+        """Those of `private_paths` that group or other users may open (or list)."""
+        return exposed(self.private_paths())
 
     def exists(self) -> bool:
         return self.config_path.is_file() and self.data_dir.is_dir()
@@ -147,7 +202,10 @@ class Workspace:
 
 
 def init_workspace(root: Path) -> tuple[Workspace, bool]:
-    """Create (or complete) a workspace at `root`; returns it and whether anything was created."""
+    """Create (or complete) a workspace at `root`; returns it and whether anything was created.
+
+    `.a2m/` and its folders are made for the owner only (0700), and an existing workspace's
+    private paths are made so."""
     ws = Workspace(root.resolve())
     created = False
     try:
@@ -157,17 +215,24 @@ def init_workspace(root: Path) -> tuple[Workspace, bool]:
             created = True
         for folder in (ws.data_dir, ws.blobs_dir, ws.runs_dir, ws.cache_dir):
             if not folder.is_dir():
-                folder.mkdir(parents=True, exist_ok=True)
+                private_dir(folder)
                 created = True
     except OSError as exc:
         raise WorkspaceError(f"cannot create a workspace at {root}: {exc.strerror}.") from None
-    return ws, created
+    return opened(ws), created
+
+
+def opened(ws: Workspace) -> Workspace:
+    """`ws` with its private paths made private (see `Workspace.repaired`)."""
+    repaired = ws.make_private()
+    return Workspace(ws.root, repaired=tuple(repaired)) if repaired else ws
 
 
 def find_workspace(explicit: Path | None, home: str | None, cwd: Path) -> Workspace:
     """The workspace named `explicit`, else by `home` (A2M_HOME), else the nearest at or above cwd.
 
     The hints of its errors name the CLI's `--workspace` flag, which is where `explicit` comes from.
+    A workspace whose private paths other users may open is made private on the way.
     """
     if explicit is not None or home:
         root = (explicit if explicit is not None else Path(str(home))).expanduser().resolve()
@@ -178,12 +243,12 @@ def find_workspace(explicit: Path | None, home: str | None, cwd: Path) -> Worksp
                 f"{root} is not an annotate2model workspace.",
                 hint=f"run `a2m init {root}`, or point {how} at a workspace.",
             )
-        return ws
+        return opened(ws)
     here = cwd.resolve()
     for folder in (here, *here.parents):
         ws = Workspace(folder)
         if ws.exists():
-            return ws
+            return opened(ws)
     raise WorkspaceError(
         f"no workspace at {here} or above it.",
         hint="run `a2m init` here, or point --workspace or A2M_HOME at one.",
@@ -196,7 +261,7 @@ def file_lock(path: Path) -> Iterator[None]:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

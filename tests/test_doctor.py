@@ -30,6 +30,7 @@ ROWS = [
     "weights (resnet18)",
     "workspace",
     "store",
+    "permissions",
     "disk",
     "label studio",
 ]

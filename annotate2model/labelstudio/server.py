@@ -1,9 +1,13 @@
 """A local Label Studio for the workspace: start, stop, status, logs.
 
-Data lives under `.a2m/labelstudio/` (data/, home/, server.log, server.json). The server is bound
-to 127.0.0.1, runs SQLite, and gets a clean environment (Label Studio reads bare names such as
-PORT and USERNAME and writes into $HOME). `server.json` names the process this tool started, so
-`stop` never touches a server someone else runs.
+Data lives under `.a2m/labelstudio/` (data/, home/, server.log, server.json, port). The server
+is bound to 127.0.0.1, runs SQLite, and gets a clean environment (Label Studio reads bare names
+such as PORT and USERNAME and writes into $HOME). `server.json` names the process this tool
+started, so `stop` never touches a server someone else runs; `port` keeps the port it last ran
+on, tried again when the one asked for is busy, so its URL stays the same across restarts.
+
+Its database holds every user's token in clear: the folders are the owner's only (0700), and the
+server runs under umask 077, so what it creates is too.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from pathlib import Path
 import httpx
 
 from annotate2model.errors import InputError, LabelStudioError
-from annotate2model.fsutil import atomic_write_bytes
+from annotate2model.fsutil import (
+    PRIVATE_FILE_MODE,
+    atomic_write_bytes,
+    make_private,
+    private_dir,
+)
 from annotate2model.progress import NullProgress, Progress
 
 DEFAULT_PORT = 8080
@@ -34,6 +43,8 @@ START_TIMEOUT = 180.0
 # three minutes on two busy cores. Waiting longer beats failing halfway through a demo.
 FIRST_START_TIMEOUT = 600.0
 _LISTENING = re.compile(r"Starting development server at http://[\d.]+:(\d+)/")
+# What the server process creates (its database, uploads, logs) is its owner's only.
+SERVER_UMASK = 0o077
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,44 @@ class LocalServer:
     def pid_path(self) -> Path:
         return self.root / "server.json"
 
+    @property
+    def port_path(self) -> Path:
+        """The port the server last answered on (kept after `stop`)."""
+        return self.root / "port"
+
+    def private_paths(self) -> list[Path]:
+        """The folders and files that hold what only the owner may read (the database's tokens,
+        the secret key, uploads); folders first."""
+        sqlite = self.data_dir / "label_studio.sqlite3"
+        return [
+            self.root,
+            self.data_dir,
+            self.home,
+            *(sqlite.with_name(sqlite.name + s) for s in ("", "-wal", "-shm", "-journal")),
+            self.data_dir / ".env",
+            self.log_path,
+            self.pid_path,
+            self.port_path,
+        ]
+
+    def last_port(self) -> int | None:
+        try:
+            port = int(self.port_path.read_text(encoding="ascii").strip())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return port if 0 < port < 65536 else None
+
+    def pick_port(self, asked: int) -> tuple[int, int | None]:
+        """The port to start on, and `asked` when it was busy: `asked` if free, else the port of
+        the last start if free (the URL saved in a2m.toml and open in the browser stays right),
+        else any free one."""
+        if port_is_free(asked):
+            return asked, None
+        last = self.last_port()
+        if last is not None and last != asked and port_is_free(last):
+            return last, asked
+        return free_port(), asked
+
     def _read_pid_file(self) -> dict[str, object] | None:
         try:
             data = json.loads(self.pid_path.read_text())
@@ -258,10 +307,9 @@ class LocalServer:
         if files_root is not None:
             files_root = check_files_root(files_root, self.root)
         for folder in (self.root, self.data_dir, self.home):
-            folder.mkdir(parents=True, exist_ok=True)
-        moved_from = None
-        if not port_is_free(port):
-            moved_from, port = port, free_port()
+            private_dir(folder)
+        make_private(self.private_paths())
+        port, moved_from = self.pick_port(port)
         first = not (self.data_dir / "label_studio.sqlite3").exists()
         settle_secret_key(self.data_dir)
         if timeout is None:
@@ -276,7 +324,9 @@ class LocalServer:
             "--port",
             str(port),
         ]
-        log = self.log_path.open("ab")
+        log = os.fdopen(
+            os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE), "ab"
+        )
         log.write(f"\n--- a2m starting Label Studio on 127.0.0.1:{port}\n".encode())
         log.flush()
         offset = log.tell()
@@ -289,6 +339,7 @@ class LocalServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=SERVER_UMASK,
             )
         finally:
             log.close()
@@ -309,7 +360,8 @@ class LocalServer:
             "started_at": time.time(),
             "files_root": str(files_root) if files_root else None,
         }
-        self.pid_path.write_text(json.dumps(record))
+        atomic_write_bytes(self.pid_path, json.dumps(record).encode(), mode=PRIVATE_FILE_MODE)
+        atomic_write_bytes(self.port_path, f"{actual}\n".encode(), mode=PRIVATE_FILE_MODE)
         if actual != port and moved_from is None:
             moved_from = port
         return StartResult(

@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 
 from annotate2model.errors import BlobCorrupted, NotFoundError, StoreError
-from annotate2model.fsutil import TEMP_PREFIX, TEMP_SUFFIX, atomic_write_bytes
+from annotate2model.fsutil import (
+    PRIVATE_FILE_MODE,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    atomic_write_bytes,
+    private_dir,
+    temp_writer_alive,
+)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -29,14 +36,16 @@ class BlobStore:
         """Store bytes under their SHA-256 (temp file, fsync, rename); returns the hash.
 
         Writing the same bytes twice is a no-op. A crash leaves either no file or the whole file,
-        never a partial one under the final name.
+        never a partial one under the final name. Folders and files are the owner's only.
         """
         digest = sha256 or sha256_bytes(data)
         target = self.path(digest)
         if target.is_file() and target.stat().st_size == len(data):
             return digest
         try:
-            atomic_write_bytes(target, data, mode=0o644)
+            private_dir(self.root)
+            private_dir(target.parent)
+            atomic_write_bytes(target, data, mode=PRIVATE_FILE_MODE)
         except OSError as exc:
             raise StoreError(f"cannot write blob {digest[:12]}: {exc.strerror}") from None
         return digest
@@ -57,7 +66,10 @@ class BlobStore:
     def remove_partials(self, older_than_s: float = 3600.0) -> int:
         """Delete temp files a killed writer left behind; returns how many were removed.
 
-        Only files older than `older_than_s` go, so a writer still at work is never disturbed.
+        A temp file names its writer (fsutil's temp names): one whose writer is dead goes at
+        once. One whose writer lives, or cannot be told (an older name, a writer on another
+        machine sharing the folder), goes only once older than `older_than_s`, so a writer still
+        at work is never disturbed.
         """
         if not self.root.is_dir():
             return 0
@@ -65,7 +77,7 @@ class BlobStore:
         cutoff = time.time() - older_than_s
         for partial in self.root.glob(f"*/{TEMP_PREFIX}*{TEMP_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
-                if partial.stat().st_mtime < cutoff:
+                if temp_writer_alive(partial.name) is False or partial.stat().st_mtime < cutoff:
                     partial.unlink()
                     removed += 1
         return removed

@@ -6,16 +6,18 @@ What differs between SQLite and PostgreSQL (engine set-up, locks) is in `store/d
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import Engine, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 import annotate2model
 from annotate2model.errors import StoreError
+from annotate2model.fsutil import PRIVATE_FILE_MODE
 from annotate2model.settings import Settings
 from annotate2model.store.blobs import BlobStore
 from annotate2model.store.dialect import (
@@ -51,6 +53,22 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return config
 
 
+def create_private_sqlite(url: str) -> None:
+    """Create a SQLite store's file for its owner only (0600) before SQLite does (0644 less the
+    umask): SQLite gives its -wal and -shm files the database file's mode. An existing file, an
+    in-memory database or another database is left alone."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return
+    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return
+    with contextlib.suppress(OSError):  # exists already, or SQLite says why it cannot open it
+        os.close(os.open(parsed.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+
+
 def head_revision() -> str:
     """The single head of the migration scripts (reads them; SCHEMA_HEAD is the cheap answer)."""
     from alembic.script import ScriptDirectory
@@ -74,6 +92,7 @@ class Store:
     def open(cls, settings: Settings, migrate: bool = True) -> Store:
         """Open the store, applying pending migrations (under a cross-process lock)."""
         ws = settings.workspace
+        create_private_sqlite(settings.database_url)
         try:
             engine = make_engine(settings.database_url)
         except (SQLAlchemyError, ImportError) as exc:
