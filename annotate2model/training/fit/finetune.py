@@ -402,7 +402,7 @@ class _Stage:
         stage_job = dataclasses.replace(
             job, config=self.config.probe_stage(), on_epoch=lambda _h: None
         )
-        probe = fit_probe_head(stage_job, features, self.kept)
+        probe, probs = fit_probe_head(stage_job, features, self.kept)
         self.probe_seconds = time.perf_counter() - started
         cache = job.context.embedding_cache()
         try:
@@ -413,7 +413,7 @@ class _Stage:
         finally:
             cache.close()
         self.probe = TrainResult(
-            probs=probe.probs,
+            probs=probs,
             kept=self.kept,
             history=probe.history,
             trunk=trunk_file,
@@ -423,9 +423,8 @@ class _Stage:
             extraction=stats,
             embedding_key=key,
         )
-        raw = {"weight": probe.weight, "bias": probe.bias}
         mean, std = torch.from_numpy(probe.mean), torch.from_numpy(probe.std)
-        self.set_head(StandardisedHead.from_raw(raw, mean, std))
+        self.set_head(StandardisedHead.from_raw(self.probe.head, mean, std))
 
     def train_on(self, prefix: PrefixOutputs) -> TrainResult:
         """Train the unfrozen blocks and the head on the frozen blocks' outputs."""

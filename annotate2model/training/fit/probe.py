@@ -5,7 +5,6 @@ ledger. torch builds the trunk only when some feature is missing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from annotate2model.training.features.embeddings import (
     model_key,
 )
 from annotate2model.training.features.weights import WeightsSource
-from annotate2model.training.fit.head import fit_head, probabilities
+from annotate2model.training.fit.head import HeadFit, fit_head, probabilities
 from annotate2model.training.fit.jobs import TrainJob, TrainResult, kept_items
 from annotate2model.training.fit.version import check_trainable
 
@@ -84,9 +83,9 @@ def train_probe(job: TrainJob) -> TrainResult:
     kept = kept_items(data, skipped)
     check_trainable(data.with_splits(kept))
 
-    head = fit_probe_head(job, features, kept)
+    head, probs = fit_probe_head(job, features, kept)
     return TrainResult(
-        probs=head.probs,
+        probs=probs,
         kept=kept,
         history=head.history,
         trunk=trunk_file,
@@ -98,25 +97,13 @@ def train_probe(job: TrainJob) -> TrainResult:
     )
 
 
-@dataclass
-class ProbeHead:
-    """A linear head fitted on a frozen trunk's features (weight and bias on raw features),
-    the statistics it standardised them with, its history and its probabilities per split."""
-
-    weight: NDArray[np.float32]
-    bias: NDArray[np.float32]
-    mean: NDArray[np.float32]
-    std: NDArray[np.float32]
-    history: list[dict[str, Any]]
-    probs: dict[str, NDArray[np.float32]]
-
-
 def fit_probe_head(
     job: TrainJob,
     features: dict[tuple[str, int], NDArray[Any]],
     kept: dict[str, list[VersionItemRecord]],
-) -> ProbeHead:
-    """The probe's head on (image sha256, view) features of the `kept` images."""
+) -> tuple[HeadFit, dict[str, NDArray[np.float32]]]:
+    """The probe's head on (image sha256, view) features of the `kept` images, and its
+    probabilities per split."""
     config, data = job.config, job.data
     index = {label: i for i, label in enumerate(data.labels)}
     dim = HEADS[config.backbone][1]
@@ -146,7 +133,7 @@ def fit_probe_head(
         on_epoch=job.on_epoch,
     )
     probs = {split: probabilities(matrix(split, 1)[0], fit.weight, fit.bias) for split in SPLITS}
-    return ProbeHead(fit.weight, fit.bias, fit.mean, fit.std, fit.history, probs)
+    return fit, probs
 
 
 def _trunk_state(
