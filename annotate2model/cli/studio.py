@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from annotate2model.cli.context import state
@@ -307,7 +308,7 @@ def collect_cmd(
         f"{result.labeled} with a label, {result.already_in_project} already in the project."
     )
     for rel, reason in result.skipped:
-        console.print(f"[yellow]skipped[/] {rel}: {reason}", highlight=False)
+        console.print(f"[yellow]skipped[/] {escape(rel)}: {escape(reason)}", highlight=False)
     if local.same_server and result.mode == "upload" and result.tasks_created:
         console.print(
             "Tip: `a2m studio down && a2m studio up --files-root DIR` lets Label Studio read "
@@ -416,9 +417,9 @@ def sync_cmd(
     )
     console.print(table)
     for reason, n in result.skipped_by_reason.items():
-        console.print(f"  skipped, {reason}: {n}")
+        console.print(f"  skipped, {escape(reason)}: {n}", highlight=False)
     for task_id, reason in result.skipped[:20]:
-        console.print(f"  [yellow]task {task_id}[/]: {reason}", highlight=False)
+        console.print(f"  [yellow]task {task_id}[/]: {escape(reason)}", highlight=False)
     if len(result.skipped) > 20:
         console.print(f"  ... and {len(result.skipped) - 20} more (see --json).")
     if result.flags_resolved:

@@ -1,0 +1,53 @@
+"""Reasons printed by `a2m sync` and `a2m collect` are text, not Rich markup: "raise [images]
+max_pixels" reaches the user whole (Rich took "[images]" for a style and dropped it)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from annotate2model.workspace import Workspace
+from tests.conftest import image_bytes, make_image_folder, run_cli
+from tests.labelstudio.conftest import LiveServer, choice
+
+pytestmark = pytest.mark.labelstudio
+
+HINT = "raise [images] max_pixels to allow it"
+
+
+def test_a_too_large_image_names_the_setting_whole(
+    cli: CliRunner,
+    ls_server: LiveServer,
+    workspace: Workspace,
+    tmp_path: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    project = ls_server.create_project(["ant", "bee"], "markup")
+    big = image_bytes(1, size=(200, 200))
+    small = image_bytes(2, size=(40, 40))
+    with ls_server.client() as c:
+        c.import_tasks(
+            project,
+            [
+                {"data": {"image": "data:image/png;base64," + base64.b64encode(png).decode()}}
+                | {"annotations": [choice("ant")]}
+                for png in (big, small)
+            ],
+        )
+    code, _, err = run_cli(
+        cli, "connect", ls_server.url, "--token", ls_server.legacy, "--project", str(project)
+    )
+    assert code == 0, err
+    monkeypatch.setenv("A2M_MAX_IMAGE_PIXELS", str(100 * 100))
+    code, out, err = run_cli(cli, "sync")
+    assert code == 0, err
+    assert HINT in " ".join(out.split()), out
+
+    folder = make_image_folder(workspace.root.parent / "photos", {"ant": 1})
+    Image.new("RGB", (300, 300)).save(folder / "ant" / "large.png")
+    code, out, err = run_cli(cli, "collect", str(folder), "--labels-from-folders")
+    assert code == 0, err
+    assert "large.png" in out and HINT in " ".join(out.split()), out
