@@ -95,31 +95,18 @@ def file_name(where: str | None) -> str | None:
 def image_names(session: Session, shas: Iterable[str]) -> dict[str, str]:
     """How the user knows each image, for messages: its Label Studio task(s) and where it came
     from (a path or URL); the short hash only when the store knows nothing else."""
-    from annotate2model.store.models import Task
+    from annotate2model.store.versions import image_sources
 
     wanted = sorted(set(shas))
-    names: dict[str, str] = {}
-    tasks: dict[str, list[str]] = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        for sha, origin in session.execute(
-            select(Image.sha256, Image.origin).where(Image.sha256.in_(chunk))
-        ):
-            if origin:
-                # A Label Studio URL is long and says little: its file name is what a person knows.
-                url = "://" in origin or origin.startswith("/data/")
-                names[sha] = (file_name(origin) or origin) if url else origin
-        for task_sha, project, task in session.execute(
-            select(Task.image_sha256, Task.project_id, Task.task_id).where(
-                Task.image_sha256.in_(chunk), Task.deleted_at.is_(None)
-            )
-        ):
-            if task_sha is not None:
-                tasks.setdefault(task_sha, []).append(f"task {task} of project {project}")
+    sources = image_sources(session, wanted)
     out = {}
     for sha in wanted:
-        parts = tasks.get(sha, [])
-        if sha in names:
-            parts = [*parts, names[sha]]
-        out[sha] = ", ".join(parts) if parts else f"image {sha[:12]}"
+        source = sources.get(sha)
+        parts = [f"task {t} of project {p}" for p, t in source.tasks] if source else []
+        if source is not None and source.origin:
+            origin = source.origin
+            # A Label Studio URL is long and says little: its file name is what a person knows.
+            url = "://" in origin or origin.startswith("/data/")
+            parts.append((file_name(origin) or origin) if url else origin)
+        out[sha] = ", ".join(parts) or f"image {sha[:12]}"
     return out
