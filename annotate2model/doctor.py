@@ -254,7 +254,7 @@ def _label_studio(settings: Settings, timeout: float) -> Check:
             name,
             "warn",
             "not connected (only needed for collect, sync and flags)",
-            fix="a2m studio up (a local server), or a2m connect URL --token T --project ID",
+            fix="a2m studio up (a local server), or a2m connect URL --token - --project ID",
             required=False,
         )
     local = connection.is_local_server(settings)
@@ -263,7 +263,7 @@ def _label_studio(settings: Settings, timeout: float) -> Check:
             name,
             "fail",
             f"{ls.url}: no token saved",
-            fix="a2m studio up" if local else f"a2m connect {ls.url} --token T",
+            fix="a2m studio up" if local else f"a2m connect {ls.url} --token -",
         )
     client = LabelStudioClient(ls.url, ls.token, timeout=timeout, attempts=1, backoff=0.1)
     with client:
@@ -276,16 +276,16 @@ def _label_studio(settings: Settings, timeout: float) -> Check:
                 f"not reachable at {ls.url} ({exc.why})",
                 fix="a2m studio up"
                 if local
-                else f"start the server at {ls.url}, or a2m connect URL --token T",
+                else f"start the server at {ls.url}, or a2m connect URL --token -",
             )
         except LabelStudioError as exc:
-            return Check(name, "fail", exc.message, fix="a2m connect URL --token T")
+            return Check(name, "fail", exc.message, fix="a2m connect URL --token -")
         try:
             user = client.check()
             version = client.version()
         except TokenRejected as exc:
             # The message names the server and the kind of token, never the token.
-            return Check(name, "fail", exc.message, fix=f"a2m connect {ls.url} --token T")
+            return Check(name, "fail", exc.message, fix=f"a2m connect {ls.url} --token -")
         who = f"{user.get('email') or 'a user'} ({client.kind} token)"
         server = f"Label Studio {version}" if version else "Label Studio"
         where = f"{server} at {ls.url}" + (" (this workspace's)" if local else "")

@@ -147,7 +147,7 @@ def test_label_studio_down_names_the_url_and_the_fix(
     workspace.write_secret("labelstudio_local_token", None)
     code, rows = _doctor(cli)
     assert rows["label studio"]["detail"] == f"{url}: no token saved"
-    assert rows["label studio"]["fix"] == f"a2m connect {url} --token T"
+    assert rows["label studio"]["fix"] == f"a2m connect {url} --token -"
 
 
 def test_little_free_disk_is_a_warning(

@@ -17,16 +17,9 @@ from annotate2model.cli.render import (
     score,
 )
 from annotate2model.labelstudio import connection
-from annotate2model.labelstudio.connection import NotConnected
 from annotate2model.training.config import PRESETS, Backbone, Mode
 
 app = typer.Typer()
-
-_CONNECT_HINT = {
-    "url": "run `a2m studio up`, or `a2m connect URL --token T --project ID`.",
-    "token": "pass a token with `a2m connect`, or run `a2m studio up` for a local server.",
-    "project": "run `a2m connect --project ID`.",
-}
 
 
 @app.command("loop")
@@ -68,12 +61,8 @@ def loop_cmd(
     st = state(ctx)
     settings = st.settings()
     store = st.store()
-    try:
-        project_id = connection.project_id(settings)
-        client = connection.open_client(settings)
-    except NotConnected as exc:
-        exc.hint = _CONNECT_HINT[exc.missing]
-        raise
+    project_id = connection.project_id(settings)
+    client = connection.open_client(settings)
     given: dict[str, Any] = {
         k: v
         for k, v in {

@@ -23,27 +23,16 @@ from annotate2model.cli.render import (
 )
 from annotate2model.labelstudio import connection
 from annotate2model.labelstudio.client import LabelStudioClient
-from annotate2model.labelstudio.connection import NotConnected
 
 if TYPE_CHECKING:
     from annotate2model.review.flagging import Evidence, FlagOutcome
 
 app = typer.Typer()
 
-_CONNECT_HINT = {
-    "url": "run `a2m studio up`, or `a2m connect URL --token T --project ID`.",
-    "token": "pass a token with `a2m connect`, or run `a2m studio up` for a local server.",
-    "project": "run `a2m connect --project ID`.",
-}
-
 
 def _connected(ctx: typer.Context) -> tuple[int, LabelStudioClient]:
     settings = state(ctx).settings()
-    try:
-        return connection.project_id(settings), connection.open_client(settings)
-    except NotConnected as exc:
-        exc.hint = _CONNECT_HINT[exc.missing]
-        raise
+    return connection.project_id(settings), connection.open_client(settings)
 
 
 @app.command("flag")

@@ -238,13 +238,11 @@ def connect_backend_cmd(
 
     Example: [bold]a2m connect-backend http://127.0.0.1:9090[/]
     """
-    from annotate2model.cli.studio import _connection_hints
     from annotate2model.labelstudio.backend import connect_backend
 
     target = url.rstrip("/") + (f"/runs/{run.lstrip('#')}" if run else "")
     settings = state(ctx).settings()
-    with _connection_hints():
-        backend = connect_backend(settings, target, title=title, token=_token(ctx, token))
+    backend = connect_backend(settings, target, title=title, token=_token(ctx, token))
     if as_json:
         print_json(backend)
         return

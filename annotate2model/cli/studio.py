@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import sys
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -17,7 +15,6 @@ from rich.table import Table
 from annotate2model.cli.context import state
 from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json
 from annotate2model.labelstudio import connection
-from annotate2model.labelstudio.connection import NotConnected
 from annotate2model.labelstudio.policies import Policy
 from annotate2model.labelstudio.server import DEFAULT_PORT
 
@@ -57,25 +54,6 @@ LABELS_AS: dict[LabelsAsChoice, LabelsAs] = {
     LabelsAsChoice.annotations: "annotations",
     LabelsAsChoice.predictions: "predictions",
 }
-
-# How to fix a missing piece of the connection with this tool.
-_CONNECT_HINTS = {
-    "url": "run `a2m studio up`, or `a2m connect URL --token - --project ID` (or set "
-    "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY).",
-    "token": "set LABEL_STUDIO_API_KEY or run `a2m connect --token -` (Account & Settings > "
-    "Personal Access Token), or run `a2m studio up` for a local server.",
-    "project": "run `a2m connect --project ID` or `a2m connect --create TITLE --labels a,b`.",
-}
-
-
-@contextlib.contextmanager
-def _connection_hints() -> Iterator[None]:
-    """A missing URL, token or project gets the command that sets it as its hint."""
-    try:
-        yield
-    except NotConnected as exc:
-        exc.hint = _CONNECT_HINTS[exc.missing]
-        raise
 
 
 @studio_app.command("up")
@@ -225,10 +203,9 @@ def connect_cmd(
     if token == "-":
         token = _read_token(ctx)
     settings = state(ctx).settings(labelstudio_url=url, labelstudio_token=token)
-    with _connection_hints():
-        made = connection.connect(
-            settings, project=project, create=create, labels=(labels or "").split(",")
-        )
+    made = connection.connect(
+        settings, project=project, create=create, labels=(labels or "").split(",")
+    )
     if as_json:
         print_json(made)
         return
@@ -282,9 +259,8 @@ def collect_cmd(
     st = state(ctx)
     settings = st.settings()
     store = st.store()
-    with _connection_hints():
-        project_id = connection.project_id(settings)
-        client = connection.open_client(settings)
+    project_id = connection.project_id(settings)
+    client = connection.open_client(settings)
     with store.read() as session:
         known = project_image_hashes(session, project_id)
     local = connection.local_files(settings)
@@ -346,9 +322,8 @@ def sync_cmd(
 
     st = state(ctx)
     settings = st.settings()
-    with _connection_hints():
-        project_id = connection.project_id(settings)
-        client = connection.open_client(settings)
+    project_id = connection.project_id(settings)
+    client = connection.open_client(settings)
     local = connection.local_files(settings)
     progress = None if as_json else RichProgress()
     # The project, and on a first sync every task, are asked for now; Label Studio answers

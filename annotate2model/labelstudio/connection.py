@@ -36,11 +36,23 @@ FILES_ROOT_KEY = "files_root"
 Missing = Literal["url", "token", "project"]
 
 
+# How to set each missing piece of the connection: the step that works first. A token is never
+# shown as `--token T`: a value on the command line is visible to every local user in `ps`.
+CONNECT_HINTS: dict[str, str] = {
+    "url": "run `a2m studio up`, or `a2m connect URL --token - --project ID` (or set "
+    "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY).",
+    "token": "set LABEL_STUDIO_API_KEY or run `a2m connect --token -` (Account & Settings > "
+    "Personal Access Token), or run `a2m studio up` for a local server.",
+    "project": "run `a2m connect --project ID` or `a2m connect --create TITLE --labels a,b`.",
+}
+
+
 class NotConnected(LabelStudioError):
-    """No Label Studio URL, token or project is configured; `missing` says which."""
+    """No Label Studio URL, token or project is configured; `missing` says which, and the hint
+    the command that sets it."""
 
     def __init__(self, message: str, missing: Missing) -> None:
-        super().__init__(message)
+        super().__init__(message, hint=CONNECT_HINTS[missing])
         self.missing: Missing = missing
 
 

@@ -103,7 +103,7 @@ def test_local_studio_restart_token_change_stopped_server_and_sync_note(
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", wrong)
         studio = _doctor_row(cli, expect=1)
         assert studio["status"] == "fail" and "rejected the legacy API token" in studio["detail"]
-        assert studio["fix"] == f"a2m connect {url} --token T" and wrong not in studio["detail"]
+        assert studio["fix"] == f"a2m connect {url} --token -" and wrong not in studio["detail"]
         monkeypatch.delenv("LABEL_STUDIO_API_KEY")
 
         # After a restart, what is connected is said instead of how to create a project.
