@@ -43,7 +43,6 @@ _MODEL_KEYS = (
     ("mode", "mode"),
     ("weights_identity", "pretrained weights"),
     ("image_size", "input size"),
-    ("resize_size", "resize"),
 )
 
 

@@ -15,6 +15,7 @@ import torch
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
+from annotate2model.training.context import RunContext
 from annotate2model.training.features import embeddings, onnx_trunk
 from annotate2model.training.features.backbones import (
     build_trunk,
@@ -82,7 +83,7 @@ def test_damaged_onnx_trunk_is_exported_again(
     store: Store, version1: Path, weights: Path, damage: str
 ) -> None:
     first = runner.train(store, small_config(weights, precision="fp32"))
-    cache = runner.embedding_cache(store)
+    cache = RunContext.from_store(store).embedding_cache()
     (graph,) = _onnx_files(cache)
     digest = graph.with_name(graph.name + ".sha256")
     good = graph.read_bytes()
@@ -113,7 +114,7 @@ def test_a_runs_features_equal_torchvisions(
     """A CPU fp32 run extracts through the ONNX graph; a fresh torchvision build gives the same
     vectors within 1e-4 of their scale."""
     outcome = runner.train(store, small_config(weights, precision="fp32"))
-    cache = runner.embedding_cache(store)
+    cache = RunContext.from_store(store).embedding_cache()
     assert _onnx_files(cache)
     assert outcome.run.status == "succeeded"
     paths = sorted(version1.rglob("*.png"))[:6]
@@ -156,7 +157,7 @@ def test_a_failed_export_is_logged_and_torch_extracts(
     assert outcome.run.status == "succeeded"
     assert outcome.extraction is not None and outcome.extraction.computed > 0
     assert "exporter broke" in caplog.text and "extracting with torch" in caplog.text
-    cache = runner.embedding_cache(store)
+    cache = RunContext.from_store(store).embedding_cache()
     assert _onnx_files(cache) == []
     cache.close()
 
@@ -173,7 +174,7 @@ def test_the_predictor_extracts_through_the_runs_onnx_trunk(
             for p in store_runs.read_predictions(session, outcome.run.id)
             if p.split == "val"
         }
-    cache = runner.embedding_cache(store)
+    cache = RunContext.from_store(store).embedding_cache()
     assert len(_onnx_files(cache)) == 1
     cache.close()
 

@@ -52,7 +52,6 @@ __all__ = [
     "Evaluation",
     "RunOutcome",
     "default_workers",
-    "embedding_cache",
     "ensemble",
     "evaluate_run",
     "predict_files",
@@ -85,10 +84,6 @@ class Evaluation:
             "split": self.split,
             **self.metrics.to_dict(),
         }
-
-
-def embedding_cache(store: Store) -> EmbeddingCache:
-    return RunContext.from_store(store).embedding_cache()
 
 
 def train(
