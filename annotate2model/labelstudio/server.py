@@ -421,6 +421,11 @@ class LocalServer:
             return current
         _terminate_group(current.pid, timeout)
         self.pid_path.unlink(missing_ok=True)
+        # Its workers outlive the leader by a moment, still listening: `studio down && studio up`
+        # must find the port free again (the same URL), so stopping ends when they let it go.
+        deadline = time.monotonic() + timeout
+        while current.port and not port_is_free(current.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         return current
 
     def log_tail(self, lines: int = 50) -> list[str]:
