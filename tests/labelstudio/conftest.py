@@ -10,7 +10,7 @@ import contextlib
 import http.server
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,61 @@ def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[st
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# A request as a proxy sees it: (method, path with query, body).
+Request = tuple[str, str, bytes]
+# Headers a proxy does not pass on: it sends the body whole, with its own length.
+_HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "content-encoding")
+
+
+@contextlib.contextmanager
+def forwarding_proxy(
+    upstream: str,
+    on_request: Callable[[Request], tuple[int, bytes] | None],
+    on_answer: Callable[[Request], None] | None = None,
+) -> Iterator[str]:
+    """A real HTTP proxy in front of Label Studio on a loopback port; yields its base URL.
+
+    `on_request` sees each request first: a (status, body) answers it in Label Studio's place (as
+    a reverse proxy answers for a failing or dead server), None passes it on. `on_answer` sees
+    each request Label Studio answered, before its answer goes back."""
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key.lower() not in _HOP_HEADERS:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = (self.command, self.path, self.rfile.read(length) if length else b"")
+            instead = on_request(request)
+            if instead is not None:
+                self._reply(*instead, {})
+                return
+            answer = httpx.request(
+                self.command,
+                upstream + self.path,
+                headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS},
+                content=request[2] or None,
+                timeout=60,
+            )
+            if on_answer is not None:
+                on_answer(request)
+            self._reply(answer.status_code, answer.content, dict(answer.headers))
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    with serve_http(Proxy) as base:
+        yield base
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -7,14 +7,12 @@ path, where a confirmed label is not flagged again.
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -41,7 +39,13 @@ from annotate2model.progress import NullProgress
 from annotate2model.settings import Secret
 from annotate2model.workspace import Workspace
 from tests.conftest import image_bytes, run_cli
-from tests.labelstudio.conftest import LEGACY_TOKEN, LiveServer, choice, serve_http
+from tests.labelstudio.conftest import (
+    LEGACY_TOKEN,
+    LiveServer,
+    Request,
+    choice,
+    forwarding_proxy,
+)
 
 pytestmark = pytest.mark.labelstudio
 
@@ -249,45 +253,14 @@ class Dying:
 @pytest.fixture
 def dying_proxy(ls_server: LiveServer) -> Iterator[tuple[str, Dying]]:
     state = Dying(budget=10**6)
-    upstream = ls_server.url
 
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+    def spend(_request: Request) -> tuple[int, bytes] | None:
+        with state.lock:
+            alive = state.budget > 0
+            state.budget -= 1
+        return None if alive else (502, b"")
 
-        def _forward(self) -> None:
-            with state.lock:
-                alive = state.budget > 0
-                state.budget -= 1
-            length = int(self.headers.get("Content-Length") or 0)
-            data = self.rfile.read(length) if length else None
-            if not alive:
-                self.send_response(502)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            headers = {
-                k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
-            }
-            answer = httpx.request(
-                self.command, upstream + self.path, headers=headers, content=data, timeout=60
-            )
-            self.send_response(answer.status_code)
-            for k, v in answer.headers.items():
-                if k.lower() not in (
-                    "content-length",
-                    "transfer-encoding",
-                    "connection",
-                    "content-encoding",
-                ):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
-
-        do_GET = do_POST = do_PATCH = do_DELETE = _forward
-
-    with serve_http(Proxy) as base:
+    with forwarding_proxy(ls_server.url, spend) as base:
         yield base, state
 
 

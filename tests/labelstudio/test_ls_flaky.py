@@ -5,16 +5,13 @@ A real HTTP proxy stands between a2m and the real server and injects the faults.
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from annotate2model.errors import LabelStudioError
@@ -24,7 +21,7 @@ from annotate2model.settings import Secret
 from annotate2model.store import Store
 from annotate2model.store.versions import latest_version
 from tests.conftest import image_bytes
-from tests.labelstudio.conftest import LEGACY_TOKEN, LiveServer, choice, serve_http
+from tests.labelstudio.conftest import LEGACY_TOKEN, LiveServer, Request, choice, forwarding_proxy
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
@@ -46,53 +43,21 @@ class Faults:
 @pytest.fixture
 def flaky_proxy(ls_server: LiveServer) -> Iterator[tuple[str, Faults]]:
     faults = Faults()
-    upstream = ls_server.url
 
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _forward(self) -> None:
-            with faults.lock:
-                faults.seen += 1
-                faults.requests[f"{self.command} {urlsplit(self.path).path}"] += 1
-                fail = faults.fail_all or (
-                    faults.fail_every > 0 and faults.seen % faults.fail_every == 0
-                )
-                if fail:
-                    faults.failed += 1
-            time.sleep(faults.delay)
-            if fail:
-                body = b'{"detail": "injected fault"}'
-                self.send_response(503)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            data = self.rfile.read(length) if length else None
-            headers = {
-                k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
-            }
-            answer = httpx.request(
-                self.command, upstream + self.path, headers=headers, content=data, timeout=60
+    def inject(request: Request) -> tuple[int, bytes] | None:
+        method, path, _body = request
+        with faults.lock:
+            faults.seen += 1
+            faults.requests[f"{method} {urlsplit(path).path}"] += 1
+            fail = faults.fail_all or (
+                faults.fail_every > 0 and faults.seen % faults.fail_every == 0
             )
-            self.send_response(answer.status_code)
-            for key, value in answer.headers.items():
-                if key.lower() not in (
-                    "content-length",
-                    "transfer-encoding",
-                    "connection",
-                    "content-encoding",
-                ):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
+            if fail:
+                faults.failed += 1
+        time.sleep(faults.delay)
+        return (503, b'{"detail": "injected fault"}') if fail else None
 
-        do_GET = do_POST = do_PATCH = do_DELETE = _forward
-
-    with serve_http(Proxy) as url:
+    with forwarding_proxy(ls_server.url, inject) as url:
         yield url, faults
 
 

@@ -5,7 +5,6 @@ arrive, and `a2m unflag` takes everything back."""
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import os
 import signal
@@ -16,14 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from annotate2model.labelstudio.flags import REASON_FIELD, REVIEW_TAB, REVIEW_VERSION
 from annotate2model.workspace import Workspace
 from tests.conftest import image_bytes, run_cli
-from tests.labelstudio.conftest import LiveServer, choice, serve_http
+from tests.labelstudio.conftest import LiveServer, Request, choice, forwarding_proxy
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.training, pytest.mark.slow]
 
@@ -42,45 +40,23 @@ class Killer:
 @pytest.fixture
 def killing_proxy(ls_server: LiveServer) -> Iterator[tuple[str, Killer]]:
     state = Killer()
-    upstream = ls_server.url
 
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+    def kill_after_the_reasons(_request: Request) -> tuple[int, bytes] | None:
+        with state.lock:
+            if state.pid is None:
+                return None
+            if state.reasons_written and not state.killed:
+                os.kill(state.pid, signal.SIGKILL)
+                state.killed = True
+            return (502, b"") if state.killed else None
 
-        def _forward(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            data = self.rfile.read(length) if length else b""
+    def note_the_reasons(request: Request) -> None:
+        _method, path, body = request
+        if path.startswith("/api/dm/actions") and REASON_FIELD.encode() in body:
             with state.lock:
-                if state.pid is not None and state.reasons_written and not state.killed:
-                    os.kill(state.pid, signal.SIGKILL)
-                    state.killed = True
-                if state.killed and state.pid is not None:
-                    self.send_response(502)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-            headers = {
-                k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
-            }
-            answer = httpx.request(
-                self.command, upstream + self.path, headers=headers, content=data, timeout=60
-            )
-            if self.path.startswith("/api/dm/actions") and REASON_FIELD.encode() in data:
-                with state.lock:
-                    state.reasons_written = True
-            self.send_response(answer.status_code)
-            for k, v in answer.headers.items():
-                skip = ("content-length", "transfer-encoding", "connection", "content-encoding")
-                if k.lower() not in skip:
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
+                state.reasons_written = True
 
-        do_GET = do_POST = do_PATCH = do_DELETE = _forward
-
-    with serve_http(Proxy) as base:
+    with forwarding_proxy(ls_server.url, kill_after_the_reasons, note_the_reasons) as base:
         yield base, state
 
 
