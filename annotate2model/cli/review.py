@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -68,6 +69,7 @@ def flag_cmd(
 
     Example: [bold]a2m flag 3 --reasons label-issue --max 50 --requeue[/]
     """
+    started = time.perf_counter()
     from annotate2model.review.flagging import flag_run, parse_reasons
 
     chosen = parse_reasons(reasons)
@@ -92,17 +94,23 @@ def flag_cmd(
     if as_json:
         print_json(outcome)
         return
-    push = outcome.push
-    found = ", ".join(f"{n} {reason}" for reason, n in outcome.found.items()) or "nothing"
-    console.print(
-        f"Run [bold]{outcome.run}[/]: flagged {outcome.flagged} task(s) ({found}) in project "
-        f"{outcome.project} in {push.seconds:.1f} s: {push.predictions_added} prediction(s) "
-        f"added, {push.predictions_updated} updated"
-        + (f", {len(push.requeued)} requeued" if requeue else "")
-        + "."
-    )
+    console.print(flag_summary(outcome, time.perf_counter() - started, requeued=requeue))
     for line in flag_notes(outcome):
         console.print(f"  {line}")
+
+
+def flag_summary(outcome: FlagOutcome, seconds: float, *, requeued: bool = False) -> str:
+    """What `a2m flag` did, each time with what it times: the push to Label Studio on its own, and
+    `seconds`, the whole command (judging the run, finding label issues, the push)."""
+    push = outcome.push
+    found = ", ".join(f"{n} {reason}" for reason, n in outcome.found.items()) or "nothing"
+    return (
+        f"Run [bold]{outcome.run}[/]: flagged {outcome.flagged} task(s) ({found}) in project "
+        f"{outcome.project}: {push.predictions_added} prediction(s) added, "
+        f"{push.predictions_updated} updated"
+        + (f", {len(push.requeued)} requeued" if requeued else "")
+        + f". Sending them to Label Studio took {push.seconds:.1f} s; {seconds:.1f} s in all."
+    )
 
 
 def print_evidence(evidence: Evidence) -> None:
