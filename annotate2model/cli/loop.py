@@ -28,7 +28,13 @@ def loop_cmd(
     preset: Annotated[
         str | None, typer.Option(help=f"Train with a preset: {', '.join(PRESETS)}.")
     ] = None,
-    backbone: Annotated[Backbone | None, typer.Option(help="torchvision backbone.")] = None,
+    backbone: Annotated[
+        Backbone | None,
+        typer.Option(
+            metavar="<name>",
+            help=f"torchvision backbone: {', '.join(b.value for b in Backbone)}.",
+        ),
+    ] = None,
     weights: Annotated[
         str | None, typer.Option(help="imagenet, none, or a PATH to a state_dict file.")
     ] = None,

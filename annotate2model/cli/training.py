@@ -46,19 +46,20 @@ from annotate2model.training.config import (
 
 app = typer.Typer()
 
-DeviceFlag = Annotated[
-    str | None,
-    typer.Option(
-        help=f"One of {', '.join(DEVICES)} (auto: CUDA, then MPS, then CPU), or cuda:N.",
-        show_default=False,
-    ),
-]
+DEVICE_HELP = f"One of {', '.join(DEVICES)} (auto: CUDA, then MPS, then CPU), or cuda:N."
+DeviceFlag = Annotated[str | None, typer.Option(help=DEVICE_HELP, show_default=False)]
+BACKBONE_HELP = f"torchvision backbone: {', '.join(b.value for b in Backbone)}"
+
+# `a2m train --help` in panels, so that each table's columns fit 80 columns.
+MODEL = "Data and model"
+FINETUNE = "Fine-tuning (a probe's head is fitted by L-BFGS, without these)"
+DATA = "Training"
+MACHINE = "Machine"
 
 
 def _per_mode(field: str) -> str:
     """A fine-tuning field's default, for --help (a probe's head is fitted without them)."""
-    default = MODE_DEFAULTS["finetune"][field]
-    return f"{default} (fine-tuning only; a probe's head is fitted by L-BFGS)"
+    return f"Default: {MODE_DEFAULTS['finetune'][field]}."
 
 
 def _fast_exit() -> None:
@@ -120,111 +121,164 @@ def _torch_store(ctx: typer.Context, device: str | None) -> Store:
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    version: Annotated[str, typer.Option(help="Dataset version (number or latest).")] = "latest",
+    version: Annotated[
+        str, typer.Option(help="Dataset version (number or latest).", rich_help_panel=MODEL)
+    ] = "latest",
     preset: Annotated[
-        str | None, typer.Option(help=f"Start from a preset: {', '.join(PRESETS)}.")
+        str | None,
+        typer.Option(
+            metavar="<name>",
+            help=f"Start from a preset: {', '.join(PRESETS)}.",
+            rich_help_panel=MODEL,
+        ),
     ] = None,
     backbone: Annotated[
-        Backbone | None, typer.Option(help="torchvision backbone (default: resnet18).")
+        Backbone | None,
+        typer.Option(
+            metavar="<name>", help=BACKBONE_HELP + " (default: resnet18).", rich_help_panel=MODEL
+        ),
     ] = None,
     weights: Annotated[
         str | None,
         typer.Option(
-            help="imagenet (torch hub cache, downloaded if needed), none, or a PATH "
-            "to a state_dict file."
+            help="imagenet (downloaded to the torch hub cache if needed), none, or a PATH to a "
+            "state_dict file.",
+            rich_help_panel=MODEL,
         ),
     ] = None,
     mode: Annotated[
         Mode | None,
         typer.Option(
-            help="probe: frozen backbone, new head (default); finetune: train blocks too."
+            help="probe: frozen backbone, new head (default); finetune: train blocks too.",
+            rich_help_panel=MODEL,
         ),
     ] = None,
     unfreeze: Annotated[
         str | None,
         typer.Option(
             help="Fine-tuning: the last N blocks train, or all (resnet: 1 = layer4, 2 = layer3 "
-            "and layer4; every backbone in docs/finetune.md)."
+            "and layer4; every backbone in docs/finetune.md).",
+            rich_help_panel=MODEL,
         ),
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Input size in pixels.", rich_help_panel=MODEL)
     ] = None,
     optimizer: Annotated[
         OptimizerName | None,
-        typer.Option(help=f"sgd (with momentum) or adamw. Default: {_per_mode('optimizer')}."),
+        typer.Option(
+            help=f"sgd (with momentum) or adamw. {_per_mode('optimizer')}", rich_help_panel=FINETUNE
+        ),
     ] = None,
     schedule: Annotated[
         Schedule | None,
         typer.Option(
-            help=f"Learning-rate schedule; cyclic is triangular2. Default: {_per_mode('schedule')}."
+            metavar="<name>",
+            help="Learning-rate schedule: cyclic (triangular2), cosine, onecycle or constant. "
+            f"{_per_mode('schedule')}",
+            rich_help_panel=FINETUNE,
         ),
     ] = None,
     epochs: Annotated[
         int | None,
-        typer.Option(help=f"Passes over the training split. Default: {_per_mode('epochs')}."),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help=f"Images per step. Default: {RunConfig.batch_size}.")
+        typer.Option(
+            help=f"Passes over the training split. {_per_mode('epochs')}", rich_help_panel=FINETUNE
+        ),
     ] = None,
     lr: Annotated[
         float | None,
         typer.Option(
-            help=f"Peak learning rate (fine-tuning: the head's). Default: {_per_mode('lr')}."
+            help=f"Peak learning rate (the head's). {_per_mode('lr')}", rich_help_panel=FINETUNE
         ),
     ] = None,
-    momentum: Annotated[
-        float | None, typer.Option(help=f"SGD momentum. Default: {RunConfig.momentum}.")
-    ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help=f"Weight decay. Default: {_per_mode('weight_decay')}.")
-    ] = None,
-    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
-    class_weights: Annotated[
-        bool | None,
-        typer.Option("--class-weights/--no-class-weights", help="Weight classes by rarity."),
+        float | None,
+        typer.Option(help=f"Weight decay. {_per_mode('weight_decay')}", rich_help_panel=FINETUNE),
     ] = None,
     early_stopping: Annotated[
         int | None,
         typer.Option(
             help="Stop after N epochs without better val loss (0: off). "
-            f"Default: {_per_mode('early_stopping')}."
+            f"{_per_mode('early_stopping')}",
+            rich_help_panel=FINETUNE,
         ),
     ] = None,
     warmup_epochs: Annotated[
         float | None,
         typer.Option(
-            help=f"Epochs of linear learning-rate warm-up. Default: {_per_mode('warmup_epochs')}."
+            help=f"Epochs of linear learning-rate warm-up. {_per_mode('warmup_epochs')}",
+            rich_help_panel=FINETUNE,
+        ),
+    ] = None,
+    momentum: Annotated[
+        float | None,
+        typer.Option(
+            help=f"SGD momentum. Default: {RunConfig.momentum}.", rich_help_panel=FINETUNE
         ),
     ] = None,
     block_lr_scale: Annotated[
         float | None,
         typer.Option(
-            help="Fine-tuning: the unfrozen blocks' learning rate as a share of the head's. "
-            f"Default: {RunConfig.block_lr_scale}."
+            help="The unfrozen blocks' learning rate as a share of the head's. "
+            f"Default: {RunConfig.block_lr_scale}.",
+            rich_help_panel=FINETUNE,
         ),
     ] = None,
     head_init: Annotated[
         str | None,
         typer.Option(
-            help="Fine-tuning: probe (start the head from the linear probe, and keep the probe "
-            "when no epoch beats it; default) or random."
+            help="probe (start the head from the linear probe, and keep the probe when no epoch "
+            "beats it; default) or random.",
+            rich_help_panel=FINETUNE,
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Images per step. Default: {RunConfig.batch_size}.", rich_help_panel=DATA
+        ),
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, typer.Option(help="Label smoothing.", rich_help_panel=DATA)
+    ] = None,
+    class_weights: Annotated[
+        bool | None,
+        typer.Option(
+            "--class-weights/--no-class-weights",
+            help="Weight classes by rarity.",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
     augment: Annotated[
         bool | None,
-        typer.Option("--augment/--no-augment", help="Augmentation (default: on for finetune)."),
+        typer.Option(
+            "--augment/--no-augment",
+            help="Augmentation (default: on for finetune).",
+            rich_help_panel=DATA,
+        ),
     ] = None,
     views: Annotated[
-        int | None, typer.Option(help="Probe: cached augmented views per training image.")
+        int | None,
+        typer.Option(
+            help="Probe: cached augmented views per training image.", rich_help_panel=DATA
+        ),
     ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.", rich_help_panel=DATA)] = None,
     precision: Annotated[
-        Precision | None, typer.Option(help="auto: bf16 autocast where the device has it.")
+        Precision | None,
+        typer.Option(help="auto: bf16 autocast where the device has it.", rich_help_panel=MACHINE),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Decoding workers: -1 auto, 0 on the main thread, N workers."),
+        typer.Option(
+            help="Decoding workers: -1 auto, 0 on the main thread, N workers.",
+            rich_help_panel=MACHINE,
+        ),
     ] = None,
-    device: DeviceFlag = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help=DEVICE_HELP, show_default=False, rich_help_panel=MACHINE),
+    ] = None,
     note: Annotated[str | None, typer.Option(help="A note kept with the run.")] = None,
     as_json: JsonFlag = False,
 ) -> None:

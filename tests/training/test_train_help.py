@@ -1,5 +1,5 @@
-"""`a2m train --help` says what each unset option becomes when fine-tuning, and that a probe's
-head is fitted without them (from the config itself)."""
+"""`a2m train --help` says what each unset option becomes when fine-tuning, in a panel that says
+a probe's head is fitted without them (from the config itself)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,19 @@ def test_train_help_shows_the_defaults_of_each_mode() -> None:
         check=True,
     ).stdout
     finetune = MODE_DEFAULTS["finetune"]
+    lines = shown.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Fine-tuning (a probe's head" in line)
+    panel = lines[start : next(i for i in range(start, len(lines)) if line_ends(lines[i]))]
     for field in ("epochs", "lr", "optimizer", "schedule", "early_stopping", "warmup_epochs"):
-        assert f"{finetune[field]} (fine-tuning only; a probe's head is fitted by L-BFGS)" in shown
+        flag = "--" + field.replace("_", "-")
+        row = next(line for line in panel if f"{flag} " in line)
+        assert f"Default: {finetune[field]}." in row, row
     assert "resnet18-frozen-sgd" in shown
     assert f"Default: {RunConfig.batch_size}." in shown
     for flag in ("--block-lr-scale", "--head-init", "--warmup-epochs"):
         assert flag in shown
+
+
+def line_ends(line: str) -> bool:
+    """The bottom of a rich panel."""
+    return line.startswith("╰")
