@@ -32,7 +32,7 @@ from annotate2model import doctor
 from annotate2model.cli.app import app
 from annotate2model.fsutil import TEMP_PREFIX, TEMP_SUFFIX, atomic_write, temp_writer_alive
 from annotate2model.labelstudio import connection
-from annotate2model.labelstudio.server import LocalServer
+from annotate2model.labelstudio.server import DEFAULT_PORT, LocalServer, port_is_free
 from annotate2model.settings import Secret, Settings, load_settings
 from annotate2model.store import Store
 from annotate2model.store.blobs import BlobStore
@@ -371,3 +371,23 @@ def test_connect_reads_the_token_from_stdin(
     cli.invoke(app, ["connect", "http://127.0.0.1:9"])
     cli.invoke(app, ["connect", "http://127.0.0.1:9", "--token", "t"])
     assert seen[1:] == [Secret("from-env"), Secret("t")]
+
+
+def test_without_a_port_asked_the_last_one_is_kept_while_it_is_free(tmp_path: Path) -> None:
+    """`studio up` with no --port comes back where it was (8081 stays 8081 though 8080 is free):
+    the URL saved in a2m.toml and the tab links made with it keep working."""
+    server = LocalServer(tmp_path / "labelstudio")
+    # Never started: Label Studio's own 8080 when it is free.
+    port, moved = server.pick_port(None)
+    assert (port, moved) == (DEFAULT_PORT, None) or moved == DEFAULT_PORT
+    server.root.mkdir()
+    with _held() as last_sock:
+        last = last_sock.getsockname()[1]
+    server.port_path.write_text(f"{last}\n")
+    assert server.pick_port(None) == (last, None)
+    with _held() as last_sock:
+        last = last_sock.getsockname()[1]
+        server.port_path.write_text(f"{last}\n")
+        port, moved = server.pick_port(None)
+        assert moved == last and port != last
+        assert port == DEFAULT_PORT or not port_is_free(DEFAULT_PORT)

@@ -59,9 +59,14 @@ LABELS_AS: dict[LabelsAsChoice, LabelsAs] = {
 @studio_app.command("up")
 def up_cmd(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (a free one if busy).")] = (
-        DEFAULT_PORT
-    ),
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Port on 127.0.0.1. Default: the last one used, else {DEFAULT_PORT}; a free one "
+            "if busy.",
+            show_default=False,
+        ),
+    ] = None,
     files_root: Annotated[
         Path | None,
         typer.Option(
@@ -84,6 +89,11 @@ def up_cmd(
         console.print(f"Note: {up.note}.")
     if up.moved_from is not None:
         console.print(f"Port {up.moved_from} is busy; using {up.port} instead.")
+    if up.moved_url is not None:
+        console.print(
+            f"[yellow]Label Studio moved:[/] it was at {up.moved_url}, now {up.url} (saved in "
+            "a2m.toml). Links to the old address, such as earlier review tab URLs, no longer work."
+        )
     if up.files_root_not_applied is not None:
         console.print(
             f"Note: the running server reads files from {up.files_root or 'nowhere'}; "

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio.client import LabelStudioClient, ProjectInfo, token_kind
 from annotate2model.labelstudio.config import build_label_config, parse_label_config
-from annotate2model.labelstudio.server import DEFAULT_PORT, LocalServer, check_files_root
+from annotate2model.labelstudio.server import LocalServer, check_files_root
 from annotate2model.progress import Progress
 from annotate2model.settings import Secret, Settings
 from annotate2model.workspace import Workspace
@@ -93,12 +93,15 @@ class StudioUp:
     # or the saved one is not on this server; then `project_not_here` names it).
     project: ProjectInfo | None = None
     project_not_here: int | None = None
+    # The URL saved before, when the server now answers at another one (links to it, such as
+    # an earlier review tab's, no longer work).
+    moved_url: str | None = None
 
 
 def studio_up(
     workspace: Workspace,
     *,
-    port: int = DEFAULT_PORT,
+    port: int | None = None,
     files_root: Path | None = None,
     progress: Progress | None = None,
 ) -> StudioUp:
@@ -118,6 +121,7 @@ def studio_up(
     if LOCAL_TOKEN_SECRET not in stored:
         workspace.write_secret(LOCAL_TOKEN_SECRET, token)
     server = local_server(workspace)
+    saved_url = workspace.read_config().get(SECTION, {}).get("url")
     before = server.status()
     started = server.start(
         username=ADMIN_EMAIL,
@@ -148,7 +152,14 @@ def studio_up(
         note=before.note,
         project=project,
         project_not_here=not_here,
+        moved_url=str(saved_url) if _local_moved(saved_url, started.url) else None,
     )
+
+
+def _local_moved(saved: object, now: str) -> bool:
+    """Whether the saved URL was this machine's (an earlier local server's) and differs now."""
+    host = urlsplit(str(saved or "")).hostname
+    return bool(saved) and host in ("127.0.0.1", "localhost") and str(saved) != now
 
 
 def _saved_project(

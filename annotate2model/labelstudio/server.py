@@ -233,16 +233,20 @@ class LocalServer:
             return None
         return port if 0 < port < 65536 else None
 
-    def pick_port(self, asked: int) -> tuple[int, int | None]:
-        """The port to start on, and `asked` when it was busy: `asked` if free, else the port of
-        the last start if free (the URL saved in a2m.toml and open in the browser stays right),
-        else any free one."""
-        if port_is_free(asked):
-            return asked, None
+    def pick_port(self, asked: int | None) -> tuple[int, int | None]:
+        """The port to start on, and the one wanted when it was busy.
+
+        `asked` None: the port of the last start (the URL saved in a2m.toml and open in the
+        browser stays right), else DEFAULT_PORT. A busy wanted port gives way to the last one,
+        then DEFAULT_PORT, then any free one."""
         last = self.last_port()
-        if last is not None and last != asked and port_is_free(last):
-            return last, asked
-        return free_port(), asked
+        wanted = asked if asked is not None else (last or DEFAULT_PORT)
+        if port_is_free(wanted):
+            return wanted, None
+        for other in (last, DEFAULT_PORT):
+            if other is not None and other != wanted and port_is_free(other):
+                return other, wanted
+        return free_port(), wanted
 
     def _read_pid_file(self) -> dict[str, object] | None:
         try:
@@ -284,12 +288,13 @@ class LocalServer:
         username: str,
         password: str,
         token: str,
-        port: int = DEFAULT_PORT,
+        port: int | None = None,
         files_root: Path | None = None,
         progress: Progress | None = None,
         timeout: float | None = None,
     ) -> StartResult:
         """Start the server (a no-op when it already runs) and wait until it answers /health.
+        `port` None: the last start's port, else DEFAULT_PORT (see pick_port).
 
         `files_root`: the one folder whose files (and sub-folders) Label Studio may serve as Local
         Files; it must not hold this server's own data. None: Local Files serving is off.
@@ -344,8 +349,7 @@ class LocalServer:
         finally:
             log.close()
         progress.begin(
-            "Starting Label Studio"
-            + (" (first start sets up its database, ~30 s)" if first else "")
+            "Starting Label Studio" + (" (the first start sets up its database)" if first else "")
         )
         try:
             actual = self._wait_ready(process, offset, port, timeout, progress)

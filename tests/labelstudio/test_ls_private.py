@@ -89,6 +89,21 @@ def test_studio_up_keeps_its_data_private_and_its_port(
             assert others == [ws.config_path]
         code, out, err = run_cli(cli, "connect", "--json")
         assert code == 0, err
+
+        # With no --port it comes back on its last port; that one taken, it says it moved.
+        code, out, _ = run_cli(cli, "studio", "down")
+        assert code == 0 and "Stopped" in out
+        with socket.socket() as taken:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            code, out, err = run_cli(cli, "studio", "up")
+        assert code == 0, err
+        now = ws.read_config()["labelstudio"]["url"]
+        assert now != f"http://127.0.0.1:{port}"
+        said = " ".join(out.split())
+        assert f"Label Studio moved: it was at http://127.0.0.1:{port}, now {now}" in said
+        assert "no longer work" in said
     finally:
         busy.close()
         run_cli(cli, "studio", "down")
