@@ -24,7 +24,9 @@ from annotate2model.cli.render import (
     print_json,
     score,
 )
+from annotate2model.errors import NotFoundError
 from annotate2model.judging.records import Comparison, LearningCurve
+from annotate2model.store import Store
 
 app = typer.Typer()
 
@@ -78,9 +80,12 @@ def compare_cmd(
     if shared and test_of is not None:
         raise typer.BadParameter("give --test-of or --shared, not both.")
     store = state(ctx).store()
+    numbers = parse_ids(versions, "version")
+    if runs is None:
+        _check_versions_exist(store, numbers)
     result = compare(
         store,
-        versions=parse_ids(versions, "version"),
+        versions=numbers,
         runs=parse_ids(runs, "run"),
         test_of=test_of,
         shared=shared,
@@ -98,6 +103,31 @@ def compare_cmd(
     _print_comparison(result)
     for path in written:
         console.print(f"Plot: {path}")
+
+
+# The first steps of an empty workspace, for a hint that leads to the one that works first.
+FIRST_VERSION = "make one with `a2m import-folder DIR` or `a2m sync`, then `a2m train`."
+
+
+def _check_versions_exist(store: Store, numbers: list[int] | None) -> None:
+    """Refuse a comparison of versions that do not exist with a hint that can be followed: a
+    hint to train on a missing version would only fail again."""
+    from annotate2model.store import versions as store_versions
+
+    with store.read() as session:
+        known = [v.number for v in store_versions.list_versions(session)]
+    if not known:
+        raise NotFoundError(
+            "the store holds no dataset version yet: nothing to compare.", hint=FIRST_VERSION
+        )
+    missing = [n for n in numbers or [] if n not in known]
+    if missing:
+        names = " or ".join(map(str, missing))
+        raise NotFoundError(
+            f"there is no dataset version {names} (versions: {', '.join(map(str, known))}).",
+            hint="compare versions that exist, or make a new one with `a2m import-folder DIR` or "
+            "`a2m sync`.",
+        )
 
 
 def _compare_plots(out: Path, result: Comparison) -> list[Path]:
