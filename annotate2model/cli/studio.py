@@ -295,6 +295,17 @@ def collect_cmd(
     )
     for rel, reason in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(rel)}: {escape(reason)}", highlight=False)
+    if result.outside_label_folders:
+        loose = result.outside_label_folders
+        shown, more = loose[:10], len(loose) - 10
+        console.print(
+            f"[yellow]{len(loose)} image(s) at the top of {escape(str(folder))}[/] are in no "
+            "label folder and were added unlabeled: "
+            + escape(", ".join(shown))
+            + (f" and {more} more" if more > 0 else "")
+            + ".",
+            highlight=False,
+        )
     if local.same_server and result.mode == "upload" and result.tasks_created:
         console.print(
             "Tip: `a2m studio down && a2m studio up --files-root DIR` lets Label Studio read "

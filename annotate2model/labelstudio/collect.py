@@ -38,6 +38,9 @@ class CollectResult:
     already_in_project: int = 0
     # (relative path, reason) for each file that did not become a task.
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # With labels from folders: images at the top of the folder (no folder names a label),
+    # added unlabeled.
+    outside_label_folders: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ def collect_folder(
             result.skipped.append(
                 (f.rel, f"folder label {f.label!r} is not in the labeling config; added unlabeled")
             )
+    if labels_from_folders:
+        result.outside_label_folders = sorted(f.rel for f in files if "/" not in f.rel)
     if not files:
         return result
 

@@ -1,9 +1,11 @@
-"""Reasons printed by `a2m sync` and `a2m collect` are text, not Rich markup: "raise [images]
-max_pixels" reaches the user whole (Rich took "[images]" for a style and dropped it)."""
+"""What `a2m sync` and `a2m collect` say of files they could not use as asked: reasons are text,
+not Rich markup ("raise [images] max_pixels" reaches the user whole; Rich took "[images]" for a
+style and dropped it), and images that no label folder holds are counted and named."""
 
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from PIL import Image
@@ -48,6 +50,13 @@ def test_a_too_large_image_names_the_setting_whole(
 
     folder = make_image_folder(workspace.root.parent / "photos", {"ant": 1})
     Image.new("RGB", (300, 300)).save(folder / "ant" / "large.png")
+    Image.new("RGB", (20, 20), "red").save(folder / "loose.png")  # in no label folder
+    code, out, err = run_cli(cli, "collect", str(folder), "--labels-from-folders", "--json")
+    assert code == 0, err
+    assert json.loads(out)["outside_label_folders"] == ["loose.png"]
+    Image.new("RGB", (20, 20), "blue").save(folder / "loose2.png")
     code, out, err = run_cli(cli, "collect", str(folder), "--labels-from-folders")
     assert code == 0, err
-    assert "large.png" in out and HINT in " ".join(out.split()), out
+    said = " ".join(out.split())
+    assert "large.png" in out and HINT in said, out
+    assert "1 image(s) at the top of" in said and "added unlabeled: loose2.png." in said, out
