@@ -209,10 +209,17 @@ def is_local_server(settings: Settings) -> bool:
 
 
 def project_id(settings: Settings) -> int:
-    """The configured project; NotConnected when none is chosen."""
-    if settings.labelstudio.project_id is None:
+    """The configured project; NotConnected when none is chosen, or when the server or its
+    token is missing too (their hint is the step that works first: a project is chosen on a
+    server)."""
+    ls = settings.labelstudio
+    if ls.project_id is None:
+        if not ls.url:
+            raise NotConnected("no Label Studio is connected.", "url")
+        if ls.token is None:
+            raise NotConnected("no Label Studio token is configured.", "token")
         raise NotConnected("no Label Studio project is chosen.", "project")
-    return settings.labelstudio.project_id
+    return ls.project_id
 
 
 @dataclass(frozen=True)

@@ -84,4 +84,4 @@ def test_label_studio_stores_the_backends_predictions(
 def test_connect_backend_without_a_connection_says_what_to_do(trained: Trained) -> None:
     proc = a2m(trained.root, "connect-backend", check=False)
     assert proc.returncode == 1
-    assert "no Label Studio project is chosen" in proc.stderr and "a2m connect" in proc.stderr
+    assert "no Label Studio is connected" in proc.stderr and "a2m studio up" in proc.stderr
