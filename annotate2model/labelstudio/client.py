@@ -85,9 +85,24 @@ class ServerUnreachable(LabelStudioError):
         self.why = why
 
 
+# What to do about a refused token: a new one, given without showing it on the command line.
+TOKEN_HINT = (
+    "create a Personal Access Token in Label Studio (Account & Settings) and run "
+    "`a2m connect --token -`; for this workspace's own Label Studio, `a2m studio up`."
+)
+# A 403: the token is good, its user may not do this.
+FORBIDDEN_HINT = (
+    "the token's user may lack access to this project: connect with a token of one of its "
+    "members (`a2m connect --token -`), or ask its owner to add the user."
+)
+
+
 class TokenRejected(LabelStudioError):
     """The server answered, and refused the token (wrong, expired, revoked, or of a kind it has
-    switched off); the message says which kind of token and why."""
+    switched off); the message says which kind of token and why, the hint how to get another."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or TOKEN_HINT)
 
 
 class LabelStudioClient:
@@ -265,7 +280,8 @@ class LabelStudioClient:
         raise LabelStudioError(
             f"Label Studio at {self.url} refused to {doing}: HTTP {response.status_code} "
             f"{_detail(response)}".rstrip(" .")
-            + "."
+            + ".",
+            hint=FORBIDDEN_HINT if response.status_code == 403 else None,
         )
 
     def json(self, method: str, path: str, doing: str, **kwargs: Any) -> Any:
