@@ -132,6 +132,16 @@ def learned_versions(run: RunRecord, by_id: dict[int, RunRecord]) -> set[int]:
     return out or {run.version}
 
 
+def _no_run(n: int) -> str:
+    """The two runs are "neither run"; three or more, "none of the 3 runs"."""
+    return "neither run" if n == 2 else f"none of the {n} runs"
+
+
+def _all_versions(n: int) -> str:
+    """Two versions are "both versions"; three or more, "all 3 versions"."""
+    return "both versions" if n == 2 else f"all {n} versions"
+
+
 def compare(
     store: Store,
     *,
@@ -199,7 +209,7 @@ def compare(
         }
         truth_items = {i.image_sha256: i for i in items[truth_version]}
         common = sorted(set(truth_items) - seen)
-        where = f"the images none of the {len(chosen)} runs trained on or chose its epoch on"
+        where = f"the images {_no_run(len(chosen))} trained on or chose its epoch on"
         if not common:
             raise TrainingError(
                 f"every image of version {truth_version} was trained on or used to choose an "
@@ -212,7 +222,7 @@ def compare(
             in_all &= {i.image_sha256 for i in items[n] if i.split == split}
         common = sorted(in_all)
         where = (
-            f"the {split} images all {len(numbers)} versions share"
+            f"the {split} images {_all_versions(len(numbers))} share"
             if len(numbers) > 1
             else f"version {truth_version}'s {split} split"
         )

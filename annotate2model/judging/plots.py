@@ -8,6 +8,7 @@ module: `a2m --help` and `a2m sync` do not pay for it. Figures are made through
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from annotate2model.judging.records import Comparison, LearningCurve
+    from annotate2model.judging.records import CompareRow, Comparison, LearningCurve
 
 WIDTH = 800
 HEIGHT = 500
@@ -27,6 +28,10 @@ DPI = 100
 
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#ff7f0e"
+
+# Fewer points than this say more as a table than as a plot: the reports draw none (see the
+# *_points functions, which count what a plot would hold).
+MIN_POINTS = 3
 
 
 def _figure(columns: int = 1) -> tuple[Figure, list[Axes]]:
@@ -72,6 +77,19 @@ def _no_data(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
+def history_points(history: Sequence[dict[str, Any]]) -> int:
+    """How many epochs (a probe: fits) the history plot would show."""
+    return max((len(_series(history, f"{s}_{m}")[0]) for s in ("train", "val")
+                for m in ("loss", "accuracy")), default=0)  # fmt: skip
+
+
+def _fit_accuracy_axis(ax: Axes) -> None:
+    """The accuracy axis fitted to what is drawn (points and their intervals, which autoscaling
+    takes in), with a little room, and never past what accuracy can be."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, -0.02), min(high, 1.02))
+
+
 def history_plot(history: Sequence[dict[str, Any]], path: Path) -> Path:
     """Loss (left) and accuracy (right) per epoch, train and val."""
     fig, (loss_ax, acc_ax) = _figure(2)
@@ -91,7 +109,7 @@ def history_plot(history: Sequence[dict[str, Any]], path: Path) -> Path:
             ax.legend()
         else:
             _no_data(ax, "no epochs recorded")
-    acc_ax.set_ylim(-0.02, 1.02)
+    _fit_accuracy_axis(acc_ax)
     return _save(fig, path)
 
 
@@ -142,14 +160,25 @@ def _run_label(run: int, version: int) -> str:
     return f"run {run} (v{version})"
 
 
-def _accuracy_against(comparison: Comparison, axis: str, path: Path) -> Path:
-    fig, (ax,) = _figure()
+def _points(comparison: Comparison, axis: str) -> list[tuple[float, CompareRow]]:
     points = []
     for row in comparison.rows:
         x = row.counts.get("train") if axis == "images" else row.wall_seconds
         if x is not None:
             points.append((float(x), row))
     points.sort(key=lambda p: p[0])
+    return points
+
+
+def comparison_points(comparison: Comparison, axis: str) -> int:
+    """How many places the accuracy plot against `axis` ("images" or "time") would mark: runs
+    trained on as many images fall on one another."""
+    return len({x for x, _ in _points(comparison, axis)})
+
+
+def _accuracy_against(comparison: Comparison, axis: str, path: Path) -> Path:
+    fig, (ax,) = _figure()
+    points = _points(comparison, axis)
     if not points:
         _no_data(ax, "no run has this figure")
     else:
@@ -160,24 +189,26 @@ def _accuracy_against(comparison: Comparison, axis: str, path: Path) -> Path:
         # Versions grow in images, so a line reads as a trend; in time, runs are just points.
         fmt = "o-" if axis == "images" else "o"
         ax.errorbar(xs, ys, yerr=[below, above], fmt=fmt, capsize=5, color=TRAIN_COLOR)
-        # Room for the run names written right of the last point.
-        ax.margins(x=0.12)
-        for x, r in points:
+        # Room for the run names written beside the points.
+        ax.margins(x=0.12, y=0.08)
+        for k, (x, r) in enumerate(points):
+            # Names alternate above and below their point, so close neighbours do not overprint.
             ax.annotate(
                 _run_label(r.run, r.version),
                 (x, r.accuracy),
                 textcoords="offset points",
-                xytext=(6, 6),
+                xytext=(6, 6 if k % 2 == 0 else -14),
                 fontsize=9,
+                annotation_clip=False,
             )
         level = round(points[0][1].interval.level * 100)
         ax.set_ylabel(f"accuracy ({level}% interval)")
+        _fit_accuracy_axis(ax)
     ax.set_xlabel("training images" if axis == "images" else "training wall time (s)")
     if axis == "images":
         ax.xaxis.set_major_locator(_integer_ticks())
     test = comparison.test_set
     ax.set_title(f"Accuracy on the common test set ({len(test.images)} images)")
-    ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -190,6 +221,11 @@ def accuracy_vs_images_plot(comparison: Comparison, path: Path) -> Path:
 def accuracy_vs_time_plot(comparison: Comparison, path: Path) -> Path:
     """Accuracy on the common test images, with its interval, against training wall time."""
     return _accuracy_against(comparison, "time", path)
+
+
+def curve_points(curve: LearningCurve) -> int:
+    """How many training-subset sizes the learning-curve plot would show."""
+    return len({s.train_images for s in curve.summary})
 
 
 def learning_curve_plot(curve: LearningCurve, path: Path) -> Path:
@@ -219,11 +255,15 @@ def learning_curve_plot(curve: LearningCurve, path: Path) -> Path:
                 label="each repeat",
                 zorder=3,
             )
-        ax.legend(loc="lower right")
+        # Wherever it hides the fewest points: a fixed corner can cover the curve's last one.
+        ax.legend(loc="best")
     ax.set_xlabel("training images")
     ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("accuracy")
-    ax.set_title(_plain(f"Learning curve of version {curve.version} on {curve.test_description}"))
-    ax.set_ylim(-0.02, 1.02)
+    # Wrapped: a long test description would run past the figure's edges.
+    title = f"Learning curve of version {curve.version} on {curve.test_description}"
+    ax.set_title(_plain(textwrap.fill(title, 70)))
+    if summary:
+        _fit_accuracy_axis(ax)
     ax.grid(alpha=0.3)
     return _save(fig, path)

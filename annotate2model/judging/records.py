@@ -77,7 +77,7 @@ class PairTest:
 class CommonTestSet:
     """The images every compared run is judged on."""
 
-    # "the images none of the 2 runs trained on or chose its epoch on (27 images, ...)", or with
+    # "the images neither run trained on or chose its epoch on (27 images, ...)", or with
     # `shared`, "the test images all 3 versions share (...)", or "version 4's test split (...)".
     description: str
     # The version whose labels are the truth (the newest compared, or the pinned one).

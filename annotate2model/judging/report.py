@@ -11,8 +11,9 @@ Reads the run from the ledger and image bytes from the blobs; never imports torc
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -63,7 +64,10 @@ h1 { margin-bottom: 0.2em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 .scroll { overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+td { overflow-wrap: anywhere; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+caption { caption-side: top; text-align: left; color: #555; padding: 0 0 0.4em; }
 thead th { background: #f0f3f7; }
 table.confusion td.diag { background: #e3f1e3; font-weight: bold; }
 table.confusion td.off { background: #fbe9e7; }
@@ -126,8 +130,10 @@ def _table(
     id: str | None = None,
     numeric: Sequence[int] = (),
     cls: str | None = None,
+    caption: str = "",
 ) -> str:
-    """A table of already-escaped cells; `numeric`: column indexes aligned right."""
+    """A table of already-escaped cells; `numeric`: column indexes aligned right; `caption`
+    (escaped HTML): what the table's rows share, said once above it."""
     attrs = (f' id="{_e(id)}"' if id else "") + (f' class="{_e(cls)}"' if cls else "")
     head = "".join(
         f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>"
@@ -143,15 +149,19 @@ def _table(
         for cells in rows
     ]
     return (
-        f'<div class="scroll"><table{attrs}><thead><tr>{head}</tr></thead>'
+        f'<div class="scroll"><table{attrs}>'
+        + (f"<caption>{caption}</caption>" if caption else "")
+        + f"<thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
-def _png(path: Path, alt: str, id: str) -> str:
+def _png(path: Path, alt: str, id: str, points: int | None = None) -> str:
+    """The plot inline; `points`: how many it marks (data-points, for whoever checks the page)."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
+    count = f' data-points="{points}"' if points is not None else ""
     return (
-        f'<img class="plot" id="{_e(id)}" alt="{_e(alt)}" width="{plots.WIDTH}" '
+        f'<img class="plot" id="{_e(id)}"{count} alt="{_e(alt)}" width="{plots.WIDTH}" '
         f'height="{plots.HEIGHT}" src="data:image/png;base64,{data}">'
     )
 
@@ -274,8 +284,71 @@ def _config_rows(run: RunRecord) -> list[tuple[str, str]]:
         ("val accuracy", _num(m.get("val_accuracy"))),
         ("test accuracy", _num(m.get("test_accuracy"))),
     ]
-    rows += [(key, _config_value(value)) for key, value in sorted(run.config.items())]
+    probe = run.config.get("mode") == "probe"
+    for key, value in sorted(run.config.items()):
+        if (probe and key in FINETUNE_ONLY) or value in (None, "", {}, []):
+            continue
+        if key == "rotation" and probe and run.config.get("views", 1) == 1:
+            continue  # a probe rotates only its augmented extra views
+        shown = _weights_meaning(run.config) if key == "weights" else _config_value(value)
+        rows.append((key, shown))
     return rows
+
+
+# Settings a probe never reads: its head is a logistic regression fitted by L-BFGS on cached
+# features (training/fit/head.py), with no optimiser, schedule, epochs or augmentation of its own
+# (a probe's extra `views` are its augmentation). Its report leaves them out.
+FINETUNE_ONLY = frozenset(
+    {
+        "unfreeze",
+        "optimizer",
+        "schedule",
+        "epochs",
+        "batch_size",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "label_smoothing",
+        "early_stopping",
+        "block_lr_scale",
+        "warmup_epochs",
+        "head_init",
+        "augment",
+    }
+)
+
+
+def _ignored_settings(run: RunRecord) -> str:
+    """A probe's fine-tuning-only settings that were given a value of their own (unused)."""
+    if run.config.get("mode") != "probe":
+        return ""
+    from annotate2model.training.config import RunConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    given = [
+        f"{key}={_config_value(value)}"
+        for key, value in sorted(run.config.items())
+        if key in FINETUNE_ONLY and key != "augment" and value != defaults.get(key, value)
+    ]
+    if not given:
+        return ""
+    return (
+        '<p class="more" id="ignored-settings">Set, but a probe does not use them: '
+        f"{_e(', '.join(given))}.</p>"
+    )
+
+
+def _weights_meaning(config: dict[str, Any]) -> str:
+    """The weights setting with what it means: "none" alone reads like a missing value."""
+    weights = str(config.get("weights", "-"))
+    if weights == "none":
+        return (
+            f"none: random initial weights (seed {config.get('seed', 0)}), nothing pretrained; "
+            "expect far lower accuracy than from pretrained weights"
+        )
+    if weights == "imagenet":
+        return "imagenet: torchvision's ImageNet-pretrained weights"
+    return f"{weights}: a state dict file of pretrained weights"
 
 
 def _model(run: RunRecord) -> str:
@@ -283,7 +356,16 @@ def _model(run: RunRecord) -> str:
     if run.kind == "ensemble":
         members = ", ".join(str(m) for m in c.get("members", []))
         return f"An ensemble of runs {members} (their probabilities averaged)"
-    return f"A {c.get('backbone', '-')} {c.get('mode', '-')} run"
+    mode = c.get("mode", "-")
+    what = {
+        "probe": "probe run (a linear head on frozen features)",
+        "finetune": "fine-tuning run",
+    }.get(mode, f"{mode} run")
+    weights = c.get("weights")
+    start = {"none": " from random weights", "imagenet": " from ImageNet weights"}.get(
+        str(weights), " from a weights file" if weights else ""
+    )
+    return f"A {c.get('backbone', '-')} {what}{start}"
 
 
 def _config_value(value: Any) -> str:
@@ -343,7 +425,14 @@ def _confusion_table(split: str, labels: Sequence[str], matrix: Sequence[Sequenc
 _SPLIT_NAMES = {"train": "Training", "val": "Validation", "test": "Test"}
 
 
-def _split_section(split: str, m: dict[str, Any], labels: Sequence[str]) -> str:
+# Up to this many classes the confusion matrix is a table (exact counts, readable); beyond, a
+# plot (a table that wide is not read). Either way the page shows each split's matrix once.
+CONFUSION_TABLE_MAX = 12
+
+
+def _split_section(
+    split: str, m: dict[str, Any], labels: Sequence[str], plot: Path | None = None
+) -> str:
     macro = m.get("macro") or {}
     top = ", ".join(f"{k} {_num(v)}" for k, v in (m.get("top_k") or {}).items())
     summary = (
@@ -359,7 +448,9 @@ def _split_section(split: str, m: dict[str, Any], labels: Sequence[str]) -> str:
             "<h3>Per class</h3>",
             _per_class_table(split, m),
             "<h3>Confusion matrix (rows: true label, columns: predicted)</h3>",
-            _confusion_table(split, labels, matrix),
+            _png(plot, f"confusion matrix of the {split} split", "confusion-plot")
+            if plot is not None
+            else _confusion_table(split, labels, matrix),
             "</section>",
         ]
     )
@@ -441,14 +532,18 @@ def run_report(
     # The confusion plot shows the test split where there is one (validation picks the model).
     judged = "test" if "test" in splits else ("val" if "val" in splits else None)
     written: dict[str, Path] = {}
-    if run.history:
+    # An ensemble trains nothing itself (no epochs), and under MIN_POINTS epochs the table says
+    # it better: no plot then, and none left from an earlier page.
+    if plots.history_points(run.history) >= plots.MIN_POINTS:
         written["history"] = plots.history_plot(run.history, _plot_path(out, "history"))
     else:
-        # An ensemble trains nothing itself: no epochs, and no plot left from an earlier page.
         _plot_path(out, "history").unlink(missing_ok=True)
-    if judged is not None:
+    # The judged split's confusion matrix as a plot only where a table would be too wide.
+    if judged is not None and len(labels) > CONFUSION_TABLE_MAX:
         matrix = splits[judged].get("confusion") or []
         written["confusion"] = plots.confusion_plot(labels, matrix, _plot_path(out, "confusion"))
+    else:
+        _plot_path(out, "confusion").unlink(missing_ok=True)
 
     title = f"Run {run.id} on version {run.version}"
     body = [
@@ -461,25 +556,30 @@ def run_report(
             ([_e(k), _e(v)] for k, v in _config_rows(run)),
             id="config",
         ),
+        _ignored_settings(run),
         "</section>",
     ]
-    if "history" in written:
+    if run.history:
+        probe = any("C" in row for row in run.history)
+        per = "per fit of the head (one per regularisation strength C)" if probe else "per epoch"
         body += [
-            '<section id="history"><h2>Loss and accuracy per epoch</h2>',
-            _png(written["history"], "loss and accuracy per epoch", "history-plot"),
+            f'<section id="history"><h2>Loss and accuracy {per}</h2>',
+            _png(
+                written["history"],
+                f"loss and accuracy {per}",
+                "history-plot",
+                plots.history_points(run.history),
+            )
+            if "history" in written
+            else "",
             _history_table(run.history),
             "</section>",
         ]
-    if judged is not None:
-        body.append(
-            f'<section id="confusion"><h2>Confusion matrix, '
-            f"{_SPLIT_NAMES[judged].lower()} split</h2>"
-            + _png(
-                written["confusion"], f"confusion matrix of the {judged} split", "confusion-plot"
-            )
-            + "</section>"
-        )
-    body += [_split_section(s, splits[s], labels) for s in ("test", "val", "train") if s in splits]
+    body += [
+        _split_section(s, splits[s], labels, written.get("confusion") if s == judged else None)
+        for s in ("test", "val", "train")
+        if s in splits
+    ]
     body.append(_evaluations_section(data.evaluations))
     body.append(_gallery(data, labels, ctx, gallery_limit))
     return ReportFiles(html=_write(out, _page(title, body)), plots=written)
@@ -498,42 +598,61 @@ def _weights(weights: str) -> str:
     return f'<span title="{_e(weights)}">{_e(name)}</span>' if name != weights else _e(weights)
 
 
+def _weights_note(weights: str) -> str:
+    """What a weights value means, for the comparison's caption ("" for a file: its name says)."""
+    return {
+        "none": "none: random initial weights, nothing pretrained",
+        "imagenet": "imagenet: torchvision's ImageNet-pretrained weights",
+    }.get(weights, "")
+
+
 def _compare_table(comparison: Comparison) -> str:
-    rows = []
-    for r in comparison.rows:
-        balance = ", ".join(f"{_e(k)} {v}" for k, v in r.balance.items())
-        rows.append(
-            [
-                str(r.run),
-                str(r.version),
-                "/".join(str(r.counts.get(s, 0)) for s in ("train", "val", "test")),
-                balance,
-                _e(f"{r.backbone} {r.mode}"),
-                _weights(r.weights),
-                _num(r.val_accuracy),
-                _interval(r),
-                _num(r.macro_f1),
-                _num(r.wall_seconds, 1),
-                _num(r.images_per_second, 0),
-                _e(r.device or "-"),
-            ]
-        )
-    level = round(comparison.rows[0].interval.level * 100) if comparison.rows else 95
-    headers = [
-        "run",
-        "version",
-        "train/val/test",
-        "training images per class",
-        "model",
-        "weights",
-        "own val accuracy",
-        f"accuracy on common test [{level}% interval]",
-        "macro F1",
-        "wall time (s)",
-        "images/s",
-        "device",
+    """The runs, a row each. A column every row holds the same value in (the model, the weights,
+    the device, often) moves into the caption: twelve columns at 1100 px wrap every header."""
+    rows = comparison.rows
+    level = round(rows[0].interval.level * 100) if rows else 95
+    # (header, cells, numeric, may move to the caption)
+    columns: list[tuple[str, list[str], bool, bool]] = [
+        ("run", [str(r.run) for r in rows], True, False),
+        ("version", [str(r.version) for r in rows], True, True),
+        (
+            "train/val/test",
+            ["/".join(str(r.counts.get(s, 0)) for s in ("train", "val", "test")) for r in rows],
+            False,
+            False,
+        ),
+        (
+            "training images per class",
+            ["<br>".join(f"{_e(k)}: {v}" for k, v in r.balance.items()) for r in rows],
+            False,
+            False,
+        ),
+        ("model", [_e(f"{r.backbone} {r.mode}") for r in rows], False, True),
+        ("weights", [_weights(r.weights) for r in rows], False, True),
+        ("val accuracy", [_num(r.val_accuracy) for r in rows], True, False),
+        (f"test accuracy [{level}% interval]", [_interval(r) for r in rows], True, False),
+        ("macro F1", [_num(r.macro_f1) for r in rows], True, False),
+        ("wall time (s)", [_num(r.wall_seconds, 1) for r in rows], True, False),
+        ("images/s", [_num(r.images_per_second, 0) for r in rows], True, False),
+        ("device", [_e(r.device or "-") for r in rows], False, True),
     ]
-    return _table(headers, rows, id="comparison", numeric=(0, 1, 6, 7, 8, 9, 10))
+    shared = [c for c in columns if c[3] and len(rows) > 1 and len(set(c[1])) == 1]
+    kept = [c for c in columns if c not in shared]
+    said = [f"{header} {cells[0]}" for header, cells, _, _ in shared]
+    notes = sorted({n for r in rows if (n := _weights_note(r.weights))})
+    caption = (
+        (f"All {len(rows)} runs: {'; '.join(said)}. " if said else "")
+        + "Val accuracy: on each run's own validation split. Test accuracy: on the common "
+        f"test images, with its {level}% interval; macro F1 on them too."
+        + (f" Weights {'; '.join(_e(n) for n in notes)}." if notes else "")
+    )
+    return _table(
+        [header for header, _, _, _ in kept],
+        [[cells[i] for _, cells, _, _ in kept] for i in range(len(rows))],
+        id="comparison",
+        numeric=[k for k, c in enumerate(kept) if c[2]],
+        caption=caption,
+    )
 
 
 def _per_class_runs(comparison: Comparison) -> str:
@@ -604,7 +723,7 @@ def _pair_section(pair: PairTest, index: int, ctx: RunContext | None, limit: int
     )
 
 
-def _curve_section(curve: LearningCurve, plot: Path) -> str:
+def _curve_section(curve: LearningCurve, plot: Path | None) -> str:
     rows = [
         [_num(s.fraction, 2), str(s.train_images), _num(s.mean), _num(s.std), _num(s.low),
          _num(s.high)]
@@ -616,7 +735,14 @@ def _curve_section(curve: LearningCurve, plot: Path) -> str:
             f"<h2>Learning curve of version {curve.version}</h2>",
             f'<p class="lead">On {_e(curve.test_description)}.</p>',
             f'<p class="sentence" id="curve-verdict"><b>{_e(curve.verdict)}</b></p>',
-            _png(plot, f"learning curve of version {curve.version}", "learning-curve-plot"),
+            _png(
+                plot,
+                f"learning curve of version {curve.version}",
+                "learning-curve-plot",
+                plots.curve_points(curve),
+            )
+            if plot is not None
+            else "",
             _table(
                 ["fraction", "training images", "mean accuracy", "std", "low", "high"],
                 rows,
@@ -640,18 +766,29 @@ def compare_report(
     its plots beside it. `context` finds the images for thumbnails (without it: names only)."""
     if not comparison.rows:
         raise InputError("the comparison has no runs to report.")
-    written = {
-        "accuracy_vs_images": plots.accuracy_vs_images_plot(
-            comparison, _plot_path(out, "accuracy_vs_images")
+    # A plot of fewer than MIN_POINTS points says less than the table beside it: none is drawn
+    # then (and none is left from an earlier page).
+    written: dict[str, Path] = {}
+    wanted: dict[str, tuple[int, Callable[[Path], Path]]] = {
+        "accuracy_vs_images": (
+            plots.comparison_points(comparison, "images"),
+            lambda path: plots.accuracy_vs_images_plot(comparison, path),
         ),
-        "accuracy_vs_time": plots.accuracy_vs_time_plot(
-            comparison, _plot_path(out, "accuracy_vs_time")
+        "accuracy_vs_time": (
+            plots.comparison_points(comparison, "time"),
+            lambda path: plots.accuracy_vs_time_plot(comparison, path),
         ),
     }
     if curve is not None:
-        written["learning_curve"] = plots.learning_curve_plot(
-            curve, _plot_path(out, "learning_curve")
+        wanted["learning_curve"] = (
+            plots.curve_points(curve),
+            lambda path: plots.learning_curve_plot(curve, path),
         )
+    for name, (points, draw) in wanted.items():
+        if points >= plots.MIN_POINTS:
+            written[name] = draw(_plot_path(out, name))
+        else:
+            _plot_path(out, name).unlink(missing_ok=True)
     runs = ", ".join(f"{r.run} (v{r.version})" for r in comparison.rows)
     title = f"Comparison of runs {runs}"
     test = comparison.test_set
@@ -678,12 +815,20 @@ def compare_report(
             _pair_section(p, i, context, gallery_limit) for i, p in enumerate(comparison.pairs)
         ]
         body.append("</section>")
-    body += [
-        '<section id="plots"><h2>Accuracy against training images and time</h2>',
-        _png(written["accuracy_vs_images"], "accuracy against training images", "acc-images"),
-        _png(written["accuracy_vs_time"], "accuracy against training time", "acc-time"),
-        "</section>",
+    shown = [
+        _png(written[name], alt, id, wanted[name][0])
+        for name, alt, id in (
+            ("accuracy_vs_images", "accuracy against training images", "acc-images"),
+            ("accuracy_vs_time", "accuracy against training time", "acc-time"),
+        )
+        if name in written
     ]
+    if shown:
+        body += [
+            '<section id="plots"><h2>Accuracy against training images and time</h2>',
+            *shown,
+            "</section>",
+        ]
     if curve is not None:
-        body.append(_curve_section(curve, written["learning_curve"]))
+        body.append(_curve_section(curve, written.get("learning_curve")))
     return ReportFiles(html=_write(out, _page(title, body)), plots=written)

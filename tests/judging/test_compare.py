@@ -207,7 +207,7 @@ def test_cli_compare_table_json_csv(ws: Workspace2) -> None:
     # Hash splits: every test image of version 2 is unseen by both runs, not only the shared ones.
     n = len(_items(ws.store, 2, "test"))
     assert (
-        f"Judged on the images none of the 2 runs trained on or chose its epoch on ({n} images"
+        f"Judged on the images neither run trained on or chose its epoch on ({n} images"
         in " ".join(out.split())
     )
     assert "Training images per class: run" in out and "other " in out and "red " in out

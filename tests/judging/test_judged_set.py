@@ -106,7 +106,7 @@ def test_default_judges_every_image_no_run_learned_from(ws: Resplit) -> None:
     new = test3 - ws.split(1, "train", "val", "test")
     assert new and new <= set(expected) and len(expected) > len(shared)
     assert result.test_set.description.startswith(
-        f"the images none of the 2 runs trained on or chose its epoch on ({len(expected)} images"
+        f"the images neither run trained on or chose its epoch on ({len(expected)} images"
     )
     assert not any(" saw " in w for w in result.warnings)
     assert "images none of the runs trained on" in result.pairs[0].sentence
@@ -138,14 +138,14 @@ def test_cli_says_what_it_judged_on(ws: Resplit) -> None:
     code, out, err = run_cli(runner, "compare", "--runs", runs, "--no-plots")
     assert code == 0, err
     assert (
-        f"Judged on the images none of the 2 runs trained on or chose its epoch on ({n} images, "
+        f"Judged on the images neither run trained on or chose its epoch on ({n} images, "
         "labels of version 3)." in " ".join(out.split())
     )
     # Wilson's interval: even a perfect score keeps a lower end below 1.
     assert "(1.00-1.00)" not in out
     code, out, err = run_cli(runner, "compare", "--runs", runs, "--shared", "--no-plots")
     assert code == 0, err
-    assert "Judged on the test images all 2 versions share" in out
+    assert "Judged on the test images both versions share" in out
     code, _, err = run_cli(runner, "compare", "--runs", runs, "--shared", "--test-of", "3")
     assert code == 2 and "not both" in err
     code, _, err = run_cli(runner, "compare", "--runs", f"{ws.run3},{ws.ensemble}", "--no-plots")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -82,6 +83,11 @@ def sample_comparison(shas: list[str] | None = None) -> Comparison:
         predicted={3: labels, 4: labels},
         confidence={3: [0.9] * len(shas), 4: [0.8] * len(shas)},
     )
+
+
+def three_runs(comparison: Comparison) -> Comparison:
+    """`comparison` with a third run (version 3, more images, longer): enough points to plot."""
+    return replace(comparison, rows=[*comparison.rows, _row(5, 3, 300, 0.83, 30.0)])
 
 
 def sample_curve() -> LearningCurve:
@@ -173,3 +179,64 @@ def test_accuracy_plots(tmp_path: Path) -> None:
 
 def test_learning_curve_plot(tmp_path: Path) -> None:
     assert_png(plots.learning_curve_plot(sample_curve(), tmp_path / "curve.png"))
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures the plots save from now on (their axes to inspect), the files still written."""
+    figures: list[Any] = []
+    save = plots._save
+
+    def keep(fig: Any, path: Path) -> Path:
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_accuracy_axes_fit_the_points_and_their_intervals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accuracies near 0.77 get an axis around them (not 0 to 1), wide enough for every interval;
+    a time axis spans the times drawn."""
+    figures = _drawn(monkeypatch)
+    comparison = three_runs(sample_comparison())
+    rows = [replace(r, accuracy=a, interval=Interval(a - 0.03, a + 0.02))
+            for r, a in zip(comparison.rows, (0.765, 0.772, 0.78), strict=True)]  # fmt: skip
+    comparison = replace(comparison, rows=rows)
+    plots.accuracy_vs_images_plot(comparison, tmp_path / "images.png")
+    plots.accuracy_vs_time_plot(comparison, tmp_path / "time.png")
+    for fig, xs in zip(figures, ([87, 197, 300], [12.5, 21.0, 30.0]), strict=True):
+        (ax,) = fig.axes
+        low, high = ax.get_ylim()
+        assert low <= min(r.interval.low for r in rows) and high >= max(
+            r.interval.high for r in rows
+        )
+        assert high - low < 0.2, (low, high)
+        left, right = ax.get_xlim()
+        assert left < min(xs) and right > max(xs) and right - left < 2 * (max(xs) - min(xs))
+    # The learning curve and the history's accuracy: fitted too, never past 0 or 1.
+    plots.learning_curve_plot(sample_curve(), tmp_path / "curve.png")
+    low, high = figures[-1].axes[0].get_ylim()
+    assert 0.5 < low < 0.6 and 0.8 < high <= 1.02
+    plots.history_plot(HISTORY, tmp_path / "history.png")
+    low, high = figures[-1].axes[1].get_ylim()
+    assert 0.4 < low < 0.5 and 0.85 < high <= 1.02
+
+
+def test_what_each_plot_would_hold() -> None:
+    """The reports draw no plot of fewer than MIN_POINTS points: these count them."""
+    assert plots.MIN_POINTS == 3
+    comparison = sample_comparison()
+    assert plots.comparison_points(comparison, "images") == 2
+    assert plots.comparison_points(three_runs(comparison), "time") == 3
+    # Two runs on as many images are one place on the images axis.
+    same = replace(comparison, rows=[*comparison.rows, _row(5, 3, 197, 0.83, 30.0)])
+    assert plots.comparison_points(same, "images") == 2
+    assert plots.comparison_points(same, "time") == 3
+    untimed = replace(comparison.rows[0], wall_seconds=None)
+    assert plots.comparison_points(replace(comparison, rows=[untimed]), "time") == 0
+    assert plots.curve_points(sample_curve()) == 3
+    assert plots.history_points(HISTORY) == 3
+    assert plots.history_points(HISTORY[:2]) == 2
+    assert plots.history_points([]) == 0

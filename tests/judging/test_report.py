@@ -24,7 +24,13 @@ from annotate2model.store import runs as store_runs
 from annotate2model.store.imports import import_folder
 from annotate2model.training.context import RunContext
 from tests.conftest import make_image_folder, run_cli
-from tests.judging.test_plots import SIZE, assert_png, sample_comparison, sample_curve
+from tests.judging.test_plots import (
+    SIZE,
+    assert_png,
+    sample_comparison,
+    sample_curve,
+    three_runs,
+)
 from tests.training.conftest import make_split_folder
 
 # A label that is markup, shown as typed, never run (labels and file names are user input).
@@ -126,7 +132,8 @@ def test_run_report_in_chromium(trained: Trained, browser: Any, artifacts: Path)
     written = json.loads(out)
     html = Path(written["html"])
     assert html == trained.root / ".a2m" / "runs" / str(trained.run) / "report.html"
-    assert set(written["plots"]) == {"history", "confusion"}
+    # Two classes: the confusion matrix is a table, shown once, no plot of it.
+    assert set(written["plots"]) == {"history"}
     for name, path in written["plots"].items():
         assert Path(path) == html.with_name(f"{name}.png")
         assert_png(Path(path))
@@ -142,8 +149,15 @@ def test_run_report_in_chromium(trained: Trained, browser: Any, artifacts: Path)
         config = dict(row[:2] for row in _cells(page, "#config"))
         assert config["backbone"] == "resnet18"
         assert config["mode"] == "probe"
-        assert config["weights"] == "none"
-        assert config["epochs"] == "3"
+        # "none" explained; a probe's page lists no fine-tuning-only setting, and says which of
+        # them were given a value it ignores.
+        assert config["weights"].startswith("none: random initial weights (seed 0)")
+        assert "from random weights" in page.locator(".lead").first.inner_text()
+        for unused in ("epochs", "lr", "optimizer", "unfreeze", "head_init", "momentum"):
+            assert unused not in config
+        assert page.locator("#ignored-settings").inner_text() == (
+            "Set, but a probe does not use them: epochs=3."
+        )
         assert config["dataset version"] == "1"
         assert config["test accuracy"] == f"{test['accuracy']:.3f}"
 
@@ -157,12 +171,14 @@ def test_run_report_in_chromium(trained: Trained, browser: Any, artifacts: Path)
             assert row[2] == f"{figures['recall']:.3f}"
             assert int(row[4]) == figures["support"] == 8
 
-        # The confusion matrix as a table (equal to the ledger's) and as a plot that loaded.
+        # The confusion matrix as a table (equal to the ledger's), once per split: no plot too.
         assert page.locator("#confusion-test").is_visible()
         confusion = _cells(page, "#confusion-test")
         assert [row[0] for row in confusion] == list(test["per_class"])
         assert [[int(v) for v in row[1:]] for row in confusion] == test["confusion"]
-        assert _loaded(page, "#confusion-plot") == [SIZE[0]]
+        assert page.locator("#confusion-plot").count() == 0
+        sections = page.locator("section[id^=split-]").count()
+        assert sections >= 2 and page.locator("table.confusion").count() == sections
         assert _loaded(page, "#history-plot") == [SIZE[0]]
         # A probe's history: a row per C its head was fitted with, the one it kept marked.
         history = _cells(page, "#history-table")
@@ -207,10 +223,7 @@ def test_gallery_is_capped_and_plots_follow_the_page_name(trained: Trained, tmp_
     out = tmp_path / "mine.html"
     files = run_report(trained.store, trained.run, out=out, gallery_limit=1)
     assert files.html == out
-    assert files.plots == {
-        "history": tmp_path / "mine-history.png",
-        "confusion": tmp_path / "mine-confusion.png",
-    }
+    assert files.plots == {"history": tmp_path / "mine-history.png"}
     text = _html_checks(out)
     assert text.count("<figure>") == 1
     assert f"{wrong - 1} more misclassified images not shown." in text
@@ -225,9 +238,11 @@ def test_ensemble_report(trained: Trained, tmp_path: Path) -> None:
     run = ensemble(trained.store, [str(trained.run), str(trained.run2)], "1")
     out = tmp_path / "report.html"
     (tmp_path / "history.png").write_bytes(b"an earlier page's plot")
+    (tmp_path / "confusion.png").write_bytes(b"an earlier page's plot")
     files = run_report(trained.store, run.id, out=out)
-    assert set(files.plots) == {"confusion"}
+    assert files.plots == {}
     assert not (tmp_path / "history.png").exists()
+    assert not (tmp_path / "confusion.png").exists()
     text = _html_checks(out)
     assert f"An ensemble of runs {trained.run}, {trained.run2}" in text
     assert 'id="history"' not in text
@@ -272,7 +287,8 @@ def test_compare_report_escapes_and_shows_everything(
     comparison = sample_comparison(shas)
     context = RunContext.from_store(trained.store)
     files = compare_report(comparison, sample_curve(), tmp_path / "compare.html", context)
-    assert set(files.plots) == {"accuracy_vs_images", "accuracy_vs_time", "learning_curve"}
+    # Two runs are two points: the table says it, no accuracy plot. The curve has three.
+    assert set(files.plots) == {"learning_curve"}
     for path in files.plots.values():
         assert path.parent == tmp_path
         assert_png(path)
@@ -292,8 +308,15 @@ def test_compare_report_escapes_and_shows_everything(
             ("3", "1", "87/21/40"),
             ("4", "2", "197/49/40"),
         ]
-        assert rows[1][7] == "0.815 [0.715, 0.895]"
-        assert "<b>x</b> 98" in rows[1][3]
+        # What both runs share is said once, in the caption, not in a column of its own.
+        headers = page.eval_on_selector_all(
+            "#comparison thead th", "ths => ths.map(t => t.innerText.replace(/\\s+/g, ' '))"
+        )
+        assert "model" not in headers and "weights" not in headers and "device" not in headers
+        caption = page.locator("#comparison caption").inner_text()
+        assert "All 2 runs: model resnet18 probe; weights scenes.pth; device cpu." in caption
+        assert rows[1][headers.index("test accuracy [95% interval]")] == "0.815 [0.715, 0.895]"
+        assert "<b>x</b>: 98" in rows[1][3]
         assert _cells(page, "#per-class") == [
             ["<b>x</b>", "8", "0.775", "0.815"],
             ["$5 bill", "8", "0.775", "0.815"],
@@ -302,8 +325,8 @@ def test_compare_report_escapes_and_shows_everything(
         assert _cells(page, "#per-class-delta-0") == [["<b>x</b>", "+0.050"], ["$5 bill", "-0.050"]]
         assert _loaded(page, "#fixed-0 img") != [] and all(_loaded(page, "#fixed-0 img"))
         assert all(_loaded(page, "#broken-0 img"))
-        for plot in ("#acc-images", "#acc-time", "#learning-curve-plot"):
-            assert _loaded(page, plot) == [SIZE[0]]
+        assert page.locator("#acc-images, #acc-time").count() == 0
+        assert _loaded(page, "#learning-curve-plot") == [SIZE[0]]
         assert "flattening" in page.locator("#curve-verdict").inner_text()
         assert dialogs == []
         assert all(url.startswith(("file:", "data:")) for url in requests), requests
@@ -314,7 +337,7 @@ def test_compare_report_escapes_and_shows_everything(
 
 def test_compare_report_without_curve_or_images(tmp_path: Path) -> None:
     """No learning curve, no image folder (names only), no warnings: those sections are left out."""
-    comparison = replace(sample_comparison(), warnings=[])
+    comparison = three_runs(replace(sample_comparison(), warnings=[]))
     files = compare_report(comparison, None, tmp_path / "report.html")
     assert set(files.plots) == {"accuracy_vs_images", "accuracy_vs_time"}
     assert files.plots["accuracy_vs_images"] == tmp_path / "accuracy_vs_images.png"
@@ -344,10 +367,8 @@ def test_compare_report_of_two_versions(
     written = json.loads(out)
     html = Path(written["html"])
     assert html.parent.parent == trained.root / ".a2m" / "reports"
-    assert set(written["plots"]) == {"accuracy_vs_images", "accuracy_vs_time", "learning_curve"}
-    for path in written["plots"].values():
-        assert Path(path).parent == html.parent
-        assert_png(Path(path))
+    # Two runs, a curve of two sizes: every figure is in a table, no plot of two points.
+    assert written["plots"] == {}
     _html_checks(html)
     page, requests, dialogs = _open(browser, html)
     try:
@@ -355,12 +376,13 @@ def test_compare_report_of_two_versions(
         assert [(r[0], r[1]) for r in rows] == [(str(trained.run), "1"), (str(trained.run2), "2")]
         # Both judged on the 16 test images the versions share (v1's test split is in v2's).
         assert "16" in page.locator("#test-set").inner_text()
+        assert "neither run" in page.locator("#test-set").inner_text()
         assert [r[2] for r in rows] == ["20/10/16", "40/10/16"]
         # The figures are compare()'s (recorded judgements reused, nothing recomputed here).
         from annotate2model.judging.compare import compare
 
         expected = compare(trained.store, runs=[trained.run, trained.run2], record=False)
-        assert [r[7] for r in rows] == [
+        assert [r[5] for r in rows] == [
             f"{r.accuracy:.3f} [{r.interval.low:.3f}, {r.interval.high:.3f}]" for r in expected.rows
         ]
         per_class = _cells(page, "#per-class")
@@ -372,8 +394,7 @@ def test_compare_report_of_two_versions(
         assert page.locator("#pairs .sentence").all_inner_texts() == [
             p.sentence for p in expected.pairs
         ]
-        for plot in ("#acc-images", "#acc-time", "#learning-curve-plot"):
-            assert _loaded(page, plot) == [SIZE[0]]
+        assert page.locator("img.plot").count() == 0
         from annotate2model.judging.curve import latest_curve
 
         curve = latest_curve(trained.store, 2)
