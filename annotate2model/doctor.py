@@ -324,9 +324,15 @@ def run_checks(
     *,
     workspace_problem: A2MError | None = None,
     timeout: float = NETWORK_TIMEOUT,
+    started: Callable[[str], None] | None = None,
+    done: Callable[[Check], None] | None = None,
 ) -> list[Check]:
     """Every check, in the order shown. `settings` None: no usable workspace, and
     `workspace_problem` says why (none found, or a2m.toml not readable).
+
+    `started(what)` is told what the doctor waits on next ("importing torch"), `done(check)` each
+    check as soon as it is known, in the order of the list: the command shows them as they come
+    instead of keeping silent for the seconds torch and the network take.
 
     The network waits overlap: Label Studio is asked while torch loads and the store is read,
     the weights' host once torch is loaded (its hub knows the cache folder). Modules load on
@@ -337,11 +343,25 @@ def run_checks(
         connection,  # noqa: F401 - loaded here, used there
     )
 
+    checks: list[Check] = []
+
+    def step(what: str) -> None:
+        if started is not None:
+            started(what)
+
+    def add(*found: Check) -> None:
+        for check in found:
+            checks.append(check)
+            if done is not None:
+                done(check)
+
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="a2m-doctor") as pool:
         studio = pool.submit(_label_studio, settings, timeout) if settings is not None else None
-        checks = [_python(), *_torch()]
-        checks.append(_package("torchvision", "needed for backbones", "pip install torchvision"))
-        checks.append(
+        add(_python())
+        step("importing torch")
+        add(*_torch())
+        add(_package("torchvision", "needed for backbones", "pip install torchvision"))
+        add(
             _package(
                 "label-studio",
                 "only needed to run a local server",
@@ -349,6 +369,7 @@ def run_checks(
                 required=False,
             )
         )
+        step("reading the workspace")
         workspace = _workspace(settings) if settings is not None else []
         import annotate2model.training.config  # noqa: F401
 
@@ -362,10 +383,12 @@ def run_checks(
         else:
             workspace.append(_permissions(settings))
             workspace.append(_disk(settings))
-        checks.append(_guarded("weights", weights.result))
-        checks += workspace
+        step(f"looking for the {backbone} weights (their download host: up to {timeout:g} s)")
+        add(_guarded("weights", weights.result))
+        add(*workspace)
         if studio is not None:
-            checks.append(_guarded("label studio", studio.result))
+            step(f"asking Label Studio (up to {timeout:g} s)")
+            add(_guarded("label studio", studio.result))
     return checks
 
 

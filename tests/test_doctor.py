@@ -7,6 +7,7 @@ with a good and a bad token: tests/labelstudio/test_rough_edges.py.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,59 @@ def test_little_free_disk_is_a_warning(
     monkeypatch.setattr(doctor, "LOW_DISK_BYTES", 1 << 60)
     code, rows = _doctor(cli)
     assert code == 0 and rows["disk"]["status"] == "warn" and rows["disk"]["fix"]
+
+
+def test_each_check_shows_as_it_completes_and_paths_stay_whole(
+    cli: CliRunner, workspace: Workspace, hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: `a2m doctor` was silent for seconds, then split the weights' path mid-name. Each
+    check now prints once known, under a spinner that says what is awaited; wrapped at the
+    terminal's width, a path or a command is never cut."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from annotate2model.cli import workspace as workspace_cli
+
+    code, _, err = run_cli(cli, "init")
+    assert code == 0, err
+    # The order the checks are told in, and what the doctor says it waits on.
+    seen: list[str] = []
+    waits: list[str] = []
+    checks = doctor.run_checks(None, started=waits.append, done=lambda c: seen.append(c.name))
+    assert seen == [c.name for c in checks] and seen[0] == "python"
+    assert "importing torch" in waits and any("weights" in w for w in waits)
+
+    # A deep hub folder: the weights' file is longer than what is left of a 60-column line.
+    deep = Path(str(hub).replace("torch", "t" * 20 + "/torch", 1))
+    monkeypatch.setenv("TORCH_HOME", str(deep.parent.parent))
+    terminal = StringIO()
+    shown = Console(file=terminal, force_terminal=True, width=60, color_system=None)
+    monkeypatch.setattr(workspace_cli, "console", shown)
+    printed: list[str] = []
+    real_done = workspace_cli._print_check
+
+    def done(check: doctor.Check) -> None:
+        printed.append(check.name)
+        real_done(check)
+
+    monkeypatch.setattr(workspace_cli, "_print_check", done)
+    code, _, err = run_cli(cli, "doctor")
+    assert code == 0, err
+    assert printed == ROWS
+    # What stays on the screen: the spinner's redraws (cursor codes, then its line) taken out.
+    screen = [
+        re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in terminal.getvalue().split("\n")
+    ]
+    lines = [
+        kept.rstrip()
+        for kept in (line.split("\r")[-1] for line in screen)
+        if kept.strip() and not kept.lstrip().startswith(("\u280b", "checking"))
+    ]
+    assert any(line.strip().rstrip(":").endswith("resnet18-f37072fd.pth") for line in lines) or any(
+        str(deep / "resnet18-f37072fd.pth") in line for line in lines
+    ), "\n".join(lines)
+    fix = next(i for i, line in enumerate(lines) if line.startswith("     fix: a2m studio up"))
+    assert any("a2m connect URL --token - --project ID" in line for line in lines[fix : fix + 3])
+    assert [x for x in lines if len(x) > 60 and " " in x.strip()] == [], "\n".join(lines)
+    assert str(deep) in "".join(lines) or any(str(deep) in line for line in lines)

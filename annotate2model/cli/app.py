@@ -10,7 +10,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 import typer.core
-from rich.markup import escape
+from rich.text import Text
 
 from annotate2model import __version__
 from annotate2model.cli.commands import COMMANDS, LazyGroup
@@ -20,7 +20,7 @@ from annotate2model.cli.context import (
     add_workspace_option,
     skip_final_collection,
 )
-from annotate2model.cli.render import err_console
+from annotate2model.cli.render import err_console, print_wrapped
 from annotate2model.errors import USAGE_EXIT_CODE, A2MError
 
 # Printed after an unexpected failure, in place of the traceback.
@@ -70,9 +70,10 @@ def root(
 
 def _fail(message: str, hint: str | None, exit_code: int) -> NoReturn:
     """The one way a failed command ends: `error: ...`, maybe `hint: ...`, then the exit status."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    # Wrapped between words at the terminal's width, never inside a path or a `command`.
+    print_wrapped(err_console, Text("error:", style="bold red"), message)
     if hint:
-        err_console.print(f"[bold]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+        print_wrapped(err_console, Text("hint:", style="bold"), hint)
     sys.exit(exit_code)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -26,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Column, Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,6 +46,62 @@ RecheckConfirmedFlag = Annotated[
         "same features (kept back by default).",
     ),
 ]
+
+
+# A `code span`, or an `a2m ...` command written without backticks (up to a comma, semicolon or
+# parenthesis): each stays on one line when a message is wrapped.
+CODE_SPAN = re.compile(r"`[^`\n]*`")
+COMMAND = re.compile(r"\ba2m [^,;()`\n]*[^,;()`\s]")
+
+
+def wrap_words(
+    text: str, width: int | None, first: int | None = None, keep: re.Pattern[str] | None = None
+) -> list[str]:
+    """`text` in lines of at most `width` characters (textwrap's, broken only at spaces): a path
+    or a URL is never split (one longer than the line gets a line of its own, whole, and the
+    terminal folds it without a line break, so it still copies whole), nor is a `code span` or
+    what `keep` matches. Its own line breaks stay. `first`: the first line's width, when a label
+    takes part of it. `width` None: each paragraph on one line, as logs and pipes want it."""
+    if width is None:
+        return text.split("\n")
+    # Spaces inside what stays whole stand in as NUL while textwrap splits at the others.
+    for pattern in (CODE_SPAN, keep):
+        if pattern is not None:
+            text = pattern.sub(lambda m: m.group().replace(" ", "\0"), text)
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        # The first line's shorter room is a placeholder indent, taken off again below.
+        lead = "\1" * (width - first) if first is not None and not lines and first < width else ""
+        wrapped = textwrap.wrap(
+            paragraph,
+            width,
+            initial_indent=lead,
+            break_long_words=False,
+            break_on_hyphens=False,
+        ) or [""]
+        wrapped[0] = wrapped[0].removeprefix(lead)
+        if lead and first is not None and len(wrapped[0]) > first:
+            # A path too long for what the label leaves goes whole to the next line.
+            wrapped.insert(0, "")
+        lines += wrapped
+    return [line.replace("\0", " ") for line in lines]
+
+
+def print_wrapped(
+    target: Console,
+    lead: Text,
+    text: str,
+    indent: int | None = None,
+    keep: re.Pattern[str] | None = None,
+) -> None:
+    """`lead` (a label such as "error:") then `text`, wrapped at the terminal's width with the
+    lines after the first indented under the text; on anything but a terminal, unwrapped."""
+    indent = len(lead.plain) + 1 if indent is None else indent
+    width = max(20, target.width - indent) if target.is_terminal else None
+    first = max(10, target.width - len(lead.plain) - 1) if target.is_terminal else None
+    for i, line in enumerate(wrap_words(text, width, first, keep)):
+        head = Text.assemble(lead, " ") if i == 0 else Text(" " * indent)
+        target.print(head + Text(line), highlight=False, soft_wrap=True)
 
 
 def to_jsonable(value: Any) -> Any:

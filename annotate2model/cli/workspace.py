@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import platform
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from annotate2model.cli.context import state
-from annotate2model.cli.render import JsonFlag, console, listing, print_json, to_jsonable
-from annotate2model.doctor import failed, run_checks
+from annotate2model.cli.render import (
+    COMMAND,
+    JsonFlag,
+    console,
+    err_console,
+    print_json,
+    print_wrapped,
+    to_jsonable,
+)
+from annotate2model.doctor import Check, failed, run_checks
 from annotate2model.errors import A2MError
 from annotate2model.settings import Settings, load_settings
 from annotate2model.store import Store
@@ -66,22 +76,46 @@ def doctor(
         settings: Settings | None = st.settings()
     except A2MError as exc:
         settings, problem = None, exc
-    checks = run_checks(settings, workspace_problem=problem)
+    # Each check shows as soon as it is known, and a spinner says what the doctor waits on (torch
+    # and the network take seconds); with --json the spinner is on stderr, on a terminal only.
+    spinner_on = err_console if as_json else console
+    if not as_json:
+        console.print(f"[bold]a2m doctor[/] ({escape(platform.node())})", highlight=False)
+    with ExitStack() as stack:
+        spinner = (
+            stack.enter_context(spinner_on.status("checking", spinner="dots"))
+            if spinner_on.is_terminal
+            else None
+        )
+
+        def started(what: str) -> None:
+            if spinner is not None:
+                spinner.update(f"{what}...")
+
+        checks = run_checks(
+            settings,
+            workspace_problem=problem,
+            started=started,
+            done=None if as_json else _print_check,
+        )
     if as_json:
         print_json([{**to_jsonable(check), "ok": check.ok} for check in checks])
-    else:
-        table = listing(f"a2m doctor ({platform.node()})")
-        table.add_column("check", no_wrap=True)
-        table.add_column("status", no_wrap=True)
-        table.add_column("detail", overflow="fold")
-        for check in checks:
-            detail = escape(check.detail)
-            if check.fix:
-                detail += f"\n[bold]fix:[/] {escape(check.fix)}"
-            table.add_row(check.name, _STATUS[check.status], detail)
-        console.print(table)
     if failed(checks):
         raise typer.Exit(1)
 
 
-_STATUS = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
+def _print_check(check: Check) -> None:
+    """`ok   name: detail`, then `     fix: ...` for a problem: wrapped between words at the
+    terminal's width, so that a path (the weights' file, the workspace) is never split."""
+    status, style = _STATUS[check.status]
+    lead = Text.assemble((status.ljust(_INDENT), style), (f"{check.name}:", "bold"))
+    print_wrapped(console, lead, check.detail, indent=_INDENT)
+    if check.fix:
+        print_wrapped(
+            console, Text.assemble(" " * _INDENT, ("fix:", "bold")), check.fix, keep=COMMAND
+        )
+
+
+# Columns before a check's detail: its status, padded ("warn ").
+_INDENT = 5
+_STATUS = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "bold red")}
