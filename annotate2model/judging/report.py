@@ -66,7 +66,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 td { overflow-wrap: anywhere; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.num { white-space: nowrap; }
+td.num { overflow-wrap: normal; }  /* broken at spaces only: "0.775 [0.675, 0.895]" */
 caption { caption-side: top; text-align: left; color: #555; padding: 0 0 0.4em; }
 thead th { background: #f0f3f7; }
 table.confusion td.diag { background: #e3f1e3; font-weight: bold; }
@@ -622,7 +622,7 @@ def _compare_table(comparison: Comparison) -> str:
             False,
         ),
         (
-            "training images per class",
+            "per class",
             ["<br>".join(f"{_e(k)}: {v}" for k, v in r.balance.items()) for r in rows],
             False,
             False,
@@ -630,9 +630,9 @@ def _compare_table(comparison: Comparison) -> str:
         ("model", [_e(f"{r.backbone} {r.mode}") for r in rows], False, True),
         ("weights", [_weights(r.weights) for r in rows], False, True),
         ("val accuracy", [_num(r.val_accuracy) for r in rows], True, False),
-        (f"test accuracy [{level}% interval]", [_interval(r) for r in rows], True, False),
+        ("test accuracy", [_interval(r) for r in rows], True, False),
         ("macro F1", [_num(r.macro_f1) for r in rows], True, False),
-        ("wall time (s)", [_num(r.wall_seconds, 1) for r in rows], True, False),
+        ("time (s)", [_num(r.wall_seconds, 1) for r in rows], True, False),
         ("images/s", [_num(r.images_per_second, 0) for r in rows], True, False),
         ("device", [_e(r.device or "-") for r in rows], False, True),
     ]
@@ -641,9 +641,14 @@ def _compare_table(comparison: Comparison) -> str:
     said = [f"{header} {cells[0]}" for header, cells, _, _ in shared]
     notes = sorted({n for r in rows if (n := _weights_note(r.weights))})
     caption = (
-        (f"All {len(rows)} runs: {'; '.join(said)}. " if said else "")
-        + "Val accuracy: on each run's own validation split. Test accuracy: on the common "
-        f"test images, with its {level}% interval; macro F1 on them too."
+        (
+            f"{'Both' if len(rows) == 2 else f'All {len(rows)}'} runs: {'; '.join(said)}. "
+            if said
+            else ""
+        )
+        + "Per class: training images of each label. Val accuracy: on each run's own "
+        "validation split. Test accuracy: on the common test images, then its "
+        f"{level}% interval in brackets; macro F1 on them too. Time: the run's wall time."
         + (f" Weights {'; '.join(_e(n) for n in notes)}." if notes else "")
     )
     return _table(
