@@ -104,6 +104,7 @@ def test_demo_small_runs_the_whole_loop_and_flags_the_wrong_labels(tmp_path: Pat
         assert again.returncode == 0, again.stderr[-3000:]
         assert "already ran" in again.stdout and "another folder" in again.stdout
         assert out["url"] in again.stdout
+        _check_next_lines(root, again.stdout, env)
         store = Store.open(load_settings(Workspace(root), {}))
         with store.read() as session:
             assert len(list_versions(session)) == 2
@@ -111,6 +112,26 @@ def test_demo_small_runs_the_whole_loop_and_flags_the_wrong_labels(tmp_path: Pat
     finally:
         # The demo leaves its Label Studio running for the user; the test stops it.
         _a2m("-w", str(root), "studio", "down", env=env, timeout=120)
+
+
+def _check_next_lines(root: Path, text: str, env: dict[str, str]) -> None:
+    """The demo's text fits 80 columns, but for a line that is one word (a path, a URL); the
+    commands it prints next run as printed, from the folder it says to `cd` into."""
+    lines = text.splitlines()
+    assert [line for line in lines if len(line) > 80 and len(line.split()) > 1] == []
+    commands = lines[lines.index(next(line for line in lines if line.startswith("Next"))) + 1 :]
+    assert commands[0].strip() == f"cd {root}"
+    runs = next(line for line in commands if " runs" in line).split("#")[0].strip()
+    assert runs.endswith(" runs") or runs == "a2m runs"
+    done = subprocess.run(
+        ["bash", "-c", f"{commands[0].strip()} && {runs} --json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["id"] for r in json.loads(done.stdout)] == [1, 2]
 
 
 def _check_demo(root: Path, out: dict[str, Any], env: dict[str, str]) -> None:

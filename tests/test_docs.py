@@ -47,7 +47,11 @@ def test_every_command_has_an_example() -> None:
 
 
 def test_readme_has_the_two_commands_and_ci_runs_the_test_one() -> None:
-    setup = "python3 -m venv .venv && .venv/bin/pip install -e '.[studio]' && .venv/bin/a2m demo"
+    # It activates .venv in the user's shell: `a2m` works there after the demo, as the demo's
+    # own "Next:" lines and the README's later commands take for granted.
+    setup = (
+        "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[studio]' && a2m demo"
+    )
     assert setup in README
     assert "bash tests/run.sh" in README
     # Both within the first screen (about 40 lines), before any other code block.

@@ -17,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from annotate2model.demo.invoke import a2m_command
 from annotate2model.demo.signs import EASY, SIGN_CLASSES, sign_bytes
 from annotate2model.errors import InputError
 from annotate2model.fsutil import atomic_write_bytes
@@ -39,6 +41,14 @@ if TYPE_CHECKING:
 PROJECT_TITLE = "Street signs (a2m demo)"
 STATE_FILE = "demo.json"
 SEED = 7
+FOLDER_NAME = "a2m-demo"
+
+
+def default_folder() -> Path:
+    """Where `a2m demo` puts its workspace when given no folder: `~/a2m-demo`, in the user's home,
+    never the current folder, which is often the repository `a2m` was installed from (a hundred
+    megabytes of images and Label Studio's database would land in its `git status`)."""
+    return Path.home() / FOLDER_NAME
 
 
 @dataclass(frozen=True)
@@ -168,16 +178,17 @@ def check_folder(root: Path) -> DemoState | None:
     if not root.is_dir():
         raise InputError(f"{root} is a file; the demo needs a new folder.")
     state = DemoState.load(root / ".a2m" / STATE_FILE)
+    a2m, here = a2m_command(), shlex.quote(str(root))
     if state is None:
         raise InputError(
             f"{root} is not empty and holds no demo; the demo makes its own workspace in a new "
             "folder.",
-            hint=f"give another folder, e.g. `a2m demo {root.name}-demo`.",
+            hint=f"give another folder, e.g. `{a2m} demo {shlex.quote(str(root) + '-demo')}`.",
         )
     if not state.finished:
         raise InputError(
             f"an earlier demo in {root} stopped before the end (at: {state.step}).",
-            hint=f"remove it (`a2m -w {root} studio down; rm -rf {root}`) and run the demo "
+            hint=f"remove it (`{a2m} -w {here} studio down; rm -rf {here}`) and run the demo "
             "again, or give another folder.",
         )
     return state
@@ -196,10 +207,12 @@ def run_demo(
     small: bool = False,
     weights_timeout: float = 3.0,
     on_step: Say | None = None,
+    on_wait: Say | None = None,
     progress: Progress | None = None,
 ) -> DemoOutcome:
     """Run the demo in `root` (see the module), or, when `root` holds a finished one, make sure
-    its Label Studio runs and return what it made."""
+    its Label Studio runs and return what it made. `on_wait` hears, now and then while Label
+    Studio starts, how long it has taken so far and what it is doing."""
     from annotate2model.labelstudio import connection
 
     started = time.perf_counter()
@@ -210,8 +223,11 @@ def run_demo(
     state_path = ws.data_dir / STATE_FILE
     images = ws.root / "images"
     images.mkdir(exist_ok=True)
+    log = connection.local_server(ws).log_path
     if earlier is not None:
-        up = connection.studio_up(ws, files_root=images, progress=progress)
+        up = connection.studio_up(
+            ws, files_root=images, progress=StudioWait(progress, log, on_wait)
+        )
         settings = load_settings(ws, env)
         return DemoOutcome(
             root=ws.root,
@@ -241,8 +257,13 @@ def run_demo(
             f"No ImageNet weights ({offline_reason}): the probes learn on a randomly "
             "initialised resnet18's features instead, which still separate these signs."
         )
-    step("label studio", "Starting Label Studio for this workspace (the first start takes ~30 s).")
-    up = connection.studio_up(ws, files_root=images, progress=progress)
+    step(
+        "label studio",
+        "Starting Label Studio for this workspace. Its first start sets up its database, which "
+        "takes a while, longer on a busy machine; what it is doing and the time so far show "
+        "while it works.",
+    )
+    up = connection.studio_up(ws, files_root=images, progress=StudioWait(progress, log, on_wait))
     made = connection.connect(
         load_settings(ws, env), create=PROJECT_TITLE, labels=list(SIGN_CLASSES)
     )
@@ -290,6 +311,85 @@ def run_demo(
     state.save(state_path)
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+# What Label Studio's log says of its start, latest first: a line it writes -> what it is doing.
+_STUDIO_PHASES = (
+    ("Starting development server at", "waiting for it to answer"),
+    ("Initializing database", "setting up its database"),
+    ("Database and media directory", "loading Label Studio"),
+)
+_LOG_MARKER = "--- a2m starting Label Studio"
+
+
+def studio_phase(log: str) -> str:
+    """What Label Studio is doing, from its log (the text after a2m's last start marker)."""
+    at = log.rfind(_LOG_MARKER)
+    recent = log[at:] if at >= 0 else log
+    for line, doing in _STUDIO_PHASES:
+        if line in recent:
+            return doing
+    return "starting its process"
+
+
+class StudioWait:
+    """The progress of Label Studio's start, as the demo shows it: the stage without a promised
+    duration, its live status the time so far and what Label Studio's log says it is doing, and,
+    every `every` seconds, the same told to `on_wait` (for output that is not redrawn)."""
+
+    def __init__(
+        self,
+        inner: Progress,
+        log: Path,
+        on_wait: Say | None,
+        every: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner, self._log, self._on_wait = inner, log, on_wait
+        self._every, self._clock = every, clock
+        self._started: float | None = None
+        self._next_read = self._next_say = 0.0
+        self._doing = "starting its process"
+
+    def begin(self, description: str, total: float | None = None) -> None:
+        self._started = self._clock()
+        self._next_read, self._next_say = self._started, self._started + self._every
+        self._inner.begin(
+            "Starting Label Studio" if description.startswith("Starting") else description, total
+        )
+
+    def advance(self, amount: float = 1.0, status: str | None = None) -> None:
+        if self._started is None:
+            self._inner.advance(amount, status)
+            return
+        now = self._clock()
+        if now >= self._next_read:
+            self._next_read = now + 1.0
+            self._doing = studio_phase(self._read_log())
+        elapsed = now - self._started
+        self._inner.advance(amount, status=f"{self._doing}, {elapsed:.0f} s so far")
+        if self._on_wait is not None and now >= self._next_say:
+            self._next_say = now + self._every
+            self._on_wait(f"Still starting Label Studio: {self._doing}, {elapsed:.0f} s so far.")
+
+    def end(self) -> None:
+        if self._started is not None:
+            # The stage's own line gives the time it took; "so far" would be stale there.
+            self._inner.advance(0, status="")
+        self._started = None
+        self._inner.end()
+
+    def note(self, message: str) -> None:
+        self._inner.note(message)
+
+    def _read_log(self) -> str:
+        try:
+            with self._log.open("rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 65536))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
 
 def _choose_config(timeout: float) -> tuple[RunConfig, str | None]:
