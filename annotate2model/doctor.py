@@ -148,6 +148,7 @@ def _weights(backbone: str, timeout: float) -> Check:
 def _workspace(settings: Settings) -> list[Check]:
     from annotate2model.store import Store
     from annotate2model.store.db import SCHEMA_HEAD
+    from annotate2model.store.dialect import redacted_url
 
     ws = settings.workspace
     checks = [Check("workspace", "ok", str(ws.root))]
@@ -162,7 +163,7 @@ def _workspace(settings: Settings) -> list[Check]:
             )
         )
         return checks
-    where = "SQLite in .a2m/" if default_sqlite else _redacted(settings.database_url)
+    where = "SQLite in .a2m/" if default_sqlite else redacted_url(settings.database_url)
     try:
         store = Store.open(settings, migrate=False)
     except A2MError as exc:
@@ -174,17 +175,6 @@ def _workspace(settings: Settings) -> list[Check]:
         store.close()
     checks.append(Check("store", "ok", f"{where}, schema {revision} (code: {SCHEMA_HEAD})"))
     return checks
-
-
-def _redacted(url: str) -> str:
-    """A database URL without its password."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return url.split(":", 1)[0] + ":..."
 
 
 def _disk(settings: Settings) -> Check:

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: a workspace on a real SQLite file, generated images, the CLI."""
+"""Fixtures shared by every test: a workspace on a real SQLite file (or, in a both_dialects test,
+a real PostgreSQL database too), generated images, the CLI."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from annotate2model.settings import Settings, load_settings
 from annotate2model.store import Store
 from annotate2model.workspace import Workspace, init_workspace
 from bench._shared import HYMENOPTERA, SCENES_WEIGHTS, missing_message
+from tests.postgres import PostgresServer
+from tests.postgres import binaries as postgres_binaries
 
 
 def in_ci() -> bool:
@@ -110,6 +113,56 @@ def make_image_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path
     return root
 
 
+DIALECTS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test marked both_dialects (or in a module so marked) runs on each database; its
+    # PostgreSQL half also carries the `postgresql` mark.
+    if "dialect" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_dialects"
+    ):
+        metafunc.parametrize(
+            "dialect",
+            [
+                pytest.param("sqlite", id="sqlite"),
+                pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
+            ],
+        )
+
+
+@pytest.fixture
+def dialect() -> str:
+    """The store's database for this test: SQLite unless the test is marked both_dialects."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL server for the session (Debian's package; fails under CI when
+    it is not installed, as tests/run.sh installs it)."""
+    bin_dir = postgres_binaries()
+    if bin_dir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql; tests/run.sh does)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(dialect: str, request: pytest.FixtureRequest) -> str | None:
+    """A fresh PostgreSQL database's URL for the PostgreSQL half; None: the workspace's SQLite."""
+    if dialect == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     ws, _ = init_workspace(tmp_path / "ws")
@@ -117,8 +170,8 @@ def workspace(tmp_path: Path) -> Workspace:
 
 
 @pytest.fixture
-def settings(workspace: Workspace) -> Settings:
-    return load_settings(workspace, env={})
+def settings(workspace: Workspace, database_url: str | None) -> Settings:
+    return load_settings(workspace, env={"A2M_DATABASE_URL": database_url} if database_url else {})
 
 
 @pytest.fixture
@@ -129,10 +182,16 @@ def store(settings: Settings) -> Iterator[Store]:
 
 
 @pytest.fixture
-def cli(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    """A runner whose commands act on the `workspace` fixture (through A2M_HOME)."""
+def cli(
+    workspace: Workspace, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> CliRunner:
+    """A runner whose commands act on the `workspace` fixture (through A2M_HOME), and on the
+    test's database (A2M_DATABASE_URL) in a both_dialects test's PostgreSQL half."""
     monkeypatch.setenv("A2M_HOME", str(workspace.root))
-    monkeypatch.delenv("A2M_DATABASE_URL", raising=False)
+    if database_url:
+        monkeypatch.setenv("A2M_DATABASE_URL", database_url)
+    else:
+        monkeypatch.delenv("A2M_DATABASE_URL", raising=False)
     return CliRunner()
 
 

@@ -24,13 +24,21 @@ pip_install() {
   .venv/bin/python -m pip install --quiet "$@"
 }
 pip_install --upgrade pip
-pip_install --resume-retries 20 -e '.[dev,studio,serve]'
+pip_install --resume-retries 20 -e '.[dev,studio,serve,postgres]'
 # The browser tests (HTML report, web page) drive Debian's chromium: no browser is downloaded.
 if ! command -v chromium >/dev/null 2>&1; then
   echo "== installing Debian's chromium for the browser tests"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+# The store's tests run on SQLite and on a real PostgreSQL that tests/postgres.py starts from
+# Debian's package (its binaries, under /usr/lib/postgresql; no cluster of the package is used).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== installing Debian's postgresql for the store's tests"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 echo "== ruff"
 .venv/bin/ruff check .

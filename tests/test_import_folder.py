@@ -18,6 +18,8 @@ from annotate2model.store.imports import import_folder
 from annotate2model.store.versions import version_items
 from tests.conftest import image_bytes, make_image_folder
 
+pytestmark = pytest.mark.both_dialects
+
 
 def huge_png(width: int, height: int) -> bytes:
     """A valid PNG header claiming absurd dimensions (a decompression bomb's shape)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -61,14 +62,15 @@ def test_blank_database_migrates_to_exact_schema(settings: Settings) -> None:
     conn.close()
 
 
+@pytest.mark.both_dialects
 def test_models_and_migrations_do_not_drift(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
 
 
+@pytest.mark.both_dialects
 def test_foreign_keys_are_enforced(store: Store) -> None:
-    import pytest
     from sqlalchemy.exc import IntegrityError
 
     from annotate2model.store.models import VersionItem
@@ -78,6 +80,7 @@ def test_foreign_keys_are_enforced(store: Store) -> None:
         session.flush()
 
 
+@pytest.mark.both_dialects
 def test_reopening_a_migrated_store_is_cheap_and_idempotent(settings: Settings) -> None:
     Store.open(settings).close()
     store = Store.open(settings)
@@ -95,6 +98,7 @@ def test_garbage_database_file_is_a_clear_error(settings: Settings) -> None:
         Store.open(settings)
 
 
+@pytest.mark.both_dialects
 def test_blob_read_verifies_hash_and_partials_are_cleaned(store: Store) -> None:
     import os
 

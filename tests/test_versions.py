@@ -24,6 +24,8 @@ from annotate2model.store.versions import (
     version_items,
 )
 
+pytestmark = pytest.mark.both_dialects
+
 FRACTIONS = SplitFractions()
 
 

@@ -23,6 +23,7 @@ from annotate2model.store.blobs import BlobStore
 from annotate2model.store.dialect import (
     make_engine,
     migration_lock,
+    redacted_url,
     take_write_lock,
     writer_engine,
 )
@@ -95,8 +96,15 @@ class Store:
         create_private_sqlite(settings.database_url)
         try:
             engine = make_engine(settings.database_url)
-        except (SQLAlchemyError, ImportError) as exc:
-            raise StoreError(f"cannot use database URL: {exc}") from None
+        except ImportError as exc:
+            raise StoreError(
+                f"cannot use database URL {redacted_url(settings.database_url)}: {exc}",
+                hint="a PostgreSQL store needs psycopg: pip install 'annotate2model[postgres]'.",
+            ) from None
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot use database URL {redacted_url(settings.database_url)}: {exc}"
+            ) from None
         store = cls(engine, BlobStore(ws.blobs_dir), settings)
         try:
             current = store.current_revision()
@@ -112,7 +120,7 @@ class Store:
         except DBAPIError as exc:
             store.close()
             raise StoreError(
-                f"cannot open the store ({settings.database_url}): {exc.orig}"
+                f"cannot open the store ({redacted_url(settings.database_url)}): {exc.orig}"
             ) from None
         store.blobs.remove_partials()
         return store

@@ -37,6 +37,16 @@ WRITE_LOCK_KEY = 0x61326D_7772
 MIGRATION_LOCK_KEY = 0x61326D_6D67
 
 
+def redacted_url(url: str) -> str:
+    """A database URL fit to print: its password, if any, shown as ***."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url.split(":", 1)[0] + ":..."
+
+
 def make_engine(url: str) -> Engine:
     """An engine for a supported database; SQLite set up for several processes at once."""
     name = make_url(url).get_backend_name()

@@ -30,7 +30,7 @@ from annotate2model.training.context import RunContext
 from annotate2model.training.runs.predictor import Predictor
 from tests.conftest import image_bytes, run_cli
 
-pytestmark = [pytest.mark.training, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow, pytest.mark.both_dialects]
 
 
 @dataclass(frozen=True)

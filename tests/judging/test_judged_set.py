@@ -24,7 +24,7 @@ from annotate2model.store.imports import import_folder
 from annotate2model.store.records import VersionItemRecord
 from tests.conftest import image_bytes, run_cli
 
-pytestmark = [pytest.mark.training, pytest.mark.slow]
+pytestmark = [pytest.mark.training, pytest.mark.slow, pytest.mark.both_dialects]
 
 MOVED = 6
 

@@ -33,6 +33,8 @@ from annotate2model.workspace import Workspace
 from tests.conftest import image_bytes, run_cli
 from tests.labelstudio.conftest import LEGACY_TOKEN, LiveServer, choice, serve_http
 
+pytestmark = pytest.mark.both_dialects
+
 # A sync of a few tasks with one bad one: the bad one costs about a second (two tries and a
 # look at /health), not the ~18 s of back-off meant for a server that restarts.
 QUICK_S = 8.0

@@ -14,7 +14,7 @@ from annotate2model.store import Store
 from tests.conftest import image_bytes
 from tests.labelstudio.conftest import LiveServer, choice
 
-pytestmark = pytest.mark.labelstudio
+pytestmark = [pytest.mark.labelstudio, pytest.mark.both_dialects]
 
 
 def listings(client: LabelStudioClient) -> list[str]:

@@ -24,7 +24,7 @@ from annotate2model.workspace import Workspace, init_workspace
 from tests.conftest import image_bytes, make_image_folder, run_cli
 from tests.labelstudio.conftest import LiveServer, choice
 
-pytestmark = pytest.mark.labelstudio
+pytestmark = [pytest.mark.labelstudio, pytest.mark.both_dialects]
 
 
 def connect(cli: CliRunner, ls: LiveServer, *args: str) -> dict[str, object]:

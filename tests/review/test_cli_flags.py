@@ -17,6 +17,8 @@ from annotate2model.store.models import Task
 from tests.conftest import run_cli
 from tests.review.test_store_flags import PROJECT, _flags, _setup
 
+pytestmark = pytest.mark.both_dialects
+
 
 def test_flags_lists_outcomes_and_precision(cli: CliRunner, store: Store) -> None:
     code, out, _ = run_cli(cli, "flags")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from annotate2model.store import Store
 from annotate2model.store.flags import (
     NewFlag,
@@ -22,6 +24,8 @@ from annotate2model.store.models import Annotation, Image, Task
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import create_run
 from annotate2model.store.versions import create_version
+
+pytestmark = pytest.mark.both_dialects
 
 PROJECT = 7
 

@@ -23,7 +23,7 @@ from annotate2model.training.fit.head import C_GRID
 from annotate2model.training.runs import artifacts, runner
 from tests.training.conftest import make_split_folder, small_config
 
-pytestmark = pytest.mark.training
+pytestmark = [pytest.mark.training, pytest.mark.both_dialects]
 CPU = torch.device("cpu")
 
 
