@@ -23,6 +23,8 @@ from annotate2model.store.imports import import_folder
 from annotate2model.store.models import Run
 from tests.conftest import make_image_folder, run_cli
 
+pytestmark = pytest.mark.both_dialects
+
 
 @pytest.fixture
 def version1(store: Store, tmp_path: Path) -> int:
@@ -46,14 +48,14 @@ def test_a_killed_training_is_failed_in_the_next_command_whatever_it_is(
         from pathlib import Path
         from annotate2model.settings import load_settings
         from annotate2model.store import Store
-        from annotate2model.store import runs
+        from annotate2model.training.runs.ledger import Ledger
         from annotate2model.workspace import Workspace
         root = Path({str(store.settings.workspace.root)!r})
-        store = Store.open(load_settings(Workspace(root), {{}}))
-        with store.write() as session:
-            run = runs.create_run(session, 1, "train", {{}}, "cpu")
-        print(run.id, flush=True)
-        time.sleep(600)
+        env = {{"A2M_DATABASE_URL": {store.settings.database_url!r}}}
+        store = Store.open(load_settings(Workspace(root), env))
+        with Ledger(store).running(1, "train", {{}}, "cpu") as run:
+            print(run.id, flush=True)
+            time.sleep(600)
         """
     )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -91,22 +93,45 @@ def test_a_reused_pid_is_not_the_runs_process(cli: CliRunner, store: Store, vers
 
 
 def test_the_same_process_and_another_hosts_run_stay_running(
-    cli: CliRunner, store: Store, version1: int
+    cli: CliRunner, store: Store, version1: int, dialect: str
 ) -> None:
+    """SQLite: another host's run is left alone. PostgreSQL: it is judged by its liveness lock,
+    held by whatever machine trains it; a row whose lock nobody holds is a dead run's."""
+    locks = []
     with store.write() as session:
         ours = store_runs.create_run(session, 1, "train", {}, "cpu")  # this very process
         theirs = store_runs.create_run(session, 1, "train", {}, "cuda")
         session.execute(
             update(Run).where(Run.id == theirs.id).values(host="gpu-box-7", pid=999_999_999)
         )
-    run_cli(cli, "runs")
-    assert _status(store, ours.id).status == "running"
-    assert _status(store, theirs.id).status == "running"
+        locks = [(store_runs.hold_run_lock(session, r.id), r.id) for r in (ours, theirs)]
+        orphan = store_runs.create_run(session, 1, "train", {}, "cuda")
+        session.execute(
+            update(Run).where(Run.id == orphan.id).values(host="gpu-box-8", pid=999_999_998)
+        )
+    try:
+        run_cli(cli, "runs")
+        assert _status(store, ours.id).status == "running"
+        assert _status(store, theirs.id).status == "running"
+        gone = _status(store, orphan.id)
+        if dialect == "postgresql":
+            assert gone.status == "failed" and gone.error and "on gpu-box-8" in gone.error
+        else:
+            assert gone.status == "running"
+    finally:
+        for conn, run_id in locks:
+            store_runs.release_run_lock(conn, run_id)
+    if dialect == "postgresql":
+        # The lock given back without the row closed (the process died): the run is dead.
+        run_cli(cli, "runs")
+        assert _status(store, theirs.id).status == "failed"
 
 
 def test_a_row_from_before_hosts_were_recorded_is_judged_by_its_pid(
     cli: CliRunner, store: Store, version1: int
 ) -> None:
+    """SQLite (a store on this machine): by its pid. PostgreSQL: by its liveness lock, which
+    nobody holds."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     with store.write() as session:

@@ -80,6 +80,7 @@ class Ledger:
         """Create the run row; close it as interrupted or failed if the body does not finish it
         (a typed error's message, or the exception's type and text, is kept as the reason)."""
         created: list[OpenRun] = []
+        lock = None
         try:
             # A signal held during the creating write is delivered as it ends: the row exists
             # by then, and is closed below like any other interrupted run.
@@ -87,6 +88,8 @@ class Ledger:
                 created.append(
                     OpenRun(store_runs.create_run(session, version, kind, config, device))
                 )
+                # Held until the run is closed: other machines sharing the store see it alive.
+                lock = store_runs.hold_run_lock(session, created[0].id)
             yield created[0]
         except KeyboardInterrupt as exc:
             if created:
@@ -97,6 +100,9 @@ class Ledger:
                 reason = str(exc) if isinstance(exc, A2MError) else f"{type(exc).__name__}: {exc}"
                 self._close(created[0], "failed", reason)
             raise
+        finally:
+            if created:
+                store_runs.release_run_lock(lock, created[0].id)
 
     def _close(self, run: OpenRun, status: str, reason: str) -> None:
         with signals_held(), self.store.write() as session:
