@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 COMMANDS: dict[str, str] = {
     "init": "workspace",
     "doctor": "workspace",
+    "store": "storage",
     "import-folder": "data",
     "versions": "data",
     "show": "data",

@@ -1,0 +1,143 @@
+"""`a2m store migrate-to URL`: copy a workspace's store into another database (a team's
+PostgreSQL), then prove the copy whole.
+
+The target gets the schema from the same Alembic migrations, then every table's rows in
+foreign-key order, in batches, in one transaction: a failure leaves the target as empty as it
+was. A target that holds any row is refused (a copy never merges into someone's store). The
+copy is verified table by table: the count and a SHA-256 over every row, read back from both
+through the same column types, and each version's content hash recomputed from its copied rows.
+Blobs stay where they are: they are files under the workspace, not rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, insert, select, text
+
+from annotate2model.errors import InputError, StoreError
+from annotate2model.store.db import Store
+from annotate2model.store.models import Base
+from annotate2model.store.records import VersionItemRecord
+
+BATCH = 5_000
+
+
+@dataclass(frozen=True)
+class TableCopy:
+    name: str
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    target: str
+    tables: list[TableCopy]
+    versions_verified: int
+
+
+def _tables() -> list[Table]:
+    return [t for t in Base.metadata.sorted_tables if t.name != "alembic_version"]
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def table_digest(conn: Connection, table: Table) -> TableCopy:
+    """Count and SHA-256 of a table's rows, in primary-key order, as its column types read them."""
+    digest = hashlib.sha256()
+    rows = 0
+    order = list(table.primary_key.columns) or list(table.columns)
+    for row in conn.execute(select(table).order_by(*order)).yield_per(BATCH):
+        digest.update(json.dumps([_value(v) for v in row], default=str).encode())
+        digest.update(b"\n")
+        rows += 1
+    return TableCopy(table.name, rows, digest.hexdigest())
+
+
+def is_empty(conn: Connection) -> bool:
+    """Whether the database holds no row of any a2m table (tables of other software ignored)."""
+    return all(
+        not conn.dialect.has_table(conn, t.name)
+        or conn.execute(select(func.count()).select_from(t)).scalar() == 0
+        for t in _tables()
+    )
+
+
+def copy_store(
+    source: Store, target: Store, *, on_table: Callable[[str, int], None] | None = None
+) -> CopyResult:
+    """Copy every row of `source` into the empty, migrated `target`, then verify (see module)."""
+    from annotate2model.store.dialect import redacted_url
+    from annotate2model.store.versions import content_hash
+
+    where = redacted_url(target.settings.database_url)
+    if source.settings.database_url == target.settings.database_url:
+        raise InputError("the target is the store itself; give another database's URL.")
+    with target.engine.begin() as out, source.engine.connect() as src:
+        if not is_empty(out):
+            raise InputError(
+                f"{where} already holds a2m data; the copy goes only into an empty database.",
+                hint="create a new database for it (createdb NAME), or empty this one.",
+            )
+        for table in _tables():
+            count = 0
+            batch: list[dict[str, Any]] = []
+            for row in src.execute(select(table)).mappings().yield_per(BATCH):
+                batch.append(dict(row))
+                if len(batch) >= BATCH:
+                    out.execute(insert(table), batch)
+                    count, batch = count + len(batch), []
+            if batch:
+                out.execute(insert(table), batch)
+                count += len(batch)
+            if on_table is not None:
+                on_table(table.name, count)
+        if out.dialect.name == "postgresql":
+            # Rows came with their ids: the id sequences start after the highest one copied.
+            for table in _tables():
+                keys = list(table.primary_key.columns)
+                if len(keys) == 1 and keys[0].autoincrement is True:
+                    pk = keys[0]
+                    out.execute(
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence('{table.name}', '{pk.name}'), "
+                            f"COALESCE((SELECT MAX({pk.name}) FROM {table.name}), 0) + 1, false)"
+                        )
+                    )
+    # Verified after the commit, from what each database now holds.
+    with source.engine.connect() as src, target.engine.connect() as out:
+        tables = []
+        for table in _tables():
+            ours, theirs = table_digest(src, table), table_digest(out, table)
+            if ours != theirs:
+                raise StoreError(
+                    f"the copy in {where} differs from the store in table {table.name} "
+                    f"({ours.rows} rows here, {theirs.rows} there); empty it before trying again."
+                )
+            tables.append(ours)
+        versions = Base.metadata.tables["dataset_versions"]
+        items = Base.metadata.tables["version_items"]
+        checked = 0
+        for number, expected in out.execute(select(versions.c.number, versions.c.content_hash)):
+            rows = [
+                VersionItemRecord(r.image_sha256, r.label, r.split)
+                for r in out.execute(
+                    select(items).where(items.c.version == number).order_by(items.c.image_sha256)
+                )
+            ]
+            if content_hash(rows) != expected:
+                raise StoreError(f"version {number}'s rows in {where} do not match its hash.")
+            checked += 1
+    return CopyResult(target=where, tables=tables, versions_verified=checked)
