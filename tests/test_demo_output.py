@@ -94,7 +94,7 @@ def test_next_lines_are_whole_commands_that_fit_80_columns(tmp_path: Path) -> No
     assert all(len(line) <= WIDTH for line in lines)
     assert sum("# " in line for line in lines) == 4
     # A long invocation: still one whole command a line, each comment on a line of its own.
-    long = "/home/someone/projects/annotate2model/.venv/bin/a2m"
+    long = "/srv/someone/projects/annotate2model/.venv/bin/a2m"
     lines = next_lines(long, root, again=True)
     commands = [line.strip() for line in lines[1:] if line.startswith("  ") and "#" not in line]
     assert commands == [
