@@ -1,7 +1,11 @@
-"""Store benchmark: import-folder, 100,000-row versions and diff, a no-op re-import.
+"""Store benchmark: import-folder, large versions and their diff, a no-op re-import.
 
 Run: .venv/bin/python bench/store.py [--data ../shared/datasets/hymenoptera_data] [--repeat 5]
-Prints medians over the repeats, next to a baseline measured in the same run.
+     [--rows 1000000] [--dialects sqlite,postgresql]
+Prints medians over the repeats, next to a baseline measured in the same run. The versions are
+measured on each dialect asked for; PostgreSQL is a throw-away server that tests/postgres.py
+starts from Debian's package (fsync off, as in the tests: the figures are the store's work, not
+the disk's).
 """
 
 from __future__ import annotations
@@ -87,15 +91,22 @@ def bench_import(data: Path, repeat: int, tmp: Path) -> list[Row]:
     ]
 
 
-def bench_versions(rows: int, repeat: int, tmp: Path) -> list[Row]:
+def bench_versions(
+    rows: int,
+    repeat: int,
+    tmp: Path,
+    dialect: str = "sqlite",
+    new_url: Callable[[], str] | None = None,
+) -> list[Row]:
     fractions = SplitFractions()
     shas = [hashlib.sha256(f"bench-{i}".encode()).hexdigest() for i in range(rows + rows // 100)]
     labels = [f"class{i % 20}" for i in range(len(shas))]
     now = datetime.now(UTC)
     create_times, naive_times, diff_times, set_times = [], [], [], []
     for attempt in range(repeat):
-        ws, _ = init_workspace(tmp / f"v{attempt}")
-        store = Store.open(load_settings(ws, {}))
+        ws, _ = init_workspace(tmp / f"{dialect}{attempt}")
+        env = {"A2M_DATABASE_URL": new_url()} if new_url is not None else {}
+        store = Store.open(load_settings(ws, env))
         with store.write() as session:
             session.execute(
                 insert(Image),
@@ -175,13 +186,13 @@ def bench_versions(rows: int, repeat: int, tmp: Path) -> list[Row]:
         store.close()
     return [
         (
-            f"create version of {rows:,} rows",
+            f"{dialect}: create version of {rows:,} rows",
             statistics.median(create_times),
             statistics.median(naive_times),
             "one ORM object per row",
         ),
         (
-            f"diff two {rows:,}-row versions (rows returned)",
+            f"{dialect}: diff two {rows:,}-row versions",
             statistics.median(diff_times),
             statistics.median(set_times),
             "load both, diff Python dicts",
@@ -194,7 +205,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dialects", default="sqlite", help="sqlite, postgresql or both")
     args = parser.parse_args()
+    dialects = args.dialects.split(",")
     with tempfile.TemporaryDirectory(prefix="a2m-bench-") as tmp_name:
         tmp = Path(tmp_name)
         rows: list[Row] = []
@@ -202,11 +215,26 @@ def main() -> None:
             rows += bench_import(args.data, args.repeat, tmp)
         else:
             print(f"(skipping import: {args.data} not found)")
-        rows += bench_versions(args.rows, args.repeat, tmp)
+        if "sqlite" in dialects:
+            rows += bench_versions(args.rows, args.repeat, tmp)
+        if "postgresql" in dialects:
+            sys.path.insert(0, str(ROOT))
+            from tests.postgres import PostgresServer, binaries
+
+            bin_dir = binaries()
+            if bin_dir is None:
+                raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
+            server = PostgresServer(bin_dir).start()
+            try:
+                rows += bench_versions(
+                    args.rows, args.repeat, tmp, "postgresql", server.new_database
+                )
+            finally:
+                server.stop()
     print(f"\nmedian of {args.repeat} runs, seconds; ratio = baseline / a2m")
-    print(f"{'what':50} {'a2m':>7} {'baseline':>9} {'ratio':>6}  baseline is")
+    print(f"{'what':52} {'a2m':>7} {'baseline':>9} {'ratio':>6}  baseline is")
     for what, ours, base, baseline in rows:
-        print(f"{what:50} {ours:7.3f} {base:9.3f} {base / ours:6.2f}  {baseline}")
+        print(f"{what:52} {ours:7.3f} {base:9.3f} {base / ours:6.2f}  {baseline}")
 
 
 if __name__ == "__main__":
