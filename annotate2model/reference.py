@@ -251,6 +251,26 @@ SETTINGS: tuple[SettingRow, ...] = (
         '("postgresql+psycopg://user@host/a2m").',
     ),
     SettingRow(
+        "MLflow tracking URI",
+        "mlflow_uri",
+        "[tracking] mlflow_uri",
+        "MLFLOW_TRACKING_URI",
+        "-",
+        "none: runs are not mirrored",
+        "Every succeeded run is also an MLflow run there (parameters, metrics by epoch, the "
+        "version's hash as tags, the run folder, a pyfunc model); `a2m evaluate` logs to it. "
+        "Needs the mlflow extra; MLflow down is a warning, never a failed run.",
+    ),
+    SettingRow(
+        "MLflow experiment",
+        "mlflow_experiment",
+        "[tracking] experiment",
+        "MLFLOW_EXPERIMENT_NAME",
+        "-",
+        "the workspace folder's name",
+        "The MLflow experiment a2m's runs go to.",
+    ),
+    SettingRow(
         "split fractions",
         "split",
         "[split] train / val / test",

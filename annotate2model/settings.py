@@ -88,6 +88,10 @@ class Settings:
     # Hosts ("name" or "name:port") whose http(s) image URLs `a2m serve` may fetch for a Label
     # Studio task; none: only the connected Label Studio's own media.
     serve_image_hosts: tuple[str, ...] = ()
+    # MLflow tracking URI: every succeeded run is mirrored there (tracking.py); None: not at all.
+    mlflow_uri: str | None = None
+    # The MLflow experiment a2m's runs go to (default: the workspace folder's name).
+    mlflow_experiment: str = ""
 
 
 def load_settings(
@@ -137,6 +141,8 @@ def load_settings(
     )
     device = str(pick("device", "A2M_DEVICE", "training", "device") or "auto")
     hosts = pick("serve_image_hosts", "A2M_SERVE_IMAGE_HOSTS", "serve", "image_hosts")
+    mlflow_uri = pick("mlflow_uri", "MLFLOW_TRACKING_URI", "tracking", "mlflow_uri")
+    experiment = pick("mlflow_experiment", "MLFLOW_EXPERIMENT_NAME", "tracking", "experiment")
     return Settings(
         workspace=workspace,
         database_url=str(database_url),
@@ -145,6 +151,8 @@ def load_settings(
         labelstudio=labelstudio,
         device=device,
         serve_image_hosts=_host_list(hosts),
+        mlflow_uri=str(mlflow_uri) if mlflow_uri else None,
+        mlflow_experiment=str(experiment or workspace.root.name or "a2m"),
     )
 
 

@@ -24,7 +24,7 @@ pip_install() {
   .venv/bin/python -m pip install --quiet "$@"
 }
 pip_install --upgrade pip
-pip_install --resume-retries 20 -e '.[dev,studio,serve,postgres]'
+pip_install --resume-retries 20 -e '.[dev,studio,serve,postgres,mlflow]'
 # The browser tests (HTML report, web page) drive Debian's chromium: no browser is downloaded.
 if ! command -v chromium >/dev/null 2>&1; then
   echo "== installing Debian's chromium for the browser tests"

@@ -116,6 +116,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "labelstudio.token": ("t0ken", Secret("t0ken")),
     "device": ("cpu", "cpu"),
     "serve_image_hosts": ("img.example, cdn.example:8443", ("img.example", "cdn.example:8443")),
+    "mlflow_uri": ("http://mlflow.example:5000", "http://mlflow.example:5000"),
+    "mlflow_experiment": ("signs", "signs"),
 }
 
 

@@ -8,6 +8,7 @@ artifacts are written atomically, so neither leaves a corrupt file behind.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -174,8 +175,48 @@ def train(
             images_per_second=result.images_per_second,
         )
         progress.end()
-        return RunOutcome(run=done, extraction=result.extraction)
-    raise AssertionError("unreachable")  # pragma: no cover
+    _mirror_training(store, done, data, card, result.history, run_dir, progress)
+    return RunOutcome(run=done, extraction=result.extraction)
+
+
+def _mirror_training(
+    store: Store,
+    run: RunRecord,
+    data: VersionData,
+    card: dict[str, Any],
+    history: list[dict[str, Any]],
+    run_dir: Path,
+    progress: Progress,
+) -> None:
+    """The run in MLflow too, when the workspace tracks there (tracking.py); a warning if not."""
+    settings = store.settings
+    uri = settings.mlflow_uri
+    if not uri:
+        return
+    from annotate2model import tracking
+
+    tags = {
+        "a2m.version": data.version.number,
+        "a2m.version_hash": data.version.content_hash,
+        "a2m.counts": json.dumps({split: len(items) for split, items in data.splits.items()}),
+        "a2m.labels": json.dumps(data.labels),
+    }
+    progress.begin("Logging the run to MLflow")
+    tracking.mirrored(
+        f"run {run.id}",
+        progress.note,
+        lambda: tracking.log_training(
+            uri,
+            settings.mlflow_experiment,
+            run_id=run.id,
+            config=card["config"],
+            history=history,
+            metrics={**card["metrics"], "wall_seconds": run.wall_seconds},
+            tags=tags,
+            run_dir=run_dir,
+        ),
+    )
+    progress.end()
 
 
 def _torch_device(requested: str, precision: str) -> tuple[str, bool, str]:
@@ -358,6 +399,22 @@ def evaluate_run(
         {**metrics.summary(), **metrics.to_dict()},
         source="evaluate",
     )
+    settings = store.settings
+    uri = settings.mlflow_uri
+    if uri:
+        from annotate2model import tracking
+
+        tracking.mirrored(
+            f"the evaluation of run {run.id}",
+            progress.note,
+            lambda: tracking.log_evaluation(
+                uri,
+                settings.mlflow_experiment,
+                run.id,
+                f"evaluate.v{data.version.number}.{split}",
+                metrics.summary(),
+            ),
+        )
     return Evaluation(run=run.id, version=data.version.number, split=split, metrics=metrics)
 
 
