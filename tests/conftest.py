@@ -216,6 +216,11 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rich draws no colour codes into captured output; tests never see a user's A2M settings.
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
+    # As in the shell README command 1 leaves: this install's `a2m` first on PATH (hints and
+    # printed commands then say `a2m`; tests/test_demo_output.py covers the other case).
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        monkeypatch.setenv("PATH", os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
     for name in list(os.environ):
         if name.startswith("A2M_") or name.startswith("LABEL_STUDIO_"):
             monkeypatch.delenv(name, raising=False)

@@ -208,3 +208,41 @@ def test_waiting_for_label_studio_shows_the_step_and_the_time_so_far(tmp_path: P
         "Still starting Label Studio: setting up its database, 20 s so far.",
         "Still starting Label Studio: setting up its database, 40 s so far.",
     ]
+
+
+def test_hints_name_a2m_as_it_runs_from_this_shell(tmp_path: Path) -> None:
+    """Issue 25: a hint's `a2m ...` ran as "command not found" where the virtual environment was
+    not activated. It names this install's script then, and as printed, it runs."""
+    from annotate2model.workspace import init_workspace
+
+    ws, _ = init_workspace(tmp_path / "ws")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("A2M_", "LABEL_STUDIO_"))}
+    env.update(A2M_HOME=str(ws.root), PATH="/usr/bin:/bin", COLUMNS="400")
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), "-m", "annotate2model", "sync"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    hint = next(line for line in done.stderr.splitlines() if line.startswith("hint:"))
+    script = shlex.quote(str(VENV / "bin" / "a2m"))
+    assert f"`{script} studio up`" in hint, hint
+    assert "`a2m " not in hint
+    # The command in the hint runs as printed (its --help, so that nothing starts).
+    command = hint.split("`")[1]
+    ran = subprocess.run(
+        ["bash", "-c", f"{command} --help"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0 and "Label Studio" in ran.stdout
+    # With this install on PATH, hints say `a2m`.
+    env["PATH"] = f"{VENV / 'bin'}:/usr/bin:/bin"
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), "-m", "annotate2model", "sync"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "`a2m studio up`" in done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import sys
 from typing import Annotated, Any, NoReturn
 
@@ -73,8 +74,22 @@ def _fail(message: str, hint: str | None, exit_code: int) -> NoReturn:
     # Wrapped between words at the terminal's width, never inside a path or a `command`.
     print_wrapped(err_console, Text("error:", style="bold red"), message)
     if hint:
-        print_wrapped(err_console, Text("hint:", style="bold"), hint)
+        print_wrapped(err_console, Text("hint:", style="bold"), runnable(hint))
     sys.exit(exit_code)
+
+
+# `a2m` where a hint names a command: at the start of a code span or the text, or after a space.
+_A2M = re.compile(r"(?:(?<=`)|(?<=^)|(?<=\s))a2m(?= )")
+
+
+def runnable(hint: str) -> str:
+    """`hint` with each `a2m ...` command as it runs from this shell: the full path of this
+    install's script when PATH finds no `a2m` or another one (a virtual environment not
+    activated), so that a command copied from a hint runs as printed."""
+    from annotate2model.demo.invoke import a2m_command
+
+    command = a2m_command()
+    return hint if command == "a2m" else _A2M.sub(lambda _: command, hint)
 
 
 def _sentence_case(message: str) -> str:
