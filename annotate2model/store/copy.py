@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, insert, select, text
+from sqlalchemy import Connection, Table, func, insert, select
 
 from annotate2model.errors import InputError, StoreError
 from annotate2model.store.db import Store
+from annotate2model.store.dialect import restart_id_sequences
 from annotate2model.store.models import Base
 from annotate2model.store.records import VersionItemRecord
 
@@ -104,18 +105,8 @@ def copy_store(
                 count += len(batch)
             if on_table is not None:
                 on_table(table.name, count)
-        if out.dialect.name == "postgresql":
-            # Rows came with their ids: the id sequences start after the highest one copied.
-            for table in _tables():
-                keys = list(table.primary_key.columns)
-                if len(keys) == 1 and keys[0].autoincrement is True:
-                    pk = keys[0]
-                    out.execute(
-                        text(
-                            f"SELECT setval(pg_get_serial_sequence('{table.name}', '{pk.name}'), "
-                            f"COALESCE((SELECT MAX({pk.name}) FROM {table.name}), 0) + 1, false)"
-                        )
-                    )
+        # Rows came with their ids: the id sequences start after the highest one copied.
+        restart_id_sequences(out, _tables())
     # Verified after the commit, from what each database now holds.
     with source.engine.connect() as src, target.engine.connect() as out:
         tables = []

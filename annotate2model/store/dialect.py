@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, make_url, select
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, make_url, select, text
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.dml import Insert
@@ -35,6 +35,8 @@ BUSY_TIMEOUT_MS = 60_000
 # use): "a2m" + "wr" / "mg" in ASCII.
 WRITE_LOCK_KEY = 0x61326D_7772
 MIGRATION_LOCK_KEY = 0x61326D_6D67
+# A training's liveness lock is the two-key advisory lock (LIVENESS_SPACE, run id), ASCII "a2".
+LIVENESS_SPACE = 0x6132
 
 
 def redacted_url(url: str) -> str:
@@ -151,3 +153,61 @@ def migration_lock(engine: Engine, lock_path: Path) -> Iterator[None]:
         finally:
             conn.execute(unlock)
             conn.commit()
+
+
+# Liveness: on PostgreSQL (a store several machines share), a training holds an advisory lock
+# per run on a connection of its own for as long as it lives; the server drops it with the
+# connection when the process dies, on whatever machine. SQLite judges by pid and host instead.
+
+
+def has_liveness_locks(session: Session) -> bool:
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
+def hold_liveness_lock(session: Session, key: int) -> Connection | None:
+    """Take lock `key` on a new connection of `session`'s engine; None where there are none."""
+    if not has_liveness_locks(session):
+        return None
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    conn = engine.connect()
+    conn.execute(select(func.pg_advisory_lock(LIVENESS_SPACE, key)))
+    conn.commit()
+    return conn
+
+
+def release_liveness_lock(conn: Connection | None, key: int) -> None:
+    if conn is None:
+        return
+    try:
+        conn.execute(select(func.pg_advisory_unlock(LIVENESS_SPACE, key)))
+        conn.commit()
+    finally:
+        # A pooled connection would keep a session lock: this one is closed for good.
+        conn.invalidate()
+        conn.close()
+
+
+def liveness_lock_free(session: Session, key: int) -> bool:
+    """Whether no session holds lock `key` (then the process that took it is gone)."""
+    if not session.execute(select(func.pg_try_advisory_lock(LIVENESS_SPACE, key))).scalar():
+        return False
+    session.execute(select(func.pg_advisory_unlock(LIVENESS_SPACE, key)))
+    return True
+
+
+def restart_id_sequences(conn: Connection, tables: Sequence[Table]) -> None:
+    """After rows were copied in with their ids: each table's id sequence (PostgreSQL) starts
+    after the highest id. SQLite needs nothing: its next id is always max + 1."""
+    if conn.dialect.name != "postgresql":
+        return
+    for table in tables:
+        keys = list(table.primary_key.columns)
+        if len(keys) == 1 and keys[0].autoincrement is True:
+            pk = keys[0].name
+            conn.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table.name}', '{pk}'), "
+                    f"COALESCE((SELECT MAX({pk}) FROM {table.name}), 0) + 1, false)"
+                )
+            )

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.orm import Session
 
 from annotate2model.errors import InputError, NotFoundError
+from annotate2model.store import dialect
 from annotate2model.store.models import Evaluation, Prediction, Run
 
 if TYPE_CHECKING:
@@ -142,45 +143,15 @@ def set_metrics(session: Session, run_id: int, metrics: dict[str, Any]) -> None:
     _row(session, run_id).metrics_json = json.dumps(metrics)
 
 
-# PostgreSQL: a training holds the advisory lock (RUN_LOCK_SPACE, run id) on a connection of its
-# own from before its row is committed until the run is closed; the server drops it when the
-# process dies, on whatever machine. ASCII "a2" (the store's other keys: dialect.py).
-RUN_LOCK_SPACE = 0x6132
-
-
 def hold_run_lock(session: Session, run_id: int) -> Connection | None:
-    """PostgreSQL: take run `run_id`'s liveness lock on a new connection, before `session` (the
-    write that creates the row) commits, so that no reader ever sees the row without it. Returns
-    the connection to pass to `release_run_lock`; None on SQLite (the pid and host judge there)."""
-    engine = session.get_bind()
-    if engine.dialect.name != "postgresql":
-        return None
-    assert isinstance(engine, Engine)
-    conn = engine.connect()
-    conn.execute(select(func.pg_advisory_lock(RUN_LOCK_SPACE, run_id)))
-    conn.commit()
-    return conn
+    """Take run `run_id`'s liveness lock before `session` (the write that creates the row)
+    commits, so that no reader ever sees the row without it (PostgreSQL; None on SQLite, where
+    the pid and host judge). Give it back with `release_run_lock` once the row is closed."""
+    return dialect.hold_liveness_lock(session, run_id)
 
 
 def release_run_lock(conn: Connection | None, run_id: int) -> None:
-    """Give the lock of `hold_run_lock` back (after the run's row is closed)."""
-    if conn is None:
-        return
-    try:
-        conn.execute(select(func.pg_advisory_unlock(RUN_LOCK_SPACE, run_id)))
-        conn.commit()
-    finally:
-        # A pooled connection would keep a session lock: this one is closed for good.
-        conn.invalidate()
-        conn.close()
-
-
-def _lock_free(session: Session, run_id: int) -> bool:
-    """Whether no session holds run `run_id`'s liveness lock (then its training is gone)."""
-    if not session.execute(select(func.pg_try_advisory_lock(RUN_LOCK_SPACE, run_id))).scalar():
-        return False
-    session.execute(select(func.pg_advisory_unlock(RUN_LOCK_SPACE, run_id)))
-    return True
+    dialect.release_liveness_lock(conn, run_id)
 
 
 def dead_runs(session: Session, *, local_store: bool) -> list[int]:
@@ -197,8 +168,8 @@ def dead_runs(session: Session, *, local_store: bool) -> list[int]:
     rows = session.execute(
         select(Run.id, Run.pid, Run.host, Run.process_started).where(Run.status == "running")
     ).all()
-    if session.get_bind().dialect.name == "postgresql":
-        return [run_id for run_id, *_ in rows if _lock_free(session, run_id)]
+    if dialect.has_liveness_locks(session):
+        return [run_id for run_id, *_ in rows if dialect.liveness_lock_free(session, run_id)]
     here = socket.gethostname()
     dead = []
     for run_id, pid, host, started in rows:

@@ -137,7 +137,7 @@ def test_every_url_kind_and_unreadable_images(
     base, served = image_server
     project = ls_server.create_project(["a", "b"])
     local = ls_server.files_root / "local"
-    local.mkdir()
+    local.mkdir(exist_ok=True)  # (once per dialect: the server outlives the test)
     (local / "l.png").write_bytes(image_bytes(201))
     (served / "h.png").write_bytes(image_bytes(202))
     (served / "garbage.png").write_bytes(b"\x89PNG but not really")
@@ -153,7 +153,8 @@ def test_every_url_kind_and_unreadable_images(
             },
             {"data": {"image": f"{base}/h.png"}, "annotations": [choice("a")]},
             {"data": {"image": data_url}, "annotations": [choice("b")]},
-            {"data": {"image": f"{base}/missing.png"}, "annotations": [choice("a")]},
+            # (named per project: the image server outlives the test, run once per dialect)
+            {"data": {"image": f"{base}/missing-{project}.png"}, "annotations": [choice("a")]},
             {"data": {"image": f"{base}/garbage.png"}, "annotations": [choice("a")]},
         ]
         ids = c.import_tasks(project, tasks)
@@ -166,7 +167,7 @@ def test_every_url_kind_and_unreadable_images(
         items = version_items(session, result.version.version.number)
     assert {i.label for i in items} == {"a", "b"}
     # The broken image gets fixed on the server: the next sync retries and picks it up.
-    (served / "missing.png").write_bytes(image_bytes(205))
+    (served / f"missing-{project}.png").write_bytes(image_bytes(205))
     with ls_server.client() as c:
         again = sync_project(store, c, project)
     assert again.version is not None and again.version.version.item_count == 5
