@@ -52,16 +52,34 @@ def numeric(values: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def _experiment(mlflow: Any, name: str) -> str:
-    found = mlflow.get_experiment_by_name(name)
-    return str(found.experiment_id if found else mlflow.create_experiment(name))
-
-
 def _client(uri: str) -> Any:
-    import mlflow
+    """A client of `uri` alone: MLflow's fluent API would set the process-wide tracking URI (and
+    the MLFLOW_TRACKING_URI variable every later process inherits)."""
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    return mlflow
+    return MlflowClient(tracking_uri=uri)
+
+
+def _check_reachable(uri: str) -> None:
+    """An HTTP tracking server that does not answer fails at once, instead of after MLflow's
+    retries (minutes): the run is recorded either way, and nobody waits on a dead server."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import httpx
+
+    try:
+        httpx.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise ConnectionError(f"{uri} does not answer ({type(exc).__name__})") from None
+
+
+# How long a tracking server has to answer its /health before a run's logging is given up.
+REACH_TIMEOUT_S = 5.0
+
+
+def _experiment(client: Any, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    return str(found.experiment_id if found else client.create_experiment(name))
 
 
 def log_training(
@@ -76,40 +94,61 @@ def log_training(
     run_dir: Path,
 ) -> str:
     """Log one succeeded run (see the module); returns the MLflow run id."""
-    mlflow = _client(uri)
-    with mlflow.start_run(
-        experiment_id=_experiment(mlflow, experiment), run_name=f"a2m run {run_id}"
-    ) as active:
-        mlflow.set_tags({RUN_TAG: str(run_id), **{k: str(v) for k, v in tags.items()}})
-        mlflow.log_params(flat_params(config))
-        for step, row in enumerate(history, start=1):
-            epoch_metrics = numeric({k: v for k, v in row.items() if k != "epoch"})
-            if epoch_metrics:
-                mlflow.log_metrics(epoch_metrics, step=int(row.get("epoch", step)))
-        mlflow.log_metrics(numeric(metrics))
-        mlflow.log_artifacts(str(run_dir), artifact_path="run")
-        from annotate2model.tracking_model import SIGNATURE, RunModel
+    import tempfile
 
-        mlflow.pyfunc.log_model(
-            name="model",
-            python_model=RunModel(),
-            signature=SIGNATURE,
-            artifacts={"run": str(run_dir)},
-            pip_requirements=["annotate2model"],
-        )
-        return str(active.info.run_id)
+    import mlflow.pyfunc
+    from mlflow.entities import Metric, Param
+
+    from annotate2model.tracking_model import SIGNATURE, RunModel
+
+    _check_reachable(uri)
+    client = _client(uri)
+    created = client.create_run(
+        _experiment(client, experiment),
+        run_name=f"a2m run {run_id}",
+        tags={RUN_TAG: str(run_id), **{k: str(v) for k, v in tags.items()}},
+    )
+    mlflow_run = str(created.info.run_id)
+    try:
+        now = int(created.info.start_time)
+        steps = [
+            Metric(key, value, now, int(row.get("epoch", step)))
+            for step, row in enumerate(history, start=1)
+            for key, value in numeric({k: v for k, v in row.items() if k != "epoch"}).items()
+        ]
+        final = [Metric(key, value, now, 0) for key, value in numeric(metrics).items()]
+        params = [Param(k, v[:6000]) for k, v in flat_params(config).items()]
+        # MLflow takes at most 1,000 metrics and 100 params per batch.
+        for i in range(0, len(steps) + len(final), 1000):
+            client.log_batch(mlflow_run, metrics=(steps + final)[i : i + 1000])
+        for i in range(0, len(params), 100):
+            client.log_batch(mlflow_run, params=params[i : i + 100])
+        client.log_artifacts(mlflow_run, str(run_dir), artifact_path="run")
+        with tempfile.TemporaryDirectory(prefix="a2m-mlflow-") as tmp:
+            model_dir = Path(tmp) / "model"
+            mlflow.pyfunc.save_model(
+                path=str(model_dir),
+                python_model=RunModel(),
+                artifacts={"run": str(run_dir)},
+                signature=SIGNATURE,
+                pip_requirements=["annotate2model"],
+            )
+            client.log_artifacts(mlflow_run, str(model_dir), artifact_path="model")
+    except BaseException:
+        client.set_terminated(mlflow_run, status="FAILED")
+        raise
+    client.set_terminated(mlflow_run, status="FINISHED")
+    return mlflow_run
 
 
 def find_run(uri: str, experiment: str, run_id: int) -> str | None:
     """The MLflow run id of ledger run `run_id`, or None when it was not logged."""
-    mlflow = _client(uri)
-    found = mlflow.get_experiment_by_name(experiment)
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = mlflow.search_runs(
-        experiment_ids=[found.experiment_id],
-        filter_string=f"tags.`{RUN_TAG}` = '{run_id}'",
-        output_format="list",
+    runs = client.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{run_id}'", max_results=1
     )
     return str(runs[0].info.run_id) if runs else None
 
@@ -118,11 +157,11 @@ def log_evaluation(
     uri: str, experiment: str, run_id: int, name: str, metrics: Mapping[str, Any]
 ) -> bool:
     """Log a judgement of ledger run `run_id` (prefix `name`) to its MLflow run, if it has one."""
+    _check_reachable(uri)
     mlflow_run = find_run(uri, experiment, run_id)
     if mlflow_run is None:
         return False
-    mlflow = _client(uri)
-    client = mlflow.MlflowClient()
+    client = _client(uri)
     for key, value in numeric(metrics).items():
         client.log_metric(mlflow_run, f"{name}.{key}", value)
     return True

@@ -213,7 +213,8 @@ def run_cli(runner: CliRunner, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Rich draws no colour codes into captured output; tests never see a user's A2M settings.
+    # Rich draws no colour codes into captured output; tests never see a user's A2M, Label
+    # Studio or MLflow settings.
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
     # As in the shell README command 1 leaves: this install's `a2m` first on PATH (hints and
@@ -222,7 +223,7 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
         monkeypatch.setenv("PATH", os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
     for name in list(os.environ):
-        if name.startswith("A2M_") or name.startswith("LABEL_STUDIO_"):
+        if name.startswith(("A2M_", "LABEL_STUDIO_", "MLFLOW_")):
             monkeypatch.delenv(name, raising=False)
 
 
