@@ -155,12 +155,16 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def database_url(dialect: str, request: pytest.FixtureRequest) -> str | None:
-    """A fresh PostgreSQL database's URL for the PostgreSQL half; None: the workspace's SQLite."""
+def database_url(dialect: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A fresh PostgreSQL database's URL for the PostgreSQL half (dropped afterwards); None:
+    the workspace's SQLite."""
     if dialect == "sqlite":
-        return None
+        yield None
+        return
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.new_database()
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
 
 
 @pytest.fixture
