@@ -4,36 +4,27 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from annotate2model.errors import StoreError
+from annotate2model.labelstudio.server import free_port
 from annotate2model.settings import Settings, load_settings
 from annotate2model.store import Store
 from annotate2model.store.versions import list_versions, version_items
 from annotate2model.workspace import Workspace
 from tests.conftest import make_image_folder
+from tests.test_processes import a2m
 
 pytestmark = [pytest.mark.both_dialects, pytest.mark.slow]
 
 
-def _start(workspace: Workspace, database_url: str | None, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("A2M_")}
-    env["A2M_HOME"] = str(workspace.root)
-    if database_url:
-        env["A2M_DATABASE_URL"] = database_url
-    return subprocess.Popen(
-        [sys.executable, "-m", "annotate2model", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _import(workspace: Workspace, database_url: str | None, folder: Path) -> subprocess.Popen[str]:
+    """`a2m import-folder FOLDER --json` started on the test's workspace and database."""
+    return a2m(workspace, "import-folder", str(folder), "--json", database_url=database_url)
 
 
 def _finish(processes: list[subprocess.Popen[str]]) -> list[str]:
@@ -49,9 +40,7 @@ def test_the_same_import_started_together_makes_one_version(
     workspace: Workspace, store: Store, database_url: str | None, tmp_path: Path
 ) -> None:
     folder = make_image_folder(tmp_path / "photos", {"ants": 12, "bees": 12})
-    outs = _finish(
-        [_start(workspace, database_url, "import-folder", str(folder), "--json") for _ in range(3)]
-    )
+    outs = _finish([_import(workspace, database_url, folder) for _ in range(3)])
     with store.read() as session:
         versions = list_versions(session)
         assert [v.number for v in versions] == [1]
@@ -69,7 +58,7 @@ def test_different_imports_started_together_each_get_their_own_number(
         make_image_folder(tmp_path / f"photos{i}", {"ants": 4 + i, "bees": 4}, seed=i)
         for i in range(3)
     ]
-    _finish([_start(workspace, database_url, "import-folder", str(f), "--json") for f in folders])
+    _finish([_import(workspace, database_url, f) for f in folders])
     with store.read() as session:
         versions = list_versions(session)
         assert sorted(v.number for v in versions) == [1, 2, 3]
@@ -81,12 +70,12 @@ def test_a_reader_of_version_n_is_unaffected_by_a_writer_of_n_plus_1(
     workspace: Workspace, store: Store, database_url: str | None, tmp_path: Path
 ) -> None:
     first = make_image_folder(tmp_path / "v1", {"ants": 6, "bees": 6})
-    _finish([_start(workspace, database_url, "import-folder", str(first))])
+    _finish([_import(workspace, database_url, first)])
     with store.read() as session:
         before = version_items(session, 1)
         # A sync or import commits version 2 while this read is open.
         second = make_image_folder(tmp_path / "v2", {"ants": 9, "bees": 9}, seed=5)
-        _finish([_start(workspace, database_url, "import-folder", str(second))])
+        _finish([_import(workspace, database_url, second)])
         assert version_items(session, 1) == before
     with store.read() as session:
         assert [v.number for v in list_versions(session)] == [1, 2]
@@ -106,9 +95,7 @@ def test_a_store_written_by_a_newer_annotate2model_is_refused(settings: Settings
 def test_an_unreachable_postgresql_is_a_clear_error_without_the_password(
     workspace: Workspace,
 ) -> None:
-    from tests.postgres import _free_port
-
-    url = f"postgresql+psycopg://team:s3cret-pw@127.0.0.1:{_free_port()}/a2m"
+    url = f"postgresql+psycopg://team:s3cret-pw@127.0.0.1:{free_port()}/a2m"
     settings = load_settings(workspace, env={"A2M_DATABASE_URL": url})
     with pytest.raises(StoreError) as caught:
         Store.open(settings)

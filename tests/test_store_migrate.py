@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from annotate2model.labelstudio.server import free_port
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
 from annotate2model.store.flags import list_flags, record_flags
@@ -81,10 +82,8 @@ def test_a_sqlite_store_moves_to_postgresql_whole(
 
 
 def test_a_bad_or_unreachable_target_is_a_clear_error(cli: CliRunner, store: Store) -> None:
-    from tests.postgres import _free_port
-
     code, _, err = run_cli(
-        cli, "store", "migrate-to", f"postgresql+psycopg://a2m:pw123@127.0.0.1:{_free_port()}/x"
+        cli, "store", "migrate-to", f"postgresql+psycopg://a2m:pw123@127.0.0.1:{free_port()}/x"
     )
     assert code == 1 and "cannot reach" in err and "pw123" not in err
     code, _, err = run_cli(cli, "store", "migrate-to", "mysql://a2m@127.0.0.1/x")

@@ -40,7 +40,7 @@ def migrate_to(
 
     from annotate2model.errors import InputError
     from annotate2model.store import Store
-    from annotate2model.store.copy import copy_store, is_empty
+    from annotate2model.store.copy import copy_store, refuse_unless_empty
     from annotate2model.store.dialect import make_engine, redacted_url
 
     if url == "-":
@@ -59,16 +59,11 @@ def migrate_to(
     # Refused before the migrations touch it: a copy never lands on someone's store.
     try:
         with engine.connect() as conn:
-            empty = is_empty(conn)
+            refuse_unless_empty(conn, where)
     except DBAPIError as exc:
         raise InputError(f"cannot reach {where}: {exc.orig}") from None
     finally:
         engine.dispose()
-    if not empty:
-        raise InputError(
-            f"{where} already holds a2m data; the copy goes only into an empty database.",
-            hint="create a new database for it (createdb NAME), or empty this one.",
-        )
     target = Store.open(st.settings(database_url=url))
     try:
         result = copy_store(

@@ -67,13 +67,18 @@ def table_digest(conn: Connection, table: Table) -> TableCopy:
     return TableCopy(table.name, rows, digest.hexdigest())
 
 
-def is_empty(conn: Connection) -> bool:
-    """Whether the database holds no row of any a2m table (tables of other software ignored)."""
-    return all(
+def refuse_unless_empty(conn: Connection, where: str) -> None:
+    """Refuse a database that holds any row of an a2m table (other software's tables ignored):
+    a copy never merges into someone's store."""
+    if not all(
         not conn.dialect.has_table(conn, t.name)
         or conn.execute(select(func.count()).select_from(t)).scalar() == 0
         for t in _tables()
-    )
+    ):
+        raise InputError(
+            f"{where} already holds a2m data; the copy goes only into an empty database.",
+            hint="create a new database for it (createdb NAME), or empty this one.",
+        )
 
 
 def copy_store(
@@ -87,11 +92,7 @@ def copy_store(
     if source.settings.database_url == target.settings.database_url:
         raise InputError("the target is the store itself; give another database's URL.")
     with target.engine.begin() as out, source.engine.connect() as src:
-        if not is_empty(out):
-            raise InputError(
-                f"{where} already holds a2m data; the copy goes only into an empty database.",
-                hint="create a new database for it (createdb NAME), or empty this one.",
-            )
+        refuse_unless_empty(out, where)
         for table in _tables():
             count = 0
             batch: list[dict[str, Any]] = []

@@ -4,7 +4,6 @@ ledger stays the source of truth: MLflow down is one warning, never a failed run
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import mlflow
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 
+from annotate2model.labelstudio.server import free_port
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
 from annotate2model.store.versions import get_version
@@ -35,17 +35,10 @@ def _tracked_store(workspace: Workspace, uri: str) -> Store:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """`mlflow server` on loopback with its own SQLite backend and artifact folder."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "mlflow-server.log").open("w")
     proc = subprocess.Popen(
         [
@@ -160,7 +153,7 @@ def test_mlflow_down_is_one_warning_not_a_failed_run(
     workspace: Workspace, version1: Path, weights: Path
 ) -> None:
     # A server that is not there: one warning at once, not MLflow's minutes of retries.
-    store = _tracked_store(workspace, f"http://127.0.0.1:{_free_port()}")
+    store = _tracked_store(workspace, f"http://127.0.0.1:{free_port()}")
     try:
         progress = RecordingProgress()
         started = time.monotonic()
