@@ -218,15 +218,19 @@ def test_hints_name_a2m_as_it_runs_from_this_shell(tmp_path: Path) -> None:
     ws, _ = init_workspace(tmp_path / "ws")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("A2M_", "LABEL_STUDIO_"))}
     env.update(A2M_HOME=str(ws.root), PATH="/usr/bin:/bin", COLUMNS="400")
-    done = subprocess.run(
-        [str(VENV / "bin" / "python"), "-m", "annotate2model", "sync"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode != 0
-    hint = next(line for line in done.stderr.splitlines() if line.startswith("hint:"))
+
+    def failed_sync_hint() -> str:
+        done = subprocess.run(
+            [str(VENV / "bin" / "python"), "-m", "annotate2model", "sync"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode != 0
+        return next(line for line in done.stderr.splitlines() if line.startswith("hint:"))
+
+    hint = failed_sync_hint()
     script = shlex.quote(str(VENV / "bin" / "a2m"))
     assert f"`{script} studio up`" in hint, hint
     assert "`a2m " not in hint
@@ -238,11 +242,4 @@ def test_hints_name_a2m_as_it_runs_from_this_shell(tmp_path: Path) -> None:
     assert ran.returncode == 0 and "Label Studio" in ran.stdout
     # With this install on PATH, hints say `a2m`.
     env["PATH"] = f"{VENV / 'bin'}:/usr/bin:/bin"
-    done = subprocess.run(
-        [str(VENV / "bin" / "python"), "-m", "annotate2model", "sync"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "`a2m studio up`" in done.stderr
+    assert "`a2m studio up`" in failed_sync_hint()

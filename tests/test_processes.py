@@ -25,9 +25,12 @@ from tests.conftest import make_image_folder
 pytestmark = pytest.mark.slow
 
 
-def a2m(ws: Workspace, *args: str) -> subprocess.Popen[str]:
+def a2m(ws: Workspace, *args: str, database_url: str | None = None) -> subprocess.Popen[str]:
+    """`a2m args...` started on workspace `ws` (its store at `database_url` when given)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("A2M_")}
     env["A2M_HOME"] = str(ws.root)
+    if database_url:
+        env["A2M_DATABASE_URL"] = database_url
     return subprocess.Popen(
         [sys.executable, "-m", "annotate2model", *args],
         env=env,

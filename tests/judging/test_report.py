@@ -61,6 +61,21 @@ def _train(store: Store, version: int) -> int:
     return train(store, config, version).run.id
 
 
+def two_version_folders(base: Path, labels: list[str]) -> tuple[Path, Path]:
+    """Folders of two versions: 10 training, 5 val and 8 test images per label, then the same
+    images and 10 more training images per label."""
+    counts = {label: 10 for label in labels}
+    first = make_split_folder(base / "v1", counts, {label: 5 for label in labels})
+    make_image_folder(first / "test", {label: 8 for label in labels}, seed=90)
+    grown = make_split_folder(base / "v2", counts, {label: 5 for label in labels})
+    make_image_folder(grown / "test", {label: 8 for label in labels}, seed=90)
+    make_image_folder(base / "extra", {label: 10 for label in labels}, seed=7)
+    for label in labels:
+        for i, image in enumerate(sorted((base / "extra" / label).iterdir())):
+            image.rename(grown / "train" / label / f"more_{i}.png")
+    return first, grown
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     from annotate2model.workspace import init_workspace
@@ -68,18 +83,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     base = tmp_path_factory.mktemp("report")
     ws, _ = init_workspace(base / "ws")
     store = Store.open(load_settings(ws, env={}))
-    counts = {label: 10 for label in LABELS}
-    first = make_split_folder(base / "v1", counts, {label: 5 for label in LABELS})
-    make_image_folder(first / "test", {label: 8 for label in LABELS}, seed=90)
+    first, grown = two_version_folders(base, LABELS)
     import_folder(store, first)
     run = _train(store, 1)
-    # Version 2: the same images and 10 more training images per class.
-    grown = make_split_folder(base / "v2", counts, {label: 5 for label in LABELS})
-    make_image_folder(grown / "test", {label: 8 for label in LABELS}, seed=90)
-    make_image_folder(base / "extra", {label: 10 for label in LABELS}, seed=7)
-    for label in LABELS:
-        for i, image in enumerate(sorted((base / "extra" / label).iterdir())):
-            image.rename(grown / "train" / label / f"more_{i}.png")
     import_folder(store, grown)
     run2 = _train(store, 2)
     yield Trained(root=ws.root, store=store, run=run, run2=run2)

@@ -20,9 +20,9 @@ from annotate2model.judging.report import compare_report, run_report
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
 from annotate2model.store.imports import import_folder
-from tests.conftest import make_image_folder, run_cli
+from tests.conftest import run_cli
 from tests.judging.test_plots import _row, sample_comparison, sample_curve
-from tests.training.conftest import make_split_folder
+from tests.judging.test_report import two_version_folders
 
 VIEWPORT = {"width": 1280, "height": 900}
 LABELS = ["ants", "a label long enough to need wrapping in a narrow table column"]
@@ -49,18 +49,10 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
     base = tmp_path_factory.mktemp("layout")
     ws, _ = init_workspace(base / "ws")
     store = Store.open(load_settings(ws, env={}))
-    counts = {label: 10 for label in LABELS}
-    first = make_split_folder(base / "v1", counts, {label: 5 for label in LABELS})
-    make_image_folder(first / "test", {label: 8 for label in LABELS}, seed=90)
+    first, grown = two_version_folders(base, LABELS)
     import_folder(store, first)
     config = RunConfig(weights=str(weights), image_size=32)
     runs = [train(store, config, 1).run.id]
-    grown = make_split_folder(base / "v2", counts, {label: 5 for label in LABELS})
-    make_image_folder(grown / "test", {label: 8 for label in LABELS}, seed=90)
-    make_image_folder(base / "extra", {label: 10 for label in LABELS}, seed=7)
-    for label in LABELS:
-        for i, image in enumerate(sorted((base / "extra" / label).iterdir())):
-            image.rename(grown / "train" / label / f"more_{i}.png")
     import_folder(store, grown)
     runs.append(train(store, config, 2).run.id)
     runs.append(train(store, dataclasses.replace(config, seed=1, views=2), 2).run.id)
