@@ -6,7 +6,8 @@ parameters, each epoch's figures as metrics by step, the final figures per split
 version's number, hash and counts as tags, the run folder as artifacts, and the model as an MLflow
 pyfunc model (tracking_model.py wraps the Predictor: `mlflow.pyfunc.load_model(...).predict(frame)`
 with a `path` column of image files; `mlflow models serve` loads it the same way). `a2m evaluate`
-logs its judgement to the MLflow run of the run it judges.
+and `a2m compare` log their judgements to the MLflow runs of the runs they judge (runs that were
+never mirrored are left alone).
 
 The ledger stays the source of truth: MLflow missing, refusing or down costs one warning on the
 command's output (with the reason), never the run.
@@ -16,9 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    from annotate2model.judging.records import Comparison
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +84,23 @@ def _check_reachable(uri: str) -> None:
 REACH_TIMEOUT_S = 5.0
 
 
-def _experiment(client: Any, name: str) -> str:
+def _artifact_location(uri: str) -> str | None:
+    """Where a new experiment of a local SQLite store keeps its artifacts: `mlruns/` beside the
+    database file (MLflow's own default, ./mlruns, would follow the folder a command runs in);
+    None (the store's own default) for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = unquote(uri[len("sqlite:///") :]).split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return None
+    return (Path(path).resolve().parent / "mlruns").as_uri()
+
+
+def _experiment(client: Any, name: str, uri: str) -> str:
     found = client.get_experiment_by_name(name)
-    return str(found.experiment_id if found else client.create_experiment(name))
+    if found:
+        return str(found.experiment_id)
+    return str(client.create_experiment(name, artifact_location=_artifact_location(uri)))
 
 
 def log_training(
@@ -104,7 +125,7 @@ def log_training(
     _check_reachable(uri)
     client = _client(uri)
     created = client.create_run(
-        _experiment(client, experiment),
+        _experiment(client, experiment, uri),
         run_name=f"a2m run {run_id}",
         tags={RUN_TAG: str(run_id), **{k: str(v) for k, v in tags.items()}},
     )
@@ -143,7 +164,10 @@ def log_training(
 
 def find_run(uri: str, experiment: str, run_id: int) -> str | None:
     """The MLflow run id of ledger run `run_id`, or None when it was not logged."""
-    client = _client(uri)
+    return _find(_client(uri), experiment, run_id)
+
+
+def _find(client: Any, experiment: str, run_id: int) -> str | None:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -165,6 +189,94 @@ def log_evaluation(
     for key, value in numeric(metrics).items():
         client.log_metric(mlflow_run, f"{name}.{key}", value)
     return True
+
+
+def _key(text: str) -> str:
+    """`text` as part of an MLflow metric or tag key (letters, digits, _ - . and spaces)."""
+    return re.sub(r"[^\w\-. ]", "_", text)
+
+
+def comparison_figures(
+    comparison: Comparison,
+) -> dict[int, tuple[dict[str, float], dict[str, str]]]:
+    """Ledger run -> (metrics, tags): a comparison's judgement of each compared run, as `a2m
+    compare` computed it, under one prefix per comparison and judged set, such as
+    `compare.runs-3-5.unseen` (`.shared-test`, `.v4-test` with `--test-of 4`):
+
+    - `PREFIX.accuracy` with its 95% Wilson interval `PREFIX.accuracy_low`/`_high`,
+      `PREFIX.macro_f1` and `PREFIX.images` (how many images were judged);
+    - for each run it was tested against (McNemar's exact test, consecutive runs as `a2m compare`
+      pairs them), `PREFIX.vs_run_N.accuracy_delta` (this run's accuracy minus run N's),
+      `.p_value`, `.right_only` and `.wrong_only` (images only this run gets right or wrong), and
+      `.per_class_delta.CLASS`;
+    - tags `a2m.PREFIX.compared_with` (the other runs' ids), `a2m.PREFIX.test_set` (what was
+      judged) and `a2m.PREFIX.vs_run_N` (the verdict, as `a2m compare` says it).
+    """
+    test_set = comparison.test_set
+    judged = {
+        "unseen": "unseen",
+        "shared": f"shared-{test_set.split}",
+        "pinned": f"v{test_set.version}-{test_set.split}",
+    }.get(test_set.kind, _key(test_set.kind))
+    ids = [row.run for row in comparison.rows]
+    prefix = f"compare.runs-{'-'.join(map(str, ids))}.{judged}"
+    out: dict[int, tuple[dict[str, float], dict[str, str]]] = {}
+    for row in comparison.rows:
+        metrics: dict[str, float] = {
+            f"{prefix}.accuracy": row.accuracy,
+            f"{prefix}.accuracy_low": row.interval.low,
+            f"{prefix}.accuracy_high": row.interval.high,
+            f"{prefix}.images": float(len(test_set.images)),
+        }
+        if row.macro_f1 is not None:
+            metrics[f"{prefix}.macro_f1"] = row.macro_f1
+        tags = {
+            f"a2m.{prefix}.compared_with": ",".join(str(i) for i in ids if i != row.run),
+            f"a2m.{prefix}.test_set": test_set.description[:MAX_TAG],
+        }
+        out[row.run] = (metrics, tags)
+    accuracy = {row.run: row.accuracy for row in comparison.rows}
+    for pair in comparison.pairs:
+        for this, other, sign in ((pair.after, pair.before, 1), (pair.before, pair.after, -1)):
+            metrics, tags = out[this]
+            vs = f"{prefix}.vs_run_{other}"
+            metrics[f"{vs}.accuracy_delta"] = accuracy[this] - accuracy[other]
+            metrics[f"{vs}.p_value"] = pair.p_value
+            metrics[f"{vs}.right_only"] = float(pair.fixed if sign > 0 else pair.broken)
+            metrics[f"{vs}.wrong_only"] = float(pair.broken if sign > 0 else pair.fixed)
+            for label, delta in pair.per_class_delta.items():
+                metrics[f"{vs}.per_class_delta.{_key(label)}"] = sign * delta
+            tags[f"a2m.{vs}"] = pair.sentence[:MAX_TAG]
+    return out
+
+
+# The longest tag value a2m writes (MLflow takes 8,000 characters).
+MAX_TAG = 5000
+
+
+def log_comparison(uri: str, experiment: str, comparison: Comparison) -> list[int]:
+    """Log a comparison (comparison_figures) to the MLflow run of each compared run that has one;
+    returns the ledger runs it was logged to (runs never mirrored are left out)."""
+    from mlflow.entities import Metric, RunTag
+
+    _check_reachable(uri)
+    client = _client(uri)
+    logged = []
+    for run_id, (metrics, tags) in comparison_figures(comparison).items():
+        mlflow_run = _find(client, experiment, run_id)
+        if mlflow_run is None:
+            log.debug("run %s has no MLflow run; its comparison stays in the ledger", run_id)
+            continue
+        now = int(time.time() * 1000)
+        entries = [Metric(k, v, now, 0) for k, v in metrics.items()]
+        # MLflow takes at most 1,000 metrics and 100 tags per batch.
+        for i in range(0, len(entries), 1000):
+            client.log_batch(mlflow_run, metrics=entries[i : i + 1000])
+        marks = [RunTag(k, v) for k, v in tags.items()]
+        for i in range(0, len(marks), 100):
+            client.log_batch(mlflow_run, tags=marks[i : i + 100])
+        logged.append(run_id)
+    return logged
 
 
 def mirrored(what: str, warn: Callable[[str], None], action: Callable[[], Any]) -> Any:

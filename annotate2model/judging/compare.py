@@ -8,7 +8,8 @@ every older run. `shared` asks for that intersection, `test_of` for one version'
 run gets a Wilson interval of its accuracy and consecutive runs McNemar's exact test.
 Predictions already in the ledger are reused; the missing ones (an older run has not seen a newer
 version's new test images) go through the Predictor once and are kept in the ledger, as is each
-judgement, so a repeated comparison needs no torch.
+judgement, so a repeated comparison needs no torch. A judgement kept is also logged to the MLflow
+run of each compared run that has one, when the workspace tracks runs there (tracking.py).
 """
 
 from __future__ import annotations
@@ -290,6 +291,7 @@ def compare(
     )
     if record:
         _record(store, comparison)
+        _mirror(store, comparison, progress)
     return comparison
 
 
@@ -517,6 +519,22 @@ def _config_differences(chosen: Sequence[RunRecord]) -> list[str]:
                 f"the runs differ in {words}: {detail}. The comparison mixes data and model."
             )
     return out
+
+
+def _mirror(store: Store, comparison: Comparison, progress: Progress) -> None:
+    """The judgement in MLflow too, on each compared run's MLflow run (tracking.py), when the
+    workspace tracks there: MLflow missing or down is one warning."""
+    settings = store.settings
+    uri = settings.mlflow_uri
+    if not uri:
+        return
+    from annotate2model import tracking
+
+    tracking.mirrored(
+        f"the comparison of runs {', '.join(str(r.run) for r in comparison.rows)}",
+        progress.note,
+        lambda: tracking.log_comparison(uri, settings.mlflow_experiment, comparison),
+    )
 
 
 def _record(store: Store, comparison: Comparison) -> None:

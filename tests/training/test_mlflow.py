@@ -1,5 +1,6 @@
 """Runs mirrored to MLflow: MLflow's local store and a real `mlflow server` on loopback. The
-ledger stays the source of truth: MLflow down is one warning, never a failed run."""
+ledger stays the source of truth: MLflow down is one warning, never a failed run. `a2m compare`
+logs to the runs it judges."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import mlflow
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 
+from annotate2model import tracking
+from annotate2model.judging.compare import compare
 from annotate2model.labelstudio.server import free_port
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
@@ -166,3 +169,93 @@ def test_mlflow_down_is_one_warning_not_a_failed_run(
         assert waited < 60, waited
     finally:
         store.close()
+
+
+def _mlflow_runs(uri: str, experiment: str) -> dict[int, mlflow.entities.Run]:
+    """Ledger run id -> its MLflow run, in `experiment` of the store at `uri`."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    runs = client.search_runs([found.experiment_id])
+    return {int(r.data.tags[tracking.RUN_TAG]): r for r in runs}
+
+
+def test_a_comparison_is_logged_to_the_runs_it_judges(
+    workspace: Workspace,
+    store: Store,
+    version1: Path,
+    weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each compared run's MLflow run gets the comparison's figures, as compare computed them; a
+    run that was never mirrored is left out without a word. A local SQLite store keeps its
+    artifacts beside its file, not in the folder a command runs in."""
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    # Run 1 before the workspace tracked anything; runs 2 and 3 mirrored.
+    unmirrored = runner.train(store, small_config(weights)).run.id
+    tracked = _tracked_store(workspace, uri)
+    try:
+        first = runner.train(tracked, small_config(weights)).run.id
+        second = runner.train(tracked, small_config(weights, image_size=48)).run.id
+        progress = RecordingProgress()
+        result = compare(tracked, runs=[unmirrored, first, second], progress=progress)
+    finally:
+        tracked.close()
+    assert [n for n in progress.notes if n.startswith("MLflow")] == []
+    assert list(here.iterdir()) == []
+    assert (tmp_path / "mlflow" / "mlruns").is_dir()
+    found = _mlflow_runs(uri, "a2m-tests")
+    assert set(found) == {first, second}
+    assert result.test_set.kind == "shared" and result.test_set.split == "val"
+    prefix = f"compare.runs-{unmirrored}-{first}-{second}.shared-val"
+    rows = {row.run: row for row in result.rows}
+    for run_id in (first, second):
+        metrics, tags = found[run_id].data.metrics, found[run_id].data.tags
+        row = rows[run_id]
+        assert metrics[f"{prefix}.accuracy"] == pytest.approx(row.accuracy)
+        assert metrics[f"{prefix}.accuracy_low"] == pytest.approx(row.interval.low)
+        assert metrics[f"{prefix}.accuracy_high"] == pytest.approx(row.interval.high)
+        assert metrics[f"{prefix}.images"] == len(result.test_set.images) == 8
+        others = [i for i in (unmirrored, first, second) if i != run_id]
+        assert tags[f"a2m.{prefix}.compared_with"] == ",".join(map(str, others))
+        assert tags[f"a2m.{prefix}.test_set"] == result.test_set.description
+    # The pairs compare tested (consecutive runs), from each run's side.
+    before, after = result.pairs
+    assert (before.before, before.after, after.before, after.after) == (
+        unmirrored,
+        first,
+        first,
+        second,
+    )
+    mine = found[second].data.metrics
+    theirs = found[first].data.metrics
+    vs_first, vs_second = f"{prefix}.vs_run_{first}", f"{prefix}.vs_run_{second}"
+    assert mine[f"{vs_first}.accuracy_delta"] == pytest.approx(
+        rows[second].accuracy - rows[first].accuracy
+    )
+    assert theirs[f"{vs_second}.accuracy_delta"] == pytest.approx(
+        -mine[f"{vs_first}.accuracy_delta"]
+    )
+    assert mine[f"{vs_first}.p_value"] == theirs[f"{vs_second}.p_value"]
+    assert mine[f"{vs_first}.p_value"] == pytest.approx(after.p_value)
+    assert (mine[f"{vs_first}.right_only"], mine[f"{vs_first}.wrong_only"]) == (
+        after.fixed,
+        after.broken,
+    )
+    assert (theirs[f"{vs_second}.right_only"], theirs[f"{vs_second}.wrong_only"]) == (
+        after.broken,
+        after.fixed,
+    )
+    for label in ("ants", "bees"):
+        assert mine[f"{vs_first}.per_class_delta.{label}"] == pytest.approx(
+            after.per_class_delta[label]
+        )
+    assert found[second].data.tags[f"a2m.{vs_first}"] == after.sentence
+    # Run 2 was also tested against run 1, which has no MLflow run: its side is still logged.
+    assert f"{prefix}.vs_run_{unmirrored}.p_value" in theirs
