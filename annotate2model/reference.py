@@ -255,11 +255,13 @@ SETTINGS: tuple[SettingRow, ...] = (
         "mlflow_uri",
         "[tracking] mlflow_uri",
         "MLFLOW_TRACKING_URI",
-        "-",
-        "none: runs are not mirrored",
+        "`--track mlflow` / `--track none` (train, evaluate, compare, loop, report)",
+        "none: runs are not mirrored (with --track mlflow: mlflow.db and mlruns/ in the "
+        "workspace folder)",
         "Every succeeded run is also an MLflow run there (parameters, metrics by epoch, the "
-        "version's hash as tags, the run folder, a pyfunc model); `a2m evaluate` logs to it. "
-        "Needs the mlflow extra; MLflow down is a warning, never a failed run.",
+        "version's hash as tags, the run folder, a pyfunc model); `a2m evaluate` and "
+        "`a2m compare` log their judgements to the runs they judge. `--track none` turns it off "
+        "for one command. Needs the mlflow extra; MLflow down is a warning, never a failed run.",
     ),
     SettingRow(
         "MLflow experiment",

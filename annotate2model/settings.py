@@ -89,6 +89,8 @@ class Settings:
     # Studio task; none: only the connected Label Studio's own media.
     serve_image_hosts: tuple[str, ...] = ()
     # MLflow tracking URI: every succeeded run is mirrored there (tracking.py); None: not at all.
+    # `--track mlflow` (override "track") turns it on where nothing names one: MLflow's own
+    # default store, in the workspace folder; `--track none` turns it off.
     mlflow_uri: str | None = None
     # The MLflow experiment a2m's runs go to (default: the workspace folder's name).
     mlflow_experiment: str = ""
@@ -141,7 +143,11 @@ def load_settings(
     )
     device = str(pick("device", "A2M_DEVICE", "training", "device") or "auto")
     hosts = pick("serve_image_hosts", "A2M_SERVE_IMAGE_HOSTS", "serve", "image_hosts")
-    mlflow_uri = pick("mlflow_uri", "MLFLOW_TRACKING_URI", "tracking", "mlflow_uri")
+    mlflow_uri = _mlflow_uri(
+        overrides.get("track"),
+        pick("mlflow_uri", "MLFLOW_TRACKING_URI", "tracking", "mlflow_uri"),
+        workspace,
+    )
     experiment = pick("mlflow_experiment", "MLFLOW_EXPERIMENT_NAME", "tracking", "experiment")
     return Settings(
         workspace=workspace,
@@ -151,9 +157,30 @@ def load_settings(
         labelstudio=labelstudio,
         device=device,
         serve_image_hosts=_host_list(hosts),
-        mlflow_uri=str(mlflow_uri) if mlflow_uri else None,
+        mlflow_uri=mlflow_uri,
         mlflow_experiment=str(experiment or workspace.root.name or "a2m"),
     )
+
+
+# What `--track` may ask of one command: mirror runs to MLflow, or not.
+TRACK_CHOICES = ("mlflow", "none")
+
+
+def _mlflow_uri(track: str | None, configured: Any, workspace: Workspace) -> str | None:
+    """The tracking URI runs are mirrored to: the configured one, unless `track` says otherwise
+    ("none": no mirroring; "mlflow": mirroring, to MLflow's default store in the workspace folder
+    where nothing is configured)."""
+    if track is not None and track not in TRACK_CHOICES:
+        raise SettingsError(f"track must be one of {', '.join(TRACK_CHOICES)}, got {track!r}.")
+    if track == "none":
+        return None
+    uri = str(configured) if configured else None
+    if track == "mlflow":
+        from annotate2model import tracking
+
+        tracking.require_installed()
+        return uri or tracking.default_uri(workspace.root)
+    return uri
 
 
 def _as_int(value: Any, name: str, default: int | None) -> int | None:

@@ -7,7 +7,9 @@ version's number, hash and counts as tags, the run folder as artifacts, and the 
 pyfunc model (tracking_model.py wraps the Predictor: `mlflow.pyfunc.load_model(...).predict(frame)`
 with a `path` column of image files; `mlflow models serve` loads it the same way). `a2m evaluate`
 and `a2m compare` log their judgements to the MLflow runs of the runs they judge (runs that were
-never mirrored are left alone).
+never mirrored are left alone). `--track mlflow` asks for all this for one command, where the
+settings name no tracking URI: MLflow's own default local store (`sqlite:///mlflow.db`, artifacts
+in `mlruns/` beside it) in the workspace folder; `--track none` turns it off.
 
 The ledger stays the source of truth: MLflow missing, refusing or down costs one warning on the
 command's output (with the reason), never the run.
@@ -15,6 +17,7 @@ command's output (with the reason), never the run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -24,10 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from annotate2model.errors import InputError
+
 if TYPE_CHECKING:
     from annotate2model.judging.records import Comparison
 
 log = logging.getLogger(__name__)
+
+# How to install what mirroring needs.
+INSTALL = "pip install 'annotate2model[mlflow]'"
 
 # The tag that ties an MLflow run to the ledger's run.
 RUN_TAG = "a2m.run_id"
@@ -82,6 +90,28 @@ def _check_reachable(uri: str) -> None:
 
 # How long a tracking server has to answer its /health before a run's logging is given up.
 REACH_TIMEOUT_S = 5.0
+
+
+def installed() -> bool:
+    """Whether the mlflow extra is installed (without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_installed() -> None:
+    """Mirroring asked for by name needs mlflow: refused at once, not a warning after the work."""
+    if not installed():
+        raise InputError(
+            "logging to MLflow was asked for, but mlflow is not installed.", hint=INSTALL
+        )
+
+
+def default_uri(folder: Path) -> str:
+    """MLflow's own default store (`sqlite:///mlflow.db`), in `folder` rather than in whatever
+    folder a command runs from; `mlflow ui` started in `folder` shows what is logged there."""
+    return f"sqlite:///{(folder.resolve() / 'mlflow.db').as_posix()}"
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -285,10 +315,7 @@ def mirrored(what: str, warn: Callable[[str], None], action: Callable[[], Any]) 
     try:
         return action()
     except ImportError:
-        warn(
-            f"MLflow: {what} not logged: mlflow is not installed "
-            "(pip install 'annotate2model[mlflow]')."
-        )
+        warn(f"MLflow: {what} not logged: mlflow is not installed ({INSTALL}).")
     except Exception as exc:
         log.debug("MLflow failure", exc_info=True)
         reason = f"{type(exc).__name__}: {str(exc)[:300]}"

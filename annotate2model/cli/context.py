@@ -1,4 +1,5 @@
-"""What every command shares: the workspace flag, the settings built once, the opened store."""
+"""What every command shares: the workspace flag, the settings built once, the opened store, and
+the `--track` flag of the commands that mirror to MLflow."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import gc
 import os
 import sys
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,8 +28,11 @@ if TYPE_CHECKING:
 class AppState:
     workspace_flag: Path | None = None
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    # `--track mlflow` or `--track none`, where the command line gave it.
+    track: str | None = None
     _settings: Settings | None = None
     _store: Store | None = None
+    _told_default_uri: bool = False
 
     def workspace(self) -> Workspace:
         return find_workspace(self.workspace_flag, self.env.get("A2M_HOME"), Path.cwd())
@@ -35,7 +40,10 @@ class AppState:
     def settings(self, **overrides: Any) -> Settings:
         """The one Settings object: flags (overrides) > environment > a2m.toml > defaults."""
         if self._settings is None or overrides:
-            self._settings = load_settings(self.workspace(), self.env, overrides)
+            self._settings = load_settings(
+                self.workspace(), self.env, {"track": self.track, **overrides}
+            )
+            self._tell_default_uri(self._settings)
             if self._settings.max_image_pixels > DEFAULT_MAX_IMAGE_PIXELS:
                 # The workspace accepts larger images than Pillow opens by default; this process
                 # is the CLI's own, so Pillow's process-wide guard is raised to match.
@@ -43,6 +51,24 @@ class AppState:
 
                 allow_pixels_process_wide(self._settings.max_image_pixels)
         return self._settings
+
+    def _tell_default_uri(self, settings: Settings) -> None:
+        """`--track mlflow` where nothing names a tracking server: say once where runs go."""
+        if self.track != "mlflow" or self._told_default_uri:
+            return
+        from annotate2model import tracking
+
+        if settings.mlflow_uri == tracking.default_uri(settings.workspace.root):
+            from annotate2model.cli.render import err_console
+
+            self._told_default_uri = True
+            err_console.print(
+                f"MLflow: no tracking server is set (MLFLOW_TRACKING_URI, \\[tracking] "
+                f"mlflow_uri): logging to MLflow's local store {settings.mlflow_uri}; "
+                "`mlflow ui` in the workspace folder shows it.",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def settings_or_none(self) -> Settings | None:
         """Settings when a workspace is found, else None (for commands that work without one)."""
@@ -92,6 +118,35 @@ WorkspaceOption = Annotated[
         help="Workspace folder (default: A2M_HOME, else the nearest a2m.toml upwards).",
         show_default=False,
         callback=_remember_workspace,
+    ),
+]
+
+
+class Track(StrEnum):
+    mlflow = "mlflow"
+    none = "none"
+
+
+def _remember_track(ctx: typer.Context, value: Track | None) -> Track | None:
+    if value is not None:
+        st = state(ctx)
+        st.track = value.value
+        st._settings = None  # built again, with it
+    return value
+
+
+# `--track mlflow|none`, for each command that mirrors runs or judgements to MLflow (train,
+# evaluate, compare, loop, report): read at parse time into AppState, as -w is, so the settings
+# the command builds next have it (settings.load_settings); the commands pass nothing on.
+TrackOption = Annotated[
+    Track | None,
+    typer.Option(
+        "--track",
+        help="mlflow: log this command's runs and judgements to MLflow (at MLFLOW_TRACKING_URI, "
+        "else \\[tracking] mlflow_uri, else MLflow's local store in the workspace folder); "
+        "none: do not, even where those are set. Default: log where either is set.",
+        show_default=False,
+        callback=_remember_track,
     ),
 ]
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from annotate2model.cli.context import state
+from annotate2model.cli.context import TrackOption, state
 from annotate2model.cli.render import (
     JsonFlag,
     RichProgress,
@@ -61,6 +61,7 @@ def compare_cmd(
         bool, typer.Option("--plots/--no-plots", help="Write accuracy-vs-images/time PNGs.")
     ] = True,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the table as CSV.")] = False,
+    track: TrackOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Compare runs of dataset versions on the SAME images: accuracy with a 95% (Wilson)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from annotate2model.cli.context import state
+from annotate2model.cli.context import TrackOption, state
 from annotate2model.cli.render import (
     JsonFlag,
     RecheckConfirmedFlag,
@@ -51,6 +51,7 @@ def loop_cmd(
         bool, typer.Option("--requeue", help="Return flagged tasks to the labeling queue.")
     ] = False,
     recheck_confirmed: RecheckConfirmedFlag = False,
+    track: TrackOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """One iteration: sync; train a new version with the last configuration (or the options

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from annotate2model.cli.context import state
+from annotate2model.cli.context import TrackOption, state
 from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def report_cmd(
             show_default=False,
         ),
     ] = None,
+    track: TrackOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Write one HTML file that opens offline: configuration, loss and accuracy per epoch,

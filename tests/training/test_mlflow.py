@@ -1,9 +1,10 @@
 """Runs mirrored to MLflow: MLflow's local store and a real `mlflow server` on loopback. The
 ledger stays the source of truth: MLflow down is one warning, never a failed run. `a2m compare`
-logs to the runs it judges."""
+logs to the runs it judges; `--track mlflow|none` turns mirroring on or off for one command."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,15 +16,18 @@ import httpx
 import mlflow
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
+from typer.testing import CliRunner
 
 from annotate2model import tracking
 from annotate2model.judging.compare import compare
 from annotate2model.labelstudio.server import free_port
+from annotate2model.reference import commands
 from annotate2model.settings import load_settings
 from annotate2model.store import Store
 from annotate2model.store.versions import get_version
 from annotate2model.training.runs import runner
 from annotate2model.workspace import Workspace
+from tests.conftest import run_cli
 from tests.training.conftest import small_config
 from tests.training.test_runs import RecordingProgress
 
@@ -259,3 +263,94 @@ def test_a_comparison_is_logged_to_the_runs_it_judges(
     assert found[second].data.tags[f"a2m.{vs_first}"] == after.sentence
     # Run 2 was also tested against run 1, which has no MLflow run: its side is still logged.
     assert f"{prefix}.vs_run_{unmirrored}.p_value" in theirs
+
+
+def test_track_mlflow_mirrors_a_train_where_nothing_names_a_server(
+    cli: CliRunner, workspace: Workspace, store: Store, version1: Path, weights: Path
+) -> None:
+    """MLflow's own default store (mlflow.db, artifacts in mlruns/), in the workspace folder."""
+    code, out, err = run_cli(
+        cli, "train", "--weights", str(weights), "--image-size", "32", "--track", "mlflow", "--json"
+    )
+    assert code == 0, err
+    run_id = json.loads(out)["id"]
+    uri = tracking.default_uri(workspace.root)
+    assert "no tracking server is set" in err and uri in err
+    found = _mlflow_runs(uri, workspace.root.name)
+    assert list(found) == [run_id] and found[run_id].info.status == "FINISHED"
+    assert (workspace.root / "mlflow.db").is_file()
+    artifacts = workspace.root / "mlruns"
+    assert any(p.name == "model.json" for p in artifacts.rglob("model.json"))
+
+
+def test_track_none_mirrors_nothing_where_the_settings_would(
+    cli: CliRunner,
+    workspace: Workspace,
+    store: Store,
+    version1: Path,
+    weights: Path,
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "team-mlflow.db"
+    workspace.update_config("tracking", {"mlflow_uri": f"sqlite:///{database}"})
+    args = ("train", "--weights", str(weights), "--image-size", "32")
+    code, out, err = run_cli(cli, *args, "--track", "none")
+    assert code == 0, err
+    assert "MLflow" not in out + err
+    code, out, err = run_cli(cli, "evaluate", "1", "--track", "none")
+    assert code == 0, err
+    assert not database.exists()
+
+
+def test_compare_with_mlflow_down_is_one_warning(
+    cli: CliRunner,
+    store: Store,
+    version1: Path,
+    weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for size in (32, 48):
+        runner.train(store, small_config(weights, image_size=size))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    code, out, err = run_cli(cli, "compare", "--runs", "1,2", "--no-plots", "--track", "mlflow")
+    assert code == 0, err
+    assert time.monotonic() - started < 60
+    warnings = [line for line in (out + err).splitlines() if "MLflow:" in line]
+    assert len(warnings) == 1, warnings
+    assert "comparison of runs 1, 2 not logged" in warnings[0]
+    assert "does not answer" in warnings[0]
+
+
+def test_track_mlflow_without_mlflow_installed_is_refused(
+    cli: CliRunner, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As where the extra is missing: importing mlflow finds nothing.
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    code, _, err = run_cli(cli, "compare", "--track", "mlflow")
+    assert code == 1
+    assert "mlflow is not installed" in err and "pip install 'annotate2model[mlflow]'" in err
+
+
+def test_track_overrides_the_settings(workspace: Workspace) -> None:
+    env = {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    assert load_settings(workspace, env).mlflow_uri == env["MLFLOW_TRACKING_URI"]
+    assert load_settings(workspace, env, {"track": "none"}).mlflow_uri is None
+    assert (
+        load_settings(workspace, env, {"track": "mlflow"}).mlflow_uri
+        == (env["MLFLOW_TRACKING_URI"])
+    )
+    assert load_settings(workspace, {}).mlflow_uri is None
+    assert load_settings(workspace, {}, {"track": "mlflow"}).mlflow_uri == (
+        tracking.default_uri(workspace.root)
+    )
+
+
+def test_track_is_one_option_on_every_command_that_mirrors() -> None:
+    helps = {}
+    for name, command in commands():
+        for param in command.params:
+            if "--track" in getattr(param, "opts", ()):
+                helps[name] = param.help
+    assert set(helps) == {"a2m train", "a2m evaluate", "a2m compare", "a2m loop", "a2m report"}
+    assert len(set(helps.values())) == 1
