@@ -7,6 +7,9 @@ For each data set (default: the shared hymenoptera photos and scenes_1200), in f
    run records it (decode included) and the whole wall time;
 2. fine-tune: `a2m train --mode finetune --device D --epochs N`: training images/s as the run
    records it (training images over the fit, its validation passes included);
+3. the same fine-tuning under torchrun (`python -m torch.distributed.run --standalone
+   --nproc-per-node N -m annotate2model train ...`) with N = 1 (DistributedDataParallel's own
+   cost against step 2) and, where the machine has several GPUs, N = all of them (`--processes`);
 then, in one process on the same device, ResNet-18 at 224 px, bf16 autocast (where the device has
 it) and channels_last, inputs already on the device:
 - bare extraction: trunk forward under inference_mode at a2m's accelerator batch size;
@@ -123,6 +126,13 @@ def a2m_runs(data: Path, args: argparse.Namespace, base: Path) -> dict[str, Any]
         [*A2M, "train", *common, "--mode", "finetune", "--epochs", str(args.epochs)], env
     )
     finetune = json.loads(out)
+    ranks = {}
+    for n in sorted({1, args.processes}):
+        torchrun = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+        tuned = [*common, "--mode", "finetune", "--epochs", str(args.epochs)]
+        wall, out = run([*torchrun, "-m", "annotate2model", "train", *tuned], env)
+        row = json.loads(out)
+        ranks[n] = {"wall": wall, "ips": row["images_per_second"], "processes": n}
     return {
         "images": extraction["computed"],
         "device": probe["device"],
@@ -134,6 +144,7 @@ def a2m_runs(data: Path, args: argparse.Namespace, base: Path) -> dict[str, Any]
         "finetune_val_accuracy": finetune["metrics"]["val_accuracy"],
         "finetune_images_per_second": finetune["images_per_second"],
         "finetune_epoch_seconds": [row["seconds"] for row in finetune["history"]],
+        "torchrun": ranks,
     }
 
 
@@ -145,7 +156,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="a2m's decode workers")
     parser.add_argument("--bare-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--processes", type=int, default=None, help="torchrun's ranks (default: every GPU)"
+    )
     args = parser.parse_args()
+    if args.processes is None:
+        count = "import torch; print(torch.cuda.device_count())"
+        found = subprocess.run([PY, "-c", count], capture_output=True, text=True, check=True)
+        args.processes = max(1, int(found.stdout.strip() or 1))
     datasets = args.data or [HYMENOPTERA, SCENES_1200]
     for data in datasets:
         require(data, f"the data set {data.name}")
@@ -178,6 +196,12 @@ def main() -> None:
             + f" s; train process {r['finetune_wall_seconds']:.1f} s wall, "
             f"val acc {r['finetune_val_accuracy']:.3f}"
         )
+        for n, t in r["torchrun"].items():
+            print(
+                f"  torchrun, {n} process(es): fine-tuning {t['ips']:.0f} img/s = "
+                f"{t['ips'] / r['finetune_images_per_second']:.2f}x one plain process; "
+                f"{t['wall']:.1f} s wall"
+            )
     print("\n" + json.dumps({"bare": bare, "a2m": results}))
 
 

@@ -18,7 +18,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from annotate2model.cli.context import skip_final_collection, state
+from annotate2model.cli.context import TrackOption, skip_final_collection, state
 from annotate2model.cli.render import (
     JsonFlag,
     RichProgress,
@@ -29,8 +29,10 @@ from annotate2model.cli.render import (
     to_jsonable,
     when,
 )
+from annotate2model.errors import InputError
 from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
+from annotate2model.training import distributed
 from annotate2model.training.config import (
     DEVICES,
     MODE_DEFAULTS,
@@ -279,7 +281,18 @@ def train_cmd(
         str | None,
         typer.Option(help=DEVICE_HELP, show_default=False, rich_help_panel=MACHINE),
     ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train on N GPUs of this machine, one process each (DistributedDataParallel; "
+            "with --device cpu, N CPU processes). Several machines: torchrun, docs/scaling.md.",
+            show_default=False,
+            rich_help_panel=MACHINE,
+        ),
+    ] = None,
     note: Annotated[str | None, typer.Option(help="A note kept with the run.")] = None,
+    track: TrackOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a classifier on a dataset version and record the run.
@@ -317,17 +330,23 @@ def train_cmd(
     else:
         config = RunConfig(**{k: v for k, v in values.items() if v is not None})
     ignored = config.optimiser_fields_set() if config.mode == "probe" else []
-    if ignored:
+    if ignored and distributed.env_rank() == 0:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         err_console.print(
             f"[yellow]Note:[/] {flags} apply to fine-tuning; a probe's head is a logistic "
             "regression fitted by L-BFGS, with its regularisation chosen on the val split. "
             "For a frozen backbone with a trained head: --preset resnet18-frozen-sgd."
         )
+    if gpus is not None and gpus > 1:
+        sys.exit(_launch(gpus, device, config.batch_size))
     store = _torch_store(ctx, device)
     from annotate2model.training.runs.runner import train
 
+    if distributed.launched():
+        distributed.stop_on_sigterm()
     outcome = train(store, config, version, progress=RichProgress())
+    if not distributed.is_main():
+        return
     run = outcome.run
     if as_json:
         print_json(run)
@@ -345,6 +364,36 @@ def train_cmd(
         f"{run.wall_seconds or 0:.1f} s: val accuracy {score(m.get('val_accuracy'))}, "
         f"test accuracy {score(m.get('test_accuracy'))}. Saved in {run.artifact_dir}."
     )
+
+
+def _launch(processes: int, device: str | None, batch_size: int) -> int:
+    """`a2m train --gpus N`: the same command line, without --gpus, as N ranks (torchrun's
+    launcher); its exit status."""
+    if distributed.launched():
+        raise InputError(
+            "--gpus starts the processes itself; under torchrun, --nproc-per-node says how many.",
+            hint="drop --gpus from the command torchrun runs.",
+        )
+    distributed.per_rank_batch(batch_size, processes)
+    _passive_omp_threads()
+    _quiet_torch_deprecations()
+    argv = _without_option(sys.argv[1:], "--gpus")
+    cpu = device is not None and device.startswith("cpu")
+    return distributed.launch(processes, argv, cpu)
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """`argv` without `name VALUE` or `name=VALUE`."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 @app.command("runs")
@@ -558,6 +607,7 @@ def evaluate_cmd(
     ] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "val",
     device: DeviceFlag = None,
+    track: TrackOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Judge a run on a split of any version: accuracy, F1, per-class report, confusion matrix.

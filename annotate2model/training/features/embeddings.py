@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from annotate2model.errors import InvalidImage
 from annotate2model.fsutil import read_verified, write_with_digest
 from annotate2model.progress import NullProgress, Progress
+from annotate2model.training import distributed
 from annotate2model.training.features import onnx_trunk
 from annotate2model.training.features.images import ImageSource, Preprocessing, load_image
 
@@ -406,6 +407,10 @@ def extract_features(
         for sha, vec in cache.get(key, shas, view).items():
             out[(sha, view)] = vec
     missing = [job for job in jobs if (job.sha256, job.view) not in out]
+    if distributed.world_size() > 1:
+        # What any rank's cache lacks is computed once, each rank taking its share.
+        lacking = set().union(*distributed.gather({(j.sha256, j.view) for j in missing}))
+        missing = [job for job in jobs if (job.sha256, job.view) in lacking]
     stats.cached = len(jobs) - len(missing)
     if not missing:
         return out, stats
@@ -415,9 +420,11 @@ def extract_features(
         nonlocal started
         started = time.perf_counter()
 
-    progress.begin("Extracting features", total=len(missing))
+    mine = distributed.shard(missing)
+    computed: list[tuple[str, int, NDArray[Any]]] = []
+    progress.begin("Extracting features", total=len(mine))
     for batch in forward_batches(
-        missing,
+        mine,
         network,
         prep,
         batch_size,
@@ -434,12 +441,39 @@ def extract_features(
         cache.put(key, description, rows)
         for sha, view, vec in rows:
             out[(sha, view)] = vec
+        computed.extend(rows)
         stats.computed += len(rows)
         progress.advance(len(batch.kept) + len(batch.errors), status=f"{stats.computed} images")
     progress.end()
     # From the network being ready to the last batch stored.
     stats.seconds = time.perf_counter() - started
+    if distributed.world_size() > 1:
+        _merge_shares(cache, key, description, out, stats, computed)
     return out, stats
+
+
+def _merge_shares(
+    cache: EmbeddingCache,
+    key: str,
+    description: str,
+    out: dict[tuple[str, int], NDArray[Any]],
+    stats: ExtractionStats,
+    computed: list[tuple[str, int, NDArray[Any]]],
+) -> None:
+    """Every rank's computed features on every rank, and in each machine's cache (its first
+    process writes what the others computed); the counts are the whole run's."""
+    shares = distributed.gather((computed, stats.skipped, stats.seconds))
+    me = distributed.rank()
+    others = [row for r, (rows, _, _) in enumerate(shares) if r != me for row in rows]
+    if distributed.machine_leader():
+        cache.put(key, description, others)
+    for sha, view, vec in others:
+        out[(sha, view)] = vec
+    stats.computed = sum(len(rows) for rows, _, _ in shares)
+    stats.skipped = sorted({pair for _, skipped, _ in shares for pair in skipped})
+    stats.seconds = max(seconds for _, _, seconds in shares)
+    # Nobody reads the cache for these rows before every machine has them.
+    distributed.barrier()
 
 
 def _view_seed(sha256: str, view: int, seed: int) -> int:

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from annotate2model.store.records import VersionItemRecord
+from annotate2model.training import distributed
 from annotate2model.training.config import HEADS, SPLITS
 from annotate2model.training.features.backbones import (
     Classifier,
@@ -222,6 +223,8 @@ class _Stage:
         net = net.to(job.torch_device)
         if job.device_type != "mps":
             net = net.to(memory_format=torch.channels_last)
+        # Wrapped before anything is judged: every rank then starts from rank 0's weights.
+        net = distributed.parallel(net, job.torch_device)
         start = self.start(net, val_batches())
         history = fit(
             net,
@@ -239,7 +242,7 @@ class _Stage:
             start=start,
         )
         seconds = sum(float(row.get("seconds", 0.0)) for row in history if row.get("epoch"))
-        return net, history, seconds
+        return distributed.unwrap(net), history, seconds
 
     def finish(
         self,
@@ -274,7 +277,7 @@ class _Stage:
         probs: dict[str, NDArray[Any]] = {}
         job.progress.begin("Predicting", total=None)
         for split in SPLITS:
-            logits = predict(net, batches(split), job.torch_device, job.bf16)
+            logits = self.gathered(split, predict(net, batches(split), job.torch_device, job.bf16))
             probs[split] = (
                 torch.softmax(logits, dim=1).numpy() if logits.numel() else np.empty((0, 0))
             )
@@ -293,6 +296,37 @@ class _Stage:
             skipped=self.skipped,
             extraction=self.probe.extraction if self.probe is not None else None,
         )
+
+    # Several processes (distributed.py): each judges its share of a split.
+
+    def share(self, split: str) -> list[int]:
+        """The positions in `kept[split]` this rank judges."""
+        return distributed.shard(range(len(self.kept[split])))
+
+    def gathered(self, split: str, logits: torch.Tensor) -> torch.Tensor:
+        """Every rank's logits for its share of `kept[split]`, in the split's order (on every
+        rank; skipped images found on any rank leave `kept` on all of them)."""
+        if distributed.world_size() == 1:
+            return logits
+        base = self.kept[split]
+        mine = [p for p in self.share(split) if base[p].image_sha256 not in self.skipped]
+        parts = distributed.gather((mine, logits.numpy(), self.skipped))
+        for _, _, skipped in parts:
+            for sha, reason in skipped.items():
+                self.skipped.setdefault(sha, reason)
+        positions = [p for ps, _, _ in parts for p in ps]
+        rows = [row for _, rs, _ in parts for row in rs]
+        if not rows:
+            return torch.empty(0)
+        order = np.argsort(positions, kind="stable")
+        return torch.from_numpy(np.stack([rows[i] for i in order]))
+
+    def share_skipped(self) -> None:
+        """Images any rank could not decode are skipped by all (their lists stay alike)."""
+        if distributed.world_size() > 1:
+            for skipped in distributed.gather(self.skipped):
+                for sha, reason in skipped.items():
+                    self.skipped.setdefault(sha, reason)
 
     # Fine-tuning on the frozen part's outputs, computed once.
 
@@ -336,9 +370,13 @@ class _Stage:
             for view in range(1, views)
             for item in self.kept["train"]
         ]
-        outputs = torch.empty(
+        # One row per job, at the job's position; under several processes each rank fills its
+        # share and the rows are summed over the ranks (the others' rows are zeros).
+        outputs = torch.zeros(
             (len(jobs), self.width), dtype=torch.float16 if self.half else torch.float32
         )
+        position = {(j.sha256, j.view): at for at, j in enumerate(jobs)}
+        mine = distributed.shard(jobs)
         rows: dict[tuple[str, int], int] = {}
         features: dict[tuple[str, int], NDArray[Any]] = {}
         cache = job.context.embedding_cache()
@@ -350,10 +388,10 @@ class _Stage:
         stats = ExtractionStats(requested=len(clean), cached=len(features))
         new_features: list[tuple[str, int, NDArray[Any]]] = []
         started = time.perf_counter()
-        job.progress.begin("Running the frozen blocks", total=len(jobs))
+        job.progress.begin("Running the frozen blocks", total=len(mine))
         try:
             for batch in forward_batches(
-                jobs,
+                mine,
                 lambda: torch_network(self.network(prefix), job.prep, job.torch_device, job.bf16),
                 job.prep,
                 job.eval_batch,
@@ -367,28 +405,55 @@ class _Stage:
                         self.skipped[bad.sha256] = reason
                         stats.skipped.append((bad.sha256, reason))
                 if batch.kept:
-                    at = len(rows)
-                    out = torch.from_numpy(batch.outputs)
-                    outputs[at : at + len(batch.kept)] = out[:, : self.width]
+                    at = torch.tensor([position[(d.sha256, d.view)] for d in batch.kept])
+                    outputs[at] = torch.from_numpy(batch.outputs[:, : self.width]).to(outputs.dtype)
                     for i, done in enumerate(batch.kept):
-                        rows[(done.sha256, done.view)] = at + i
+                        rows[(done.sha256, done.view)] = int(at[i])
                         if done.view == 0 and (done.sha256, 0) not in features:
                             vec = batch.outputs[i, self.width :].copy()
                             features[(done.sha256, 0)] = vec
                             new_features.append((done.sha256, 0, vec))
                 job.progress.advance(len(batch.kept) + len(batch.errors))
-            cache.put(key, description, new_features)
+            stats.computed = len(new_features)
+            stats.seconds = time.perf_counter() - started
+            if distributed.world_size() > 1:
+                self.merge_shares(outputs, rows, features, new_features, stats)
+            if distributed.machine_leader():
+                cache.put(key, description, new_features)
         finally:
             cache.close()
             job.progress.end()
-        stats.computed = len(new_features)
-        stats.seconds = time.perf_counter() - started
         job.report_skipped(self.skipped)
         self.kept = kept_items(job.data, self.skipped)
         check_trainable(job.data.with_splits(self.kept))
         if probe_stage:
             self.fit_probe(features, key, stats)
         return PrefixOutputs(outputs, rows, self.shape, views, stats.seconds)
+
+    def merge_shares(
+        self,
+        outputs: torch.Tensor,
+        rows: dict[tuple[str, int], int],
+        features: dict[tuple[str, int], NDArray[Any]],
+        new_features: list[tuple[str, int, NDArray[Any]]],
+        stats: ExtractionStats,
+    ) -> None:
+        """Every rank's share of the frozen blocks' outputs, rows, features and skipped images,
+        on every rank (`new_features` becomes the whole run's)."""
+        distributed.add_tensor(outputs)
+        shares = distributed.gather((rows, new_features, self.skipped, stats.seconds))
+        new_features.clear()
+        for share_rows, share_features, skipped, _ in shares:
+            rows.update(share_rows)
+            for sha, view, vec in share_features:
+                features[(sha, view)] = vec
+                new_features.append((sha, view, vec))
+            for sha, reason in skipped.items():
+                if sha not in self.skipped:
+                    self.skipped[sha] = reason
+                    stats.skipped.append((sha, reason))
+        stats.computed = len(new_features)
+        stats.seconds = max(seconds for *_, seconds in shares)
 
     def fit_probe(
         self,
@@ -407,7 +472,7 @@ class _Stage:
         cache = job.context.embedding_cache()
         try:
             trunk_file = cache.trunk_path(job.source.identity, self.config.backbone)
-            if not trunk_file.is_file():
+            if not trunk_file.is_file() and distributed.machine_leader():
                 # The weights as loaded: what a kept probe's artifact links to.
                 cache.save_trunk(trunk_file, self.trunk.state_dict())
         finally:
@@ -454,6 +519,9 @@ class _Stage:
             dtype=torch.long,
         ).reshape(-1, views)
         y_train = targets("train")
+        n = train_rows.shape[0]
+        per_rank = distributed.per_rank_batch(config.batch_size)
+        sampler = _sampler(n, config.seed)
 
         def to_device(index: torch.Tensor) -> torch.Tensor:
             picked = outputs[index.to(outputs.device)]
@@ -463,13 +531,15 @@ class _Stage:
             return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
         def train_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            # This rank's rows of the epoch's order; the view and flip of every row are drawn
+            # alike on every rank, so that N ranks see what one process sees.
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler), dtype=torch.long)
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            n = train_rows.shape[0]
-            order = torch.randperm(n, generator=generator)
             chosen = torch.randint(0, views, (n,), generator=generator)
             flips = torch.rand(n, generator=generator) < 0.5
-            for at in range(0, n, config.batch_size):
-                idx = order[at : at + config.batch_size]
+            for at in range(0, order.shape[0], per_rank):
+                idx = order[at : at + per_rank]
                 x = to_device(train_rows[idx, chosen[idx]])
                 if config.augment and x.dim() == 4:
                     # A flipped image's feature map is, near enough, the flipped feature map: a
@@ -479,12 +549,13 @@ class _Stage:
                 yield x, y_train[idx]
 
         def batches(split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            index, y = clean(split), targets(split)
+            share = torch.tensor(self.share(split), dtype=torch.long)
+            index, y = clean(split)[share], targets(split)[share]
             for at in range(0, index.shape[0], job.eval_batch):
                 yield to_device(index[at : at + job.eval_batch]), y[at : at + job.eval_batch]
 
         loss_fn = make_loss(config, y_train.tolist(), len(job.data.labels), device)
-        steps = math.ceil(train_rows.shape[0] / config.batch_size)
+        steps = math.ceil(len(sampler) / per_rank)
         net, history, seconds = self.fit(
             nn.Sequential(self.rest, self.head),
             train_batches,
@@ -518,18 +589,27 @@ class _Stage:
             len(job.data.labels),
             device,
         )
-        steps = math.ceil(len(self.kept["train"]) / config.batch_size)
+        per_rank = distributed.per_rank_batch(config.batch_size)
+        steps = math.ceil(math.ceil(len(self.kept["train"]) / distributed.world_size()) / per_rank)
 
         def batches(
             split: str, augment: bool = False, shuffle: bool = False, epoch: int = 0
         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            items = [i for i in self.kept[split] if i.image_sha256 not in self.skipped]
+            self.share_skipped()
+            self.kept = kept_items(job.data, self.skipped)
+            items = self.kept[split]
+            if shuffle:
+                sampler = _sampler(len(items), config.seed)
+                sampler.set_epoch(epoch)
+                order = list(sampler)
+            else:
+                order = self.share(split)
             yield from _image_batches(
                 job,
                 items,
-                config.batch_size if split == "train" else job.eval_batch,
+                order,
+                per_rank if split == "train" else job.eval_batch,
                 augment,
-                shuffle,
                 epoch,
                 self.skipped,
             )
@@ -545,16 +625,29 @@ class _Stage:
         return self.finish(history, model, batches, seconds)
 
 
+def _sampler(n: int, seed: int) -> torch.utils.data.DistributedSampler[int]:
+    """This rank's share of `n` training rows in a seeded order per epoch (`set_epoch`): torch's
+    DistributedSampler, one process being a world of one."""
+    return torch.utils.data.DistributedSampler(
+        range(n),  # type: ignore[arg-type]
+        num_replicas=distributed.world_size(),
+        rank=distributed.rank(),
+        shuffle=True,
+        seed=seed,
+    )
+
+
 def _image_batches(
     job: TrainJob,
     items: Sequence[VersionItemRecord],
+    order: Sequence[int],
     batch_size: int,
     augment: bool,
-    shuffle: bool,
     epoch: int,
     skipped: dict[str, str],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Decoded batches on the device; images that cannot be decoded are added to `skipped`."""
+    """Decoded batches of `items[i] for i in order` on the device; images that cannot be
+    decoded are added to `skipped`."""
     config = job.config
     index = {label: i for i, label in enumerate(job.data.labels)}
     dataset = ImageDataset(
@@ -569,11 +662,10 @@ def _image_batches(
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=list(order),
         num_workers=job.workers,
         collate_fn=collate,
         pin_memory=job.device_type == "cuda",
-        generator=torch.Generator().manual_seed(config.seed + epoch),
     )
     for images, y, bad in loader:
         for position, reason in bad:

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from annotate2model.progress import NullProgress, Progress
+from annotate2model.training import distributed
 from annotate2model.training.config import RunConfig
 from annotate2model.training.features.device import autocast
 
@@ -181,10 +182,12 @@ def train_one_epoch(
         correct += int((logits.argmax(1) == y).sum())
         seen += n
         progress.advance(1, status=f"loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
+    # Under several processes, the whole epoch's figures (each rank saw its share).
+    loss_sum, hits, count = distributed.sums(total_loss, correct, seen)
     return {
-        "train_loss": total_loss / max(seen, 1),
-        "train_accuracy": correct / max(seen, 1),
-        "train_images": seen,
+        "train_loss": loss_sum / max(count, 1),
+        "train_accuracy": hits / max(count, 1),
+        "train_images": int(count),
     }
 
 
@@ -218,7 +221,8 @@ def evaluate(
         total_loss += float(loss_fn(logits, y)) * y.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         seen += y.shape[0]
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "n": seen}
+    loss_sum, hits, count = distributed.sums(total_loss, correct, seen)
+    return {"loss": loss_sum / max(count, 1), "accuracy": hits / max(count, 1), "n": int(count)}
 
 
 def fit(

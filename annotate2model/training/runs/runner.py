@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,12 +26,13 @@ from annotate2model.store import Store
 from annotate2model.store import runs as store_runs
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import PredictionRecord, RunRecord
+from annotate2model.training import distributed
 from annotate2model.training.config import HEADS, SPLITS, RunConfig, resolve_workers
 from annotate2model.training.config import auto_workers as default_workers
 from annotate2model.training.context import RunContext
 from annotate2model.training.features.embeddings import EmbeddingCache, ExtractionStats
 from annotate2model.training.features.images import Preprocessing
-from annotate2model.training.features.weights import digest_memo, resolve_weights
+from annotate2model.training.features.weights import WeightsSource, digest_memo, resolve_weights
 from annotate2model.training.fit.jobs import TrainJob, TrainResult, report_skipped
 from annotate2model.training.fit.preflight import check_run, small_split_warnings
 from annotate2model.training.fit.probe import train_probe
@@ -97,9 +98,25 @@ def train(
     """Train one configuration on one version and record it in the ledger.
 
     `context`: where caches, run folders and images are (default: the store's workspace).
+    Started by torchrun as one rank of several (distributed.py), every rank trains its share and
+    rank 0 alone records the run; every rank returns rank 0's record.
     """
-    progress = progress or NullProgress()
     ctx = context or RunContext.from_store(store)
+    requested = distributed.start(ctx.device)
+    with distributed.training():
+        return _train(store, config, version_ref, progress, ctx, requested)
+
+
+def _train(
+    store: Store,
+    config: RunConfig,
+    version_ref: int | str | None,
+    progress: Progress | None,
+    ctx: RunContext,
+    requested: str,
+) -> RunOutcome:
+    main = distributed.is_main()
+    progress = (progress or NullProgress()) if main else NullProgress()
     data = load_version_data(store, version_ref)
     check_trainable(data)
     source = resolve_weights(
@@ -108,9 +125,15 @@ def train(
     prep = Preprocessing(config.resize_size, config.image_size)
     # What cannot work is refused before the run is recorded: no failed run is left behind.
     check_run(config, source, ctx.cache_dir, progress)
-    device, bf16, device_text = _torch_device(ctx.device, config.precision)
+    device, bf16, device_text = _torch_device(requested, config.precision)
+    distributed.per_rank_batch(config.batch_size)
     for warning in small_split_warnings(data):
         progress.note(warning)
+    if not main:
+        return _follow(config, data, ctx, source, prep, device, bf16)
+    processes = distributed.world_size()
+    if processes > 1:
+        device_text = f"{processes} processes; rank 0 on {device_text}"
     ledger = Ledger(store)
     # What `precision: auto` and `workers: -1` became on this machine, recorded with the run.
     ledger_config = {
@@ -118,6 +141,7 @@ def train(
         "weights_identity": source.identity,
         "effective_precision": "bf16" if bf16 else "fp32",
         "effective_workers": resolve_workers(config.workers),
+        "processes": processes,
     }
     with ledger.running(data.version.number, "train", ledger_config, device_text) as run:
         started = time.perf_counter()
@@ -132,16 +156,7 @@ def train(
             progress=progress,
             on_epoch=lambda history: ledger.record_history(run, history),
         )
-        try:
-            result = _run_trainer(job)
-        except RuntimeError as exc:  # torch.OutOfMemoryError is one; anything else goes on up
-            if _is_oom(exc):
-                raise TrainingError(
-                    _oom_message(config),
-                    hint=f"pass --batch-size {max(1, config.batch_size // 2)} or a smaller "
-                    "--image-size.",
-                ) from None
-            raise
+        result = _run_trainer(job)
         splits, rows = judge(data.labels, result.kept, result.probs)
         metrics = RunMetrics(
             splits=splits,
@@ -176,6 +191,33 @@ def train(
         )
         progress.end()
     _mirror_training(store, done, data, card, result.history, run_dir, progress)
+    distributed.broadcast(done)
+    return RunOutcome(run=done, extraction=result.extraction)
+
+
+def _follow(
+    config: RunConfig,
+    data: VersionData,
+    ctx: RunContext,
+    source: WeightsSource,
+    prep: Preprocessing,
+    device: str,
+    bf16: bool,
+) -> RunOutcome:
+    """A rank other than 0: train its share, record nothing, and hand back rank 0's record."""
+    job = TrainJob(
+        config=config,
+        data=data,
+        context=ctx,
+        source=source,
+        prep=prep,
+        device=device,
+        bf16=bf16,
+        progress=NullProgress(),
+        on_epoch=lambda _history: None,
+    )
+    result = _run_trainer(job)
+    done: RunRecord = distributed.broadcast(cast(RunRecord, None))
     return RunOutcome(run=done, extraction=result.extraction)
 
 
@@ -228,12 +270,25 @@ def _torch_device(requested: str, precision: str) -> tuple[str, bool, str]:
 
 
 def _run_trainer(job: TrainJob) -> TrainResult:
-    """The job's trainer: the probe, or fine-tuning."""
-    if job.config.mode != "probe":
-        from annotate2model.training.fit.finetune import train_finetune
+    """The job's trainer (the probe, or fine-tuning), its device running out of memory and
+    another rank stopping told as such."""
+    try:
+        if job.config.mode != "probe":
+            from annotate2model.training.fit.finetune import train_finetune
 
-        return train_finetune(job)
-    return train_probe(job)
+            return train_finetune(job)
+        return train_probe(job)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one; anything else goes on up
+        if _is_oom(exc):
+            batch = job.config.batch_size
+            raise TrainingError(
+                _oom_message(job.config),
+                hint=f"pass --batch-size {max(1, batch // 2)} or a smaller --image-size.",
+            ) from None
+        lost = distributed.peer_failure(exc)
+        if lost is not None:
+            raise lost from None
+        raise
 
 
 def train_subset(
