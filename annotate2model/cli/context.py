@@ -54,7 +54,8 @@ class AppState:
 
     def _tell_default_uri(self, settings: Settings) -> None:
         """`--track mlflow` where nothing names a tracking server: say once where runs go."""
-        if self.track != "mlflow" or self._told_default_uri:
+        # Once per command: under torchrun, by rank 0 only.
+        if self.track != "mlflow" or self._told_default_uri or os.environ.get("RANK", "0") != "0":
             return
         from annotate2model import tracking
 
