@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -305,6 +305,24 @@ def log_comparison(uri: str, experiment: str, comparison: Comparison) -> list[in
         marks = [RunTag(k, v) for k, v in tags.items()]
         for i in range(0, len(marks), 100):
             client.log_batch(mlflow_run, tags=marks[i : i + 100])
+        logged.append(run_id)
+    return logged
+
+
+def log_files(
+    uri: str, experiment: str, run_ids: Sequence[int], files: Sequence[Path], folder: str
+) -> list[int]:
+    """Attach `files` (a report's page and plots) under `folder` to the MLflow run of each
+    ledger run that has one; returns the runs they were attached to."""
+    _check_reachable(uri)
+    client = _client(uri)
+    logged = []
+    for run_id in run_ids:
+        mlflow_run = _find(client, experiment, run_id)
+        if mlflow_run is None:
+            continue
+        for path in files:
+            client.log_artifact(mlflow_run, str(path), artifact_path=folder)
         logged.append(run_id)
     return logged
 

@@ -80,8 +80,12 @@ def report_cmd(
         from annotate2model.judging.report import run_report
 
         files = run_report(store, run, out=out)
+        judged = [_run_id(store, run)]
+        folder = "report"
     else:
-        files = _compare_report(store, versions, runs, test_of, out)
+        files, judged = _compare_report(store, versions, runs, test_of, out)
+        folder = f"reports/{files.html.parent.name}"
+    _mirror_report(store, judged, files, folder)
     if as_json:
         print_json({"html": files.html, "plots": files.plots})
         return
@@ -90,9 +94,34 @@ def report_cmd(
         console.print(f"Plot: {path}", highlight=False, soft_wrap=True)
 
 
+def _run_id(store: Store, run: str) -> int:
+    from annotate2model.store import runs as store_runs
+
+    with store.read() as session:
+        return store_runs.get_run(session, run).id
+
+
+def _mirror_report(store: Store, runs: list[int], files: ReportFiles, folder: str) -> None:
+    """The page and its plots attached to the MLflow runs they judge, when the workspace tracks
+    runs there (tracking.py); a warning if that fails."""
+    settings = store.settings
+    uri = settings.mlflow_uri
+    if not uri:
+        return
+    from annotate2model import tracking
+
+    tracking.mirrored(
+        "the report",
+        RichProgress().note,
+        lambda: tracking.log_files(
+            uri, settings.mlflow_experiment, runs, [files.html, *files.plots.values()], folder
+        ),
+    )
+
+
 def _compare_report(
     store: Store, versions: str | None, runs: str | None, test_of: str | None, out: Path | None
-) -> ReportFiles:
+) -> tuple[ReportFiles, list[int]]:
     from annotate2model.judging.compare import compare, parse_ids
     from annotate2model.judging.report import compare_report
     from annotate2model.training.context import RunContext
@@ -108,7 +137,8 @@ def _compare_report(
     )
     if out is None:
         out = store.settings.workspace.reports_dir / comparison.name / "report.html"
-    return compare_report(comparison, _curve(store, comparison), out, context)
+    files = compare_report(comparison, _curve(store, comparison), out, context)
+    return files, [row.run for row in comparison.rows]
 
 
 def _curve(store: Store, comparison: Comparison) -> LearningCurve | None:

@@ -282,6 +282,15 @@ def test_track_mlflow_mirrors_a_train_where_nothing_names_a_server(
     artifacts = workspace.root / "mlruns"
     assert any(p.name == "model.json" for p in artifacts.rglob("model.json"))
 
+    # The run's report (page and plots) joins the run's artifacts when it is written.
+    code, out, err = run_cli(cli, "report", str(run_id), "--track", "mlflow", "--json")
+    assert code == 0, err
+    written = json.loads(out)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    attached = {a.path for a in client.list_artifacts(found[run_id].info.run_id, "report")}
+    expected = {Path(written["html"]).name, *(Path(p).name for p in written["plots"].values())}
+    assert attached == {f"report/{name}" for name in expected} and len(expected) >= 2
+
 
 def test_track_none_mirrors_nothing_where_the_settings_would(
     cli: CliRunner,
