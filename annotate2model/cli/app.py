@@ -71,9 +71,12 @@ def root(
 
 def _fail(message: str, hint: str | None, exit_code: int) -> NoReturn:
     """The one way a failed command ends: `error: ...`, maybe `hint: ...`, then the exit status."""
+    # Under torchrun every rank may fail alike: the others name themselves, rank 0 gives the hint.
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    label = "error:" if rank == "0" else f"error (rank {rank}):"
     # Wrapped between words at the terminal's width, never inside a path or a `command`.
-    print_wrapped(err_console, Text("error:", style="bold red"), message)
-    if hint:
+    print_wrapped(err_console, Text(label, style="bold red"), message)
+    if hint and rank == "0":
         print_wrapped(err_console, Text("hint:", style="bold"), runnable(hint))
     sys.exit(exit_code)
 

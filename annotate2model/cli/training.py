@@ -338,7 +338,8 @@ def train_cmd(
             "For a frozen backbone with a trained head: --preset resnet18-frozen-sgd."
         )
     if gpus is not None and gpus > 1:
-        sys.exit(_launch(gpus, device, config.batch_size))
+        launching = state(ctx).store()
+        sys.exit(_launch(launching, version, gpus, device, config.batch_size))
     store = _torch_store(ctx, device)
     from annotate2model.training.runs.runner import train
 
@@ -366,7 +367,7 @@ def train_cmd(
     )
 
 
-def _launch(processes: int, device: str | None, batch_size: int) -> int:
+def _launch(store: Store, version: str, processes: int, device: str | None, batch_size: int) -> int:
     """`a2m train --gpus N`: the same command line, without --gpus, as N ranks (torchrun's
     launcher); its exit status."""
     if distributed.launched():
@@ -375,6 +376,10 @@ def _launch(processes: int, device: str | None, batch_size: int) -> int:
             hint="drop --gpus from the command torchrun runs.",
         )
     distributed.per_rank_batch(batch_size, processes)
+    # What every rank would refuse alike is refused once, before any process starts.
+    from annotate2model.training.fit.version import check_trainable, load_version_data
+
+    check_trainable(load_version_data(store, version))
     _passive_omp_threads()
     _quiet_torch_deprecations()
     argv = _without_option(sys.argv[1:], "--gpus")

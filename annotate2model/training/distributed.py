@@ -288,8 +288,9 @@ def launch(processes: int, argv: Sequence[str], cpu: bool) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # The agent's own log lines (rendezvous, "closing signal") are for torch's developers.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # The agent's own log lines (rendezvous, "closing signal", its failure report) are for
+    # torch's developers; the line below says which process failed.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     if "OMP_NUM_THREADS" not in os.environ:
         # The cores shared out, not one thread each as torchrun would set.
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))

@@ -192,6 +192,11 @@ def test_gpus_refuses_what_cannot_run(workspace: Workspace, version: int, weight
     _, err = uneven.communicate(timeout=120)
     assert uneven.returncode == 1 and "--batch-size 7 does not split evenly over 2" in err
 
+    # Refused once, before any process starts, not once per process.
+    absent = a2m(workspace, *base, "--device", "cpu", "--gpus", "2", "--version", "9")
+    _, err = absent.communicate(timeout=120)
+    assert absent.returncode == 1 and err.count("there is no dataset version 9") == 1, err
+
     import torch
 
     if not torch.cuda.is_available():
