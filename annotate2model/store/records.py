@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class VersionItemRecord:
-    """One row of a dataset version."""
+    """One row of a dataset version (slots: a version can hold millions)."""
 
     image_sha256: str
     label: str

@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
+from operator import attrgetter, itemgetter
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from annotate2model.errors import InputError, NotFoundError, StoreError
 from annotate2model.settings import SPLITS, SplitFractions
+from annotate2model.store.dialect import bulk_insert
 from annotate2model.store.images import file_name
 from annotate2model.store.models import DatasetVersion, Image, Task, VersionItem
 from annotate2model.store.records import (
@@ -30,6 +33,14 @@ from annotate2model.store.records import (
 NUMBER_ATTEMPTS = 20
 
 
+# A row as (image hash, label, split), the order of its columns in the content hash.
+Row = tuple[str, str, str]
+_ROW = attrgetter("image_sha256", "label", "split")
+_IMAGE, _SPLIT = itemgetter(0), itemgetter(2)
+# Rows hashed at a time: a million-row version's text is never held whole.
+HASH_CHUNK = 65_536
+
+
 def split_for(image_sha256: str, fractions: SplitFractions) -> str:
     """The split an image belongs to, from its hash alone: stable as the data set grows."""
     # The first 64 bits of a SHA-256 are uniform; map them to [0, 1).
@@ -43,13 +54,44 @@ def split_for(image_sha256: str, fractions: SplitFractions) -> str:
 
 def content_hash(items: Iterable[VersionItemRecord]) -> str:
     """SHA-256 over the rows in image-hash order (an image appears once per version)."""
-    ordered = sorted(items, key=_by_image)
-    text = "".join(f"{i.image_sha256}\t{i.label}\t{i.split}\n" for i in ordered)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _rows_hash(sorted(map(_ROW, items), key=_IMAGE))
 
 
-def _by_image(item: VersionItemRecord) -> str:
-    return item.image_sha256
+def _rows_hash(rows: Sequence[Row]) -> str:
+    """The content hash of rows already in image-hash order: over one line per row, its image
+    hash, label and split joined by tabs (the text the hash has always been over)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(rows), HASH_CHUNK):
+        chunk = rows[start : start + HASH_CHUNK]
+        digest.update(
+            "".join([f"{sha}\t{label}\t{split}\n" for sha, label, split in chunk]).encode()
+        )
+    return digest.hexdigest()
+
+
+def _version_rows(items: Iterable[VersionItemRecord]) -> list[Row]:
+    """`items` as rows in image-hash order, each image once (a repeated identical row is one).
+
+    InputError for a split that is not one of SPLITS, or an image given two different rows.
+    Written as passes of C-level map/set/sort over plain tuples, the checks before the sort
+    while the rows are still in the order they were made in (cheaper on memory): for a million
+    rows, a Python loop per row or a dict of them costs a good part of the database's insert.
+    """
+    rows = list(map(_ROW, items))
+    if not set(map(_SPLIT, rows)) <= set(SPLITS):
+        sha, _label, split = next(r for r in rows if r[2] not in SPLITS)
+        raise InputError(f"unknown split {split!r} for image {sha[:12]}.")
+    repeated = len(set(map(_IMAGE, rows))) != len(rows)
+    rows.sort(key=_IMAGE)
+    if repeated:
+        unique = rows[:1]
+        for row in islice(rows, 1, None):
+            if row[0] != unique[-1][0]:
+                unique.append(row)
+            elif row != unique[-1]:
+                raise InputError(f"image {row[0][:12]} appears twice in one version.")
+        rows = unique
+    return rows
 
 
 def _record(row: DatasetVersion) -> VersionRecord:
@@ -123,14 +165,8 @@ def create_version(
     The caller's session must be a write session: the version and all its rows commit together,
     so a killed process leaves either the whole version or none of it.
     """
-    by_image: dict[str, VersionItemRecord] = {}
-    for item in items:
-        if item.split not in SPLITS:
-            raise InputError(f"unknown split {item.split!r} for image {item.image_sha256[:12]}.")
-        if by_image.setdefault(item.image_sha256, item) != item:
-            raise InputError(f"image {item.image_sha256[:12]} appears twice in one version.")
-    rows = [by_image[sha] for sha in sorted(by_image)]
-    digest = content_hash(rows)
+    rows = _version_rows(items)
+    digest = _rows_hash(rows)
     for _attempt in range(NUMBER_ATTEMPTS):
         latest = latest_version(session)
         if latest is not None and latest.content_hash == digest:
@@ -164,18 +200,14 @@ def create_version(
             "another writer."
         )
     if rows:
-        # Core executemany: the ORM's bulk path costs several times more for 100,000 rows.
-        session.connection().execute(
-            insert(VersionItem),
-            [
-                {
-                    "version": number,
-                    "image_sha256": r.image_sha256,
-                    "label": r.label,
-                    "split": r.split,
-                }
-                for r in rows
-            ],
+        # The database's bulk path (dialect.py): SQLAlchemy's own executemany spends more time
+        # turning a million rows into parameters than the database spends storing them.
+        bulk_insert(
+            session,
+            VersionItem,
+            ("image_sha256", "label", "split"),
+            rows,
+            same={"version": number},
         )
     return NewVersion(version=_record(version), created=True)
 
