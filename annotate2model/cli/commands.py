@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "flag": "review",
     "unflag": "review",
     "flags": "review",
+    "label-next": "review",
     "loop": "loop",
     "studio": "studio",
     "demo": "demo",

@@ -317,3 +317,73 @@ def flags_cmd(
         if kept_back.get(run_key):
             line += f"; {kept_back[run_key]} kept back (confirmed by a person before)"
         console.print(line + ".")
+
+
+@app.command("label-next")
+def label_next_cmd(
+    ctx: typer.Context,
+    run: Annotated[
+        str | None,
+        typer.Option("--run", help="Run whose predictions order the tasks (default: the newest)."),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", help="Put only the first K tasks of the order in the tab."),
+    ] = None,
+    uncertainty: Annotated[
+        str,
+        typer.Option(
+            help="margin (1 - top-1 + top-2 probability, the default: it prefers images torn "
+            "between two labels) or entropy."
+        ),
+    ] = "margin",
+    as_json: JsonFlag = False,
+) -> None:
+    """Order the unlabeled tasks by how much a label would teach the model, into the tab
+    "a2m: label next" (least sure first, near-copies spread apart, the model's guess
+    pre-filled). Run it again after each training: the tab is updated, not duplicated.
+
+    Example: [bold]a2m label-next --run 4 --limit 200[/]
+    """
+    from annotate2model.review.label_next import label_next
+    from annotate2model.review.ordering import UNCERTAINTIES
+
+    if uncertainty not in UNCERTAINTIES:
+        raise typer.BadParameter(f"choose from {', '.join(UNCERTAINTIES)}.")
+    if limit is not None and limit < 1:
+        raise typer.BadParameter("--limit must be at least 1.")
+    store = state(ctx).store()
+    project_id, client = _connected(ctx)
+    with client:
+        outcome = label_next(
+            store,
+            client,
+            project_id,
+            run,
+            limit=limit,
+            method=uncertainty,  # type: ignore[arg-type]
+            progress=None if as_json else RichProgress(),
+        )
+    if as_json:
+        print_json(outcome)
+        return
+    push = outcome.push
+    console.print(
+        f"Run [bold]{outcome.run}[/]: {outcome.ordered} of {outcome.unlabeled} unlabeled task(s) "
+        f"of project {outcome.project} ordered by {outcome.method}"
+        + (
+            " with the diversity step"
+            if outcome.diverse
+            else " alone (an ensemble has no features)"
+        )
+        + f"; {push.predictions_added} prediction(s) added, {push.predictions_removed} of the "
+        f"last order removed, in {push.seconds:.1f} s."
+    )
+    if outcome.in_review:
+        console.print(f"  {outcome.in_review} unlabeled task(s) wait in the review tab instead.")
+    if outcome.unreadable:
+        console.print(f"  {outcome.unreadable} image(s) could not be read: left out.")
+    if outcome.ordered:
+        first = ", ".join(str(t) for t in outcome.first[:5])
+        console.print(f"  First: task(s) {first}. Label them in the tab [bold]{outcome.tab}[/]:")
+        console.print(f"  {outcome.url}")
