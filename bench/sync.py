@@ -3,8 +3,8 @@
     .venv/bin/python bench/sync.py [--small 150] [--large 2000] [--repeats 5] [--relabel 100]
                                    [--source local-files|http]
 
-Issue 22's scale (a 10,000-task project; about 25 minutes here, most of it making the photos
-the first time and Label Studio's exports):
+Issue 22's scale, a 10,000-task project (12-15 minutes on a 2-core machine, plus 3 minutes the
+first time to make the photos; docs/scaling.md has its figures):
 
     .venv/bin/python bench/sync.py --large 10000
 
