@@ -3,6 +3,9 @@ image classifier needs: one Image, one single-choice Choices on it, its labels i
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from annotate2model.errors import LabelStudioError
@@ -194,3 +197,26 @@ def test_a_built_config_reads_back_with_any_label_text() -> None:
 def test_a_new_config_needs_distinct_labels(labels: list[str], message: str) -> None:
     with pytest.raises(LabelStudioError, match=message):
         build_label_config(labels)
+
+
+def test_a_config_read_once_is_not_read_by_the_sdk_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unchanged project's config is read from the memo (a no-change sync then imports no
+    SDK); another config, or a damaged memo file, is read by the SDK again."""
+    xml = ACCEPTED["built by a2m"]
+    memo = tmp_path / "label-configs"
+    first = parse_label_config(xml, 3, memo)
+    assert len(list(memo.iterdir())) == 1
+    # Without the SDK at all, the memo still answers for this config, and only for it.
+    for name in [m for m in sys.modules if m.startswith("label_studio_sdk")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "label_studio_sdk", None)
+    assert parse_label_config(xml, 3, memo) == first
+    with pytest.raises(ImportError):
+        parse_label_config(xml.replace("bird", "fish"), 3, memo)
+    monkeypatch.undo()
+    (only,) = memo.iterdir()
+    only.write_text("{not json")
+    assert parse_label_config(xml, 3, memo) == first
+    assert parse_label_config(xml, 3, memo).labels == ("cat", "dog", "bird")

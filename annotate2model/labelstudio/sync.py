@@ -47,6 +47,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from annotate2model.errors import LabelStudioError, StoreError
@@ -177,7 +178,7 @@ def sync_project(
         ThreadPoolExecutor(max_workers=2) as pool,
     ):
         asked = head.project if head is not None else pool.submit(client.project, project_id)
-        prefetch = _prefetcher(reader, asked, project_id)
+        prefetch = _prefetcher(reader, asked, project_id, config_memo(store))
         try:
             with store.read() as session:
                 stored = load_tasks(session, project_id)
@@ -210,7 +211,7 @@ def sync_project(
             if head is not None:
                 head.drop_reading()  # before the image reader it feeds is closed
             raise
-        config = parse_label_config(project.label_config, project_id)
+        config = parse_label_config(project.label_config, project_id, config_memo(store))
         relabel_all = state is None or state.labels != list(config.labels) or state.policy != policy
         remote = None
         if changed is not None and not relabel_all:
@@ -376,6 +377,11 @@ def find_changes(
     }
 
 
+def config_memo(store: Store) -> Path:
+    """Where what the SDK read of each labeling config is kept (config.parse_label_config)."""
+    return store.settings.workspace.cache_dir / "label-configs"
+
+
 def _retry_image(rec: TaskRecord) -> bool:
     return rec.image_sha256 is None and bool(rec.problem and rec.problem.startswith(IMAGE_PROBLEM))
 
@@ -383,7 +389,9 @@ def _retry_image(rec: TaskRecord) -> bool:
 # -- 3. fetch changed tasks ---------------------------------------------------------------------
 
 
-def _prefetcher(reader: ImageReader, asked: Future[ProjectInfo], project_id: int) -> OnPage:
+def _prefetcher(
+    reader: ImageReader, asked: Future[ProjectInfo], project_id: int, memo: Path
+) -> OnPage:
     """What a first sync does with each page of tasks as it arrives: start reading the images
     that need no request to Label Studio (`ImageReader.prefetch`), once the project's labeling
     config says which data field holds them."""
@@ -392,7 +400,7 @@ def _prefetcher(reader: ImageReader, asked: Future[ProjectInfo], project_id: int
     def prefetch(page: list[dict[str, Any]]) -> None:
         if not config:
             try:
-                config.append(parse_label_config(asked.result().label_config, project_id))
+                config.append(parse_label_config(asked.result().label_config, project_id, memo))
             except Exception as exc:  # the sync itself meets the same error and reports it
                 log.debug("no image prefetch while tasks are listed: %s", exc)
                 return
