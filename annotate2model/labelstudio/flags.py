@@ -239,8 +239,8 @@ def push_flags(
     return out
 
 
-def review_url(client: LabelStudioClient, project_id: int, view_id: int | None) -> str:
-    """Where a person opens the review tab."""
+def tab_url(client: LabelStudioClient, project_id: int, view_id: int | None) -> str:
+    """Where a person opens the review tab (or any tab of the project's Data Manager)."""
     tab = f"?tab={view_id}" if view_id is not None else ""
     return f"{client.url}/projects/{project_id}/data{tab}"
 
@@ -257,15 +257,7 @@ def ensure_review_tab(
         "tasks:predictions_score",
         *(f"tasks:data.{key}" for key in REVIEW_FIELDS),
     ]
-    listed = client.json(
-        "GET", "/api/dm/columns", "list the Data Manager columns", params={"project": project_id}
-    )
-    columns = [
-        "tasks:" + (f"{c['parent']}." if c.get("parent") else "") + str(c["id"])
-        for c in (listed or {}).get("columns", [])
-        if c.get("target", "tasks") == "tasks"
-    ]
-    hidden = [c for c in columns if c not in shown]
+    hidden = hidden_columns(client, project_id, shown)
     data = {
         "title": REVIEW_TAB,
         "type": "list",
@@ -284,12 +276,31 @@ def ensure_review_tab(
         "ordering": ["-tasks:predictions_score"],
         "hiddenColumns": {"explore": hidden, "labeling": hidden},
     }
-    existing = _find_view(client, project_id, REVIEW_TAB)
+    return ensure_view(client, project_id, data, "the review tab")
+
+
+def hidden_columns(client: LabelStudioClient, project_id: int, shown: list[str]) -> list[str]:
+    """The project's task columns in the Data Manager other than `shown`: what a tab hides."""
+    listed = client.json(
+        "GET", "/api/dm/columns", "list the Data Manager columns", params={"project": project_id}
+    )
+    columns = [
+        "tasks:" + (f"{c['parent']}." if c.get("parent") else "") + str(c["id"])
+        for c in (listed or {}).get("columns", [])
+        if c.get("target", "tasks") == "tasks"
+    ]
+    return [c for c in columns if c not in shown]
+
+
+def ensure_view(client: LabelStudioClient, project_id: int, data: dict[str, Any], what: str) -> int:
+    """The Data Manager tab titled `data["title"]`: made once, and its settings set again when
+    someone changed them (what else they set stays)."""
+    existing = _find_view(client, project_id, str(data["title"]))
     if existing is None:
         made = client.json(
             "POST",
             "/api/dm/views",
-            "create the review tab",
+            f"create {what}",
             json={"project": project_id, "data": data},
         )
         return int(made["id"])
@@ -298,7 +309,7 @@ def ensure_review_tab(
         client.json(
             "PATCH",
             f"/api/dm/views/{view_id}",
-            "update the review tab",
+            f"update {what}",
             json={"project": project_id, "data": {**current, **data}},
         )
     return view_id

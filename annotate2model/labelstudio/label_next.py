@@ -30,11 +30,12 @@ from annotate2model.labelstudio.flags import (
     REASON_FIELD,
     REVIEW_VERSION,
     _config,
-    _find_view,
     _import_predictions,
     _predictions,
     _remove_review_predictions,
     _use_review_version,
+    ensure_view,
+    hidden_columns,
 )
 from annotate2model.labelstudio.results import prediction
 from annotate2model.progress import NullProgress, Progress
@@ -193,35 +194,5 @@ def ensure_next_tab(client: LabelStudioClient, project_id: int, image_field: str
         "tasks:predictions_score",
         "tasks:predictions_results",
     ]
-    listed = client.json(
-        "GET", "/api/dm/columns", "list the Data Manager columns", params={"project": project_id}
-    )
-    columns = [
-        "tasks:" + (f"{c['parent']}." if c.get("parent") else "") + str(c["id"])
-        for c in (listed or {}).get("columns", [])
-        if c.get("target", "tasks") == "tasks"
-    ]
-    data = next_tab_data(image_field, [c for c in columns if c not in shown])
-    existing = _find_view(client, project_id, NEXT_TAB)
-    if existing is None:
-        made = client.json(
-            "POST",
-            "/api/dm/views",
-            "create the label-next tab",
-            json={"project": project_id, "data": data},
-        )
-        return int(made["id"])
-    view_id, current = existing
-    if any(current.get(k) != v for k, v in data.items()):
-        client.json(
-            "PATCH",
-            f"/api/dm/views/{view_id}",
-            "update the label-next tab",
-            json={"project": project_id, "data": {**current, **data}},
-        )
-    return view_id
-
-
-def next_url(client: LabelStudioClient, project_id: int, view_id: int | None) -> str:
-    tab = f"?tab={view_id}" if view_id is not None else ""
-    return f"{client.url}/projects/{project_id}/data{tab}"
+    data = next_tab_data(image_field, hidden_columns(client, project_id, shown))
+    return ensure_view(client, project_id, data, "the label-next tab")

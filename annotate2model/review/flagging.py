@@ -26,8 +26,8 @@ from annotate2model.labelstudio.flags import (
     UnflagItem,
     push_flags,
     retire_answered,
-    review_url,
     settle_interrupted,
+    tab_url,
     unflag_tasks,
 )
 from annotate2model.progress import NullProgress, Progress
@@ -446,7 +446,7 @@ def flag_run(
             # Their tasks are gone from Label Studio: nothing of theirs can be there.
             store_flags.mark_retired(session, result.missing)
     outcome.tab = REVIEW_TAB
-    outcome.url = review_url(client, project_id, result.view_id)
+    outcome.url = tab_url(client, project_id, result.view_id)
     return outcome
 
 

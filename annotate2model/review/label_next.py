@@ -15,11 +15,11 @@ import numpy as np
 
 from annotate2model.errors import TrainingError
 from annotate2model.labelstudio.client import LabelStudioClient
+from annotate2model.labelstudio.flags import tab_url
 from annotate2model.labelstudio.label_next import (
     NEXT_TAB,
     NextItem,
     NextPush,
-    next_url,
     push_next,
     review_held,
 )
@@ -186,6 +186,6 @@ def label_next(
         diverse=order.diverse,
         method=method,
         push=push,
-        url=next_url(client, project_id, push.view_id),
+        url=tab_url(client, project_id, push.view_id),
         first=order.task_ids[: min(count, 10)],
     )

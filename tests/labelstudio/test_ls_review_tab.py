@@ -17,7 +17,7 @@ from annotate2model.labelstudio.flags import (
     SUGGESTED_FIELD,
     PushItem,
     push_flags,
-    review_url,
+    tab_url,
 )
 from tests.labelstudio.conftest import ADMIN, PASSWORD, LiveServer
 
@@ -44,7 +44,7 @@ def test_the_review_tab_in_a_browser(ls_server: LiveServer, browser: Any, artifa
             for n, (task, score) in enumerate(zip(ids, scores, strict=False))
         ]
         pushed = push_flags(c, project, RUN, items)
-        url = review_url(c, project, pushed.view_id)
+        url = tab_url(c, project, pushed.view_id)
     expected = [task for task, _ in sorted(zip(ids, scores, strict=False), key=lambda p: -p[1])]
 
     page = browser.new_page(viewport={"width": 1400, "height": 900})
