@@ -31,6 +31,7 @@ from annotate2model.errors import InputError
 
 if TYPE_CHECKING:
     from annotate2model.judging.records import Comparison
+    from annotate2model.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,17 @@ def log_files(
             client.log_artifact(mlflow_run, str(path), artifact_path=folder)
         logged.append(run_id)
     return logged
+
+
+def mirror(
+    settings: Settings, what: str, warn: Callable[[str], None], action: Callable[[str, str], Any]
+) -> Any:
+    """`action(tracking URI, experiment)` when the workspace's settings track runs in MLflow
+    (else nothing), any failure one warning (`mirrored`)."""
+    uri = settings.mlflow_uri
+    if not uri:
+        return None
+    return mirrored(what, warn, lambda: action(uri, settings.mlflow_experiment))
 
 
 def mirrored(what: str, warn: Callable[[str], None], action: Callable[[], Any]) -> Any:

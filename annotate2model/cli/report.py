@@ -104,17 +104,14 @@ def _run_id(store: Store, run: str) -> int:
 def _mirror_report(store: Store, runs: list[int], files: ReportFiles, folder: str) -> None:
     """The page and its plots attached to the MLflow runs they judge, when the workspace tracks
     runs there (tracking.py); a warning if that fails."""
-    settings = store.settings
-    uri = settings.mlflow_uri
-    if not uri:
-        return
     from annotate2model import tracking
 
-    tracking.mirrored(
+    tracking.mirror(
+        store.settings,
         "the report",
         RichProgress().note,
-        lambda: tracking.log_files(
-            uri, settings.mlflow_experiment, runs, [files.html, *files.plots.values()], folder
+        lambda uri, experiment: tracking.log_files(
+            uri, experiment, runs, [files.html, *files.plots.values()], folder
         ),
     )
 

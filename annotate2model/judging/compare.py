@@ -524,16 +524,13 @@ def _config_differences(chosen: Sequence[RunRecord]) -> list[str]:
 def _mirror(store: Store, comparison: Comparison, progress: Progress) -> None:
     """The judgement in MLflow too, on each compared run's MLflow run (tracking.py), when the
     workspace tracks there: MLflow missing or down is one warning."""
-    settings = store.settings
-    uri = settings.mlflow_uri
-    if not uri:
-        return
     from annotate2model import tracking
 
-    tracking.mirrored(
+    tracking.mirror(
+        store.settings,
         f"the comparison of runs {', '.join(str(r.run) for r in comparison.rows)}",
         progress.note,
-        lambda: tracking.log_comparison(uri, settings.mlflow_experiment, comparison),
+        lambda uri, experiment: tracking.log_comparison(uri, experiment, comparison),
     )
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,7 +32,7 @@ from annotate2model.training.config import auto_workers as default_workers
 from annotate2model.training.context import RunContext
 from annotate2model.training.features.embeddings import EmbeddingCache, ExtractionStats
 from annotate2model.training.features.images import Preprocessing
-from annotate2model.training.features.weights import WeightsSource, digest_memo, resolve_weights
+from annotate2model.training.features.weights import digest_memo, resolve_weights
 from annotate2model.training.fit.jobs import TrainJob, TrainResult, report_skipped
 from annotate2model.training.fit.preflight import check_run, small_split_warnings
 from annotate2model.training.fit.probe import train_probe
@@ -129,8 +129,19 @@ def _train(
     distributed.per_rank_batch(config.batch_size)
     for warning in small_split_warnings(data):
         progress.note(warning)
+    job = TrainJob(
+        config=config,
+        data=data,
+        context=ctx,
+        source=source,
+        prep=prep,
+        device=device,
+        bf16=bf16,
+        progress=progress,
+        on_epoch=lambda _history: None,
+    )
     if not main:
-        return _follow(config, data, ctx, source, prep, device, bf16)
+        return _follow(job)
     processes = distributed.world_size()
     if processes > 1:
         device_text = f"{processes} processes; rank 0 on {device_text}"
@@ -145,17 +156,7 @@ def _train(
     }
     with ledger.running(data.version.number, "train", ledger_config, device_text) as run:
         started = time.perf_counter()
-        job = TrainJob(
-            config=config,
-            data=data,
-            context=ctx,
-            source=source,
-            prep=prep,
-            device=device,
-            bf16=bf16,
-            progress=progress,
-            on_epoch=lambda history: ledger.record_history(run, history),
-        )
+        job = replace(job, on_epoch=lambda history: ledger.record_history(run, history))
         result = _run_trainer(job)
         splits, rows = judge(data.labels, result.kept, result.probs)
         metrics = RunMetrics(
@@ -195,27 +196,8 @@ def _train(
     return RunOutcome(run=done, extraction=result.extraction)
 
 
-def _follow(
-    config: RunConfig,
-    data: VersionData,
-    ctx: RunContext,
-    source: WeightsSource,
-    prep: Preprocessing,
-    device: str,
-    bf16: bool,
-) -> RunOutcome:
+def _follow(job: TrainJob) -> RunOutcome:
     """A rank other than 0: train its share, record nothing, and hand back rank 0's record."""
-    job = TrainJob(
-        config=config,
-        data=data,
-        context=ctx,
-        source=source,
-        prep=prep,
-        device=device,
-        bf16=bf16,
-        progress=NullProgress(),
-        on_epoch=lambda _history: None,
-    )
     result = _run_trainer(job)
     done: RunRecord = distributed.broadcast(cast(RunRecord, None))
     return RunOutcome(run=done, extraction=result.extraction)
@@ -231,10 +213,6 @@ def _mirror_training(
     progress: Progress,
 ) -> None:
     """The run in MLflow too, when the workspace tracks there (tracking.py); a warning if not."""
-    settings = store.settings
-    uri = settings.mlflow_uri
-    if not uri:
-        return
     from annotate2model import tracking
 
     tags = {
@@ -243,22 +221,24 @@ def _mirror_training(
         "a2m.counts": json.dumps({split: len(items) for split, items in data.splits.items()}),
         "a2m.labels": json.dumps(data.labels),
     }
-    progress.begin("Logging the run to MLflow")
-    tracking.mirrored(
-        f"run {run.id}",
-        progress.note,
-        lambda: tracking.log_training(
-            uri,
-            settings.mlflow_experiment,
-            run_id=run.id,
-            config=card["config"],
-            history=history,
-            metrics={**card["metrics"], "wall_seconds": run.wall_seconds},
-            tags=tags,
-            run_dir=run_dir,
-        ),
-    )
-    progress.end()
+
+    def log(uri: str, experiment: str) -> None:
+        progress.begin("Logging the run to MLflow")
+        try:
+            tracking.log_training(
+                uri,
+                experiment,
+                run_id=run.id,
+                config=card["config"],
+                history=history,
+                metrics={**card["metrics"], "wall_seconds": run.wall_seconds},
+                tags=tags,
+                run_dir=run_dir,
+            )
+        finally:
+            progress.end()
+
+    tracking.mirror(store.settings, f"run {run.id}", progress.note, log)
 
 
 def _torch_device(requested: str, precision: str) -> tuple[str, bool, str]:
@@ -454,22 +434,16 @@ def evaluate_run(
         {**metrics.summary(), **metrics.to_dict()},
         source="evaluate",
     )
-    settings = store.settings
-    uri = settings.mlflow_uri
-    if uri:
-        from annotate2model import tracking
+    from annotate2model import tracking
 
-        tracking.mirrored(
-            f"the evaluation of run {run.id}",
-            progress.note,
-            lambda: tracking.log_evaluation(
-                uri,
-                settings.mlflow_experiment,
-                run.id,
-                f"evaluate.v{data.version.number}.{split}",
-                metrics.summary(),
-            ),
-        )
+    tracking.mirror(
+        store.settings,
+        f"the evaluation of run {run.id}",
+        progress.note,
+        lambda uri, experiment: tracking.log_evaluation(
+            uri, experiment, run.id, f"evaluate.v{data.version.number}.{split}", metrics.summary()
+        ),
+    )
     return Evaluation(run=run.id, version=data.version.number, split=split, metrics=metrics)
 
 
