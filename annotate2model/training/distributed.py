@@ -103,24 +103,9 @@ def start(requested: str) -> str:
     return "cpu"
 
 
-def stop() -> None:
-    dist = _dist()
-    if dist is not None:
-        dist.destroy_process_group()
-
-
 def shard(items: Sequence[T]) -> list[T]:
     """This rank's share: every world_size-th item from its rank on (all of them alone)."""
     return list(items[rank() :: world_size()])
-
-
-def unshard(parts: Sequence[Sequence[T]]) -> list[T]:
-    """The items in their first order again, from every rank's `shard`."""
-    n = len(parts)
-    out: list[T] = []
-    for i in range(max((len(p) for p in parts), default=0)):
-        out.extend(parts[r][i] for r in range(n) if i < len(parts[r]))
-    return out
 
 
 def gather(value: T) -> list[T]:
@@ -153,13 +138,6 @@ def sums(*values: float) -> tuple[float, ...]:
     total = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(total, group=_cpu_group)
     return tuple(float(v) for v in total.tolist())
-
-
-def maximum(value: float) -> float:
-    dist = _dist()
-    if dist is None:
-        return value
-    return max(gather(value))
 
 
 def add_tensor(tensor: torch.Tensor) -> None:
