@@ -23,6 +23,7 @@ EXPECTED_TABLES = {
     "flags",
     "images",
     "predictions",
+    "promotions",
     "runs",
     "sync_state",
     "tasks",

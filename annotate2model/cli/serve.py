@@ -113,6 +113,24 @@ def serve_cmd(
     max_tasks: Annotated[
         int, typer.Option(help="Most Label Studio tasks in one /predict request.")
     ] = 512,
+    auto_train: Annotated[
+        bool,
+        typer.Option(
+            "--auto-train",
+            help="Sync on Label Studio's events; past --every new or changed labels, train the "
+            "newest version with the last configuration and serve the new run only when it is "
+            "not worse on images neither run trained on (docs/auto-train.md).",
+        ),
+    ] = False,
+    every: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Labels that start a training (default: 10% of the served version's images, "
+            "5 to 50).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve runs: a page at /, a REST API (/v1/predict) and a Label Studio ML backend.
 
@@ -121,7 +139,11 @@ def serve_cmd(
     from the connected Label Studio's media (/data/upload/..., /data/local-files/...), `data:`
     URLs, or the hosts in \\[serve] image_hosts (A2M_SERVE_IMAGE_HOSTS).
 
-    Example: [bold]a2m serve 3 --host 0.0.0.0 --token -[/]
+    With --auto-train, connect it with `a2m connect-backend URL --auto-train`: Label Studio's
+    events then start a sync, and a training once enough labels wait; `/v1/model` and `a2m runs`
+    say what was decided and why.
+
+    Example: [bold]a2m serve 3 --host 0.0.0.0 --token -[/], [bold]a2m serve 3 --auto-train[/]
     """
     from annotate2model.serve.app import (
         DEFAULT_REQUEST_PIXELS,
@@ -143,6 +165,19 @@ def serve_cmd(
             hint=f"set {TOKEN_ENV} (or pass `--token -` and type it), or pass --no-auth if "
             "anyone who can reach the server may use it.",
         )
+    if every is not None and not auto_train:
+        raise InputError("--every applies to --auto-train only.")
+    if auto_train and onnx:
+        raise InputError(
+            "--auto-train serves each new run with torch; --onnx serves exported files only.",
+            hint="leave out --onnx (or export and serve a chosen run without --auto-train).",
+        )
+    project = None
+    if auto_train:
+        from annotate2model.labelstudio import connection
+
+        project = connection.project_id(settings)
+        runs = [_auto_served(ctx, runs), *runs[1:]]
     dirs = _run_dirs(ctx, runs)
     chosen = device or settings.device
     models: list[ServedModel] = []
@@ -178,10 +213,56 @@ def serve_cmd(
     shown = "[::1]" if host == "::1" else host
     served = ", ".join(f"{m.run_id} ({m.engine} on {m.device})" for m in models)
     err_console.print(f"Serving run {served} at http://{shown}:{port}/ (Ctrl-C stops).")
+    trainer = None
+    if auto_train and project is not None:
+        from annotate2model.autotrain import AutoTrainer
+
+        first = models[0].run_id
+        assert first is not None  # a trained run, not a bare file
+
+        def load(run_id: int) -> ServedModel:
+            # On the worker's thread, for a run it trained and recorded: its folder by number.
+            return TorchModel.load(settings.workspace.runs_dir / str(run_id), chosen)
+
+        trainer = AutoTrainer(settings, project, first, load_model=load, every=every)
+        err_console.print(
+            f"Auto-train: Label Studio project {project}'s events start a sync; "
+            + (f"{every} new or changed labels" if every else "enough new or changed labels")
+            + " start a training (GET /v1/model shows what it does)."
+        )
     try:
-        run_server(create_app(models, limits, reader), host, port)
+        run_server(
+            create_app(
+                models,
+                limits,
+                reader,
+                events=trainer,
+                on_start=trainer.start if trainer else None,
+                on_stop=trainer.stop if trainer else None,
+            ),
+            host,
+            port,
+        )
     finally:
         reader.close()
+
+
+def _auto_served(ctx: typer.Context, runs: list[str]) -> str:
+    """The run --auto-train starts with: the first given, or a run auto-train promoted after it
+    (a restarted server serves what it had promoted)."""
+    from annotate2model.store import promotions
+    from annotate2model.store import runs as store_runs
+
+    store = state(ctx).store()
+    with store.read() as session:
+        given = store_runs.get_run(session, runs[0])
+        last = promotions.last_promoted(promotions.list_decisions(session))
+    if last is not None and last.run is not None and last.run > given.id:
+        err_console.print(
+            f"Auto-train promoted run {last.run} after run {given.id}: serving run {last.run}."
+        )
+        return str(last.run)
+    return str(given.id)
 
 
 @app.command("export")
@@ -229,6 +310,14 @@ def connect_backend_cmd(
     ] = None,
     token: TokenFlag = None,
     title: Annotated[str, typer.Option(help="Name shown in Label Studio.")] = "annotate2model",
+    auto_train: Annotated[
+        bool,
+        typer.Option(
+            "--auto-train",
+            help="Also send the project's annotation events to the server's /webhook, for "
+            "`a2m serve --auto-train`.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Register a running `a2m serve` as the connected project's ML backend.
@@ -242,7 +331,9 @@ def connect_backend_cmd(
 
     target = url.rstrip("/") + (f"/runs/{run.lstrip('#')}" if run else "")
     settings = state(ctx).settings()
-    backend = connect_backend(settings, target, title=title, token=_token(ctx, token))
+    backend = connect_backend(
+        settings, target, title=title, token=_token(ctx, token), auto_train=auto_train
+    )
     if as_json:
         print_json(backend)
         return
@@ -251,3 +342,8 @@ def connect_backend_cmd(
         f"{verb} ML backend {backend.id} “{backend.title}” at {backend.url} for project "
         f"{backend.project} ({backend.state or 'state unknown'})."
     )
+    if backend.webhook is not None:
+        console.print(
+            f"Label Studio sends the project's annotation events to {target.rstrip('/')}/webhook "
+            f"(webhook {backend.webhook})."
+        )

@@ -457,8 +457,10 @@ def runs_cmd(
             on_split = [r.version for r in judged if r.metrics.get(key) is not None]
             test_sets |= {(split, h) for h in split_hashes(session, on_split, split).values()}
         from annotate2model.store.flags import flag_precision
+        from annotate2model.store.promotions import by_run, list_decisions
 
         precision = flag_precision(session, [r.id for r in rows])
+        decided = by_run(list_decisions(session))
     if as_json:
         print_json(
             [
@@ -466,6 +468,7 @@ def runs_cmd(
                     **to_jsonable(r),
                     "flags_resolved": precision.get(r.id, (0, 0))[0],
                     "flags_relabeled": precision.get(r.id, (0, 0))[1],
+                    "auto_train": to_jsonable(decided[r.id]) if r.id in decided else None,
                 }
                 for r in rows
             ]
@@ -528,6 +531,9 @@ def runs_cmd(
         }
         table.add_row(*(cells[col] for col in columns))
     console.print(table)
+    for r in rows:
+        if r.id in decided:
+            console.print(f"Auto-train: run {r.id} {escape(decided[r.id].summary)}")
     if len(test_sets) > 1:
         # Each version has its own val/test images: the accuracies above do not compare.
         console.print(
@@ -553,6 +559,12 @@ def _show_run(store: Store, run_ref: str, as_json: bool) -> None:
     )
     if record.error:
         console.print(f"Reason: {escape(record.error)}")
+    from annotate2model.store.promotions import by_run, list_decisions
+
+    with store.read() as session:
+        decided = by_run(list_decisions(session)).get(record.id)
+    if decided is not None:
+        console.print(f"Auto-train: {escape(decided.summary)}")
     config = Table(title="Configuration", show_header=False)
     config.add_column("key")
     config.add_column("value")

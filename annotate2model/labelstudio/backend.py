@@ -5,7 +5,9 @@ settings, so that Label Studio asks it for predictions and annotators see the mo
 Label Studio checks the server's `/health` and `/setup` while registering, so the server must be
 running and reachable from Label Studio (a server of the workspace's own Label Studio on this
 machine is: `a2m studio up` allows ML backends on loopback). A token is sent as the Basic-auth
-password, the only authentication Label Studio offers a backend.
+password, the only authentication Label Studio offers a backend. With `auto_train`, the project
+also sends its annotation events to the server's `/webhook` (with the token as a Bearer header),
+for `a2m serve --auto-train`.
 
 `TaskImages` reads the image of a task that Label Studio sends to `/predict`: the server's own
 media (`/data/upload/...`, `/data/local-files/?d=...`) through the saved connection (from disk
@@ -57,6 +59,19 @@ class Backend:
     state: str
     # True when this call added it; False when it updated an existing one with the same URL.
     created: bool
+    # The project webhook that sends annotation events to the server (auto-train only).
+    webhook: int | None = None
+
+
+# The events that can change a version: `a2m serve --auto-train` syncs on each.
+WEBHOOK_ACTIONS = (
+    "ANNOTATION_CREATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_DELETED",
+    "TASKS_CREATED",
+    "TASKS_DELETED",
+)
 
 
 def connect_backend(
@@ -65,9 +80,11 @@ def connect_backend(
     *,
     title: str = DEFAULT_TITLE,
     token: Secret | None = None,
+    auto_train: bool = False,
 ) -> Backend:
     """Register the model server at `url` with the connected project (or update the one already
-    registered at that URL), and have Label Studio show its predictions to annotators."""
+    registered at that URL), and have Label Studio show its predictions to annotators; with
+    `auto_train`, send the project's annotation events to its `/webhook` too."""
     pid = project_id(settings)
     body: dict[str, Any] = {
         "project": pid,
@@ -95,6 +112,7 @@ def connect_backend(
             "show the backend's predictions to annotators",
             json={"show_collab_predictions": True, "evaluate_predictions_automatically": True},
         )
+        webhook = _ensure_webhook(client, pid, url, token) if auto_train else None
     return Backend(
         id=int(data["id"]),
         project=pid,
@@ -102,7 +120,44 @@ def connect_backend(
         title=str(data.get("title") or title),
         state=str(data.get("readable_state") or data.get("state") or ""),
         created=not same,
+        webhook=webhook,
     )
+
+
+def _ensure_webhook(client: LabelStudioClient, pid: int, url: str, token: Secret | None) -> int:
+    """The project webhook to `url`/webhook, made or brought up to date: the annotation events,
+    with their payload, and the token as a Bearer header (Label Studio makes one itself when a
+    backend is added, with every event and no header: a server with a token refuses those)."""
+    target = url.rstrip("/") + "/webhook"
+    body: dict[str, Any] = {
+        "project": pid,
+        "url": target,
+        "send_payload": True,
+        "send_for_all_actions": False,
+        "actions": list(WEBHOOK_ACTIONS),
+        "headers": {"Authorization": f"Bearer {token.reveal()}"} if token is not None else {},
+        "is_active": True,
+    }
+    found = client.json("GET", f"/api/webhooks/?project={pid}", "list the project's webhooks")
+    same = [
+        w
+        for w in (found if isinstance(found, list) else [])
+        if isinstance(w, dict) and str(w.get("url", "")).rstrip("/") == target
+    ]
+    if same:
+        body.pop("project")
+        response = client.request("PATCH", f"/api/webhooks/{same[0]['id']}/", json=body)
+    else:
+        response = client.request("POST", "/api/webhooks/", json=body)
+    if response.status_code >= 400:
+        raise LabelStudioError(
+            f"Label Studio refused the webhook to {target} (HTTP {response.status_code}): "
+            f"{response.text[:300]}",
+            hint="a Label Studio that blocks requests to local addresses needs "
+            "SSRF_PROTECTION_ENABLED=false to send events to a server on this network; "
+            "without events, `a2m serve --auto-train` still syncs every 10 minutes.",
+        )
+    return int(response.json()["id"])
 
 
 def list_backends(settings: Settings) -> list[dict[str, Any]]:

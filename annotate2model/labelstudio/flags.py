@@ -320,7 +320,7 @@ def _use_review_version(client: LabelStudioClient, project_id: int) -> None:
     on the scores of that version only), unless it names another model's."""
     project = client.json("GET", f"/api/projects/{project_id}", f"read project {project_id}")
     current = str(project.get("model_version") or "")
-    if current and not current.startswith("a2m"):
+    if current and not current.startswith("a2m") and not _our_backend(client, project_id, current):
         return
     if current != REVIEW_VERSION:
         client.json(
@@ -329,6 +329,19 @@ def _use_review_version(client: LabelStudioClient, project_id: int) -> None:
             "set the project's model version",
             json={"model_version": REVIEW_VERSION},
         )
+
+
+def _our_backend(client: LabelStudioClient, project_id: int, title: str) -> bool:
+    """Whether `title` names an `a2m serve` registered as the project's ML backend (Label
+    Studio makes the first backend's title the project's model version; its own model version,
+    from the server's /setup, is a2m-run-N)."""
+    found = client.json("GET", f"/api/ml?project={project_id}", "list the project's ML backends")
+    return any(
+        isinstance(b, dict)
+        and b.get("title") == title
+        and str(b.get("model_version") or "").startswith("a2m")
+        for b in (found if isinstance(found, list) else [])
+    )
 
 
 def retire(

@@ -11,6 +11,10 @@ prints nothing. Routes:
 - the ML backend (`/setup`, `/predict`, `/versions`, `/webhook`, `/health`), at the root for the
   first run and under `/runs/ID/` for any other.
 
+`/webhook` hands Label Studio's events to an `EventSink` when the server has one (`a2m serve
+--auto-train`: autotrain.py) and answers at once; the sink may later `promote` a new model, which
+then answers at the root (the one it replaced stays under `/runs/ID/` until the next promotion).
+
 Limits: a request body over `max_upload_bytes` or with more than `max_files` images answers 413;
 so does an image that would decode to more than `max_pixels` (a JPEG counts at the reduced size
 it is decoded at), the images of one request past `max_request_pixels` in all, and a
@@ -87,6 +91,8 @@ READS_PER_REQUEST = 4
 MAX_FAILED_READS = 8
 # The nice value of the decoding threads beside torch's forward passes (see _Server).
 DECODE_NICE = 10
+# Seconds a model replaced twice keeps its batcher, for the requests already given to it.
+RETIRE_SECONDS = 60.0
 # The Basic-auth user name connect-backend registers (Label Studio wants one; any is accepted).
 BASIC_USER = "a2m"
 
@@ -123,6 +129,18 @@ class TaskImageReader(Protocol):
 
     def read(self, url: str) -> bytes:
         """The bytes, or an A2MError saying why they cannot be had."""
+        ...
+
+
+class EventSink(Protocol):
+    """Takes Label Studio's events (autotrain.AutoTrainer has one)."""
+
+    def notify(self, action: str, project: int | None) -> bool:
+        """Note an event (it must return at once); False when it is not for this server."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """What it is doing and has decided, for /v1/model."""
         ...
 
 
@@ -290,6 +308,11 @@ class _Server:
             self.models[m.run_id] = m
         self.default = models[0]
         self.batchers = {m.run_id: Batcher(m, settings.max_batch) for m in models}
+        # The runs served because they were asked for (never retired by a promotion), and the
+        # default that the last promotion replaced (served under /runs/ID/ until the next one).
+        self.given = set(self.models)
+        self.replaced: ServedModel | None = None
+        self._swap = threading.Lock()
         # Torch's forward passes share the cores with the decoding: those threads run at a lower
         # priority, so they fill the passes' idle moments instead of stalling OpenMP's threads at
         # their barriers (bench/serve.py, 16 clients on 2 cores: 31 -> 46 requests/s). ONNX
@@ -318,6 +341,34 @@ class _Server:
             # A read under way ends by its own timeout; nothing waits for it.
             self.readers.shutdown(wait=False, cancel_futures=True)
             self.readers = None
+
+    def promote(self, model: ServedModel) -> None:
+        """Answer at the root with `model` from now on. The default it replaces stays under
+        /runs/ID/ until the next promotion; the one before that is retired (its batcher stops
+        once the requests already given to it are answered)."""
+        batcher = Batcher(model, self.settings.max_batch)
+        batcher.start()
+        with self._swap:
+            retired = self.replaced
+            self.batchers[model.run_id] = batcher
+            self.models[model.run_id] = model
+            self.replaced, self.default = self.default, model
+            if retired is not None and retired.run_id not in self.given | {model.run_id}:
+                del self.models[retired.run_id]
+            else:
+                retired = None
+        if retired is not None:
+            timer = threading.Timer(RETIRE_SECONDS, self._retire, (retired.run_id,))
+            timer.daemon = True
+            timer.start()
+
+    def _retire(self, run_id: int | None) -> None:
+        with self._swap:
+            if run_id in self.models:
+                return  # served again since
+            batcher = self.batchers.pop(run_id, None)
+        if batcher is not None:
+            batcher.stop()
 
     def model(self, run: str | int | None) -> ServedModel:
         if run is None or run == "":
@@ -421,17 +472,26 @@ def create_app(
     models: Sequence[ServedModel],
     settings: ServeSettings | None = None,
     task_images: TaskImageReader | None = None,
+    events: EventSink | None = None,
+    on_start: Callable[[Callable[[ServedModel], None]], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """The application serving `models` (the first is the default run)."""
+    """The application serving `models` (the first is the default run). `events` takes the
+    `/webhook` events; `on_start` is called once the server runs, with the function that
+    promotes a model; `on_stop` as it stops."""
     settings = settings or ServeSettings()
     server = _Server(models, settings, task_images or _NoTaskImages())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         server.start()
+        if on_start is not None:
+            on_start(server.promote)
         try:
             yield
         finally:
+            if on_stop is not None:
+                await run_in_threadpool(on_stop)
             await run_in_threadpool(server.stop)
 
     app = FastAPI(
@@ -471,7 +531,8 @@ def create_app(
         return {
             "status": "UP",
             "model_class": "annotate2model",
-            "runs": [m.run_id for m in models],
+            "runs": list(server.models),
+            "default": server.default.run_id,
             "engine": server.default.engine,
         }
 
@@ -482,7 +543,7 @@ def create_app(
     async def list_models() -> dict[str, Any]:
         return {
             "default": server.default.run_id,
-            "models": [m.describe() for m in models],
+            "models": [m.describe() for m in list(server.models.values())],
         }
 
     @app.get("/v1/model")
@@ -500,6 +561,8 @@ def create_app(
                 "max_tasks": settings.max_tasks,
             },
             "batches": vars(batcher.stats).copy(),
+            "default": model is server.default,
+            **({"auto_train": events.status()} if events is not None else {}),
         }
 
     @app.post("/v1/predict")
@@ -608,9 +671,23 @@ def create_app(
     async def versions(run: str | None = None) -> dict[str, Any]:
         return {"versions": [server.model(run).model_version]}
 
-    async def webhook() -> dict[str, Any]:
-        # Label Studio's training events: this server does not train in a request.
-        return {"status": "ignored"}
+    async def webhook(request: Request) -> dict[str, Any]:
+        # Label Studio waits for this answer (1 s by default) while its user saves: the event is
+        # only noted here; the sync and any training run on the sink's own thread.
+        if events is None:
+            return {"status": "ignored"}
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        action = str(body.get("action") or "")
+        project = body.get("project")
+        pid = project.get("id") if isinstance(project, dict) else project
+        taken = events.notify(
+            action, int(pid) if isinstance(pid, int | str) and str(pid).isdigit() else None
+        )
+        return {"status": "noted" if taken else "ignored"}
 
     for prefix in ("", "/runs/{run}"):
         app.post(f"{prefix}/setup")(setup)

@@ -214,6 +214,20 @@ def pending_elsewhere(session: Session, run_id: int, task_rows: Sequence[int]) -
     return out
 
 
+def settled_since(session: Session, project_id: int, since: datetime) -> int:
+    """The project's flags a person settled (relabeled or confirmed) after `since`."""
+    count = session.scalar(
+        select(func.count(Flag.id))
+        .join(Task, Task.id == Flag.task_row_id)
+        .where(
+            Task.project_id == project_id,
+            Flag.resolution.in_(JUDGED),
+            Flag.resolved_at > since,
+        )
+    )
+    return int(count or 0)
+
+
 def answered_in_review(session: Session, project_id: int, field: str) -> list[tuple[int, int]]:
     """(flag id, Label Studio task id) of the project's flags that ended (settled, withdrawn)
     but are still marked under `field` in Label Studio, on tasks that no pending flag holds

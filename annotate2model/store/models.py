@@ -280,3 +280,24 @@ class Curve(Base):
     points_json: Mapped[str] = mapped_column(Text)
     seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Promotion(Base):
+    """What `a2m serve --auto-train` decided for a version it trained by itself."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(ForeignKey("dataset_versions.number"), index=True)
+    # The run trained (None: the training failed before a run was recorded).
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
+    # The run that was served when it was judged.
+    served_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    promoted: Mapped[bool] = mapped_column(Boolean)
+    # "not worse than run 3 on 45 images neither trained on: ..." or why it was not served.
+    reason: Mapped[str] = mapped_column(Text)
+    # The judging's figures (accuracies, intervals, McNemar) as JSON text.
+    details_json: Mapped[str] = mapped_column(Text, default="{}")
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime())
