@@ -57,6 +57,8 @@ SETTLE_SECONDS = 2.0
 POLL_SECONDS = 600.0
 # Seconds between tries while Label Studio cannot be reached (the last repeats).
 RETRY_SECONDS = (2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+# Seconds between the log lines of a long step.
+PROGRESS_SECONDS = 15.0
 # McNemar's p below which a run that broke more images than it fixed is worse.
 ALPHA = 0.05
 # What a promotion flags again (as `a2m loop` does by default).
@@ -116,15 +118,24 @@ class _LogProgress:
     def __init__(self, trainer: AutoTrainer) -> None:
         self.trainer = trainer
         self.step = ""
-        self.started = 0.0
+        self.started = self.shown = 0.0
+        self.done = 0.0
+        self.total: float | None = None
 
     def begin(self, description: str, total: float | None = None) -> None:
-        self.step, self.started = description, time.monotonic()
+        self.step, self.total, self.done = description, total, 0.0
+        self.started = self.shown = time.monotonic()
         self.trainer.detail = description
         log.info("%s", description)
 
     def advance(self, amount: float = 1.0, status: str | None = None) -> None:
-        return
+        self.done += amount
+        now = time.monotonic()
+        if now - self.shown >= PROGRESS_SECONDS:
+            self.shown = now
+            of = f" of {self.total:g}" if self.total else ""
+            self.trainer.detail = f"{self.step}: {self.done:g}{of}"
+            log.info("%s", self.trainer.detail)
 
     def end(self) -> None:
         if self.step:
