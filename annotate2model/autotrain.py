@@ -309,7 +309,7 @@ class AutoTrainer:
         from annotate2model.store import promotions
         from annotate2model.store.flags import settled_since
         from annotate2model.store.runs import get_run, list_runs
-        from annotate2model.store.versions import diff_versions, latest_version, version_items
+        from annotate2model.store.versions import diff_versions, get_version, latest_version
 
         with store.read() as session:
             served = get_run(session, self.served)
@@ -320,7 +320,7 @@ class AutoTrainer:
                 self.pending = 0
                 return
             diff = diff_versions(session, served.version, newest.number)
-            served_images = len(version_items(session, served.version))
+            served_images = get_version(session, served.version).item_count
             settled = settled_since(session, self.project_id, served.started_at)
         self.pending = len(diff.added) + len(diff.relabeled) + len(diff.removed)
         self.threshold = self.every or default_every(served_images)

@@ -388,29 +388,27 @@ class LabelStudioClient:
         page_size: int = PAGE_SIZE,
         fields: Sequence[str] | None = None,
         first_page: int | None = None,
+        filters: Sequence[dict[str, Any]] = (),
     ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        """Pages of tasks as (total, tasks); optionally only those updated after a timestamp.
+        """Pages of tasks as (total, tasks); optionally only those updated after a timestamp
+        and those that pass the Data Manager `filters` items (all of them).
 
         `ids_only` / `include`: the task's own columns only (no annotations). Otherwise whole
         tasks, annotations included; `fields` narrows them (tasks and their annotations) to the
         keys named, which Label Studio answers much faster (see `_full_params`).
         `first_page`: a smaller first page, the next ones growing to `page_size`.
         """
-        query: dict[str, Any] | None = None
+        items = list(filters)
         if updated_after:
-            query = {
-                "filters": {
-                    "conjunction": "and",
-                    "items": [
-                        {
-                            "filter": "filter:tasks:updated_at",
-                            "operator": "greater",
-                            "type": "Datetime",
-                            "value": updated_after,
-                        }
-                    ],
+            items.append(
+                {
+                    "filter": "filter:tasks:updated_at",
+                    "operator": "greater",
+                    "type": "Datetime",
+                    "value": updated_after,
                 }
-            }
+            )
+        query = {"filters": {"conjunction": "and", "items": items}} if items else None
         if ids_only or include:
             params = {"include": include or "id,updated_at"}
         else:

@@ -57,6 +57,13 @@ RUN_FIELD = "a2m_run"
 LABEL_FIELD = "a2m_label"
 SUGGESTED_FIELD = "a2m_suggested"
 REVIEW_FIELDS = (LABEL_FIELD, SUGGESTED_FIELD, REASON_FIELD, RUN_FIELD)
+# The Data Manager filter item of a task waiting in review: a review reason set.
+IN_REVIEW: dict[str, Any] = {
+    "filter": f"filter:tasks:data.{REASON_FIELD}",
+    "operator": "empty",
+    "type": "String",
+    "value": False,
+}
 
 T = TypeVar("T")
 
@@ -262,17 +269,7 @@ def ensure_review_tab(
         "title": REVIEW_TAB,
         "type": "list",
         "target": "tasks",
-        "filters": {
-            "conjunction": "and",
-            "items": [
-                {
-                    "filter": f"filter:tasks:data.{REASON_FIELD}",
-                    "operator": "empty",
-                    "type": "String",
-                    "value": False,
-                }
-            ],
-        },
+        "filters": {"conjunction": "and", "items": [IN_REVIEW]},
         "ordering": ["-tasks:predictions_score"],
         "hiddenColumns": {"explore": hidden, "labeling": hidden},
     }

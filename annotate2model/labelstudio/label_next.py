@@ -19,7 +19,6 @@ tests/labelstudio/test_ls_label_next.py):
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.flags import (
-    REASON_FIELD,
+    IN_REVIEW,
     REVIEW_VERSION,
     _config,
     _import_predictions,
@@ -68,41 +67,8 @@ def rank_score(rank: int, total: int) -> float:
 
 def review_held(client: LabelStudioClient, project_id: int) -> set[int]:
     """The tasks that wait in the review tab (a review reason set): not label-next's to touch."""
-    query = {
-        "filters": {
-            "conjunction": "and",
-            "items": [
-                {
-                    "filter": f"filter:tasks:data.{REASON_FIELD}",
-                    "operator": "empty",
-                    "type": "String",
-                    "value": False,
-                }
-            ],
-        }
-    }
-    held: set[int] = set()
-    page = 1
-    while True:
-        response = client.request(
-            "GET",
-            "/api/tasks",
-            params={
-                "project": project_id,
-                "include": "id",
-                "query": json.dumps(query, separators=(",", ":")),
-                "page": page,
-                "page_size": 1000,
-            },
-        )
-        if response.status_code == 404 and page > 1:
-            return held
-        client._check(response, f"list the tasks in review of project {project_id}")
-        tasks = list(response.json().get("tasks") or [])
-        held.update(int(t["id"]) for t in tasks)
-        if len(tasks) < 1000:
-            return held
-        page += 1
+    pages = client.task_pages(project_id, include="id", page_size=1000, filters=[IN_REVIEW])
+    return {int(t["id"]) for _total, page in pages for t in page}
 
 
 def push_next(
@@ -172,12 +138,7 @@ def next_tab_data(image_field: str, hidden: Sequence[str] = ()) -> dict[str, Any
                     "type": "Number",
                     "value": False,
                 },
-                {
-                    "filter": f"filter:tasks:data.{REASON_FIELD}",
-                    "operator": "empty",
-                    "type": "String",
-                    "value": True,
-                },
+                {**IN_REVIEW, "value": True},  # not waiting in the review tab
             ],
         },
         "ordering": ["-tasks:predictions_score"],
