@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import typer.main
 
-from annotate2model.errors import WorkspaceError
 from annotate2model.settings import DEFAULT_MAX_IMAGE_PIXELS, Settings, load_settings
 from annotate2model.workspace import Workspace, find_workspace
 
@@ -70,13 +69,6 @@ class AppState:
                 highlight=False,
                 soft_wrap=True,
             )
-
-    def settings_or_none(self) -> Settings | None:
-        """Settings when a workspace is found, else None (for commands that work without one)."""
-        try:
-            return self.settings()
-        except WorkspaceError:
-            return None
 
     def store(self, **overrides: Any) -> Store:
         if self._store is None or overrides:

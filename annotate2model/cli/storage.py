@@ -69,9 +69,7 @@ def migrate_to(
         result = copy_store(
             source,
             target,
-            on_table=None
-            if as_json
-            else lambda name, rows: console.print(f"  {name}: {rows} rows"),
+            on_table=None if as_json else _say_table,
         )
     finally:
         target.close()

@@ -96,6 +96,7 @@ def connect_backend(
     if token is not None:
         body["basic_auth_user"] = BASIC_USER
         body["basic_auth_pass"] = token.reveal()
+    # Not the SDK's `ml` client: it sends a POST again after a 500, which adds a second backend.
     with open_client(settings) as client:
         existing = _backends(client, pid)
         same = [b for b in existing if str(b.get("url", "")).rstrip("/") == url.rstrip("/")]
@@ -138,6 +139,7 @@ def _ensure_webhook(client: LabelStudioClient, pid: int, url: str, token: Secret
         "headers": {"Authorization": f"Bearer {token.reveal()}"} if token is not None else {},
         "is_active": True,
     }
+    # Not the SDK's `webhooks` client: it sends a POST again after a 500 (a second webhook).
     found = client.json("GET", f"/api/webhooks/?project={pid}", "list the project's webhooks")
     same = [
         w
@@ -158,12 +160,6 @@ def _ensure_webhook(client: LabelStudioClient, pid: int, url: str, token: Secret
             "without events, `a2m serve --auto-train` still syncs every 10 minutes.",
         )
     return int(response.json()["id"])
-
-
-def list_backends(settings: Settings) -> list[dict[str, Any]]:
-    """The ML backends registered with the connected project, as Label Studio describes them."""
-    with open_client(settings) as client:
-        return _backends(client, project_id(settings))
 
 
 def _backends(client: LabelStudioClient, pid: int) -> list[dict[str, Any]]:

@@ -139,10 +139,6 @@ def finish_run(
     return _record(row)
 
 
-def set_metrics(session: Session, run_id: int, metrics: dict[str, Any]) -> None:
-    _row(session, run_id).metrics_json = json.dumps(metrics)
-
-
 def hold_run_lock(session: Session, run_id: int) -> Connection | None:
     """Take run `run_id`'s liveness lock before `session` (the write that creates the row)
     commits, so that no reader ever sees the row without it (PostgreSQL; None on SQLite, where
