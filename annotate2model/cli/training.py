@@ -401,6 +401,10 @@ def _without_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
+# `a2m runs` prints the auto-train decisions of the latest this many listed runs.
+AUTO_TRAIN_LINES = 5
+
+
 @app.command("runs")
 def runs_cmd(
     ctx: typer.Context,
@@ -531,9 +535,14 @@ def runs_cmd(
         }
         table.add_row(*(cells[col] for col in columns))
     console.print(table)
-    for r in rows:
-        if r.id in decided:
-            console.print(f"Auto-train: run {r.id} {escape(decided[r.id].summary)}")
+    shown = [r.id for r in rows if r.id in decided]
+    if len(shown) > AUTO_TRAIN_LINES:
+        console.print(
+            f"Auto-train: {len(shown) - AUTO_TRAIN_LINES} earlier decision(s) in "
+            "[bold]a2m runs RUN[/] and --json; the latest:"
+        )
+    for run_id in shown[-AUTO_TRAIN_LINES:]:
+        console.print(f"Auto-train: run {run_id} {escape(decided[run_id].summary)}")
     if len(test_sets) > 1:
         # Each version has its own val/test images: the accuracies above do not compare.
         console.print(

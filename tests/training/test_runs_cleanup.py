@@ -65,3 +65,34 @@ def test_runs_table_reads_at_80_columns(cli: CliRunner, store: Store, version1: 
     for word in ("succeeded", "interrupted", "mobilenet_v3_large", "0.812"):
         assert word in out
     assert "…" not in out
+
+
+def test_runs_lists_only_the_latest_auto_train_decisions(
+    cli: CliRunner, store: Store, version1: Path
+) -> None:
+    """A long-lived `a2m serve --auto-train` decides on many runs: the table's footer keeps the
+    latest few, says how many are left out and where they are, and --json keeps every one."""
+    from annotate2model.cli.training import AUTO_TRAIN_LINES
+    from annotate2model.store.promotions import record_decision
+
+    ids = []
+    with store.write() as session:
+        for n in range(AUTO_TRAIN_LINES + 2):
+            run = store_runs.create_run(session, 1, "train", {"backbone": "resnet18"}, "cpu")
+            store_runs.finish_run(session, run.id, "succeeded")
+            record_decision(
+                session,
+                version=1,
+                run=run.id,
+                served=ids[-1] if ids else None,
+                promoted=n % 2 == 0,
+                reason=f"reason {n}",
+            )
+            ids.append(run.id)
+    code, out, _ = run_cli(cli, "runs")
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.startswith("Auto-train: run ")]
+    assert [int(line.split()[2]) for line in lines] == ids[-AUTO_TRAIN_LINES:]
+    assert "Auto-train: 2 earlier decision(s)" in out
+    code, out, _ = run_cli(cli, "runs", "--json")
+    assert [r["auto_train"]["run"] for r in json.loads(out)] == ids
