@@ -119,27 +119,10 @@ def _train(
     progress = (progress or NullProgress()) if main else NullProgress()
     data = load_version_data(store, version_ref)
     check_trainable(data)
-    source = resolve_weights(
-        config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
-    )
-    prep = Preprocessing(config.resize_size, config.image_size)
-    # What cannot work is refused before the run is recorded: no failed run is left behind.
-    check_run(config, source, ctx.cache_dir, progress)
-    device, bf16, device_text = _torch_device(requested, config.precision)
+    job, device_text = _job(ctx, config, data, requested, progress, check=True)
     distributed.per_rank_batch(config.batch_size)
     for warning in small_split_warnings(data):
         progress.note(warning)
-    job = TrainJob(
-        config=config,
-        data=data,
-        context=ctx,
-        source=source,
-        prep=prep,
-        device=device,
-        bf16=bf16,
-        progress=progress,
-        on_epoch=lambda _history: None,
-    )
     if not main:
         return _follow(job)
     processes = distributed.world_size()
@@ -149,8 +132,8 @@ def _train(
     # What `precision: auto` and `workers: -1` became on this machine, recorded with the run.
     ledger_config = {
         **asdict(config),
-        "weights_identity": source.identity,
-        "effective_precision": "bf16" if bf16 else "fp32",
+        "weights_identity": job.source.identity,
+        "effective_precision": "bf16" if job.bf16 else "fp32",
         "effective_workers": resolve_workers(config.workers),
         "processes": processes,
     }
@@ -171,9 +154,9 @@ def _train(
             "architecture": config.backbone,
             "feature_dim": HEADS[config.backbone][1],
             "labels": data.labels,
-            "preprocessing": prep.as_dict(),
+            "preprocessing": job.prep.as_dict(),
             "embedding_key": result.embedding_key,
-            "precision": "bf16" if bf16 else "fp32",
+            "precision": "bf16" if job.bf16 else "fp32",
             "version": data.version.number,
             "run": run.id,
             "config": ledger_config,
@@ -241,6 +224,38 @@ def _mirror_training(
     tracking.mirror(store.settings, f"run {run.id}", progress.note, log)
 
 
+def _job(
+    ctx: RunContext,
+    config: RunConfig,
+    data: VersionData,
+    requested: str,
+    progress: Progress,
+    *,
+    check: bool,
+) -> tuple[TrainJob, str]:
+    """The training job for `config` on `data`, and the ledger's device text. With `check`, what
+    cannot work is refused first (before torch is imported, and before the run is recorded: no
+    failed run is left behind)."""
+    source = resolve_weights(
+        config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
+    )
+    if check:
+        check_run(config, source, ctx.cache_dir, progress)
+    device, bf16, device_text = _torch_device(requested, config.precision)
+    job = TrainJob(
+        config=config,
+        data=data,
+        context=ctx,
+        source=source,
+        prep=Preprocessing(config.resize_size, config.image_size),
+        device=device,
+        bf16=bf16,
+        progress=progress,
+        on_epoch=lambda _history: None,
+    )
+    return job, device_text
+
+
 def _torch_device(requested: str, precision: str) -> tuple[str, bool, str]:
     """(device, bf16, the ledger's device text) as torch picks them."""
     from annotate2model.training.features.device import device_name, pick_device, use_bf16
@@ -291,22 +306,7 @@ def train_subset(
         {"train": list(train_items), "val": list(val_items), "test": list(judged)}
     )
     check_trainable(data)
-    source = resolve_weights(
-        config.backbone, config.weights, config.seed, digest_memo(ctx.cache_dir)
-    )
-    prep = Preprocessing(config.resize_size, config.image_size)
-    device, bf16 = _torch_device(ctx.device, config.precision)[:2]
-    job = TrainJob(
-        config=config,
-        data=data,
-        context=ctx,
-        source=source,
-        prep=prep,
-        device=device,
-        bf16=bf16,
-        progress=NullProgress(),
-        on_epoch=lambda _history: None,
-    )
+    job = _job(ctx, config, data, ctx.device, NullProgress(), check=False)[0]
     result = _run_trainer(job)
     kept = result.kept.get("test", [])
     probs = result.probs.get("test")
