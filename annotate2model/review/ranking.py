@@ -140,8 +140,19 @@ def out_of_fold_probs(
     0.01. Plain 5-fold logistic regression (scikit-learn) in its place, on flips it was not tuned
     on (seeds 20-29): precision 0.734 at recall 0.9 against this mean's 0.778 on scenes_1200,
     lower on 9 of 10 seeds; a tie on hymenoptera_data (0.137 and 0.136), where neither is far
-    above the 0.10 of chance (bench/flag_quality.py --ranking). A class with fewer members than
-    folds or neighbours still gets its column.
+    above the 0.10 of chance (bench/flag_quality.py --ranking). Where the features are that weak,
+    nothing tried came nearer issue 23's targets (tuned on seeds 3-12 and 100-139, checked on
+    20-29): no classifier of hymenoptera_data's features passes 0.70 cross-validated accuracy on
+    the true labels, every recipe's precision at recall 0.9 stayed within 0.01 of cleanlab's
+    default (0.137 on 20-29) and its ceiling at 0.13-0.17, short of the 0.19 that 0.05 over the
+    default asks. Tried, figures on 20-29 for hymenoptera_data and scenes_1200 against this
+    mean's 0.136 and 0.778: iterative cleaning (the images cleanlab's num_label_issues counts set
+    aside, votes and LDA refitted without them, all ranked again; once 0.134 and 0.761, twice
+    0.138 and 0.759), L2-normalised logistic regression as a third member (0.135, 0.781), each
+    class's column divided by its mean self-confidence (cleanlab's confident thresholds: better
+    on 37 of 50 tuning seeds of hymenoptera_data, but 0.138 and 0.768 here), 20 or 100
+    neighbours, LDA over three fold splits; ties, so the simpler mean stays. A class with fewer
+    members than folds or neighbours still gets its column.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(targets, dtype=np.int64)
