@@ -158,31 +158,6 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     atomic_write(path, write, mode)
 
 
-# A file's SHA-256 lives beside it (`NAME.sha256`), written after the file: a reader that finds
-# both, matching, has the whole file as it was written.
-
-
-def _digest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def write_with_digest(path: Path, data: bytes) -> None:
-    """Write `data` atomically, then its SHA-256 beside it."""
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(_digest_path(path), hashlib.sha256(data).hexdigest().encode())
-
-
-def read_verified(path: Path) -> bytes | None:
-    """The bytes `write_with_digest` wrote; None when the file or its digest is missing, partial
-    or corrupt."""
-    try:
-        expected = _digest_path(path).read_text(encoding="ascii").strip()
-        data = path.read_bytes()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return data if hashlib.sha256(data).hexdigest() == expected else None
-
-
 def _signature(path: Path) -> list[int]:
     st = path.stat()
     # Any write to the file moves its change time, which no tool can set back (unlike mtime).

@@ -4,7 +4,7 @@
                                     [--baseline-repeats 1] [--skip-baseline] [--skip-before]
 
 Every step is timed as whole processes, so wall times include Python, the imports (torch,
-scikit-learn, ONNX Runtime) and the store's start-up, as a user waits for them. Medians over
+scikit-learn) and the store's start-up, as a user waits for them. Medians over
 --repeats, every repeat in brackets, the sides of each ratio measured in the same run and
 interleaved repeat by repeat so that they see the same machine load.
 
@@ -21,12 +21,12 @@ hymenoptera (the shared photos, weights/resnet18-scenes.pth):
   its val accuracy for seeds 0.. (its probe's head depended on the seed).
 
 photos (--photos N generated photo-sized JPEGs, bench/photos.py):
-- cold and cached `a2m train` with `--precision fp32` (ONNX Runtime on the CPU) and the default
-  precision (auto: torch with bf16 autocast on a CPU with native bf16);
+- cold and cached `a2m train` with `--precision fp32` and the default precision (auto: bf16
+  autocast on a CPU with native bf16); torch extracts either way (one engine);
 - the engines in one process (OMP_WAIT_POLICY=PASSIVE as `a2m train` sets it): extraction
   (`extract_features`, decode included, a2m's own decode workers and batch size, a fresh cache)
-  against the bare forward pass of the same network (pre-decoded uint8 batches), for ONNX Runtime
-  and torch in fp32 (the same arithmetic) and torch in bf16, interleaved round by round; then
+  against the bare forward pass of the same network (pre-decoded uint8 batches), for torch in
+  fp32 and in bf16, interleaved round by round; then
   the probe's `fit_head` on the cached features.
 """
 
@@ -172,13 +172,8 @@ def cached(cli: Cli, home: Path, weights: Path, seed: int, *extra: str) -> Step:
 
 
 def engine(cli: Cli, run: dict[str, Any], stderr: str) -> str:
-    """Which network extracted the features: after issue 21, ONNX Runtime on the CPU in fp32
-    (torch when its export failed the check, which it logs); torch otherwise."""
-    precision = str(run["config"].get("effective_precision", "?"))
-    on_cpu = str(run.get("device", "cpu")).startswith("cpu")
-    if cli is AFTER and precision == "fp32" and on_cpu and "extracting with torch" not in stderr:
-        return "onnxruntime fp32"
-    return f"torch {precision}"
+    """Which network extracted the features: torch, in the run's precision."""
+    return f"torch {run['config'].get('effective_precision', '?')}"
 
 
 def half_folder(data: Path, target: Path) -> Path:
@@ -305,7 +300,6 @@ def start_up_costs(repeats: int = 3) -> dict[str, float]:
         "python": [PY, "-c", "pass"],
         "import torch": [PY, "-c", "import torch"],
         "import torchvision": [PY, "-c", "import torchvision"],
-        "import onnxruntime": [PY, "-c", "import onnxruntime"],
         "import sklearn.linear_model": [PY, "-c", "import sklearn.linear_model"],
         "a2m --help": [*A2M, "--help"],
     }
@@ -517,23 +511,8 @@ def report_photos(
         print(
             f"{name:18} {numbers(r['extract'], 1):26} {numbers(r['bare'], 1):26} {pct:26} {met:>12}"
         )
-    ort, tfp, tbf = (extraction[n] for n in ("onnxruntime fp32", "torch fp32", "torch bf16"))
-    bare = {name: median(r["bare"]) for name, r in engines["engines"].items()}
-    bare_tfp = bare["onnxruntime fp32"] / bare["torch fp32"]
-    bare_tbf = bare["onnxruntime fp32"] / bare["torch bf16"]
-    verdict = "met" if ort / tfp >= 1.2 else "NOT met"
-    print(
-        f"ONNX Runtime / torch, both fp32: extraction {ort / tfp:.2f}x (issue 21 keeps ONNX "
-        f"Runtime only at >= 1.2x: {verdict}), bare forward {bare_tfp:.2f}x"
-    )
-    print(
-        f"ONNX Runtime fp32 / torch bf16 (what auto picks on this CPU): extraction "
-        f"{ort / tbf:.2f}x, bare forward {bare_tbf:.2f}x"
-    )
-    print(
-        "features, ONNX Runtime against torch fp32 on the same photos: largest difference "
-        f"{engines['max_abs_diff']:.2g} ({engines['max_rel_diff']:.2g} of the largest feature)"
-    )
+    tfp, tbf = (extraction[n] for n in ("torch fp32", "torch bf16"))
+    print(f"torch bf16 / fp32 (auto on a CPU with native bf16): extraction {tbf / tfp:.2f}x")
     fit = engines["fit"]
     print(
         f"\n== 2c. the probe's head on the cached features: fit_head alone ({fit['train']} x "
@@ -552,12 +531,11 @@ def report_photos(
 
 
 def engines_worker(folder: Path, weights: Path, rounds: int) -> dict[str, Any]:
-    """Extraction against the bare forward pass, ONNX Runtime and torch, in this process."""
+    """Extraction against the bare forward pass, torch in fp32 and bf16, in this process."""
     import numpy as np
     import torch
 
     from annotate2model.training.config import auto_workers, eval_batch_size
-    from annotate2model.training.features import onnx_trunk
     from annotate2model.training.features.backbones import (
         build_trunk,
         read_state_dict,
@@ -568,7 +546,6 @@ def engines_worker(folder: Path, weights: Path, rounds: int) -> dict[str, Any]:
         ExtractJob,
         Network,
         extract_features,
-        onnx_network,
         torch_network,
     )
     from annotate2model.training.features.images import Preprocessing, load_image
@@ -578,12 +555,8 @@ def engines_worker(folder: Path, weights: Path, rounds: int) -> dict[str, Any]:
     trunk = build_trunk("resnet18")
     trunk.load_state_dict(trunk_state_from("resnet18", read_state_dict(weights), str(weights)))
     trunk.eval()
-    made = onnx_trunk.export(trunk, prep)
-    if made is None:
-        sys.exit("the ONNX export failed its check")
     cpu = torch.device("cpu")
     networks: dict[str, Network] = {
-        "onnxruntime fp32": onnx_network(made[1]),
         "torch fp32": torch_network(trunk, prep, cpu, bf16=False),
         "torch bf16": torch_network(trunk, prep, cpu, bf16=True),
     }
@@ -630,17 +603,15 @@ def engines_worker(folder: Path, weights: Path, rounds: int) -> dict[str, Any]:
             results[name]["bare"].append(bare(networks[name]))
             kept.setdefault(name, features)
 
-    ort, tfp = kept["onnxruntime fp32"], kept["torch fp32"]
-    diff = max(float(np.abs(ort[k] - tfp[k]).max()) for k in ort)
-    scale = max(float(np.abs(v).max()) for v in tfp.values())
+    tfp = kept["torch fp32"]
 
-    # The probe's head on the ONNX Runtime features, split and labelled as import-folder does.
+    # The probe's head on the fp32 features, split and labelled as import-folder does.
     split_of = {
         job.sha256: (p.parts[-3], p.parent.name) for job, p in zip(jobs, paths, strict=True)
     }
     classes = sorted({label for _, label in split_of.values()})
     rows: dict[str, tuple[list[Any], list[int]]] = {"train": ([], []), "val": ([], [])}
-    for (sha, _), vec in sorted(ort.items()):
+    for (sha, _), vec in sorted(tfp.items()):
         where, label = split_of[sha]
         rows[where][0].append(vec)
         rows[where][1].append(classes.index(label))
@@ -660,8 +631,6 @@ def engines_worker(folder: Path, weights: Path, rounds: int) -> dict[str, Any]:
         "workers": workers,
         "rounds": rounds,
         "engines": results,
-        "max_abs_diff": diff,
-        "max_rel_diff": diff / scale,
         "split": {"train": len(yt), "val": len(yv), "classes": len(classes)},
         "fit": {
             "seconds": seconds,

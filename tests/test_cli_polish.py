@@ -415,13 +415,11 @@ def test_log_lines_reach_stderr_and_a2m_debug_shows_why(
         for debug in (False, True):
             logger.handlers.clear()
             app_module._log_to_stderr(debug=debug)
-            log = logging.getLogger("annotate2model.training.features.onnx_trunk")
-            log.warning("exporting failed; extracting with torch")
+            log = logging.getLogger("annotate2model.training.features.embeddings")
+            log.warning("image left out; extracting the rest")
             log.debug("the reason in detail")
             err = capsys.readouterr().err
-            assert (
-                "a2m WARNING annotate2model.training.features.onnx_trunk: exporting failed" in err
-            )
+            assert "a2m WARNING annotate2model.training.features.embeddings: image left out" in err
             assert ("the reason in detail" in err) is debug
     finally:
         logger.handlers[:] = saved[0]

@@ -4,8 +4,8 @@ Key: (image SHA-256, model key, view). The model key hashes the backbone, the we
 the preprocessing and the precision, so any change to them misses the cache. Storage is one SQLite
 file (raw sqlite3, WAL): every extraction batch commits as one transaction, so a process killed
 with -9 leaves whole batches or nothing. Also here: a safetensors copy of each frozen trunk, so a
-probe on cached features writes its artifact without rebuilding the network, and the trunk's
-`torch.onnx.export` graph that ONNX Runtime runs on the CPU (onnx_trunk.py).
+probe on cached features writes its artifact without rebuilding the network. One engine extracts
+features: torch, on whichever device the run picked.
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from annotate2model.errors import InvalidImage
-from annotate2model.fsutil import read_verified, write_with_digest
 from annotate2model.progress import NullProgress, Progress
 from annotate2model.training import distributed
-from annotate2model.training.features import onnx_trunk
 from annotate2model.training.features.images import ImageSource, Preprocessing, load_image
 
 if TYPE_CHECKING:
@@ -54,8 +52,7 @@ def model_description(backbone: str, weights_identity: str, prep: Preprocessing,
 
 
 # A network as the extraction loop sees it: uint8 NHWC images in, float32 features out (a row
-# per image). `torch_network` makes one of a torch module; `onnx_network` of an ONNX Runtime
-# session of the module's export.
+# per image). `torch_network` makes one of a torch module.
 Network = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
 
 SCHEMA = """
@@ -185,27 +182,6 @@ class EmbeddingCache:
 
         write_tensors(path, state, mode=None)
 
-    # The trunk's ONNX graph (onnx_trunk.py), for extraction on the CPU in fp32.
-
-    def onnx_path(self, backbone: str, weights_identity: str, crop: int) -> Path:
-        return self.root / "trunks" / onnx_trunk.file_name(backbone, weights_identity, crop)
-
-    def load_onnx(self, path: Path) -> Any | None:
-        """A session of the cached ONNX trunk; None when the file is missing, partial or
-        corrupt (its SHA-256 sidecar does not match), and it is exported again."""
-        data = read_verified(path)
-        return onnx_trunk.open_session(data) if data is not None else None
-
-    def save_onnx(self, path: Path, trunk: torch.nn.Module, prep: Preprocessing) -> Any | None:
-        """Export `trunk` (checked against its own output), keep it, and return its session;
-        None when the export failed its check (logged: the caller extracts with torch)."""
-        made = onnx_trunk.export(trunk, prep)
-        if made is None:
-            return None
-        data, session = made
-        write_with_digest(path, data)
-        return session
-
 
 @dataclass(frozen=True)
 class ExtractJob:
@@ -267,44 +243,6 @@ def torch_network(
             return features
 
     return run
-
-
-def onnx_network(session: Any) -> Network:
-    """An ONNX Runtime session of an exported trunk (uint8 images in) as a Network."""
-
-    def run(arrays: NDArray[np.uint8]) -> NDArray[np.float32]:
-        return onnx_trunk.run(session, arrays)
-
-    return run
-
-
-def frozen_trunk(
-    trunk: Callable[[], torch.nn.Module],
-    prep: Preprocessing,
-    device: torch.device,
-    bf16: bool,
-    cache: EmbeddingCache | None = None,
-    onnx_name: tuple[str, str] | None = None,
-) -> Network:
-    """A frozen trunk as a Network: the one place that picks the engine that extracts features.
-
-    On the CPU in fp32, with a `cache` and `onnx_name` (backbone, weights identity), ONNX Runtime
-    runs the trunk's `torch.onnx.export` graph, cached and exported from `trunk()` on first use;
-    elsewhere, or when the export fails its check (logged), `trunk()` runs in torch on `device`.
-    """
-    use_onnx = device.type == "cpu" and not bf16 and cache is not None and onnx_name is not None
-    if use_onnx:
-        assert cache is not None and onnx_name is not None
-        path = cache.onnx_path(onnx_name[0], onnx_name[1], prep.crop)
-        session = cache.load_onnx(path)
-        if session is not None:
-            return onnx_network(session)
-        module = trunk()
-        session = cache.save_onnx(path, module, prep)
-        if session is not None:
-            return onnx_network(session)
-        return torch_network(module, prep, device, bf16)
-    return torch_network(trunk(), prep, device, bf16)
 
 
 def forward_batches(

@@ -18,9 +18,9 @@ from annotate2model.training.features.embeddings import (
     ExtractJob,
     Network,
     extract_features,
-    frozen_trunk,
     model_description,
     model_key,
+    torch_network,
 )
 from annotate2model.training.features.weights import WeightsSource
 from annotate2model.training.fit.head import HeadFit, fit_head, probabilities
@@ -49,8 +49,7 @@ def train_probe(job: TrainJob) -> TrainResult:
         return model
 
     def network() -> Network:
-        onnx_name = (config.backbone, job.source.identity)
-        return frozen_trunk(trunk, prep, job.torch_device, job.bf16, cache, onnx_name)
+        return torch_network(trunk(), prep, job.torch_device, job.bf16)
 
     jobs = [
         ExtractJob(item.image_sha256, job.blob(item), view)

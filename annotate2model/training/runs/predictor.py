@@ -37,7 +37,6 @@ from annotate2model.training.features.embeddings import (
     Network,
     extract_features,
     forward_batches,
-    frozen_trunk,
     model_key,
     torch_network,
 )
@@ -134,8 +133,6 @@ class Predictor(_RunModel):
         self.features_key = self.embedding_key or model_key(
             card["architecture"], trunk_identity, self.prep, self.bf16
         )
-        # The trunk's ONNX export in the cache: a probe shares its training's.
-        self._onnx_name = (str(card["architecture"]), trunk_identity)
 
     @staticmethod
     def load(
@@ -218,9 +215,7 @@ class Predictor(_RunModel):
                 self.features_key,
                 f"run {self.run_id} trunk ({self.card['architecture']})",
                 [ExtractJob(k, src, 0) for k, src in zip(names, images, strict=True)],
-                lambda: frozen_trunk(
-                    self._trunk, self.prep, self.device, self.bf16, cache, self._onnx_name
-                ),
+                lambda: torch_network(self._trunk(), self.prep, self.device, self.bf16),
                 self.prep,
                 batch_size=self.batch_size,
                 workers=self.workers,
@@ -233,7 +228,7 @@ class Predictor(_RunModel):
             vectors = {i: found[(names[i], 0)] for i in range(n) if i not in errors}
         elif n:
             progress.begin(title, total=n)
-            trunk = lambda: frozen_trunk(self._trunk, self.prep, self.device, self.bf16)  # noqa: E731
+            trunk = lambda: torch_network(self._trunk(), self.prep, self.device, self.bf16)  # noqa: E731
             for batch in self._forward_images(images, trunk):
                 for job, reason in batch.errors:
                     errors[int(job.sha256)] = reason
