@@ -213,15 +213,7 @@ def _typical_block(
                 dist, _ = near.kneighbors(points[members])
                 best = int(np.argmin(dist[:, 1:].mean(axis=1)))  # densest: least mean distance
             ranked.append((-len(members), c, int(idx[members[best]])))
-    picked = [i for _size, _c, i in sorted(ranked)]
-    taken = set(picked)
-    for i in candidates:  # clusters that came out empty
-        if len(picked) >= size:
-            break
-        if i not in taken:
-            picked.append(i)
-            taken.add(i)
-    return picked
+    return _filled([i for _size, _c, i in sorted(ranked)], candidates, size)
 
 
 def _unit_rows(x: NDArray[np.float64], rows: NDArray[np.bool_]) -> NDArray[np.float64]:
@@ -258,19 +250,20 @@ def _diverse_block(
         model: Any = KMeans(n_clusters=size, n_init=1, random_state=seed)
         model.fit(points, sample_weight=weight)
     picked: list[int] = []
-    taken: set[int] = set()
     for c in range(size):
         members = np.flatnonzero(model.labels_ == c)
         if len(members) == 0:
             continue
         best = int(idx[members[int(np.argmax(scores[idx[members]]))]])
-        if best not in taken:
+        if best not in picked:
             picked.append(best)
-            taken.add(best)
-    for i in candidates:  # clusters that came out empty: the most uncertain left
-        if len(picked) >= size:
-            break
-        if i not in taken:
-            picked.append(i)
-            taken.add(i)
-    return picked
+    # Clusters that came out empty: the most uncertain left (candidates come least sure first).
+    return _filled(picked, candidates, size)
+
+
+def _filled(picked: list[int], candidates: list[int], size: int) -> list[int]:
+    """`picked`, topped up to `size` with the first candidates not in it (for clusters that
+    came out empty)."""
+    taken = set(picked)
+    rest = [i for i in candidates if i not in taken]
+    return picked + rest[: max(0, size - len(picked))]
