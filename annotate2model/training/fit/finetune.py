@@ -58,6 +58,7 @@ from annotate2model.training.fit.probe import fit_probe_head, train_probe
 from annotate2model.training.fit.trainer import (
     Batches,
     ParamGroups,
+    class_probabilities,
     evaluate,
     fit,
     make_loss,
@@ -279,7 +280,7 @@ class _Stage:
         for split in SPLITS:
             logits = self.gathered(split, predict(net, batches(split), job.torch_device, job.bf16))
             probs[split] = (
-                torch.softmax(logits, dim=1).numpy() if logits.numel() else np.empty((0, 0))
+                class_probabilities(logits).numpy() if logits.numel() else np.empty((0, 0))
             )
         job.progress.end()
         kept = kept_items(job.data, self.skipped)

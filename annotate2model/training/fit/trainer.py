@@ -192,6 +192,13 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Logits (N, classes) to probabilities, in fp32: the one torch softmax of every prediction
+    (a fine-tuned run's recorded ones, the Predictor's and the exported graphs'). A probe on
+    cached features, which needs no torch, uses scipy's in fit/head.py."""
+    return torch.softmax(logits.float(), dim=1)
+
+
 def predict(model: nn.Module, batches: Batches, device: torch.device, bf16: bool) -> torch.Tensor:
     """Logits (float32, on the CPU) for every row of `batches`, in order."""
     model.eval()

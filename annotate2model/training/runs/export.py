@@ -32,6 +32,7 @@ from annotate2model.progress import NullProgress, Progress
 from annotate2model.training.features.data import ImageInput
 from annotate2model.training.features.device import autocast
 from annotate2model.training.features.images import ImageSource, Preprocessing, load_image
+from annotate2model.training.fit.trainer import class_probabilities
 from annotate2model.training.runs import artifacts
 
 FORMATS = ("onnx", "torchscript")
@@ -45,12 +46,6 @@ OPSET = 18
 # Largest difference in any probability between the file and the torch model that passes.
 PARITY_TOLERANCE = 1e-4
 SAMPLE_COUNT = 4
-
-
-def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Logits (N, classes) to probabilities, in fp32: the one softmax of every prediction (the
-    Predictor's and the exported graphs')."""
-    return torch.softmax(logits.float(), dim=1)
 
 
 class ProbabilityModel(torch.nn.Module):

@@ -42,8 +42,9 @@ from annotate2model.training.features.embeddings import (
 )
 from annotate2model.training.features.images import ImageSource, Preprocessing
 from annotate2model.training.features.tensors import read_tensors
+from annotate2model.training.fit.trainer import class_probabilities
 from annotate2model.training.runs import artifacts
-from annotate2model.training.runs.export import ProbabilityModel, class_probabilities
+from annotate2model.training.runs.export import ProbabilityModel
 
 log = logging.getLogger(__name__)
 
