@@ -191,7 +191,6 @@ def train_one_epoch(
     }
 
 
-@torch.inference_mode()
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Logits (N, classes) to probabilities, in fp32: the one torch softmax of every prediction
     (a fine-tuned run's recorded ones, the Predictor's and the exported graphs'). A probe on
@@ -199,6 +198,7 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1)
 
 
+@torch.inference_mode()
 def predict(model: nn.Module, batches: Batches, device: torch.device, bf16: bool) -> torch.Tensor:
     """Logits (float32, on the CPU) for every row of `batches`, in order."""
     model.eval()
