@@ -242,6 +242,10 @@ def stop_on_sigterm() -> None:
         if not _training or sys.exc_info()[1] is not None:
             return
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # The launcher stops this rank's DataLoader workers too: torch's SIGCHLD handler would
+        # raise their deaths as a RuntimeError anywhere later (in the failure's own handling,
+        # outside the trainer), hiding this message.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         raise TrainingError(STOPPED_BY_LAUNCHER)
 
     signal.signal(signal.SIGTERM, terminated)
