@@ -2,4 +2,5 @@
 
 from annotate2model.cli.app import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker imports it (multiprocessing)
+    main()

@@ -57,12 +57,25 @@ def a2m(workspace: Workspace, *args: str, torchrun: int = 0) -> subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # `finish` can stop it with every process it started
     )
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The process's stdout and stderr once it ends. Past `timeout`, its whole process group
+    (ranks, torchrun, decoding workers) is killed and the test fails, so a hung run does not
+    outlive it."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, err = process.communicate()
+        pytest.fail(f"a2m ran past {timeout:.0f} s and was killed; its stderr:\n{err[-3000:]}")
 
 
 def train(workspace: Workspace, *args: str) -> dict[str, Any]:
     process = a2m(workspace, "train", "--device", "cpu", "--json", *args)
-    out, err = process.communicate(timeout=420)
+    out, err = finish(process, 420)
     assert process.returncode == 0, err
     run: dict[str, Any] = json.loads(out)
     return run
@@ -165,12 +178,12 @@ def test_a_rank_killed_mid_run_leaves_the_run_failed(
                 victim = _rank_process(process.pid, 1)
                 break
             time.sleep(0.2)
-        assert victim is not None, process.communicate()[1]
+        assert victim is not None, finish(process, 120)[1]
         victim.send_signal(signal.SIGKILL)
-        _, err = process.communicate(timeout=120)
+        _, err = finish(process, 120)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode != 0
     with store.read() as session:
         runs = store_runs.list_runs(session)
@@ -189,19 +202,19 @@ def test_a_rank_killed_mid_run_leaves_the_run_failed(
 def test_gpus_refuses_what_cannot_run(workspace: Workspace, version: int, weights: Path) -> None:
     base = ("train", "--weights", str(weights), "--image-size", "32", "--mode", "finetune")
     uneven = a2m(workspace, *base, "--device", "cpu", "--gpus", "2", "--batch-size", "7")
-    _, err = uneven.communicate(timeout=120)
+    _, err = finish(uneven, 120)
     assert uneven.returncode == 1 and "--batch-size 7 does not split evenly over 2" in err
 
     # Refused once, before any process starts, not once per process.
     absent = a2m(workspace, *base, "--device", "cpu", "--gpus", "2", "--version", "9")
-    _, err = absent.communicate(timeout=120)
+    _, err = finish(absent, 120)
     assert absent.returncode == 1 and err.count("there is no dataset version 9") == 1, err
 
     import torch
 
     if not torch.cuda.is_available():
         missing = a2m(workspace, *base, "--gpus", "2")
-        _, err = missing.communicate(timeout=120)
+        _, err = finish(missing, 120)
         assert missing.returncode == 1, err
         assert "--gpus 2 asks for 2 GPUs; this machine has 0" in err
         assert "--device cpu" in err

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -638,6 +641,27 @@ def _sampler(n: int, seed: int) -> torch.utils.data.DistributedSampler[int]:
     )
 
 
+def _worker_start() -> dict[str, Any]:
+    """How a rank of several starts its decoding workers (DataLoader arguments): spawned, each a
+    fresh interpreter (a second or two of imports per worker and epoch). Forking the rank copies
+    whatever lock one of its process group's threads (gloo, NCCL) holds at that instant, and a
+    worker can wait on it for ever (a CI run's 2-process `--unfreeze all` fine-tune hung so).
+    One process forks, as torch does by default."""
+    if distributed.world_size() == 1:
+        return {}
+    return {
+        "multiprocessing_context": multiprocessing.get_context("spawn"),
+        "worker_init_fn": functools.partial(_leave_if_orphaned, os.getpid()),
+    }
+
+
+def _leave_if_orphaned(rank_pid: int, _worker: int) -> None:
+    """A spawned worker whose rank died while it was starting leaves: torch's own watch takes
+    the parent it finds when its loop starts, by then init, and would wait for ever."""
+    if os.getppid() != rank_pid:
+        os._exit(0)
+
+
 def _image_batches(
     job: TrainJob,
     items: Sequence[VersionItemRecord],
@@ -667,6 +691,7 @@ def _image_batches(
         num_workers=job.workers,
         collate_fn=collate,
         pin_memory=job.device_type == "cuda",
+        **(_worker_start() if job.workers else {}),
     )
     for images, y, bad in loader:
         for position, reason in bad:
