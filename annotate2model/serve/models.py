@@ -18,15 +18,13 @@ from numpy.typing import NDArray
 
 from annotate2model.errors import InputError, NotFoundError
 from annotate2model.training.features.images import Preprocessing
+from annotate2model.training.runs.onnx_file import CARD_KEY, INPUT_NAME, OUTPUT_NAME, open_session
 
 if TYPE_CHECKING:
     from annotate2model.training.runs.predictor import EnsemblePredictor, Predictor
 
 # Images per forward pass: requests that arrive together are run together, up to this many.
 DEFAULT_MAX_BATCH = 32
-CARD_KEY = "a2m_card"  # as training/runs/export.py writes it (imported there with torch)
-ONNX_INPUT = "images"
-ONNX_OUTPUT = "probabilities"
 
 
 class ServedModel:
@@ -134,16 +132,7 @@ class OnnxModel(ServedModel):
                     "the CUDA device was asked for, but this ONNX Runtime has no CUDA provider "
                     f"(it has {', '.join(available)})."
                 )
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle runtime threads sleep instead of spinning: the cores go to decoding the next images.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own (C++) exception types
-            raise InputError(
-                f"{path} is not an ONNX model ONNX Runtime can load ({exc})."
-            ) from None
+        session = open_session(path, providers)
         meta = session.get_modelmeta().custom_metadata_map
         if CARD_KEY not in meta:
             raise InputError(f"{path} was not exported by annotate2model (no {CARD_KEY} in it).")
@@ -154,5 +143,5 @@ class OnnxModel(ServedModel):
         return model
 
     def forward(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        out = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: np.ascontiguousarray(images)})[0]
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
         return np.asarray(out, dtype=np.float32)

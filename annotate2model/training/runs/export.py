@@ -34,13 +34,10 @@ from annotate2model.training.features.device import autocast
 from annotate2model.training.features.images import ImageSource, Preprocessing, load_image
 from annotate2model.training.fit.trainer import class_probabilities
 from annotate2model.training.runs import artifacts
+from annotate2model.training.runs.onnx_file import CARD_KEY, INPUT_NAME, OUTPUT_NAME, open_session
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-# Name of the card in an exported file's metadata (ONNX metadata_props, TorchScript extra files).
-CARD_KEY = "a2m_card"
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
 # What torch's TorchScript-based exporter writes well for every backbone a2m offers.
 OPSET = 18
 # Largest difference in any probability between the file and the torch model that passes.
@@ -257,12 +254,8 @@ def _write_torchscript(model: ProbabilityModel, prep: Preprocessing, meta: str, 
 
 def run_onnx(path: Path, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
     """The ONNX file's probabilities for `batch` under onnxruntime (CPU)."""
-    import onnxruntime  # type: ignore[import-untyped]
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    out = session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+    session = open_session(path, ["CPUExecutionProvider"])
+    out = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.uint8)})[0]
     return np.asarray(out, dtype=np.float32)
 
 
