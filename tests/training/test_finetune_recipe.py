@@ -259,3 +259,42 @@ def test_an_epoch_replaces_the_kept_weights_only_when_it_is_better_on_both_count
     assert not trainer.beats(row(0.86, 0.57), probe)
     assert not trainer.beats(row(0.83, 0.40), probe)
     assert not trainer.beats(row(0.84, 0.56), probe)
+
+
+def test_decoding_workers_start_once_and_draw_each_epochs_views(
+    store: Store, version1: Path, weights: Path
+) -> None:
+    # One DataLoader per split for the whole training: its worker processes serve every pass,
+    # and each pass's epoch still picks its own augmentations.
+    import psutil
+
+    from annotate2model.progress import NullProgress
+    from annotate2model.training.context import RunContext
+    from annotate2model.training.fit.finetune import _ImagePasses
+    from annotate2model.training.fit.version import load_version_data
+
+    config = small_config(weights, mode="finetune", unfreeze="all", workers=1)
+    data = load_version_data(store, 1)
+    job, _ = runner._job(
+        RunContext.from_store(store), config, data, "cpu", NullProgress(), check=False
+    )
+    items = data.splits["train"][:8]
+    before = {p.pid for p in psutil.Process().children()}  # e.g. a Label Studio server
+    passes = _ImagePasses(job, "train", 4, augment=True)
+
+    def one_pass(epoch: int) -> tuple[torch.Tensor, set[int]]:
+        images = torch.cat([x for x, _ in passes.run(items, epoch, {})])
+        return images, {p.pid for p in psutil.Process().children()} - before
+
+    first, workers = one_pass(0)
+    again, workers_again = one_pass(0)
+    other, workers_then = one_pass(1)
+    assert len(first) == len(items)
+    assert torch.equal(first, again)  # an epoch's views are the same wherever they are drawn
+    assert not torch.equal(first, other)  # another epoch draws other views
+    assert len(workers) == 1 and workers == workers_again == workers_then
+    plain = _ImagePasses(job, "train", 4, augment=False)
+    assert torch.equal(
+        torch.cat([x for x, _ in plain.run(items, 0, {})]),
+        torch.cat([x for x, _ in plain.run(items, 5, {})]),
+    )

@@ -77,13 +77,14 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
         self.augment = augment
         self.rotation = rotation
         self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Sample:
-        seed = (self.seed * 1_000_003 + self.epoch * 100_003 + index) if self.augment else None
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        """Image `index` as drawn in `epoch`, for key (epoch, index)."""
+        epoch, index = key
+        seed = (self.seed * 1_000_003 + epoch * 100_003 + index) if self.augment else None
         try:
             return (
                 load_image(self.paths[index], self.prep, seed, self.rotation),

@@ -596,6 +596,8 @@ class _Stage:
         per_rank = distributed.per_rank_batch(config.batch_size)
         steps = math.ceil(math.ceil(len(self.kept["train"]) / distributed.world_size()) / per_rank)
 
+        passes: dict[tuple[str, bool], _ImagePasses] = {}
+
         def batches(
             split: str, augment: bool = False, shuffle: bool = False, epoch: int = 0
         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -608,25 +610,23 @@ class _Stage:
                 order = list(sampler)
             else:
                 order = self.share(split)
-            yield from _image_batches(
-                job,
-                items,
-                order,
-                per_rank if split == "train" else job.eval_batch,
-                augment,
-                epoch,
-                self.skipped,
-            )
+            if (split, augment) not in passes:
+                size = per_rank if split == "train" else job.eval_batch
+                passes[split, augment] = _ImagePasses(job, split, size, augment)
+            yield from passes[split, augment].run([items[i] for i in order], epoch, self.skipped)
             job.report_skipped(self.skipped, reported)
 
-        model, history, seconds = self.fit(
-            self.model,
-            lambda epoch: batches("train", config.augment_enabled, True, epoch),
-            lambda: batches("val"),
-            steps,
-            loss_fn,
-        )
-        return self.finish(history, model, batches, seconds)
+        try:
+            model, history, seconds = self.fit(
+                self.model,
+                lambda epoch: batches("train", config.augment_enabled, True, epoch),
+                lambda: batches("val"),
+                steps,
+                loss_fn,
+            )
+            return self.finish(history, model, batches, seconds)
+        finally:
+            passes.clear()  # their decoding workers stop
 
 
 def _sampler(n: int, seed: int) -> torch.utils.data.DistributedSampler[int]:
@@ -643,10 +643,10 @@ def _sampler(n: int, seed: int) -> torch.utils.data.DistributedSampler[int]:
 
 def _worker_start() -> dict[str, Any]:
     """How a rank of several starts its decoding workers (DataLoader arguments): spawned, each a
-    fresh interpreter (a second or two of imports per worker and epoch). Forking the rank copies
-    whatever lock one of its process group's threads (gloo, NCCL) holds at that instant, and a
-    worker can wait on it for ever (a CI run's 2-process `--unfreeze all` fine-tune hung so).
-    One process forks, as torch does by default."""
+    fresh interpreter (a second or two of imports per worker, once per training). Forking the
+    rank copies whatever lock one of its process group's threads (gloo, NCCL) holds at that
+    instant, and a worker can wait on it for ever (a CI run's 2-process `--unfreeze all`
+    fine-tune hung so). One process forks, as torch does by default."""
     if distributed.world_size() == 1:
         return {}
     return {
@@ -662,39 +662,45 @@ def _leave_if_orphaned(rank_pid: int, _worker: int) -> None:
         os._exit(0)
 
 
-def _image_batches(
-    job: TrainJob,
-    items: Sequence[VersionItemRecord],
-    order: Sequence[int],
-    batch_size: int,
-    augment: bool,
-    epoch: int,
-    skipped: dict[str, str],
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Decoded batches of `items[i] for i in order` on the device; images that cannot be
-    decoded are added to `skipped`."""
-    config = job.config
-    index = {label: i for i, label in enumerate(job.data.labels)}
-    dataset = ImageDataset(
-        [job.blob(i) for i in items],
-        [index[i.label] for i in items],
-        job.prep,
-        augment,
-        config.rotation,
-        config.seed,
-    )
-    dataset.epoch = epoch
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=list(order),
-        num_workers=job.workers,
-        collate_fn=collate,
-        pin_memory=job.device_type == "cuda",
-        **(_worker_start() if job.workers else {}),
-    )
-    for images, y, bad in loader:
-        for position, reason in bad:
-            skipped.setdefault(items[position].image_sha256, reason)
-        if images.shape[0]:
-            yield to_input(images, job.prep, job.torch_device), y
+class _ImagePasses:
+    """Decoded batches of one split, pass after pass, from one DataLoader whose workers live for
+    the whole training (`persistent_workers`): a pass sets the keys it reads, (epoch, position in
+    the split), and the workers need nothing else, so they start once per training, not once
+    per epoch."""
+
+    def __init__(self, job: TrainJob, split: str, batch_size: int, augment: bool) -> None:
+        self.job = job
+        self.items = job.data.splits.get(split, [])
+        self.position = {item.image_sha256: i for i, item in enumerate(self.items)}
+        self.keys: list[tuple[int, int]] = []
+        index = {label: i for i, label in enumerate(job.data.labels)}
+        dataset = ImageDataset(
+            [job.blob(i) for i in self.items],
+            [index[i.label] for i in self.items],
+            job.prep,
+            augment,
+            job.config.rotation,
+            job.config.seed,
+        )
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.keys,  # read afresh by every pass
+            num_workers=job.workers,
+            collate_fn=collate,
+            pin_memory=job.device_type == "cuda",
+            persistent_workers=job.workers > 0,
+            **(_worker_start() if job.workers else {}),
+        )
+
+    def run(
+        self, items: Sequence[VersionItemRecord], epoch: int, skipped: dict[str, str]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`items`, in that order, decoded (augmented with `epoch`'s draws when augmenting) on
+        the device; images that cannot be decoded are added to `skipped`."""
+        self.keys[:] = [(epoch, self.position[item.image_sha256]) for item in items]
+        for images, y, bad in self.loader:
+            for position, reason in bad:
+                skipped.setdefault(self.items[position].image_sha256, reason)
+            if images.shape[0]:
+                yield to_input(images, self.job.prep, self.job.torch_device), y
