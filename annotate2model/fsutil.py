@@ -14,30 +14,22 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# Temp files are named `.tmp-w<pid>.<start>.<where>-<name>-<random>.part` beside their target:
-# the writer's pid, its start time (clock ticks after boot, 0 where unknown) and a tag of the
+from annotate2model.processes import running, start_time
+
+# Temp files are named `.tmp-p<pid>.<start>.<where>-<name>-<random>.part` beside their target:
+# the writer's pid, its start time (hundredths of a second since the epoch, 0 where unknown; an
+# older a2m wrote `w` and clock ticks, whose writer is not told) and a tag of the
 # machine boot and pid namespace its pid means something in. A clean-up finds the ones a killed
 # writer left behind, and removes those whose writer is dead at once (`temp_writer_alive`).
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".part"
-_TEMP_WRITER = re.compile(r"\.tmp-w(\d{1,10})\.(\d{1,20})\.([0-9a-f]{8})-")
+_TEMP_WRITER = re.compile(r"\.tmp-p(\d{1,10})\.(\d{1,20})\.([0-9a-f]{8})-")
 
 # The workspace's private folders and files: its owner only (secrets, images, the store).
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 # The permission bits that let anyone other than the owner in.
 _OTHERS = stat.S_IRWXG | stat.S_IRWXO
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks after boot) of a process from /proc; None if unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: fields count after it.
-    fields = text.rsplit(")", 1)[-1].split()
-    return (fields[0], fields[19]) if len(fields) > 19 else None
 
 
 @functools.cache
@@ -54,8 +46,7 @@ def _where() -> str:
 
 def _writer_tag() -> str:
     pid = os.getpid()
-    own = _proc_stat(pid)
-    return f"w{pid}.{own[1] if own else 0}.{_where()}"
+    return f"p{pid}.{round((start_time(pid) or 0) * 100)}.{_where()}"
 
 
 def temp_writer_alive(name: str) -> bool | None:
@@ -65,26 +56,9 @@ def temp_writer_alive(name: str) -> bool | None:
     match = _TEMP_WRITER.match(name)
     if match is None or match.group(3) != _where():
         return None
-    pid, started = int(match.group(1)), match.group(2)
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    except OverflowError:
-        return None
-    if started == "0":
-        return True  # no start time known: a living pid may be the writer
-    info = _proc_stat(pid)
-    if info is None:
-        # Gone since the kill() above, unless this system has no /proc to ask.
-        return None if _proc_stat(os.getpid()) is None else False
-    state, start = info
-    # A zombie writes no more; another start time is another process under a reused pid.
-    return state not in ("Z", "X") and start == started
+    pid, started = int(match.group(1)), int(match.group(2))
+    # No start time known (0): a living pid may be the writer.
+    return running(pid, started / 100 if started else None)
 
 
 def make_private(paths: Iterable[Path]) -> list[Path]:

@@ -282,22 +282,25 @@ def test_temps_whose_writer_cannot_be_told_wait_for_their_age(tmp_path: Path) ->
     folder = blobs.root / "ab"
     folder.mkdir(parents=True)
     pid, start, where = temp_tag(tmp_path)
-    # This process's pid with another start time: the pid was reused, its writer is dead.
-    reused = folder / f"{TEMP_PREFIX}w{pid}.{int(start) + 1}.{where}-{'ab' * 32}-x{TEMP_SUFFIX}"
-    living = folder / f"{TEMP_PREFIX}w{pid}.{start}.{where}-{'ab' * 32}-y{TEMP_SUFFIX}"
+    # This process's pid started 10 s later: the pid was reused, its writer is dead.
+    reused = folder / f"{TEMP_PREFIX}p{pid}.{int(start) + 1000}.{where}-{'ab' * 32}-x{TEMP_SUFFIX}"
+    living = folder / f"{TEMP_PREFIX}p{pid}.{start}.{where}-{'ab' * 32}-y{TEMP_SUFFIX}"
     other = "0" * 8 if where != "0" * 8 else "1" * 8
-    elsewhere = folder / f"{TEMP_PREFIX}w{pid}.{start}.{other}-{'ab' * 32}-z{TEMP_SUFFIX}"
+    elsewhere = folder / f"{TEMP_PREFIX}p{pid}.{start}.{other}-{'ab' * 32}-z{TEMP_SUFFIX}"
     older_name = folder / f"{TEMP_PREFIX}{'ab' * 32}-q{TEMP_SUFFIX}"
-    for path in (reused, living, elsewhere, older_name):
+    # An older a2m's tag (`w`, its start in clock ticks after boot): its writer is not told.
+    ticks = folder / f"{TEMP_PREFIX}w{pid}.123.{where}-{'ab' * 32}-t{TEMP_SUFFIX}"
+    for path in (reused, living, elsewhere, older_name, ticks):
         path.write_bytes(b"half")
     assert temp_writer_alive(reused.name) is False
     assert temp_writer_alive(living.name) is True
     assert temp_writer_alive(elsewhere.name) is None  # another machine or pid namespace
     assert temp_writer_alive(older_name.name) is None
+    assert temp_writer_alive(ticks.name) is None
     assert blobs.remove_partials() == 1 and not reused.exists()
-    os.utime(elsewhere, (0, 0))
-    os.utime(older_name, (0, 0))
-    assert blobs.remove_partials() == 2
+    for path in (elsewhere, older_name, ticks):
+        os.utime(path, (0, 0))
+    assert blobs.remove_partials() == 3
     assert _partials(blobs) == [living]
 
 
@@ -311,7 +314,7 @@ def temp_tag(tmp_path: Path) -> tuple[str, str, str]:
     atomic_write(tmp_path / "probe", write)
     tag = seen[0][len(TEMP_PREFIX) :].split("-", 1)[0]
     pid, start, where = tag[1:].split(".")
-    assert tag[0] == "w" and int(pid) == os.getpid()
+    assert tag[0] == "p" and int(pid) == os.getpid()
     return pid, start, where
 
 

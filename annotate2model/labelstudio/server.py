@@ -35,6 +35,7 @@ from annotate2model.fsutil import (
     make_private,
     private_dir,
 )
+from annotate2model.processes import running
 from annotate2model.progress import NullProgress, Progress
 
 DEFAULT_PORT = 8080
@@ -460,23 +461,7 @@ def check_files_root(files_root: Path, server_root: Path) -> Path:
 
 def _is_label_studio(pid: int) -> bool:
     """Alive, not a zombie, and running label-studio (a pid may have been reused)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            stat = (proc / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            return False
-        return b"label-studio" in cmdline or b"label_studio" in cmdline
-    return True
+    return running(pid, commands=("label-studio", "label_studio")) is True
 
 
 def _terminate_group(pid: int, timeout: float = 20.0) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.orm import Session
 
 from annotate2model.errors import InputError, NotFoundError
+from annotate2model.processes import running, start_time
 from annotate2model.store import dialect
 from annotate2model.store.models import Evaluation, Prediction, Run
 
@@ -87,7 +88,7 @@ def create_run(
         metrics_json="{}",
         pid=os.getpid(),
         host=socket.gethostname(),
-        process_started=_process_started(os.getpid()),
+        process_started=start_time(os.getpid()),
     )
     session.add(row)
     session.flush()
@@ -171,7 +172,7 @@ def dead_runs(session: Session, *, local_store: bool) -> list[int]:
     for run_id, pid, host, started in rows:
         if pid is None or (host is None and not local_store) or (host not in (None, here)):
             continue
-        if not _still_running(pid, started):
+        if running(pid, started) is False:  # None: another user's process, which may be ours
             dead.append(run_id)
     return dead
 
@@ -202,34 +203,6 @@ def close_dead(store: Store) -> list[int]:
             return []
     with store.write() as session:
         return close_dead_runs(session, local_store=local)
-
-
-# Start times are read back from the operating system with a clock tick's resolution.
-START_TOLERANCE_S = 1.0
-
-
-def _process_started(pid: int) -> float:
-    """When process `pid` started, in seconds since the epoch (psutil.Error if unknown)."""
-    import psutil
-
-    return float(psutil.Process(pid).create_time())
-
-
-def _still_running(pid: int, started: float | None) -> bool:
-    """Whether process `pid` exists and, when its start time was recorded, is that process."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False  # killed, and only waiting for its parent to read its exit status
-        now = float(process.create_time())
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        # Access denied (another user's process): it exists; assume it may be ours.
-        return True
-    return started is None or abs(now - started) <= START_TOLERANCE_S
 
 
 def get_run(session: Session, run_id: int | str) -> RunRecord:
