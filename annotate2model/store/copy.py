@@ -95,14 +95,8 @@ def copy_store(
         refuse_unless_empty(out, where)
         for table in _tables():
             count = 0
-            batch: list[dict[str, Any]] = []
-            for row in src.execute(select(table)).mappings().yield_per(BATCH):
-                batch.append(dict(row))
-                if len(batch) >= BATCH:
-                    out.execute(insert(table), batch)
-                    count, batch = count + len(batch), []
-            if batch:
-                out.execute(insert(table), batch)
+            for batch in src.execute(select(table)).mappings().yield_per(BATCH).partitions():
+                out.execute(insert(table), [dict(row) for row in batch])
                 count += len(batch)
             if on_table is not None:
                 on_table(table.name, count)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotate2model.store.models import Curve
+from annotate2model.store.records import from_row
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,6 @@ def latest_curve(session: Session, version: int) -> CurveRecord | None:
     ).first()
     if row is None:
         return None
-    return CurveRecord(
-        id=row.id,
-        version=row.version,
-        config=json.loads(row.config_json),
-        test_n=row.test_n,
-        images_hash=row.images_hash,
-        payload=json.loads(row.points_json),
-        seconds=row.seconds,
-        created_at=row.created_at,
+    return from_row(
+        CurveRecord, row, config=json.loads(row.config_json), payload=json.loads(row.points_json)
     )

@@ -70,16 +70,6 @@ def create_private_sqlite(url: str) -> None:
         os.close(os.open(parsed.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
 
 
-def head_revision() -> str:
-    """The single head of the migration scripts (reads them; SCHEMA_HEAD is the cheap answer)."""
-    from alembic.script import ScriptDirectory
-
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
-    if len(heads) != 1:
-        raise StoreError(f"the migrations have {len(heads)} heads; expected exactly one.")
-    return heads[0]
-
-
 class Store:
     """A migrated database and the workspace's blob store."""
 
@@ -163,14 +153,9 @@ class Store:
         """A session that is the only writer (dialect.py's write lock: on SQLite from its first
         statement, on PostgreSQL from the start); commits on success, rolls back on any exception.
         """
-        with Session(self._writer, expire_on_commit=False) as session:
-            try:
-                take_write_lock(session)
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            take_write_lock(session)
+            yield session
 
     def close(self) -> None:
         self.engine.dispose()

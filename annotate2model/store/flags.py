@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from annotate2model.store.models import Annotation, Flag, Task
+from annotate2model.store.records import from_row
 
 RELABELED = "relabeled"
 CONFIRMED = "confirmed"
@@ -99,38 +100,24 @@ def record_flags(
     `answers_json`), taken over so that one answer settles both. Returns the open flags of
     `flags`, in their order."""
     now = datetime.now(UTC)
-    existing = {
-        row.task_row_id: row
-        for row in session.scalars(
-            select(Flag).where(
-                Flag.run_id == run_id, Flag.task_row_id.in_([f.task_row_id for f in flags])
-            )
-        )
-    }
+    existing = _existing(session, run_id, flags)
     answers = _answers(session, [f.task_row_id for f in flags])
     rows: list[Flag] = []
     for f in flags:
         row = existing.get(f.task_row_id)
         if row is not None and row.resolution in (RELABELED, CONFIRMED, LABELED):
             continue
-        if row is None:
-            row = Flag(run_id=run_id, task_row_id=f.task_row_id, created_at=now)
-            session.add(row)
-        elif row.resolution in (WITHDRAWN, SUPPRESSED):
+        if row is not None and row.resolution in (WITHDRAWN, SUPPRESSED):
             row.resolution = None
             row.resolved_at = None
             row.pushed_at = None
             row.created_at = now
+        row = _set_doubt(session, run_id, row, f, now)
         if row.pushed_at is None:
             # What counts as "answered again" is measured from when the flag (re)opened, or
             # from when the earlier flag that holds the task in review did.
             carried = (baselines or {}).get(f.task_row_id)
             row.answers_json = carried or json.dumps(answers.get(f.task_row_id, []))
-        row.image_sha256 = f.image_sha256
-        row.reason = f.reason
-        row.score = f.score
-        row.current_label = f.current_label
-        row.suggested_label = f.suggested_label
         rows.append(row)
     session.flush()
     return _records(session, [r.id for r in rows])
@@ -143,33 +130,41 @@ def record_suppressed(session: Session, run_id: int, flags: Sequence[NewFlag]) -
     if not flags:
         return 0
     now = datetime.now(UTC)
-    existing = {
-        row.task_row_id: row
-        for row in session.scalars(
-            select(Flag).where(
-                Flag.run_id == run_id, Flag.task_row_id.in_([f.task_row_id for f in flags])
-            )
-        )
-    }
+    existing = _existing(session, run_id, flags)
     count = 0
     for f in flags:
         row = existing.get(f.task_row_id)
         if row is not None and row.resolution not in (WITHDRAWN, SUPPRESSED):
             continue
-        if row is None:
-            row = Flag(run_id=run_id, task_row_id=f.task_row_id, created_at=now)
-            session.add(row)
-        row.image_sha256 = f.image_sha256
-        row.reason = f.reason
-        row.score = f.score
-        row.current_label = f.current_label
-        row.suggested_label = f.suggested_label
+        row = _set_doubt(session, run_id, row, f, now)
         row.resolution = SUPPRESSED
         row.resolved_at = now
         row.pushed_at = None
         count += 1
     session.flush()
     return count
+
+
+def _existing(session: Session, run_id: int, flags: Sequence[NewFlag]) -> dict[int | None, Flag]:
+    """The run's flags on the tasks of `flags`, by task row."""
+    tasks = [f.task_row_id for f in flags]
+    rows = session.scalars(select(Flag).where(Flag.run_id == run_id, Flag.task_row_id.in_(tasks)))
+    return {row.task_row_id: row for row in rows}
+
+
+def _set_doubt(
+    session: Session, run_id: int, row: Flag | None, flag: NewFlag, now: datetime
+) -> Flag:
+    """`row`, or the run's new flag on the task when None, holding `flag`'s doubt."""
+    if row is None:
+        row = Flag(run_id=run_id, task_row_id=flag.task_row_id, created_at=now)
+        session.add(row)
+    row.image_sha256 = flag.image_sha256
+    row.reason = flag.reason
+    row.score = flag.score
+    row.current_label = flag.current_label
+    row.suggested_label = flag.suggested_label
+    return row
 
 
 def confirmed_before(
@@ -461,24 +456,7 @@ def _records(session: Session, flag_ids: Sequence[int]) -> list[FlagRecord]:
             .where(Flag.id.in_(chunk))
         )
         for flag, project, task, label in rows:
-            found[flag.id] = FlagRecord(
-                id=flag.id,
-                run_id=flag.run_id,
-                project_id=project,
-                task_id=task,
-                image_sha256=flag.image_sha256,
-                reason=flag.reason,
-                score=flag.score,
-                current_label=flag.current_label,
-                suggested_label=flag.suggested_label,
-                label_now=label,
-                created_at=flag.created_at,
-                pushed_at=flag.pushed_at,
-                resolved_at=flag.resolved_at,
-                resolution=flag.resolution,
-                review_field=flag.review_field,
-                view_id=flag.view_id,
-                requeued_annotation_id=flag.requeued_annotation_id,
-                draft_id=flag.draft_id,
+            found[flag.id] = from_row(
+                FlagRecord, flag, project_id=project, task_id=task, label_now=label
             )
     return [found[i] for i in flag_ids if i in found]

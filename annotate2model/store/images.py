@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -44,10 +44,7 @@ def record_images(session: Session, staged: Iterable[StagedImage]) -> int:
     rows = {
         s.sha256: {
             "sha256": s.sha256,
-            "format": s.info.format,
-            "width": s.info.width,
-            "height": s.info.height,
-            "mode": s.info.mode,
+            **asdict(s.info),
             "size_bytes": s.size_bytes,
             "origin": s.origin,
             "created_at": now,

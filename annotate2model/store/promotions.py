@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from annotate2model.store.models import Promotion
+from annotate2model.store.records import from_row
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,11 @@ class PromotionRecord:
 
 
 def _record(row: Promotion) -> PromotionRecord:
-    return PromotionRecord(
-        id=row.id,
-        version=row.version,
+    return from_row(
+        PromotionRecord,
+        row,
         run=row.run_id,
         served=row.served_run_id,
-        promoted=row.promoted,
-        reason=row.reason,
-        decided_at=row.decided_at,
         details=json.loads(row.details_json or "{}"),
     )
 

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
+
+
+def from_row(cls: type[R], row: object, **given: Any) -> R:
+    """A record of `cls` from a row (an ORM object or a result row) that has an attribute of the
+    same name for each of its fields but those in `given` (renamed, read from JSON...)."""
+    copied = {f.name: getattr(row, f.name) for f in fields(cls) if f.name not in given}
+    return cls(**copied, **given)
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -18,6 +18,7 @@ from annotate2model.errors import InputError, NotFoundError
 from annotate2model.processes import running, start_time
 from annotate2model.store import dialect
 from annotate2model.store.models import Evaluation, Prediction, Run
+from annotate2model.store.records import from_row
 
 if TYPE_CHECKING:
     from annotate2model.store.db import Store
@@ -55,22 +56,12 @@ class PredictionRecord:
 
 
 def _record(row: Run) -> RunRecord:
-    return RunRecord(
-        id=row.id,
-        version=row.version,
-        kind=row.kind,
-        status=row.status,
+    return from_row(
+        RunRecord,
+        row,
         config=json.loads(row.config_json),
-        device=row.device,
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-        wall_seconds=row.wall_seconds,
-        images_per_second=row.images_per_second,
         history=json.loads(row.history_json or "[]"),
         metrics=json.loads(row.metrics_json or "{}"),
-        error=row.error,
-        artifact_dir=row.artifact_dir,
-        pid=row.pid,
     )
 
 
@@ -305,14 +296,7 @@ def read_predictions(
     if split is not None:
         query = query.where(Prediction.split == split)
     return [
-        PredictionRecord(
-            image_sha256=p.image_sha256,
-            split=p.split,
-            label=p.label,
-            predicted=p.predicted,
-            confidence=p.confidence,
-            probs=json.loads(p.probs_json),
-        )
+        from_row(PredictionRecord, p, probs=json.loads(p.probs_json))
         for p in session.scalars(query.order_by(Prediction.split, Prediction.image_sha256))
     ]
 
@@ -387,19 +371,7 @@ def record_evaluation(
 
 
 def _evaluation(row: Evaluation) -> EvaluationRecord:
-    return EvaluationRecord(
-        id=row.id,
-        run_id=row.run_id,
-        version=row.version,
-        split=row.split,
-        n=row.n,
-        images_hash=row.images_hash,
-        accuracy=row.accuracy,
-        macro_f1=row.macro_f1,
-        metrics=json.loads(row.metrics_json),
-        source=row.source,
-        created_at=row.created_at,
-    )
+    return from_row(EvaluationRecord, row, metrics=json.loads(row.metrics_json))
 
 
 def list_evaluations(session: Session, run_id: int | None = None) -> list[EvaluationRecord]:

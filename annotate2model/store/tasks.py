@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import insert, select, update
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from annotate2model.store.dialect import insert_or_ignore
 from annotate2model.store.models import Annotation, SyncState, Task
+from annotate2model.store.records import from_row
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,7 @@ def load_tasks(session: Session, project_id: int) -> dict[int, TaskRecord]:
             Task.deleted_at,
         ).where(Task.project_id == project_id)
     )
-    return {
-        r.task_id: TaskRecord(
-            task_id=r.task_id,
-            image_url=r.image_url,
-            image_sha256=r.image_sha256,
-            remote_updated_at=r.remote_updated_at,
-            label=r.label,
-            problem=r.problem,
-            deleted=r.deleted_at is not None,
-        )
-        for r in rows
-    }
+    return {r.task_id: from_row(TaskRecord, r, deleted=r.deleted_at is not None) for r in rows}
 
 
 def load_sync_state(session: Session, project_id: int) -> SyncStateRecord | None:
@@ -203,19 +193,7 @@ def _save_annotations(
         ).all()
     )
     rows = [
-        {
-            "project_id": project_id,
-            "annotation_id": a.annotation_id,
-            "task_row_id": row_ids[task_id],
-            "label": a.label,
-            "result_json": a.result_json,
-            "was_cancelled": a.was_cancelled,
-            "ground_truth": a.ground_truth,
-            "completed_by": a.completed_by,
-            "remote_created_at": a.remote_created_at,
-            "remote_updated_at": a.remote_updated_at,
-            "seen_at": now,
-        }
+        {**asdict(a), "project_id": project_id, "task_row_id": row_ids[task_id], "seen_at": now}
         for task_id, items in annotations.items()
         for a in items
         if task_id in row_ids

@@ -27,6 +27,7 @@ from annotate2model.store.records import (
     VersionItemRecord,
     VersionRecord,
     VersionSummary,
+    from_row,
 )
 
 # How many times create_version takes the next number after losing one to another writer.
@@ -95,16 +96,7 @@ def _version_rows(items: Iterable[VersionItemRecord]) -> list[Row]:
 
 
 def _record(row: DatasetVersion) -> VersionRecord:
-    return VersionRecord(
-        number=row.number,
-        parent=row.parent,
-        content_hash=row.content_hash,
-        created_at=row.created_at,
-        note=row.note,
-        source=row.source,
-        item_count=row.item_count,
-        split_fractions=json.loads(row.split_json),
-    )
+    return from_row(VersionRecord, row, split_fractions=json.loads(row.split_json))
 
 
 def latest_version(session: Session) -> VersionRecord | None:
