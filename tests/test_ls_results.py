@@ -13,7 +13,6 @@ from annotate2model.labelstudio.results import (
     Choice,
     annotation,
     parse_annotation,
-    parse_prediction,
     prediction,
     read_choice,
 )
@@ -43,8 +42,8 @@ def test_prediction_carries_model_version_and_score() -> None:
     assert built["model_version"] == "run-12" and built["score"] == 0.875
     assert built["result"] == annotation(CONFIG, "a")["result"]
     assert "score" not in prediction(CONFIG, "a", model_version="folders")
-    parsed = parse_prediction(json.loads(json.dumps(built)), "species")
-    assert (parsed.label, parsed.model_version, parsed.score) == ("a", "run-12", 0.875)
+    # What sync reads of a result reads the suggested label back.
+    assert read_choice(json.loads(json.dumps(built))["result"], "species").label == "a"
 
 
 @pytest.mark.parametrize("ground_truth", [False, True])
@@ -132,8 +131,3 @@ def test_malformed_or_foreign_results_give_no_label(result: object) -> None:
 
 def test_numbers_as_choices_are_read_as_text() -> None:
     assert read_choice([{"from_name": "n", "value": {"choices": [3]}}], "n").label == "3"
-
-
-def test_prediction_without_version_or_with_a_bad_score() -> None:
-    parsed = parse_prediction({"result": [], "score": "high", "model_version": ""}, "species")
-    assert parsed.label is None and parsed.model_version is None and parsed.score is None

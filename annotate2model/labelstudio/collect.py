@@ -93,7 +93,7 @@ def collect_folder(
     # Label Studio takes a Local Files storage only strictly below its document root.
     use_local = (
         files_root is not None
-        and _under(folder, files_root)
+        and folder.is_relative_to(files_root.resolve())
         and folder.resolve() != files_root.resolve()
     )
     result = CollectResult(project_id=project_id, mode="local-files" if use_local else "upload")
@@ -140,7 +140,9 @@ def collect_folder(
 
     if use_local:
         assert files_root is not None
-        if not any(_under(folder, Path(p)) for p in client.local_storages(project_id)):
+        if not any(
+            folder.is_relative_to(Path(p).resolve()) for p in client.local_storages(project_id)
+        ):
             # Refused (a server that cannot see this folder): upload instead.
             use_local = client.add_local_storage(project_id, str(folder))
             result.mode = "local-files" if use_local else "upload"
@@ -184,14 +186,6 @@ def _task(f: _File, url: str, config: LabelingConfig, labels_as: LabelsAs) -> di
             # A folder name is a starting point, not a reviewed answer: not ground truth.
             task["annotations"] = [results.annotation(config, f.label, ground_truth=False)]
     return task
-
-
-def _under(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
 
 
 def _local_url(path: Path, files_root: Path) -> str:

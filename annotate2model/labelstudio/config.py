@@ -52,7 +52,6 @@ def parse_label_config(
     config = _parse(xml, project_id)
     if path is not None:
         with contextlib.suppress(OSError):  # a read-only cache folder costs only the speed-up
-            path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, json.dumps(dataclasses.asdict(config)).encode(), mode=0o644)
     return config
 

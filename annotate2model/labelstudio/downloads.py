@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -70,6 +69,10 @@ class ImageReader:
     itself waits for the listing to end, which it would only slow down. A prefetched URL that
     no task wants in the end (its task changed or went in between) is a blob without a row,
     which the next write of the same bytes reuses.
+
+    `local`: the workspace's own server, whose `/data/` images are read from its folders on
+    this disk (the same bytes it would send, without its web server's one-at-a-time pace); any
+    image not found there goes through HTTP as usual.
 
     Use it as a context manager: on the way out the images not started yet are dropped, and an
     error of one reading stops the others from starting.
@@ -155,24 +158,16 @@ def wanted_urls(
 
 
 def download_images(
-    blobs: BlobStore,
-    client: LabelStudioClient,
+    reader: ImageReader,
     tasks: Mapping[int, Mapping[str, Any]],
     stored: Mapping[int, TaskRecord],
     config: LabelingConfig,
     *,
-    max_pixels: int,
     progress: Progress,
-    workers: int = 8,
-    local: LocalFiles | None = None,
-    reader: ImageReader | None = None,
 ) -> TaskImages:
     """Read, validate and store the images of the fetched tasks whose URL is new or changed.
 
-    `local`: the workspace's own server, whose `/data/` images are read from its folders on
-    this disk (the same bytes it would send, without its web server's one-at-a-time pace);
-    any image not found there goes through HTTP as usual. `reader`: an `ImageReader` (which
-    may have started some of them already); without one, a reader of `workers` threads.
+    `reader` reads them (it may have started some of them already).
 
     An image that cannot be read or is not a usable image is a per-task problem and the rest
     proceeds; Label Studio itself failing (not answering its own /data/ URLs, or failing one
@@ -197,27 +192,22 @@ def download_images(
         return TaskImages(urls, shas, problems, staged)
 
     progress.begin("Downloading images", total=len(to_download))
-    with contextlib.ExitStack() as own:
-        if reader is None:
-            reader = own.enter_context(
-                ImageReader(blobs, client, max_pixels=max_pixels, workers=workers, local=local)
-            )
-        futures = {reader.read(url): url for url in to_download}
-        try:
-            for future in as_completed(futures):
-                image, error = future.result()  # Label Studio's own failure raises here
-                for tid in to_download[futures[future]]:
-                    if image is None:
-                        shas[tid] = None
-                        problems[tid] = f"{IMAGE_PROBLEM}{error}"
-                    else:
-                        shas[tid] = image.sha256
-                if image is not None:
-                    staged.append(image)
-                progress.advance()
-        except BaseException:
-            reader.close()  # drops the downloads not started, so the error comes promptly
-            raise
+    futures = {reader.read(url): url for url in to_download}
+    try:
+        for future in as_completed(futures):
+            image, error = future.result()  # Label Studio's own failure raises here
+            for tid in to_download[futures[future]]:
+                if image is None:
+                    shas[tid] = None
+                    problems[tid] = f"{IMAGE_PROBLEM}{error}"
+                else:
+                    shas[tid] = image.sha256
+            if image is not None:
+                staged.append(image)
+            progress.advance()
+    except BaseException:
+        reader.close()  # drops the downloads not started, so the error comes promptly
+        raise
     progress.end()
     staged.sort(key=lambda s: s.sha256)
     return TaskImages(urls, shas, problems, staged)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -42,9 +41,6 @@ from annotate2model.progress import NullProgress, Progress
 from annotate2model.store import Store
 from annotate2model.store import flags as store_flags
 
-# Per-task writes (PATCH, convert, delete) in flight at once: one. Label Studio answers each in
-# ~40 ms; on SQLite, concurrent ones fill its log with "database is locked".
-WORKERS = 1
 # Predictions per bulk import request.
 PREDICTION_CHUNK = 500
 
@@ -89,8 +85,6 @@ def set_field(
     task_ids: Sequence[int],
     key: str,
     value: str,
-    *,
-    workers: int = WORKERS,
 ) -> None:
     """data[key] = value on the tasks: Label Studio's "add data field" Data Manager action in
     one request per 1,000 tasks; one PATCH per task where the server refuses the action."""
@@ -119,7 +113,7 @@ def set_field(
             task = client.json("GET", f"/api/tasks/{task_id}", f"read task {task_id}")
             _patch_data(client, task_id, {**(task.get("data") or {}), key: value})
 
-        _each(part, patch, "Writing review fields", NullProgress(), workers)
+        _each(part, patch, "Writing review fields", NullProgress())
 
 
 @dataclass(frozen=True)
@@ -165,7 +159,6 @@ def push_flags(
     requeue: bool = False,
     result: PushResult | None = None,
     progress: Progress | None = None,
-    workers: int = WORKERS,
 ) -> PushResult:
     """Put run `run_id`'s flags on their tasks, in the review tab (see the module docstring);
     idempotent."""
@@ -220,7 +213,7 @@ def push_flags(
     order = (LABEL_FIELD, SUGGESTED_FIELD, RUN_FIELD, REASON_FIELD)
     progress.begin("Writing review fields", total=len(values))
     for (key, value), ids in sorted(values.items(), key=lambda kv: order.index(kv[0][0])):
-        set_field(client, project_id, ids, key, value, workers=workers)
+        set_field(client, project_id, ids, key, value)
         progress.advance()
     progress.end()
     out.fields_written += len(present)
@@ -347,7 +340,6 @@ def retire(
     task_ids: Sequence[int],
     *,
     progress: Progress | None = None,
-    workers: int = WORKERS,
 ) -> int:
     """Take tasks out of the review tab: their fields emptied (one action per field) and their
     review prediction removed. Returns how many predictions went. Idempotent."""
@@ -361,7 +353,7 @@ def retire(
         SUGGESTED_FIELD,
         RUN_FIELD,
     ):  # reason first: out of the tab
-        set_field(client, project_id, wanted, key, "", workers=workers)
+        set_field(client, project_id, wanted, key, "")
     return _remove_review_predictions(client, project_id, wanted, progress)
 
 
@@ -385,7 +377,7 @@ def _remove_review_predictions(
             json={"selectedItems": {"all": False, "included": only_ours[start : start + 1000]}},
         )
     singles = [pid for task, pid in ours if task in others]
-    _each(singles, partial(_delete_prediction, client), "Removing predictions", progress, 1)
+    _each(singles, partial(_delete_prediction, client), "Removing predictions", progress)
     return len(ours)
 
 
@@ -496,7 +488,6 @@ def unflag_tasks(
     keep: Iterable[int] = (),
     drop_tab: bool = False,
     progress: Progress | None = None,
-    workers: int = WORKERS,
 ) -> UnflagResult:
     """Take run `run_id`'s flags out of Label Studio. Its tasks leave the review tab, but those
     another pending flag still holds there (`keep`: their task ids); a requeued draft nobody
@@ -518,7 +509,7 @@ def unflag_tasks(
             if task in set(legacy)
         ]
         delete = partial(_delete_prediction, client)
-        _each(ours, delete, "Removing predictions", progress, workers)
+        _each(ours, delete, "Removing predictions", progress)
         out.predictions_removed += len(ours)
     requeued = [i for i in items if i.draft_id is not None]
     tasks = _read_tasks(client, project_id, legacy + [i.task_id for i in requeued], progress)
@@ -530,7 +521,7 @@ def unflag_tasks(
         del data[key]
         _patch_data(client, task_id, data)
 
-    _each(with_field, clean, "Removing review fields", progress, workers)
+    _each(with_field, clean, "Removing review fields", progress)
     out.fields_removed += len(with_field)
     # Requeued drafts nobody answered become annotations again, one at a time (not idempotent).
     for item in requeued:
@@ -710,27 +701,15 @@ def _patch_data(client: LabelStudioClient, task_id: int, data: dict[str, Any]) -
         )
 
 
-def _each(
-    items: Sequence[T],
-    work: Callable[[T], None],
-    what: str,
-    progress: Progress,
-    workers: int,
-) -> None:
-    """`work` on every item on a few threads; the first failure stops the rest and is raised."""
+def _each(items: Sequence[T], work: Callable[[T], None], what: str, progress: Progress) -> None:
+    """`work` on every item; the first failure stops the rest and is raised.
+
+    Per-task writes (PATCH, convert, delete) go one at a time. Label Studio answers each in
+    ~40 ms; on SQLite, concurrent ones fill its log with "database is locked"."""
     progress.begin(what, total=len(items))
-    if not items:
+    try:
+        for item in items:
+            work(item)
+            progress.advance()
+    finally:
         progress.end()
-        return
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(work, item) for item in items]
-        try:
-            for future in futures:
-                future.result()
-                progress.advance()
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        finally:
-            progress.end()

@@ -136,28 +136,3 @@ def parse_annotation(raw: Mapping[str, Any], from_name: str) -> ParsedAnnotation
         created_at=created,
         updated_at=str(raw.get("updated_at") or created or ""),
     )
-
-
-@dataclass(frozen=True)
-class ParsedPrediction:
-    """A prediction of a task answer: the suggested choice, its model version and score."""
-
-    choice: Choice
-    model_version: str | None
-    score: float | None
-
-    @property
-    def label(self) -> str | None:
-        return self.choice.label
-
-
-def parse_prediction(raw: Mapping[str, Any], from_name: str) -> ParsedPrediction:
-    score = raw.get("score")
-    version = raw.get("model_version")
-    return ParsedPrediction(
-        choice=read_choice(raw.get("result"), from_name),
-        model_version=str(version) if version not in (None, "") else None,
-        score=(
-            float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None
-        ),
-    )

@@ -73,7 +73,7 @@ from annotate2model.progress import NullProgress, Progress
 from annotate2model.settings import SplitFractions
 from annotate2model.store.db import Store
 from annotate2model.store.flags import resolve_flags
-from annotate2model.store.images import StagedImage, known_images, record_images
+from annotate2model.store.images import StagedImage, record_images
 from annotate2model.store.records import NewVersion, VersionItemRecord
 from annotate2model.store.tasks import (
     AnnotationRecord,
@@ -236,16 +236,7 @@ def sync_project(
                 on_page=lambda page: reader.prefetch(page, config, stored),
             )
         live = {tid: updated for tid, updated in remote.items() if tid not in fetched.gone}
-        images = download_images(
-            store.blobs,
-            client,
-            fetched.tasks,
-            stored,
-            config,
-            max_pixels=store.settings.max_image_pixels,
-            progress=progress,
-            reader=reader,
-        )
+        images = download_images(reader, fetched.tasks, stored, config, progress=progress)
     plan = resolve_labels(
         fetched.tasks,
         live,
@@ -660,8 +651,7 @@ def commit(
     settings = store.settings
     added = removed = relabeled = 0
     with store.write() as session:
-        known = known_images(session, {s.sha256 for s in staged})
-        record_images(session, [s for s in staged if s.sha256 not in known])
+        record_images(session, staged)
         missing = {
             item.image_sha256 for item in plan.items if not store.blobs.has(item.image_sha256)
         }

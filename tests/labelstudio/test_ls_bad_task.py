@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from annotate2model.errors import LabelStudioError
 from annotate2model.labelstudio.client import LabelStudioClient
 from annotate2model.labelstudio.config import parse_label_config
-from annotate2model.labelstudio.downloads import download_images
+from annotate2model.labelstudio.downloads import ImageReader, download_images
 from annotate2model.labelstudio.sync import sync_project
 from annotate2model.progress import NullProgress
 from annotate2model.settings import Secret
@@ -185,16 +185,11 @@ def _download(
     )
     tasks = {i + 1: {"id": i + 1, "data": {"image": u}} for i, u in enumerate(urls)}
     started = time.monotonic()
-    with LabelStudioClient(url, Secret(LEGACY_TOKEN), **client) as c:
-        images = download_images(
-            BlobStore(tmp_path / "blobs"),
-            c,
-            tasks,
-            {},
-            config,
-            max_pixels=10_000_000,
-            progress=NullProgress(),
-        )
+    with (
+        LabelStudioClient(url, Secret(LEGACY_TOKEN), **client) as c,
+        ImageReader(BlobStore(tmp_path / "blobs"), c, max_pixels=10_000_000) as reader,
+    ):
+        images = download_images(reader, tasks, {}, config, progress=NullProgress())
     return images.problems, images.shas, time.monotonic() - started
 
 
