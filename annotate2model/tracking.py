@@ -193,12 +193,8 @@ def log_training(
     return mlflow_run
 
 
-def find_run(uri: str, experiment: str, run_id: int) -> str | None:
-    """The MLflow run id of ledger run `run_id`, or None when it was not logged."""
-    return _find(_client(uri), experiment, run_id)
-
-
 def _find(client: Any, experiment: str, run_id: int) -> str | None:
+    """The MLflow run id of ledger run `run_id`, or None when it was not logged."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -213,10 +209,10 @@ def log_evaluation(
 ) -> bool:
     """Log a judgement of ledger run `run_id` (prefix `name`) to its MLflow run, if it has one."""
     _check_reachable(uri)
-    mlflow_run = find_run(uri, experiment, run_id)
+    client = _client(uri)
+    mlflow_run = _find(client, experiment, run_id)
     if mlflow_run is None:
         return False
-    client = _client(uri)
     for key, value in numeric(metrics).items():
         client.log_metric(mlflow_run, f"{name}.{key}", value)
     return True
@@ -332,18 +328,13 @@ def mirror(
     settings: Settings, what: str, warn: Callable[[str], None], action: Callable[[str, str], Any]
 ) -> Any:
     """`action(tracking URI, experiment)` when the workspace's settings track runs in MLflow
-    (else nothing), any failure one warning (`mirrored`)."""
+    (else nothing). Any failure (not installed, refused, down) becomes one warning: the ledger
+    already holds what MLflow would have had."""
     uri = settings.mlflow_uri
     if not uri:
         return None
-    return mirrored(what, warn, lambda: action(uri, settings.mlflow_experiment))
-
-
-def mirrored(what: str, warn: Callable[[str], None], action: Callable[[], Any]) -> Any:
-    """Run an MLflow `action`; any failure (not installed, refused, down) becomes one warning:
-    the ledger already holds what MLflow would have had."""
     try:
-        return action()
+        return action(uri, settings.mlflow_experiment)
     except ImportError:
         warn(f"MLflow: {what} not logged: mlflow is not installed ({INSTALL}).")
     except Exception as exc:

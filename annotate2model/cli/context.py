@@ -181,3 +181,12 @@ def skip_final_collection() -> None:
     """
     if "triton" not in sys.modules:
         gc.freeze()
+
+
+def read_secret(prompt: str) -> str:
+    """A secret given as `-`, so that it never shows in `ps`: a line typed without echo at a
+    terminal, else standard input's first line; "" when none came."""
+    import getpass
+
+    typed = sys.stdin.isatty()
+    return (getpass.getpass(prompt) if typed else sys.stdin.readline()).strip()

@@ -26,7 +26,7 @@ from annotate2model.cli.render import (
 )
 from annotate2model.settings import SPLITS
 from annotate2model.store import versions as store_versions
-from annotate2model.store.imports import SplitSource, import_folder
+from annotate2model.store.imports import import_folder
 
 app = typer.Typer()
 
@@ -37,13 +37,6 @@ class SplitChoice(StrEnum):
     auto = "auto"
     folders = "folders"
     hash = "hash"
-
-
-SPLIT_SOURCES: dict[SplitChoice, SplitSource] = {
-    SplitChoice.auto: "auto",
-    SplitChoice.folders: "folders",
-    SplitChoice.hash: "hash",
-}
 
 
 @app.command("import-folder")
@@ -68,7 +61,7 @@ def import_folder_cmd(
     """
     store = state(ctx).store()
     result = import_folder(
-        store, folder, note=note, split_source=SPLIT_SOURCES[splits], progress=RichProgress()
+        store, folder, note=note, split_source=splits.value, progress=RichProgress()
     )
     if as_json:
         print_json(result)

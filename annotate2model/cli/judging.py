@@ -23,6 +23,7 @@ from annotate2model.cli.render import (
     listing,
     print_json,
     score,
+    to_jsonable,
 )
 from annotate2model.errors import NotFoundError
 from annotate2model.judging.records import Comparison, LearningCurve
@@ -96,7 +97,7 @@ def compare_cmd(
     if plots:
         written = _compare_plots(store.settings.workspace.reports_dir / result.name, result)
     if as_json:
-        print_json({**result.to_dict(), "plots": [str(p) for p in written]})
+        print_json({**to_jsonable(result), "plots": [str(p) for p in written]})
         return
     if as_csv:
         _print_csv(result)
@@ -134,7 +135,6 @@ def _check_versions_exist(store: Store, numbers: list[int] | None) -> None:
 def _compare_plots(out: Path, result: Comparison) -> list[Path]:
     from annotate2model.judging import plots
 
-    out.mkdir(parents=True, exist_ok=True)
     return [
         plots.accuracy_vs_images_plot(result, out / "accuracy_vs_images.png"),
         plots.accuracy_vs_time_plot(result, out / "accuracy_vs_time.png"),
@@ -307,12 +307,11 @@ def curve_cmd(
         from annotate2model.judging import plots as plotting
 
         folder = store.settings.workspace.reports_dir
-        folder.mkdir(parents=True, exist_ok=True)
         written.append(
             plotting.learning_curve_plot(curve, folder / f"curve-v{curve.version}-{curve.id}.png")
         )
     if as_json:
-        print_json({**curve.to_dict(), "plots": [str(p) for p in written]})
+        print_json({**to_jsonable(curve), "plots": [str(p) for p in written]})
         return
     _print_curve(curve)
     for path in written:

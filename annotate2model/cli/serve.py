@@ -7,13 +7,12 @@ torch, FastAPI and uvicorn are imported inside the commands, so `a2m --help` sta
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from annotate2model.cli.context import state
+from annotate2model.cli.context import read_secret, state
 from annotate2model.cli.render import JsonFlag, RichProgress, console, err_console, print_json
 from annotate2model.errors import InputError, NotFoundError, TrainingError
 from annotate2model.settings import Secret
@@ -39,12 +38,7 @@ TokenFlag = Annotated[
 def _token(ctx: typer.Context, flag: str | None) -> Secret | None:
     """The token from `--token -` (stdin), `--token VALUE` or $A2M_SERVE_TOKEN; None: none."""
     if flag == "-":
-        if sys.stdin.isatty():
-            import getpass
-
-            value = getpass.getpass("Token: ").strip()
-        else:
-            value = sys.stdin.readline().strip()
+        value = read_secret("Token: ")
         if not value:
             raise InputError("`--token -` read no token from stdin.")
         return Secret(value)

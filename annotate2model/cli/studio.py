@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import getpass
-import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from annotate2model.cli.context import state
+from annotate2model.cli.context import read_secret, state
 from annotate2model.cli.render import JsonFlag, RichProgress, console, print_json
 from annotate2model.labelstudio import connection
-from annotate2model.labelstudio.policies import Policy
 from annotate2model.labelstudio.server import DEFAULT_PORT
 
 # The store (SQLAlchemy, the models: 0.3 s) is imported inside the commands that use it: `sync`
 # has its first requests on their way to Label Studio before that (`HeadStart`).
-if TYPE_CHECKING:
-    from annotate2model.labelstudio.collect import LabelsAs
 
 app = typer.Typer()
 studio_app = typer.Typer(help="Run a local Label Studio for this workspace.", no_args_is_help=True)
@@ -36,24 +31,11 @@ class PolicyChoice(StrEnum):
     ground_truth = "ground-truth"
 
 
-POLICY: dict[PolicyChoice, Policy] = {
-    PolicyChoice.latest: "latest",
-    PolicyChoice.majority: "majority",
-    PolicyChoice.ground_truth: "ground-truth",
-}
-
-
 class LabelsAsChoice(StrEnum):
     """What collect makes of folder labels (`--help` lists the choices)."""
 
     annotations = "annotations"
     predictions = "predictions"
-
-
-LABELS_AS: dict[LabelsAsChoice, LabelsAs] = {
-    LabelsAsChoice.annotations: "annotations",
-    LabelsAsChoice.predictions: "predictions",
-}
 
 
 @studio_app.command("up")
@@ -228,8 +210,7 @@ def connect_cmd(
 
 def _read_token(ctx: typer.Context) -> str:
     """The token of `--token -`: a line typed without echo at a terminal, else stdin's first."""
-    typed = sys.stdin.isatty()
-    token = (getpass.getpass("Label Studio token: ") if typed else sys.stdin.readline()).strip()
+    token = read_secret("Label Studio token: ")
     if not token:
         raise typer.BadParameter(
             "`-` reads the token from standard input, which gave none.",
@@ -281,7 +262,7 @@ def collect_cmd(
             folder,
             known_hashes=known,
             labels_from_folders=labels_from_folders,
-            labels_as=LABELS_AS[labels_as],
+            labels_as=labels_as.value,
             files_root=local.root,
             max_pixels=settings.max_image_pixels,
             progress=RichProgress(),
@@ -358,7 +339,7 @@ def sync_cmd(
             store,
             client,
             project_id,
-            policy=POLICY[policy],
+            policy=policy.value,
             note=note,
             progress=progress,
             local=local,

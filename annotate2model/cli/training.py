@@ -24,6 +24,7 @@ from annotate2model.cli.render import (
     RichProgress,
     console,
     err_console,
+    listing,
     print_json,
     score,
     to_jsonable,
@@ -484,14 +485,8 @@ def runs_cmd(
     # Fits 80 columns: short cells never wrap, the model wraps; below 110 columns the start
     # time and the note are left out (`a2m runs RUN` and --json have everything).
     wide = console.width >= 110
-    table = Table(
-        title="Runs",
-        box=box.SIMPLE_HEAD,
-        caption="flags: relabeled/resolved",
-        padding=(0, 1),
-        # Two spaces between columns, not three: the flags column fit only without it.
-        collapse_padding=True,
-    )
+    # Two spaces between columns, not three: the flags column fit only with them.
+    table = listing("Runs", caption="flags: relabeled/resolved")
     numeric = ("run", "v", "secs", "img/s", "val", "test")
     columns = ["run", "v", "status", "model", *(["started"] if wide else []), *numeric[2:]]
     columns += ["flags", *(["note"] if wide else [])]

@@ -44,7 +44,6 @@ def _figure(columns: int = 1) -> tuple[Figure, list[Axes]]:
 
 def _save(fig: Figure, path: Path) -> Path:
     """Written whole or not at all; no bbox_inches="tight" (it would change the pixel size)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Software metadata names the matplotlib version; left out, the same data gives the same file.
     atomic_write(
         path,

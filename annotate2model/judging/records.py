@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -106,9 +106,6 @@ class Comparison:
     # Run id -> probability of the predicted label, same order.
     confidence: dict[int, list[float]]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @property
     def name(self) -> str:
         """The folder name of its page and plots: "compare-runs-3-5"."""
@@ -150,6 +147,3 @@ class LearningCurve:
     # Estimated extra labeled images for one more point of accuracy (None: no evidence to say).
     images_per_point: int | None
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

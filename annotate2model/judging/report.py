@@ -129,12 +129,11 @@ def _table(
     *,
     id: str | None = None,
     numeric: Sequence[int] = (),
-    cls: str | None = None,
     caption: str = "",
 ) -> str:
     """A table of already-escaped cells; `numeric`: column indexes aligned right; `caption`
     (escaped HTML): what the table's rows share, said once above it."""
-    attrs = (f' id="{_e(id)}"' if id else "") + (f' class="{_e(cls)}"' if cls else "")
+    attrs = f' id="{_e(id)}"' if id else ""
     head = "".join(
         f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>"
         for i, h in enumerate(headers)

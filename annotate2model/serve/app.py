@@ -47,6 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -662,7 +663,7 @@ def create_app(
                 # Label Studio pairs results with tasks by position: an empty one keeps the place.
                 results.append({"result": [], "score": 0.0, "model_version": model.model_version})
                 continue
-            label, score = max(((lab, float(rows[i][j])) for j, lab in usable), key=_by_score)
+            label, score = max(((lab, float(rows[i][j])) for j, lab in usable), key=itemgetter(1))
             results.append(
                 prediction(config, label, model_version=model.model_version, score=score)
             )
@@ -704,10 +705,6 @@ def create_app(
 def _task_url(task: Any, field: str) -> str | None:
     value = (task.get("data") or {}).get(field) if isinstance(task, dict) else None
     return str(value) if value else None
-
-
-def _by_score(pair: tuple[str, float]) -> float:
-    return pair[1]
 
 
 def _top(labels: Sequence[str], row: NDArray[np.float32], k: int) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
 
 
-def _log_config(level: str) -> dict[str, Any]:
+def _log_config() -> dict[str, Any]:
     """uvicorn's own lines and ours on stderr, one format, no colours."""
     return {
         "version": 1,
@@ -27,11 +27,11 @@ def _log_config(level: str) -> dict[str, Any]:
             }
         },
         "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
             "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
             "annotate2model.serve": {
                 "handlers": ["stderr"],
-                "level": level.upper(),
+                "level": "INFO",
                 "propagate": False,
             },
         },
@@ -50,7 +50,7 @@ def run_server(app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT)
         # and asyncio's time per request (bench/serve.py); else the pure-Python pair.
         http="httptools" if find_spec("httptools") else "h11",
         loop="uvloop" if find_spec("uvloop") else "asyncio",
-        log_config=_log_config("info"),
+        log_config=_log_config(),
         server_header=False,
         timeout_graceful_shutdown=10,
         # One process: the models are loaded once and the batcher sees every request.
