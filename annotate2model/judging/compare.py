@@ -351,14 +351,11 @@ def _predict(
     from annotate2model.training.runs.ledger import Ledger, prediction_rows
     from annotate2model.training.runs.runner import load_predictor
 
-    cache = ctx.embedding_cache()
-    try:
+    with ctx.embedding_cache() as cache:
         predictor = load_predictor(ctx, run, cache)
         progress.begin(f"Judging run {run.id} on {len(shas)} images", total=len(shas))
         result = predictor.predict([ctx.blob_path(s) for s in shas], keys=shas, progress=progress)
         progress.end()
-    finally:
-        cache.close()
     # Every common image is a row of the truth version: its rows are the ledger's rows.
     ok = result.ok
     read = [truth_items[sha] for sha, good in zip(shas, ok, strict=True) if good]

@@ -82,7 +82,7 @@ def curve_config(store: Store, version: int, run_id: int | str | None) -> RunCon
                 if r.status == "succeeded" and r.kind == "train"
             ]
             own = [r for r in runs if r.version == version]
-            run = max(own or runs, key=lambda r: r.id) if (own or runs) else None
+            run = max(own or runs, key=lambda r: r.id, default=None)
     if run is None:
         return RunConfig()
     if run.kind != "train":

@@ -10,7 +10,7 @@ labelstudio/flags.py push them; `unflag_run` takes them back. Nothing here talks
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +118,21 @@ def parse_reasons(text: str) -> list[str]:
             f"choose from {', '.join(REASONS)}."
         )
     return list(dict.fromkeys(reasons))
+
+
+def unlabeled_images(
+    store: Store, project_id: int, skip: Collection[int] = ()
+) -> dict[str, list[int]]:
+    """The project's live tasks with an image and no label (as the store knows them; `skip`: task
+    ids left out): image sha256 -> its task ids, in task id order."""
+    with store.read() as session:
+        tasks = load_tasks(session, project_id)
+    by_sha: dict[str, list[int]] = {}
+    for t in sorted(tasks.values(), key=lambda t: t.task_id):
+        wanted = t.label is None and not t.deleted and not t.problem and t.task_id not in skip
+        if t.image_sha256 and wanted:
+            by_sha.setdefault(t.image_sha256, []).append(t.task_id)
+    return by_sha
 
 
 def _run(store: Store, run_ref: int | str) -> RunRecord:
@@ -252,14 +267,11 @@ def run_features(
     from annotate2model.training.runs.predictor import Predictor
     from annotate2model.training.runs.runner import load_predictor
 
-    cache = ctx.embedding_cache()
-    try:
+    with ctx.embedding_cache() as cache:
         predictor = load_predictor(ctx, run, cache)
         if not isinstance(predictor, Predictor):
             raise TrainingError(f"run {run.id} is an ensemble: it has no features of its own.")
         found = predictor.features([ctx.blob_path(s) for s in shas], keys=shas, progress=progress)
-    finally:
-        cache.close()
     for i, reason in sorted(found.errors.items()):
         progress.note(f"image {shas[i][:12]} left out: {reason}")
     return {sha: found.rows[i] for i, sha in enumerate(shas) if i not in found.errors}
@@ -275,23 +287,12 @@ def _uncertain(
 ) -> list[Doubt]:
     from annotate2model.training.runs.runner import load_predictor
 
-    with store.read() as session:
-        tasks = load_tasks(session, project_id)
-    shas = sorted(
-        {
-            t.image_sha256
-            for t in tasks.values()
-            if t.image_sha256 and t.label is None and not t.deleted and not t.problem
-        }
-    )
+    shas = sorted(unlabeled_images(store, project_id))
     if not shas:
         return []
-    cache = ctx.embedding_cache()
-    try:
+    with ctx.embedding_cache() as cache:
         predictor = load_predictor(ctx, run, cache)
         result = predictor.predict([ctx.blob_path(s) for s in shas], keys=shas, progress=progress)
-    finally:
-        cache.close()
     rows = [
         Scored(sha, None, [float(v) for v in result.probs[i]])
         for i, sha in enumerate(shas)

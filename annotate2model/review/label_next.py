@@ -24,11 +24,10 @@ from annotate2model.labelstudio.label_next import (
     review_held,
 )
 from annotate2model.progress import NullProgress, Progress
-from annotate2model.review.flagging import _check_synced, _run
+from annotate2model.review.flagging import _check_synced, _run, unlabeled_images
 from annotate2model.review.ordering import Uncertainty, label_next_order
 from annotate2model.store import Store
 from annotate2model.store.runs import RunRecord, list_runs
-from annotate2model.store.tasks import load_tasks
 
 if TYPE_CHECKING:
     from annotate2model.training.context import RunContext
@@ -98,19 +97,11 @@ def next_order(
     progress = progress or NullProgress()
     ctx = context or RunContext.from_store(store)
     run = _run(store, run_ref)
-    skip = skip or set()
-    with store.read() as session:
-        tasks = load_tasks(session, project_id)
-    by_sha: dict[str, list[int]] = {}
-    for t in sorted(tasks.values(), key=lambda t: t.task_id):
-        wanted = t.label is None and not t.deleted and not t.problem and t.task_id not in skip
-        if t.image_sha256 and wanted:
-            by_sha.setdefault(t.image_sha256, []).append(t.task_id)
+    by_sha = unlabeled_images(store, project_id, skip or ())
     shas = sorted(by_sha)
     if not shas:
         return NextOrder([], [], [])
-    cache = ctx.embedding_cache()
-    try:
+    with ctx.embedding_cache() as cache:
         predictor = load_predictor(ctx, run, cache)
         paths = [ctx.blob_path(s) for s in shas]
         features = None
@@ -118,8 +109,6 @@ def next_order(
             found = predictor.features(paths, keys=shas, progress=progress)
             features = found.rows
         result = predictor.predict(paths, keys=shas, progress=progress)
-    finally:
-        cache.close()
     unreadable = {shas[i]: reason for i, reason in result.errors.items()}
     good = [i for i in range(len(shas)) if i not in result.errors]
     if not good:
@@ -163,13 +152,7 @@ def label_next(
     run = latest_run(store) if run_ref is None else _run(store, run_ref)
     _check_synced(store, client, project_id)
     held = review_held(client, project_id)
-    with store.read() as session:
-        tasks = load_tasks(session, project_id)
-    unlabeled = {
-        t.task_id
-        for t in tasks.values()
-        if t.image_sha256 and t.label is None and not t.deleted and not t.problem
-    }
+    unlabeled = {i for ids in unlabeled_images(store, project_id).values() for i in ids}
     order = next_order(
         store, run.id, project_id, skip=held, method=method, progress=progress, context=context
     )

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from annotate2model.errors import InputError
+from annotate2model.review.ordering import uncertainty
 
 REASONS = ("misclassified", "label-issue", "uncertain")
 Reason = Literal["misclassified", "label-issue", "uncertain"]
@@ -84,26 +85,22 @@ def misclassified(rows: Iterable[Scored], labels: Sequence[str]) -> list[Doubt]:
 
 def uncertain(rows: Iterable[Scored], labels: Sequence[str]) -> list[Doubt]:
     """Every (unlabeled) image, least sure first: the order in which annotating helps most."""
-    out: list[Doubt] = []
-    k = len(labels)
-    for row in rows:
-        if len(row.probs) != k or k == 0:
-            continue
-        p = np.asarray(row.probs, dtype=np.float64)
-        if not np.isfinite(p).all():
-            continue
-        top = np.sort(p)[::-1]
-        score = 1.0 - (top[0] - (top[1] if k > 1 else 0.0))
-        out.append(
-            Doubt(
-                image_sha256=row.image_sha256,
-                reason="uncertain",
-                score=_unit(score),
-                current_label=row.label,
-                suggested_label=labels[int(np.argmax(p))],
-            )
+    kept = [row for row in rows if len(row.probs) == len(labels)]
+    if not kept:
+        return []
+    probs = np.asarray([row.probs for row in kept], dtype=np.float64)
+    scores = uncertainty(probs, "margin")
+    return ranked(
+        Doubt(
+            image_sha256=row.image_sha256,
+            reason="uncertain",
+            score=_unit(score),
+            current_label=row.label,
+            suggested_label=labels[int(np.argmax(p))],
         )
-    return ranked(out)
+        for row, p, score in zip(kept, probs, scores, strict=True)
+        if score >= 0  # -1: probabilities that are not finite (an image that could not be read)
+    )
 
 
 OofMethod = Literal["both", "knn", "lda"]

@@ -113,6 +113,12 @@ class EmbeddingCache:
     def close(self) -> None:
         self._conn.close()
 
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         self._conn.execute("BEGIN IMMEDIATE")
@@ -167,20 +173,6 @@ class EmbeddingCache:
                 "SELECT COUNT(*) FROM vectors WHERE model_key = ?", (key,)
             ).fetchone()
         return int(row[0])
-
-    # Frozen trunks, kept as safetensors so that a cached probe never rebuilds the network.
-
-    def trunk_path(self, weights_identity: str, backbone: str) -> Path:
-        return trunk_path(self.root, weights_identity, backbone)
-
-    def save_trunk(
-        self, path: Path, state: dict[str, torch.Tensor] | dict[str, NDArray[Any]]
-    ) -> None:
-        """Keep a trunk's weights (torch tensors, or numpy arrays from the torch-free probe:
-        the same safetensors file either way)."""
-        from annotate2model.training.features.tensors import write_tensors
-
-        write_tensors(path, state, mode=None)
 
 
 @dataclass(frozen=True)

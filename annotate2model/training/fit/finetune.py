@@ -54,8 +54,9 @@ from annotate2model.training.features.embeddings import (
     model_description,
     model_key,
     torch_network,
+    trunk_path,
 )
-from annotate2model.training.features.tensors import Tensors
+from annotate2model.training.features.tensors import Tensors, write_tensors
 from annotate2model.training.fit.jobs import History, TrainJob, TrainResult, kept_items
 from annotate2model.training.fit.probe import fit_probe_head, train_probe
 from annotate2model.training.fit.trainer import (
@@ -162,12 +163,9 @@ def _start_head(job: TrainJob, probe: TrainResult | None) -> nn.Module:
         torch.manual_seed(config.seed)
         return nn.Linear(HEADS[config.backbone][1], len(data.labels))
     assert probe.embedding_key is not None
-    cache = job.context.embedding_cache()
-    try:
-        shas = [item.image_sha256 for item in probe.kept["train"]]
+    shas = [item.image_sha256 for item in probe.kept["train"]]
+    with job.context.embedding_cache() as cache:
         found = cache.get(probe.embedding_key, shas, 0)
-    finally:
-        cache.close()
     x = torch.from_numpy(np.stack([found[sha] for sha in shas if sha in found]))
     return StandardisedHead.from_raw(probe.head, x.mean(0), x.std(0).clamp_min(1e-3))
 
@@ -383,12 +381,12 @@ class _Stage:
         mine = distributed.shard(jobs)
         rows: dict[tuple[str, int], int] = {}
         features: dict[tuple[str, int], NDArray[Any]] = {}
-        cache = job.context.embedding_cache()
         key = model_key(config.backbone, job.source.identity, job.prep, job.bf16)
         description = model_description(config.backbone, job.source.identity, job.prep, job.bf16)
         clean = [j.sha256 for j in jobs if j.view == 0]
-        for sha, vec in cache.get(key, clean, 0).items():
-            features[(sha, 0)] = vec
+        with job.context.embedding_cache() as cache:
+            for sha, vec in cache.get(key, clean, 0).items():
+                features[(sha, 0)] = vec
         stats = ExtractionStats(requested=len(clean), cached=len(features))
         new_features: list[tuple[str, int, NDArray[Any]]] = []
         started = time.perf_counter()
@@ -423,9 +421,9 @@ class _Stage:
             if distributed.world_size() > 1:
                 self.merge_shares(outputs, rows, features, new_features, stats)
             if distributed.machine_leader():
-                cache.put(key, description, new_features)
+                with job.context.embedding_cache() as cache:
+                    cache.put(key, description, new_features)
         finally:
-            cache.close()
             job.progress.end()
         job.report_skipped(self.skipped)
         self.kept = kept_items(job.data, self.skipped)
@@ -473,14 +471,10 @@ class _Stage:
         )
         probe, probs = fit_probe_head(stage_job, features, self.kept)
         self.probe_seconds = time.perf_counter() - started
-        cache = job.context.embedding_cache()
-        try:
-            trunk_file = cache.trunk_path(job.source.identity, self.config.backbone)
-            if not trunk_file.is_file() and distributed.machine_leader():
-                # The weights as loaded: what a kept probe's artifact links to.
-                cache.save_trunk(trunk_file, self.trunk.state_dict())
-        finally:
-            cache.close()
+        trunk_file = trunk_path(job.context.cache_dir, job.source.identity, self.config.backbone)
+        if not trunk_file.is_file() and distributed.machine_leader():
+            # The weights as loaded: what a kept probe's artifact links to.
+            write_tensors(trunk_file, self.trunk.state_dict(), mode=None)
         self.probe = TrainResult(
             probs=probs,
             kept=self.kept,

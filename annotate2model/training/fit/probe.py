@@ -14,13 +14,13 @@ from numpy.typing import NDArray
 from annotate2model.store.records import VersionItemRecord
 from annotate2model.training.config import HEADS, SPLITS, RunConfig
 from annotate2model.training.features.embeddings import (
-    EmbeddingCache,
     ExtractJob,
     Network,
     extract_features,
     model_description,
     model_key,
     torch_network,
+    trunk_path,
 )
 from annotate2model.training.features.weights import WeightsSource
 from annotate2model.training.fit.head import HeadFit, fit_head, probabilities
@@ -36,16 +36,15 @@ def train_probe(job: TrainJob) -> TrainResult:
     """Features for every image of the version (cached ones read, new ones computed), then the
     head."""
     config, data, prep = job.config, job.data, job.prep
-    cache = job.context.embedding_cache()
     key = model_key(config.backbone, job.source.identity, prep, job.bf16)
     description = model_description(config.backbone, job.source.identity, prep, job.bf16)
-    trunk_file = cache.trunk_path(job.source.identity, config.backbone)
+    trunk_file = trunk_path(job.context.cache_dir, job.source.identity, config.backbone)
 
     def trunk() -> nn.Module:
         from annotate2model.training.features.backbones import build_trunk
 
         model = build_trunk(config.backbone)
-        model.load_state_dict(_trunk_state(config, job.source, trunk_file, cache, model))
+        model.load_state_dict(_trunk_state(config, job.source, trunk_file, model))
         return model
 
     def network() -> Network:
@@ -57,7 +56,7 @@ def train_probe(job: TrainJob) -> TrainResult:
         for item in data.splits[split]
         for view in range(config.views if split == "train" else 1)
     ]
-    try:
+    with job.context.embedding_cache() as cache:
         features, stats = extract_features(
             cache,
             key,
@@ -72,11 +71,9 @@ def train_probe(job: TrainJob) -> TrainResult:
             progress=job.progress,
             max_pixels=job.context.max_pixels,
         )
-        if not trunk_file.is_file():
-            # Everything was cached but the trunk file went missing: rebuild it once.
-            _trunk_state(config, job.source, trunk_file, cache)
-    finally:
-        cache.close()
+    if not trunk_file.is_file():
+        # Everything was cached but the trunk file went missing: rebuild it once.
+        _trunk_state(config, job.source, trunk_file)
     skipped = dict(stats.skipped)
     job.report_skipped(skipped)
     kept = kept_items(data, skipped)
@@ -139,7 +136,6 @@ def _trunk_state(
     config: RunConfig,
     source: WeightsSource,
     trunk_file: Path,
-    cache: EmbeddingCache,
     model: nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """The trunk's weights (from the weights source), saved once into the cache as safetensors
@@ -151,7 +147,7 @@ def _trunk_state(
         load_state_dict,
         trunk_state_from,
     )
-    from annotate2model.training.features.tensors import read_tensors
+    from annotate2model.training.features.tensors import read_tensors, write_tensors
 
     if trunk_file.is_file():
         return read_tensors(trunk_file)
@@ -163,5 +159,5 @@ def _trunk_state(
         origin = str(source.path) if source.path else f"the {source.kind} weights"
         trunk_state = trunk_state_from(config.backbone, state, origin, model)
     if not trunk_file.is_file():
-        cache.save_trunk(trunk_file, trunk_state)
+        write_tensors(trunk_file, trunk_state, mode=None)
     return trunk_state

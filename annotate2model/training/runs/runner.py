@@ -28,7 +28,6 @@ from annotate2model.store.records import VersionItemRecord
 from annotate2model.store.runs import PredictionRecord, RunRecord
 from annotate2model.training import distributed
 from annotate2model.training.config import HEADS, SPLITS, RunConfig, resolve_workers
-from annotate2model.training.config import auto_workers as default_workers
 from annotate2model.training.context import RunContext
 from annotate2model.training.features.embeddings import EmbeddingCache, ExtractionStats
 from annotate2model.training.features.images import Preprocessing
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Evaluation",
     "RunOutcome",
-    "default_workers",
     "ensemble",
     "evaluate_run",
     "predict_files",
@@ -407,13 +405,10 @@ def evaluate_run(
     items = data.splits.get(split, [])
     if not items:
         raise TrainingError(f"the {split} split of version {data.version.number} is empty.")
-    cache = ctx.embedding_cache()
-    try:
+    with ctx.embedding_cache() as cache:
         predictor = load_predictor(ctx, run, cache)
         _check_learned(data.with_splits({split: items}), predictor.labels, f"run {run.id}")
         result = _predict_items(ctx, predictor, items, progress)
-    finally:
-        cache.close()
     skipped = {items[i].image_sha256: reason for i, reason in result.errors.items()}
     report_skipped(ctx, progress, skipped)
     ok = result.ok
@@ -527,8 +522,7 @@ def ensemble(
     for m in members:
         if m.status != "succeeded" or m.artifact_dir is None:
             raise TrainingError(f"run {m.id} is {m.status}; only succeeded runs can be members.")
-    cache = ctx.embedding_cache()
-    try:
+    with ctx.embedding_cache() as cache:
         from annotate2model.training.runs.predictor import EnsemblePredictor
 
         predictor = EnsemblePredictor([load_predictor(ctx, m, cache) for m in members])
@@ -571,6 +565,3 @@ def ensemble(
             return ledger.succeed(
                 run, RunMetrics(splits=splits), rows, artifact_dir=_relative(store, run_dir)
             )
-    finally:
-        cache.close()
-    raise AssertionError("unreachable")  # pragma: no cover
