@@ -2,7 +2,8 @@
 secrets.toml and in the local Label Studio's database) is made private (folders 0700, files 0600)
 when created, repaired when a workspace made readable by hand is opened, and reported by `a2m
 doctor`. Temp files name their writer, so those of a killed writer go at the next open, not an
-hour later. `a2m connect --token -` reads the token from stdin (never from the command line).
+hour later. `a2m connect --token -` reads the token from stdin (never from the command line), and
+what is typed at a terminal for `-` (a token, a database URL) is not echoed.
 
 Where the tests run as root, a second user (nobody) really tries to read the files; elsewhere the
 mode bits are what is checked.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import socket
@@ -19,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -374,6 +378,52 @@ def test_connect_reads_the_token_from_stdin(
     cli.invoke(app, ["connect", "http://127.0.0.1:9"])
     cli.invoke(app, ["connect", "http://127.0.0.1:9", "--token", "t"])
     assert seen[1:] == [Secret("from-env"), Secret("t")]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["store", "migrate-to", "-"], ["connect", "http://127.0.0.1:9", "--token", "-"]],
+    ids=["database-url", "token"],
+)
+def test_a_secret_typed_at_a_terminal_does_not_show(workspace: Workspace, args: list[str]) -> None:
+    """`-` at a terminal: what is typed is not echoed (a database URL holds its password)."""
+    secret = "pw-5ecret"
+    typed = f"mysql://a2m:{secret}@127.0.0.1/x" if args[0] == "store" else secret
+    master, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "annotate2model", "-w", str(workspace.root), *args],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    os.close(terminal)
+    try:
+        # Type only once the command has turned the echo off: before, the terminal would show it.
+        deadline = time.monotonic() + 60
+        while termios.tcgetattr(master)[3] & termios.ECHO:
+            assert proc.poll() is None and time.monotonic() < deadline, "echo never turned off"
+            time.sleep(0.05)
+        os.write(master, typed.encode() + b"\n")
+        out, err = proc.communicate(timeout=60)
+        shown = b""
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the command has closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    assert proc.returncode != 0  # nothing listens there, nor is MySQL a store
+    assert secret.encode() not in shown + out + err
+    if args[0] == "store":
+        assert b"SQLite or PostgreSQL" in err  # the URL was read
 
 
 def test_without_a_port_asked_the_last_one_is_kept_while_it_is_free(tmp_path: Path) -> None:

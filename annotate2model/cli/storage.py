@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from annotate2model.cli.context import state
+from annotate2model.cli.context import read_secret, state
 from annotate2model.cli.render import JsonFlag, console, print_json
 
 app = typer.Typer()
@@ -44,7 +43,7 @@ def migrate_to(
     from annotate2model.store.dialect import make_engine, redacted_url
 
     if url == "-":
-        url = sys.stdin.readline().strip()
+        url = read_secret("Database URL: ")
     st = state(ctx)
     source = st.store()
     where = redacted_url(url)
